@@ -29,6 +29,7 @@ class Settings(BaseSettings):
         None, description="base URL clients use to reach this server; default http://host:port"
     )
     models_file: Path | None = Field(None, description="models config; default <data_dir>/models.json")
+    models_root: Path | None = Field(None, description="where built-in models are built; default <data_dir>/models")
     workers: int = Field(1, ge=1, le=64)
     device: str = "cpu"
     torch_threads: int | None = None
@@ -37,6 +38,7 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(3, ge=1, description="runs of one job (restarts/crashes included) before it fails")
     default_model: str = "tiny-sd"
+    preload_models: list[str] = Field(["tiny-sd"], description="models each worker loads before it reports ready")
     images: ImageLimits = ImageLimits()
     allow_private_urls: bool = Field(
         False, description="let image/webhook URLs reach loopback, private and link-local addresses (LAN, tests)"
@@ -56,7 +58,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.models_root or (self.data_dir / "models")
 
     @property
     def models_path(self) -> Path:

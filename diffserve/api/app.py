@@ -1,0 +1,58 @@
+"""The app factory: settings in, FastAPI app out. Start-up work happens in the lifespan, not at import."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..config import Settings
+from ..storage.local import PUBLIC_PREFIX
+from .modelslab.router import router as modelslab_router
+from .state import app_state, build_state
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
+    """`run_workers`: start local worker processes beside the API (the embedded default)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = await anyio.to_thread.run_sync(lambda: build_state(settings, run_workers=run_workers))
+        if state.supervisor:
+            await anyio.to_thread.run_sync(state.supervisor.start)
+        app.state.ds = state
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(state.close)
+
+    app = FastAPI(
+        title="diffserve",
+        version="0.1.0",
+        description="Self-hosted image-to-image server speaking the ModelsLab and Qolaba img2img APIs.",
+        lifespan=lifespan,
+    )
+    app.include_router(modelslab_router)
+    (settings.data_dir / PUBLIC_PREFIX).mkdir(parents=True, exist_ok=True)
+    app.mount(f"/{PUBLIC_PREFIX}", StaticFiles(directory=settings.data_dir / PUBLIC_PREFIX), name="generations")
+
+    @app.get("/health", tags=["server"], summary="200 once requests can be served")
+    async def health(request: Request) -> Any:
+        ds = app_state(request)
+        live = await anyio.to_thread.run_sync(ds.workers.live)
+        ready = [w for w in live if w.state in ("idle", "busy")]
+        body = {
+            "status": "ok" if (ready or not ds.supervisor) else "starting",
+            "workers": len(ready),
+            "models_loaded": sorted({m for w in live for m in w.models}),
+        }
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    return app

@@ -1,0 +1,22 @@
+"""API key checks shared by every dialect (each dialect decides where the key comes from)."""
+
+from __future__ import annotations
+
+import anyio
+
+from ..core.errors import Forbidden, Unauthorized
+from ..store.keys import ApiKey, KeyStore
+
+
+async def authenticate(keys: KeyStore, key_text: str | None) -> ApiKey:
+    if not key_text or not key_text.strip():
+        raise Unauthorized("API key required")
+    key = await anyio.to_thread.run_sync(keys.verify, key_text.strip())
+    if key is None:
+        raise Unauthorized("Invalid API key")
+    return key
+
+
+def require_admin(key: ApiKey) -> None:
+    if not key.is_admin:
+        raise Forbidden("This endpoint needs an admin API key")

@@ -1,0 +1,55 @@
+"""What the HTTP process holds: built once at start-up from Settings and kept on app.state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from fastapi import Request
+
+from ..config import Settings
+from ..engine.registry import ModelRegistry
+from ..queue.local import LocalQueue
+from ..service import GenerationService
+from ..storage.local import LocalStorage
+from ..store.db import create_schema, make_engine
+from ..store.jobs import JobStore
+from ..store.keys import KeyStore
+from ..store.workers import WorkerStore
+from ..supervisor import Supervisor
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    registry: ModelRegistry
+    keys: KeyStore
+    workers: WorkerStore
+    service: GenerationService
+    http: httpx.Client
+    supervisor: Supervisor | None = None
+
+    def base_url(self, request: Request) -> str:
+        """This server as the client reached it, unless the operator fixed a public URL."""
+        return self.settings.public_url.rstrip("/") if self.settings.public_url else str(request.base_url).rstrip("/")
+
+    def close(self) -> None:
+        if self.supervisor:
+            self.supervisor.stop()
+        self.http.close()
+
+
+def build_state(settings: Settings, *, run_workers: bool) -> AppState:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = make_engine(settings.db_url)
+    create_schema(db)
+    jobs, queue, workers = JobStore(db), LocalQueue(db), WorkerStore(db)
+    registry = ModelRegistry.load(settings.models_path, settings.models_dir)
+    http = httpx.Client(timeout=settings.images.fetch_timeout_s, follow_redirects=False)
+    service = GenerationService(settings, jobs, queue, LocalStorage(settings.data_dir), registry, http)
+    supervisor = Supervisor(settings, jobs, queue, workers) if run_workers else None
+    return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor)
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.ds

@@ -1,0 +1,59 @@
+"""The job: what the store holds for every request, and its status life cycle."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .request import GenerationRequest
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass
+class Job:
+    id: int
+    key_id: str
+    dialect: str
+    status: JobStatus
+    request: GenerationRequest
+    output_token: str
+    dialect_params: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)  # storage keys, one per image
+    nsfw: list[bool] = field(default_factory=list)
+    error: str | None = None
+    attempts: int = 0
+    worker_id: str | None = None
+    webhook_status: str = ""
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def output_keys(self) -> list[str]:
+        """Storage keys the job's images get: known at creation, so `future_links` can name them."""
+        return [output_key(self.output_token, i) for i in range(self.request.samples)]
+
+    @property
+    def generation_time(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return round((self.finished_at - self.started_at).total_seconds(), 3)
+        return None
+
+
+def output_key(token: str, index: int) -> str:
+    return f"generations/{token}-{index}.png"
+
+
+def input_key(token: str) -> str:
+    return f"inputs/{token}.png"

@@ -1,0 +1,216 @@
+"""The canonical generation request: the one engine-facing type every dialect converts into.
+
+Dialects parse their vendor's loose fields, then build a GenerationRequest and call
+`check_against(limits)`, which quotes the bad value in the vendor's wording. Nothing in here
+knows which vendor asked.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import InvalidInput
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 0 .. 2**64-1
+
+
+class ModelLimits(BaseModel):
+    """What one model accepts. Defaults follow the ModelsLab v6 page."""
+
+    model_config = ConfigDict(frozen=True)
+
+    min_size: int = 64
+    max_size: int = 1024
+    size_multiple: int = 8
+    min_steps: int = 1
+    max_steps: int = 50
+    default_steps: int = 31
+    min_guidance: float = 1.0
+    max_guidance: float = 20.0
+    default_guidance: float = 7.5
+    max_samples: int = 4
+    default_strength: float = 0.7
+
+
+class GenerationRequest(BaseModel):
+    """Everything the engine needs for one job, already resolved (seed chosen, size decided)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_id: str
+    prompt: str
+    negative_prompt: str | None = None
+    init_image_key: str = Field(description="storage key of the decoded init image (PNG, already width x height)")
+    width: int
+    height: int
+    samples: int = 1
+    steps: int
+    guidance_scale: float
+    strength: float
+    seed: int
+    # Accepted and carried to the engine; the engine applies what it supports (see README).
+    scheduler: str | None = None
+    use_karras_sigmas: bool = False
+    algorithm_type: str | None = None
+    clip_skip: int | None = None
+    lora_models: list[str] = Field(default_factory=list)
+    lora_strengths: list[float] = Field(default_factory=list)
+    vae: str | None = None
+    embeddings_model: str | None = None
+    ip_adapter_id: str | None = None
+    ip_adapter_scale: float | None = None
+    ip_adapter_image: str | None = None
+    safety_checker: bool = True
+    safety_checker_type: str = "sensitive_content_text"
+    enhance_prompt: bool = False
+    enhance_style: str | None = None
+    tomesd: bool = False
+    output_base64: bool = False
+    temp: bool = False
+    webhook: str | None = None
+    track_id: str | None = None
+
+
+def check_range(field: str, value: float | int | None, lo: float, hi: float) -> None:
+    """Vendor wording: 'samples must be between 1 and 4'."""
+    if value is not None and not (lo <= value <= hi):
+        raise InvalidInput(f"{field} must be between {_num(lo)} and {_num(hi)}", field=field)
+
+
+def check_size(field: str, value: int | None, limits: ModelLimits) -> None:
+    if value is None:
+        return
+    check_range(field, value, limits.min_size, limits.max_size)
+    if value % limits.size_multiple:
+        raise InvalidInput(f"{field} must be divisible by {limits.size_multiple}", field=field)
+
+
+def output_size(
+    init_w: int, init_h: int, width: int | None, height: int | None, limits: ModelLimits
+) -> tuple[int, int]:
+    """The output size: the requested width/height when given, else the init image's size.
+
+    An init image larger than the model's maximum is scaled down to fit (aspect kept), then the
+    size is rounded down to the model's multiple (8), as the vendor states. Too small is an error.
+    """
+    if width is not None and height is not None:
+        return width, height
+    w, h = float(init_w), float(init_h)
+    if width is not None:  # one side given: keep the init image's aspect ratio
+        w, h = width, h * width / w
+    elif height is not None:
+        w, h = w * height / h, height
+    scale = min(1.0, limits.max_size / max(w, h))
+    m = limits.size_multiple
+    out_w, out_h = int(w * scale) // m * m, int(h * scale) // m * m
+    if min(out_w, out_h) < limits.min_size:
+        raise InvalidInput(
+            f"init_image is too small: {init_w}x{init_h} gives {out_w}x{out_h}, "
+            f"the model needs at least {limits.min_size}x{limits.min_size}",
+            field="init_image",
+        )
+    return out_w, out_h
+
+
+def _num(x: float | int) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+class RequestDraft(BaseModel):
+    """A dialect's request after type coercion, before the model's limits and the init image are known.
+
+    Unset numbers are None: the model's defaults fill them in `resolve`.
+    """
+
+    model_id: str
+    prompt: str
+    init_image: str = Field(description="what the client sent: URL, base64 or data URI")
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    samples: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    strength: float | None = None
+    seed: int | None = None
+    scheduler: str | None = None
+    use_karras_sigmas: bool = False
+    algorithm_type: str | None = None
+    clip_skip: int | None = None
+    lora_models: list[str] = Field(default_factory=list)
+    lora_strengths: list[float] = Field(default_factory=list)
+    vae: str | None = None
+    embeddings_model: str | None = None
+    ip_adapter_id: str | None = None
+    ip_adapter_scale: float | None = None
+    ip_adapter_image: str | None = None
+    safety_checker: bool = True
+    safety_checker_type: str = "sensitive_content_text"
+    enhance_prompt: bool = False
+    enhance_style: str | None = None
+    tomesd: bool = False
+    output_base64: bool = False
+    temp: bool = False
+    webhook: str | None = None
+    track_id: str | None = None
+
+    def check(self, limits: ModelLimits) -> None:
+        """Every range check, in the vendor's wording, before any image is fetched."""
+        check_range("samples", self.samples, 1, limits.max_samples)
+        check_range("num_inference_steps", self.steps, limits.min_steps, limits.max_steps)
+        check_range("guidance_scale", self.guidance_scale, limits.min_guidance, limits.max_guidance)
+        check_range("strength", self.strength, 0, 1)
+        check_size("width", self.width, limits)
+        check_size("height", self.height, limits)
+        check_range("seed", self.seed, 0, MAX_SEED)
+        check_range("clip_skip", self.clip_skip, 1, 8)
+        check_range("ip_adapter_scale", self.ip_adapter_scale, 0, 1)
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
+        check_choice("safety_checker_type", self.safety_checker_type, SAFETY_CHECKER_TYPES)
+        check_choice("ip_adapter_id", self.ip_adapter_id, IP_ADAPTER_IDS)
+        check_choice("algorithm_type", self.algorithm_type, ALGORITHM_TYPES)
+        for s in self.lora_strengths:
+            check_range("lora_strength", s, 0.1, 1)
+        if self.lora_strengths and len(self.lora_strengths) not in (1, len(self.lora_models)):
+            raise InvalidInput(
+                f"lora_strength has {len(self.lora_strengths)} values for {len(self.lora_models)} lora_model ids",
+                field="lora_strength",
+            )
+
+    def resolve(
+        self, limits: ModelLimits, *, init_image_key: str, width: int, height: int, seed: int
+    ) -> GenerationRequest:
+        fields = self.model_dump(exclude={"init_image", "width", "height", "samples", "steps",
+                                          "guidance_scale", "strength", "seed"})
+        return GenerationRequest(
+            **fields,
+            init_image_key=init_image_key,
+            width=width,
+            height=height,
+            samples=self.samples or 1,
+            steps=self.steps if self.steps is not None else limits.default_steps,
+            guidance_scale=self.guidance_scale if self.guidance_scale is not None else limits.default_guidance,
+            strength=self.strength if self.strength is not None else limits.default_strength,
+            seed=seed,
+        )
+
+
+# Vendor vocabularies (ModelsLab v6 page). Which of them a model can apply is the engine's business.
+SCHEDULERS = (
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler", "DPMSolverSinglestepScheduler", "KDPM2AncestralDiscreteScheduler",
+    "UniPCMultistepScheduler", "DDIMInverseScheduler", "DEISMultistepScheduler", "IPNDMScheduler",
+    "KarrasVeScheduler", "ScoreSdeVeScheduler", "LCMScheduler",
+)
+SAFETY_CHECKER_TYPES = ("blur", "sensitive_content_text", "pixelate", "black")
+IP_ADAPTER_IDS = (
+    "ip-adapter_sdxl", "ip-adapter_sd15", "ip-adapter-plus-face_sd15",
+    "ip-adapter-plus_sdxl_vit-h", "ip-adapter-plus-face_sdxl_vit-h",
+)
+ALGORITHM_TYPES = ("dpmsolver+++",)
+
+
+def check_choice(field: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise InvalidInput(f"{field} must be one of: {', '.join(choices)} (got {value!r})", field=field)

@@ -1,0 +1,343 @@
+"""Load an image-to-image diffusers pipeline from where the operator keeps the weights.
+
+Three kinds of source, all through diffusers' own loaders (no hand-written weight loading):
+
+* ``hub``: a Hugging Face repo id, through the HF cache. A cached model loads without any
+  network call; see `load_img2img_pipeline` for when the hub is contacted.
+* ``folder``: a local diffusers-format folder (``model_index.json`` + component subfolders).
+* ``single_file``: one ``.safetensors`` / ``.ckpt`` checkpoint in the original (LDM / CompVis)
+  layout, plus a local diffusers config folder that says which pipeline and components it holds
+  (``from_single_file(..., config=<folder>)``; without it diffusers would fetch configs online).
+
+Whatever the source's pipeline class (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``,
+...), the pipeline built is its image-to-image variant, chosen the way
+``AutoPipelineForImage2Image`` chooses it. No safety checker is loaded (safety is handled
+elsewhere). Every failure to load becomes `InvalidInput(field="model_id")` naming the model
+location, with the original exception chained for the logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from diffserve.core.errors import InvalidInput
+
+if TYPE_CHECKING:  # diffusers is imported lazily: importing it costs seconds
+    from diffusers import DiffusionPipeline
+
+SourceKind = Literal["hub", "folder", "single_file"]
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_FIELD = "model_id"
+_TRUE_VALUES = {"1", "on", "yes", "true"}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights are.
+
+    kind: "hub" (location = repo id), "folder" (location = diffusers folder path) or
+        "single_file" (location = path of a .safetensors/.ckpt checkpoint).
+    config: single_file only: local diffusers config folder (model_index.json + component
+        configs and tokenizer files; weights not needed). Required when loading offline.
+    revision: hub only: branch, tag or commit (default: main).
+    """
+
+    kind: SourceKind
+    location: str
+    config: str | None = None
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("hub", "folder", "single_file"):
+            raise ValueError(f"Unknown model source kind {self.kind!r}")
+        if not self.location:
+            raise ValueError("A model source needs a location")
+        if self.config is not None and self.kind != "single_file":
+            raise ValueError("`config` applies to single_file sources only")
+        if self.revision is not None and self.kind != "hub":
+            raise ValueError("`revision` applies to hub sources only")
+
+
+def load_img2img_pipeline(
+    source: ModelSource,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    offline: bool | None = None,
+    cache_dir: str | None = None,
+) -> DiffusionPipeline:
+    """Load `source` as an image-to-image pipeline on `device` in `dtype`, progress bars off.
+
+    offline (hub and single_file without config):
+      * True: only the local HF cache is used; nothing cached -> InvalidInput.
+      * False: the hub is asked for the latest revision (the normal online behaviour).
+      * None (default): offline if HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set; otherwise the
+        cache is tried first (a cached model loads with no network call) and the hub is
+        contacted only when the model is not cached.
+    cache_dir: the HF hub cache to use (default: huggingface_hub's, i.e. HF_HUB_CACHE / HF_HOME).
+
+    Raises InvalidInput(field="model_id") when the model cannot be loaded.
+    """
+    if source.kind == "hub":
+        pipe = _load_from_hub(source, dtype=dtype, offline=offline, cache_dir=cache_dir)
+    elif source.kind == "folder":
+        pipe = _load_from_folder(source, dtype=dtype)
+    else:
+        pipe = _load_from_single_file(source, dtype=dtype, offline=offline, cache_dir=cache_dir)
+    _check_fully_loaded(pipe, source)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+
+def _load_from_hub(
+    source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None
+) -> DiffusionPipeline:
+    from diffusers import AutoPipelineForImage2Image
+
+    if offline is None and _offline_from_env():
+        offline = True
+    # Cache first unless the caller asked for the hub (offline=False); the hub only if allowed.
+    attempts = [True] if offline else ([False] if offline is False else [True, False])
+    errors: list[BaseException] = []
+    for local_files_only in attempts:
+        hub_kwargs = {"cache_dir": cache_dir, "revision": source.revision, "local_files_only": local_files_only}
+        try:
+            with _quiet_hub_warnings():
+                pipeline_class = _img2img_class(_read_hub_model_index(source.location, hub_kwargs), source)
+                return AutoPipelineForImage2Image.from_pretrained(
+                    source.location, dtype=dtype, **hub_kwargs, **_no_safety_checker(pipeline_class)
+                )
+        except InvalidInput:
+            raise
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every load failure becomes InvalidInput below
+            errors.append(exc)
+
+    where = f" in the Hugging Face cache at {cache_dir}" if cache_dir else " in the Hugging Face cache"
+    if attempts == [True]:
+        message = (
+            f"Model weights for {source.location} are not available offline (not found or incomplete{where}): "
+            f"{_reason(errors[-1])}. Download them on a machine with network access "
+            f"(`hf download {source.location}`) or point the model at a local folder."
+        )
+    elif attempts == [True, False]:
+        message = (
+            f"Model weights for {source.location} are not available offline (not found or incomplete{where}) "
+            f"and could not be downloaded: {_reason(errors[-1])}"
+        )
+    else:
+        message = f"Could not load model {source.location} from the Hugging Face hub: {_reason(errors[-1])}"
+    raise InvalidInput(message, field=_FIELD) from errors[-1]
+
+
+def _load_from_folder(source: ModelSource, *, dtype: torch.dtype) -> DiffusionPipeline:
+    from diffusers import AutoPipelineForImage2Image
+
+    folder = Path(source.location)
+    if not folder.is_dir():
+        raise InvalidInput(f"Model folder {source.location} does not exist", field=_FIELD)
+    model_index = _read_local_model_index(folder, what="Model folder")
+    pipeline_class = _img2img_class(model_index, source)
+    with _load_errors(source.location):
+        return AutoPipelineForImage2Image.from_pretrained(
+            str(folder), dtype=dtype, local_files_only=True, **_no_safety_checker(pipeline_class)
+        )
+
+
+def _load_from_single_file(
+    source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None
+) -> DiffusionPipeline:
+    from diffusers.loaders import FromSingleFileMixin
+
+    checkpoint = Path(source.location)
+    if not checkpoint.is_file():
+        raise InvalidInput(f"Model file {source.location} does not exist", field=_FIELD)
+    if checkpoint.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise InvalidInput(
+            f"Model file {source.location} is not a checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)})", field=_FIELD
+        )
+
+    if source.config is None:
+        if offline or (offline is None and _offline_from_env()):
+            raise InvalidInput(
+                f"Model file {source.location} needs a local diffusers config folder to load offline "
+                "(set the model's config to a folder holding model_index.json and the component configs)",
+                field=_FIELD,
+            )
+        with _load_errors(source.location), _quiet_hub_warnings():
+            return _load_single_file_with_hub_config(source, dtype=dtype, offline=offline, cache_dir=cache_dir)
+
+    config = Path(source.config)
+    if not config.is_dir():
+        raise InvalidInput(
+            f"Config folder {source.config} for model file {source.location} does not exist", field=_FIELD
+        )
+    model_index = _read_local_model_index(config, what=f"Config folder for {source.location}:")
+    pipeline_class = _img2img_class(model_index, source)
+    if not issubclass(pipeline_class, FromSingleFileMixin):
+        raise InvalidInput(
+            f"Model file {source.location}: {pipeline_class.__name__} cannot be loaded from a single file",
+            field=_FIELD,
+        )
+    with _load_errors(source.location):
+        return pipeline_class.from_single_file(
+            str(checkpoint),
+            config=str(config),
+            local_files_only=True,
+            dtype=dtype,
+            **_no_safety_checker(pipeline_class),
+        )
+
+
+def _load_single_file_with_hub_config(
+    source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None
+) -> DiffusionPipeline:
+    """single_file without a config folder (online only): diffusers infers the architecture from
+    the checkpoint and uses that architecture's reference repo on the hub for the configs
+    (cached ones first unless offline is False)."""
+    from diffusers import DiffusionPipeline
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+
+    config_repo = fetch_diffusers_config(load_single_file_checkpoint(source.location))["pretrained_model_name_or_path"]
+    try:
+        model_index = DiffusionPipeline.load_config(config_repo, cache_dir=cache_dir, local_files_only=offline is None)
+    except OSError:
+        if offline is not None:
+            raise
+        model_index = DiffusionPipeline.load_config(config_repo, cache_dir=cache_dir, local_files_only=False)
+    pipeline_class = _img2img_class(model_index, source)
+    # With local_files_only=True diffusers still downloads the configs when they are not cached.
+    return pipeline_class.from_single_file(
+        source.location,
+        config=config_repo,
+        cache_dir=cache_dir,
+        local_files_only=offline is None,
+        dtype=dtype,
+        **_no_safety_checker(pipeline_class),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+# Not the model's fault: let these through unchanged.
+_PASS_THROUGH: tuple[type[BaseException], ...] = (
+    MemoryError,
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+)
+
+
+def _offline_from_env() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE as set now (huggingface_hub reads them only at import)."""
+    from huggingface_hub import constants
+
+    from_env = any(
+        os.environ.get(name, "").strip().lower() in _TRUE_VALUES for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    return from_env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _read_hub_model_index(repo_id: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.load_config(repo_id, **hub_kwargs)
+
+
+def _read_local_model_index(folder: Path, *, what: str) -> dict[str, Any]:
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise InvalidInput(f"{what} {folder} has no model_index.json (not a diffusers pipeline folder)", field=_FIELD)
+    try:
+        model_index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{what} {folder}: unreadable model_index.json ({_reason(exc)})", field=_FIELD) from exc
+    if not isinstance(model_index, dict) or not isinstance(model_index.get("_class_name"), str):
+        raise InvalidInput(f"{what} {folder}: model_index.json has no _class_name", field=_FIELD)
+    return model_index
+
+
+def _img2img_class(model_index: dict[str, Any], source: ModelSource) -> type[DiffusionPipeline]:
+    """The image-to-image pipeline class for a model_index `_class_name`, as AutoPipelineForImage2Image picks it."""
+    from diffusers.pipelines.auto_pipeline import AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, _get_task_class
+
+    class_name = str(model_index.get("_class_name", ""))
+    lookup_name = class_name
+    if "Img2Img" not in lookup_name and "ControlPipeline" in lookup_name:
+        lookup_name = lookup_name.replace("ControlPipeline", "ControlImg2ImgPipeline")
+    pipeline_class = _get_task_class(AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, lookup_name, throw_error_if_not_exist=False)
+    if pipeline_class is None:
+        raise InvalidInput(
+            f"Model {source.location} is a {class_name or 'unknown pipeline'}, which has no image-to-image pipeline "
+            "in diffusers",
+            field=_FIELD,
+        )
+    return pipeline_class
+
+
+def _no_safety_checker(pipeline_class: type) -> dict[str, Any]:
+    """Loader kwargs that skip the safety checker, for pipeline classes that have one."""
+    import inspect
+
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    kwargs: dict[str, Any] = {}
+    if "safety_checker" in parameters:
+        kwargs["safety_checker"] = None
+    if "requires_safety_checker" in parameters:
+        kwargs["requires_safety_checker"] = False
+    return kwargs
+
+
+def _check_fully_loaded(pipe: DiffusionPipeline, source: ModelSource) -> None:
+    """A checkpoint that lacks weights the config asks for can leave parameters on the meta device."""
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            if any(p.device.type == "meta" for p in component.parameters()):
+                raise InvalidInput(
+                    f"Model {source.location}: weights for {name} are missing (checkpoint and config do not match)",
+                    field=_FIELD,
+                )
+
+
+@contextlib.contextmanager
+def _load_errors(location: str) -> Iterator[None]:
+    try:
+        yield
+    except (InvalidInput, *_PASS_THROUGH):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure is reported as the model being unusable
+        reason = _reason(exc)
+        if "meta tensor" in reason:  # diffusers left weights the checkpoint lacks uninitialised
+            reason = "weights are missing from the checkpoint (checkpoint and config do not match)"
+        raise InvalidInput(f"Could not load model {location}: {reason}", field=_FIELD) from exc
+
+
+@contextlib.contextmanager
+def _quiet_hub_warnings() -> Iterator[None]:
+    # diffusers 0.42's load_config passes the deprecated `local_dir_use_symlinks` to hf_hub_download.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        yield
+
+
+def _reason(exc: BaseException) -> str:
+    """One readable line from an exception: its first non-empty line, shortened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    text = text.rstrip(". ")
+    return text if len(text) <= 300 else text[:297] + "..."

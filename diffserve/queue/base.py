@@ -1,0 +1,33 @@
+"""The queue interface: it carries job ids only; the job store holds everything else.
+
+A handful of methods, like arq: enqueue, claim, ack, release, cancel. Backends: `local` (a table
+in the job store's database, for one machine) and, for a fleet, Celery + Redis behind the same
+methods.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class JobQueue(Protocol):
+    def enqueue(self, job_id: int) -> None:
+        """Make the job available to exactly one worker."""
+
+    def claim(self, worker_id: str, timeout: float) -> int | None:
+        """Take the oldest available job id for this worker, waiting up to `timeout` seconds."""
+
+    def ack(self, job_id: int) -> None:
+        """The job reached a terminal state: forget it."""
+
+    def release(self, job_id: int) -> None:
+        """Put a claimed job back (its worker died or gave it up)."""
+
+    def cancel(self, job_id: int) -> bool:
+        """Drop a job that no worker has claimed yet. True if it was dropped."""
+
+    def claimed_by(self, worker_id: str) -> list[int]:
+        """Job ids a worker holds (to release them when it dies)."""
+
+    def pending(self) -> list[int]:
+        """Job ids waiting or claimed, oldest first."""

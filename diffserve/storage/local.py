@@ -1,0 +1,46 @@
+"""Local-disk storage under the data dir; the API serves `generations/` at `<base_url>/generations/`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from ..core.errors import NotFound
+
+PUBLIC_PREFIX = "generations"
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def put(self, key: str, data: bytes, content_type: str = "image/png") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)  # readers never see a half-written file
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"No such object: {key}") from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def url(self, key: str, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/{key}"
+
+    def _path(self, key: str) -> Path:
+        parts = PurePosixPath(key).parts
+        if not parts or any(p in ("..", "") or p.startswith("/") for p in parts):
+            raise NotFound(f"No such object: {key}")
+        return self.root.joinpath(*parts)

@@ -1,0 +1,48 @@
+"""Which workers are alive and what they are doing (heartbeats in the shared database)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.orm import Session
+
+from .db import WorkerRow, utcnow
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: str
+    pid: int
+    state: str
+    current_job: int | None
+    models: list[str]
+    heartbeat_at: datetime
+
+
+class WorkerStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def register(self, worker_id: str, pid: int) -> None:
+        with Session(self._engine) as s, s.begin():
+            s.merge(WorkerRow(worker_id=worker_id, pid=pid, state="starting", models=[], current_job=None,
+                              started_at=utcnow(), heartbeat_at=utcnow()))
+
+    def update(self, worker_id: str, **values) -> None:
+        with Session(self._engine) as s, s.begin():
+            s.execute(update(WorkerRow).where(WorkerRow.worker_id == worker_id)
+                      .values(heartbeat_at=utcnow(), **values))
+
+    def remove(self, worker_id: str) -> None:
+        with Session(self._engine) as s, s.begin():
+            s.execute(delete(WorkerRow).where(WorkerRow.worker_id == worker_id))
+
+    def live(self, max_age_s: float = 15.0) -> list[WorkerInfo]:
+        cutoff = utcnow() - timedelta(seconds=max_age_s)
+        with Session(self._engine) as s:
+            rows = s.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= cutoff)
+                             .order_by(WorkerRow.worker_id)).all()
+            return [WorkerInfo(r.worker_id, r.pid, r.state, r.current_job, list(r.models or []), r.heartbeat_at)
+                    for r in rows]

@@ -1,0 +1,98 @@
+"""Runs the local worker processes beside the API: starts them, restarts the ones that die,
+and gives their jobs back to the queue so no job is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import threading
+from dataclasses import dataclass, field
+
+from .config import Settings
+from .queue.local import LocalQueue
+from .store.jobs import JobStore
+from .store.workers import WorkerStore
+from .worker import worker_main
+
+log = logging.getLogger(__name__)
+
+CRASH_REASON = "Worker stopped while generating this image"
+
+
+def recover_jobs(jobs: JobStore, queue: LocalQueue, max_attempts: int) -> int:
+    """At start-up no local worker is alive: every claimed job goes back to the queue (or fails after
+    too many attempts), and every unfinished job that lost its queue entry is queued again."""
+    for job_id in queue.claimed_by_any():
+        release(jobs, queue, job_id, max_attempts)
+    waiting = set(queue.pending())
+    missing = [j for j in jobs.unfinished_ids() if j not in waiting]
+    for job_id in missing:
+        if jobs.requeue(job_id, max_attempts, CRASH_REASON):
+            queue.enqueue(job_id)
+    return len(missing)
+
+
+def release(jobs: JobStore, queue: LocalQueue, job_id: int, max_attempts: int) -> None:
+    if jobs.requeue(job_id, max_attempts, CRASH_REASON):
+        queue.release(job_id)
+    else:
+        queue.ack(job_id)
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    jobs: JobStore
+    queue: LocalQueue
+    workers: WorkerStore
+    _procs: dict[str, mp.process.BaseProcess] = field(default_factory=dict)
+    _stops: dict[str, object] = field(default_factory=dict)
+    _halt: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        recover_jobs(self.jobs, self.queue, self.settings.max_attempts)
+        for i in range(self.settings.workers):
+            self._spawn(f"worker-{i}")
+        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._halt.set()
+        for stop in self._stops.values():
+            stop.set()
+        for p in self._procs.values():
+            p.join(timeout)
+            if p.is_alive():
+                p.kill()
+                p.join(2)
+        for worker_id in self._procs:
+            self.workers.remove(worker_id)
+
+    def restart_workers(self) -> None:
+        """Stop every worker after its current job and start fresh ones (jobs stay queued)."""
+        for worker_id in list(self._procs):
+            self._stops[worker_id].set()
+
+    def pids(self) -> dict[str, int | None]:
+        return {w: p.pid for w, p in self._procs.items()}
+
+    def _spawn(self, worker_id: str) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads or sockets
+        stop = ctx.Event()
+        proc = ctx.Process(target=worker_main, args=(self.settings, worker_id, stop), name=worker_id, daemon=True)
+        proc.start()
+        self._procs[worker_id], self._stops[worker_id] = proc, stop
+        log.info("started %s (pid %s)", worker_id, proc.pid)
+
+    def _watch(self) -> None:
+        while not self._halt.wait(0.5):
+            for worker_id, proc in list(self._procs.items()):
+                if proc.is_alive() or self._halt.is_set():
+                    continue
+                log.warning("%s exited (code %s); restarting it", worker_id, proc.exitcode)
+                for job_id in self.queue.claimed_by(worker_id):
+                    release(self.jobs, self.queue, job_id, self.settings.max_attempts)
+                self.workers.remove(worker_id)
+                self._spawn(worker_id)

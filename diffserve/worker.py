@@ -1,0 +1,141 @@
+"""The worker process: claims job ids from the queue and runs them through the engine.
+
+One process per worker; the HTTP process never runs a model. The worker heartbeats into the
+shared database so the API can tell it is alive and what it holds.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .config import Settings
+from .core.errors import DiffserveError
+from .core.job import Job
+from .engine.generate import Engine
+from .engine.registry import ModelRegistry
+from .queue.base import JobQueue
+from .queue.local import LocalQueue
+from .storage.base import Storage
+from .storage.local import LocalStorage
+from .store.db import make_engine
+from .store.jobs import JobStore
+from .store.workers import WorkerStore
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+WATCHDOG_S = 0.5
+
+
+@dataclass
+class Worker:
+    worker_id: str
+    jobs: JobStore
+    queue: JobQueue
+    storage: Storage
+    engine: Engine
+    workers: WorkerStore
+    preload: tuple[str, ...] = ()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        self.workers.register(self.worker_id, os.getpid())
+        beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
+        beat.start()
+        self._preload()
+        self.workers.update(self.worker_id, state="idle", models=self.engine.loaded_models())
+        try:
+            while not stop.is_set():
+                job_id = self.queue.claim(self.worker_id, timeout=0.5)
+                if job_id is not None:
+                    self.run_job(job_id)
+        finally:
+            self.workers.remove(self.worker_id)
+
+    def run_job(self, job_id: int) -> None:
+        job = self.jobs.start(job_id, self.worker_id)
+        if job is None:  # cancelled or finished meanwhile
+            self.queue.ack(job_id)
+            return
+        self.workers.update(self.worker_id, state="busy", current_job=job_id)
+        try:
+            keys, nsfw = self._generate(job)
+        except DiffserveError as e:
+            self.jobs.fail(job_id, e.message)
+        except Exception as e:  # the client gets a reason, the log gets the traceback
+            log.exception("job %s failed", job_id)
+            self.jobs.fail(job_id, f"Image generation failed: {type(e).__name__}")
+        else:
+            self.jobs.succeed(job_id, keys, nsfw)
+        finally:
+            self.queue.ack(job_id)
+            self.workers.update(self.worker_id, state="idle", current_job=None,
+                                models=self.engine.loaded_models())
+
+    def _generate(self, job: Job) -> tuple[list[str], list[bool]]:
+        req = job.request
+        init = Image.open(io.BytesIO(self.storage.get(req.init_image_key)))
+        init.load()
+        result = self.engine.generate(req, init.convert("RGB"))
+        keys = job.output_keys()
+        for key, png in zip(keys, result.png_bytes()):
+            self.storage.put(key, png)
+        return keys, result.nsfw
+
+    def _preload(self) -> None:
+        """Load the configured models before reporting ready, so the first request does not pay for it."""
+        for model_id in self.preload:
+            try:
+                self.engine.pipelines.get(model_id)
+            except Exception:
+                log.exception("could not preload model %s; it will be loaded on first use", model_id)
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        """Beat every HEARTBEAT_S; exit at once if the serving process died (kill -9), so no orphan
+        keeps running jobs that the next server start gives back to the queue."""
+        parent = mp.parent_process()
+        ticks = 0
+        while not stop.wait(WATCHDOG_S):
+            if parent is not None and not parent.is_alive():
+                log.error("serving process is gone; exiting")
+                os._exit(1)
+            ticks += 1
+            if ticks * WATCHDOG_S >= HEARTBEAT_S:
+                ticks = 0
+                try:
+                    self.workers.update(self.worker_id)
+                except Exception:  # a missed beat is not fatal; the next one retries
+                    log.warning("heartbeat failed", exc_info=True)
+
+
+def build_worker(settings: Settings, worker_id: str) -> Worker:
+    db = make_engine(settings.db_url)
+    registry = ModelRegistry.load(settings.models_path, settings.models_dir)
+    return Worker(
+        worker_id=worker_id,
+        jobs=JobStore(db),
+        queue=LocalQueue(db),
+        storage=LocalStorage(settings.data_dir),
+        engine=Engine(registry, device=settings.device),
+        workers=WorkerStore(db),
+        preload=tuple(settings.preload_models),
+    )
+
+
+def worker_main(settings: Settings, worker_id: str, stop) -> None:  # noqa: ANN001 (mp.Event)
+    """Entry point of a worker process (spawned by the supervisor)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {worker_id} %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+    build_worker(settings, worker_id).run(stop)

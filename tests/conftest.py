@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+from .servers import DiffserveServer, ImageHost, png_bytes
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory):
+    """One built tiny model shared by every server the tests start."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def image_host():
+    host = ImageHost().start()
+    host.add("/cat.png", png_bytes(64, 64))
+    host.add("/wide.png", png_bytes(100, 70))
+    host.add("/cat.jpg", png_bytes(64, 64, fmt="JPEG"), "image/jpeg")
+    host.add("/not-an-image.png", b"<html>hello</html>", "text/html")
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, models_root):
+    srv = DiffserveServer(tmp_path_factory.mktemp("data"), models_root).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def key(server):
+    return server.create_key("--name", "tests")
+
+
+@pytest.fixture(scope="session")
+def other_key(server):
+    return server.create_key("--name", "someone-else")

@@ -1,0 +1,163 @@
+"""Real servers for the tests: diffserve itself (as a subprocess, over HTTP) and a tiny image host."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_bytes(width: int = 64, height: int = 64, color=(200, 80, 40), fmt: str = "PNG") -> bytes:
+    img = Image.new("RGB", (width, height), color)
+    # a gradient so the image is not flat (flat images hide resize/crop mistakes)
+    for x in range(width):
+        img.putpixel((x, height // 2), (x * 255 // max(1, width - 1), 0, 255 - x * 255 // max(1, width - 1)))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@dataclass
+class ImageHost:
+    """An HTTP server on loopback serving bytes registered by the test."""
+
+    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    port: int = 0
+    _server: ThreadingHTTPServer | None = None
+
+    def start(self) -> "ImageHost":
+        files = self.files
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                item = files.get(self.path)
+                if item is None:
+                    self.send_error(404)
+                    return
+                data, ctype = item
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def add(self, path: str, data: bytes, content_type: str = "image/png") -> str:
+        self.files[path] = (data, content_type)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+
+
+@dataclass
+class DiffserveServer:
+    """`diffserve serve` in a subprocess with its own data dir."""
+
+    data_dir: Path
+    models_root: Path
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFSERVE_")}
+        env.update({
+            "DIFFSERVE_DATA_DIR": str(self.data_dir),
+            "DIFFSERVE_MODELS_ROOT": str(self.models_root),
+            "DIFFSERVE_ALLOW_PRIVATE_URLS": "1",  # the test image host is on loopback
+            "DIFFSERVE_TORCH_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+        })
+        env.update(self.env_overrides)
+        return env
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "diffserve.cli", *args], env=self.env(),
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def create_key(self, *extra: str) -> str:
+        return self.cli("keys", "create", *extra).strip().splitlines()[-1]
+
+    def start(self, timeout: float = 180.0) -> "DiffserveServer":
+        self.port = self.port or free_port()
+        self.log_path = self.data_dir / f"server-{self.port}.log"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "diffserve.cli", "serve", "--port", str(self.port)],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not healthy after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """SIGTERM: graceful stop. SIGKILL: the whole process group dies at once (a crash)."""
+        if not self.proc or self.proc.poll() is not None:
+            return
+        if sig == signal.SIGKILL:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        else:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log_tail(self, n: int = 60) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def post(self, path: str, body=None, **kw) -> httpx.Response:
+        kw.setdefault("timeout", 120)
+        return httpx.post(f"{self.url}{path}", json=body, **kw)

@@ -1,0 +1,81 @@
+"""No job is lost: queued and running jobs survive a crash of the whole server, and waiting past the
+sync limit answers `processing`."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from .servers import DiffserveServer, png_bytes
+
+IMG2IMG = "/api/v6/images/img2img"
+
+
+@pytest.fixture
+def slow_server(tmp_path, models_root, image_host):
+    # answers `processing` at once (sync wait 0), and its jobs are big enough to still be queued when we kill it
+    srv = DiffserveServer(tmp_path / "data", models_root, {"DIFFSERVE_SYNC_WAIT_S": "0"}).start()
+    image_host.add("/big.png", png_bytes(256, 256))
+    yield srv
+    srv.stop(signal.SIGKILL)
+
+
+def slow_body(key, image_host, seed):
+    return {"key": key, "model_id": "tiny-sd", "prompt": "a lighthouse", "init_image": image_host.url("/big.png"),
+            "samples": 4, "num_inference_steps": 40, "strength": 1, "seed": seed}
+
+
+def statuses(srv) -> dict[int, str]:
+    with sqlite3.connect(srv.data_dir / "diffserve.db") as db:
+        return dict(db.execute("select id, status from jobs"))
+
+
+def test_sync_wait_past_the_limit_answers_processing(slow_server, image_host):
+    key = slow_server.create_key()
+    out = slow_server.post(IMG2IMG, slow_body(key, image_host, 1)).json()
+    assert out["status"] == "processing" and out["fetch_result"].endswith(f"/fetch/{out['id']}")
+    assert out["eta"] > 0 and len(out["future_links"]) == 4
+
+
+def test_queued_and_running_jobs_finish_after_a_crash_and_restart(slow_server, image_host):
+    srv = slow_server
+    key = srv.create_key()
+    first = srv.post(IMG2IMG, {**slow_body(key, image_host, 1), "num_inference_steps": 4, "samples": 1}).json()
+    done = None
+    for _ in range(300):
+        done = srv.post(f"/api/v6/images/fetch/{first['id']}", {"key": key}).json()
+        if done["status"] == "success":
+            break
+        time.sleep(0.1)
+    assert done and done["status"] == "success"
+    ids = [srv.post(IMG2IMG, slow_body(key, image_host, s)).json()["id"] for s in (10, 11, 12)]
+    # wait until the first slow job is running, then kill everything at once
+    for _ in range(300):
+        if statuses(srv)[ids[0]] == "running":
+            break
+        time.sleep(0.05)
+    assert statuses(srv)[ids[0]] == "running"
+    srv.stop(signal.SIGKILL)
+    before = statuses(srv)
+    assert all(before[i] in ("queued", "running") for i in ids[1:]), before
+
+    srv.start()
+    results = {}
+    deadline = time.monotonic() + 240
+    while len(results) < len(ids) and time.monotonic() < deadline:
+        for i in ids:
+            r = srv.post(f"/api/v6/images/fetch/{i}", {"key": key}).json()
+            if r["status"] != "processing":
+                results[i] = r
+        time.sleep(0.5)
+    assert [results[i]["status"] for i in ids] == ["success"] * 3, results
+    assert [results[i]["meta"]["seed"] for i in ids] == [10, 11, 12]
+    for r in results.values():
+        assert all(httpx.get(u).status_code == 200 for u in r["output"])
+    # what was done before the crash is still served
+    again = srv.post(f"/api/v6/images/fetch/{first['id']}", {"key": key}).json()
+    assert again["output"] == done["output"] and httpx.get(again["output"][0]).status_code == 200
