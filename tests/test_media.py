@@ -121,6 +121,14 @@ def test_animated_takes_first_frame(fmt: str) -> None:
     assert r > 200 and g < 50 and b < 50
 
 
+def test_mpo_takes_first_picture() -> None:
+    pictures = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    data = encode(pictures[0], "MPO", save_all=True, append_images=pictures[1:])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    r, g, b = decode(data).getpixel((8, 8))
+    assert r > 200 and g < 50 and b < 50
+
+
 def test_rgba_composited_on_white() -> None:
     im = Image.new("RGBA", (3, 1))
     im.putpixel((0, 0), (255, 0, 0, 0))  # fully transparent red: must come out white
@@ -193,7 +201,7 @@ def test_decompression_bomb_refused_without_allocating() -> None:
     start = time.monotonic()
     err = refused(data)
     assert time.monotonic() - start < 0.5
-    assert "too large" in err.message
+    assert err.message == "init_image is too large: more than 16777216 pixels"
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -656,3 +664,15 @@ def test_https_pinned_address_keeps_sni_and_certificate_check(tls_server) -> Non
         # Same server by IP: the certificate (for public.example only) must not verify.
         err = fetch_refused(f"https://127.0.0.1:{port}/img.png", client=client)
         assert err.message == FETCH_FAILED and "CERTIFICATE_VERIFY_FAILED" in err.reason
+
+
+@pytest.mark.parametrize("path", ["/drip", "/drip-headers"])
+def test_https_total_deadline(tls_server, path: str) -> None:
+    srv, client_ctx = tls_server
+    port = srv.server_address[1]
+    start = time.monotonic()
+    with httpx.Client(verify=client_ctx, trust_env=False) as client:
+        err = fetch_refused(f"https://public.example:{port}{path}", allow_private=False,
+                            policy=pinned_policy(port), client=client)  # fmt: skip
+    assert err.reason == "timed out"
+    assert time.monotonic() - start < 1.6

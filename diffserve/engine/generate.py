@@ -63,7 +63,7 @@ class Engine:
             out = pipe(
                 prompt=req.prompt,
                 negative_prompt=req.negative_prompt or None,
-                image=init_image,
+                image=[init_image] * req.samples,  # one per sample: diffusers deprecates duplicating one
                 strength=req.strength,
                 num_inference_steps=req.steps,
                 guidance_scale=req.guidance_scale,

@@ -106,51 +106,64 @@ def load_img2img_pipeline(
 def _load_from_hub(
     source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None
 ) -> DiffusionPipeline:
-    from diffusers import AutoPipelineForImage2Image
-
     if offline is None and _offline_from_env():
         offline = True
-    # Cache first unless the caller asked for the hub (offline=False); the hub only if allowed.
-    attempts = [True] if offline else ([False] if offline is False else [True, False])
-    errors: list[BaseException] = []
-    for local_files_only in attempts:
-        hub_kwargs = {"cache_dir": cache_dir, "revision": source.revision, "local_files_only": local_files_only}
-        try:
-            with _quiet_hub_warnings():
-                pipeline_class = _img2img_class(_read_hub_model_index(source.location, hub_kwargs), source)
-                return AutoPipelineForImage2Image.from_pretrained(
-                    source.location, dtype=dtype, **hub_kwargs, **_no_safety_checker(pipeline_class)
-                )
-        except InvalidInput:
-            raise
-        except _PASS_THROUGH:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every load failure becomes InvalidInput below
-            errors.append(exc)
+    where = f"the Hugging Face cache at {cache_dir}" if cache_dir else "the Hugging Face cache"
 
-    where = f" in the Hugging Face cache at {cache_dir}" if cache_dir else " in the Hugging Face cache"
-    if attempts == [True]:
-        message = (
-            f"Model weights for {source.location} are not available offline (not found or incomplete{where}): "
-            f"{_reason(errors[-1])}. Download them on a machine with network access "
-            f"(`hf download {source.location}`) or point the model at a local folder."
-        )
-    elif attempts == [True, False]:
-        message = (
-            f"Model weights for {source.location} are not available offline (not found or incomplete{where}) "
-            f"and could not be downloaded: {_reason(errors[-1])}"
-        )
-    else:
-        message = f"Could not load model {source.location} from the Hugging Face hub: {_reason(errors[-1])}"
-    raise InvalidInput(message, field=_FIELD) from errors[-1]
+    local_problem = f"not in {where}"
+    local_error: InvalidInput | None = None
+    if offline is not False:
+        # A cached snapshot is loaded as the local folder it is: no hub client call at all. (Even
+        # with local_files_only=True, huggingface_hub >= 2 may contact the hub while building
+        # request headers, unless HF_HUB_OFFLINE was set when it was imported.)
+        snapshot = _cached_snapshot(source, cache_dir)
+        if snapshot is not None:
+            try:
+                pipe = _load_pipeline_folder(snapshot, source, dtype=dtype)
+                pipe.register_to_config(_name_or_path=source.location)
+                return pipe
+            except InvalidInput as exc:
+                local_problem, local_error = f"the copy in {where} is incomplete or unreadable: {exc.message}", exc
+        if offline:
+            raise InvalidInput(
+                f"Model weights for {source.location} are not available offline ({local_problem}). "
+                f"Download them where the hub is reachable (`hf download {source.location}`) "
+                "or configure the model as a local folder.",
+                field=_FIELD,
+            ) from local_error
+
+    from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+
+    hub_kwargs = {"cache_dir": cache_dir, "revision": source.revision}
+    try:
+        with _quiet_hub_warnings():
+            pipeline_class = _img2img_class(DiffusionPipeline.load_config(source.location, **hub_kwargs), source)
+            return AutoPipelineForImage2Image.from_pretrained(
+                source.location, dtype=dtype, **hub_kwargs, **_no_safety_checker(pipeline_class)
+            )
+    except (InvalidInput, *_PASS_THROUGH):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every load failure becomes InvalidInput
+        if offline is None:
+            message = (
+                f"Model weights for {source.location} are not available offline ({local_problem}) "
+                f"and could not be downloaded: {_reason(exc)}"
+            )
+        else:
+            message = f"Could not load model {source.location} from the Hugging Face hub: {_reason(exc)}"
+        raise InvalidInput(message, field=_FIELD) from exc
 
 
 def _load_from_folder(source: ModelSource, *, dtype: torch.dtype) -> DiffusionPipeline:
-    from diffusers import AutoPipelineForImage2Image
-
     folder = Path(source.location)
     if not folder.is_dir():
         raise InvalidInput(f"Model folder {source.location} does not exist", field=_FIELD)
+    return _load_pipeline_folder(folder, source, dtype=dtype)
+
+
+def _load_pipeline_folder(folder: Path, source: ModelSource, *, dtype: torch.dtype) -> DiffusionPipeline:
+    from diffusers import AutoPipelineForImage2Image
+
     model_index = _read_local_model_index(folder, what="Model folder")
     pipeline_class = _img2img_class(model_index, source)
     with _load_errors(source.location):
@@ -253,10 +266,21 @@ def _offline_from_env() -> bool:
     return from_env or bool(constants.HF_HUB_OFFLINE)
 
 
-def _read_hub_model_index(repo_id: str, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
-    from diffusers import DiffusionPipeline
+def _cached_snapshot(source: ModelSource, cache_dir: str | None) -> Path | None:
+    """The HF cache's snapshot folder for the repo at `source.revision` (default main), if it has one.
 
-    return DiffusionPipeline.load_config(repo_id, **hub_kwargs)
+    Pure filesystem lookup through huggingface_hub's cache API (refs/<branch> -> snapshots/<commit>).
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        found = try_to_load_from_cache(
+            source.location, "model_index.json", cache_dir=cache_dir, revision=source.revision
+        )
+    except HFValidationError as exc:
+        raise InvalidInput(f"{source.location} is not a valid Hugging Face repo id", field=_FIELD) from exc
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _read_local_model_index(folder: Path, *, what: str) -> dict[str, Any]:

@@ -75,8 +75,10 @@ def decode_image(data: bytes, *, field: str, limits: ImageLimits) -> Image.Image
             image = _apply_orientation(im, field)
             return to_rgb(image)
     except Image.DecompressionBombError:
-        # Pillow refused the header size before we could look at it (> 2x its own global limit).
-        raise ImageInputError(f"{field} is too large: more than {limits.max_pixels} pixels", field=field) from None
+        # Pillow refused the header size before we could look at it (> 2x its own global limit,
+        # which therefore caps ours).
+        cap = limits.max_pixels if Image.MAX_IMAGE_PIXELS is None else min(limits.max_pixels, 2 * Image.MAX_IMAGE_PIXELS)
+        raise ImageInputError(f"{field} is too large: more than {cap} pixels", field=field) from None
     except UnidentifiedImageError:
         raise ImageInputError(not_an_image_message(field), field=field) from None
     except _DECODE_ERRORS as exc:

@@ -15,12 +15,11 @@ Rules (shared with webhook delivery through :class:`UrlPolicy`):
 * ``limits.fetch_timeout_s`` bounds the whole fetch, redirects included. httpx's timeouts are per
   operation (a server dripping one byte a second never trips them), so a timer also shuts the
   connection's socket down when the total time is up; it learns the socket through httpcore's
-  ``trace`` request extension.
+  ``trace`` request extension. DNS resolution (``socket.getaddrinfo``) is not covered.
 * Connections are not kept alive (see ``_REQUEST_HEADERS``). A caller-supplied client should be
   one used only for these fetches: a connection its pool already holds for the same IP and port
   (from other requests) could be reused, skipping the TLS name check for our host and the timer
   (the deadline is then only checked between body chunks).
-  DNS resolution (``socket.getaddrinfo``) is not covered by the timeout.
 
 Fetch failures raise ``ImageInputError("Unable to fetch image from provided URL")`` (ModelsLab's
 exact wording); the reason is in the error's ``reason`` attribute and in the log, not the message.
