@@ -23,6 +23,7 @@ from .core.request import RequestDraft, output_size
 from .engine.registry import ModelRegistry
 from .media.inputs import load_image
 from .queue.base import JobQueue
+from .queue.signals import CompletionBroadcaster
 from .storage.base import Storage
 from .store.jobs import JobStore, new_output_token
 from .store.keys import ApiKey
@@ -39,6 +40,7 @@ class GenerationService:
     storage: Storage
     registry: ModelRegistry
     http: httpx.Client
+    completions: CompletionBroadcaster | None = None  # wakes waiters when a local worker finishes a job
 
     async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
                      dialect_params: dict[str, Any] | None = None) -> Job:
@@ -68,8 +70,11 @@ class GenerationService:
             remaining = deadline - time.monotonic()
             if job.status.is_terminal() or remaining <= 0:
                 return job
-            await anyio.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, _WAIT_MAX_S)
+            if self.completions is not None:
+                await self.completions.wait(min(_WAIT_MAX_S, remaining))
+            else:
+                await anyio.sleep(min(delay, remaining))
+                delay = min(delay * 1.5, _WAIT_MAX_S)
 
     async def get_for_key(self, job_id: int | None, key: ApiKey) -> Job:
         """A key sees only its own jobs; another key's job is reported as not found."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .queue.local import LocalQueue
+from .queue.signals import LocalSignals
 from .store.jobs import JobStore
 from .store.workers import WorkerStore
 from .worker import worker_main
@@ -46,6 +47,7 @@ class Supervisor:
     jobs: JobStore
     queue: LocalQueue
     workers: WorkerStore
+    signals: LocalSignals
     _procs: dict[str, mp.process.BaseProcess] = field(default_factory=dict)
     _stops: dict[str, object] = field(default_factory=dict)
     _halt: threading.Event = field(default_factory=threading.Event)
@@ -81,7 +83,7 @@ class Supervisor:
     def _spawn(self, worker_id: str) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads or sockets
         stop = ctx.Event()
-        proc = ctx.Process(target=worker_main, args=(self.settings, worker_id, stop), name=worker_id, daemon=True)
+        proc = ctx.Process(target=worker_main, args=(self.settings, worker_id, stop, self.signals), name=worker_id, daemon=True)
         proc.start()
         self._procs[worker_id], self._stops[worker_id] = proc, stop
         log.info("started %s (pid %s)", worker_id, proc.pid)

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -23,6 +24,7 @@ from .engine.generate import Engine
 from .engine.registry import ModelRegistry
 from .queue.base import JobQueue
 from .queue.local import LocalQueue
+from .queue.signals import LocalSignals
 from .storage.base import Storage
 from .storage.local import LocalStorage
 from .store.db import make_engine
@@ -44,6 +46,7 @@ class Worker:
     engine: Engine
     workers: WorkerStore
     preload: tuple[str, ...] = ()
+    job_done: Any = None  # cross-process Event: set after each job, so waiting requests answer at once
 
     def run(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
@@ -77,6 +80,8 @@ class Worker:
             self.jobs.succeed(job_id, keys, nsfw)
         finally:
             self.queue.ack(job_id)
+            if self.job_done is not None:
+                self.job_done.set()
             self.workers.update(self.worker_id, state="idle", current_job=None,
                                 models=self.engine.loaded_models())
 
@@ -116,21 +121,22 @@ class Worker:
                     log.warning("heartbeat failed", exc_info=True)
 
 
-def build_worker(settings: Settings, worker_id: str) -> Worker:
+def build_worker(settings: Settings, worker_id: str, signals: LocalSignals | None = None) -> Worker:
     db = make_engine(settings.db_url)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     return Worker(
         worker_id=worker_id,
         jobs=JobStore(db),
-        queue=LocalQueue(db),
+        queue=LocalQueue(db, ready=signals.job_ready if signals else None),
         storage=LocalStorage(settings.data_dir),
         engine=Engine(registry, device=settings.device),
         workers=WorkerStore(db),
         preload=tuple(settings.preload_models),
+        job_done=signals.job_done if signals else None,
     )
 
 
-def worker_main(settings: Settings, worker_id: str, stop) -> None:  # noqa: ANN001 (mp.Event)
+def worker_main(settings: Settings, worker_id: str, stop: Any, signals: LocalSignals | None = None) -> None:
     """Entry point of a worker process (spawned by the supervisor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -138,4 +144,4 @@ def worker_main(settings: Settings, worker_id: str, stop) -> None:  # noqa: ANN0
     import torch
 
     torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
-    build_worker(settings, worker_id).run(stop)
+    build_worker(settings, worker_id, signals).run(stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +26,8 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = await anyio.to_thread.run_sync(lambda: build_state(settings, run_workers=run_workers))
+        if state.service.completions:
+            state.service.completions.start(asyncio.get_running_loop())
         if state.supervisor:
             await anyio.to_thread.run_sync(state.supervisor.start)
         app.state.ds = state

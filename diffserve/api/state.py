@@ -10,6 +10,7 @@ from fastapi import Request
 from ..config import Settings
 from ..engine.registry import ModelRegistry
 from ..queue.local import LocalQueue
+from ..queue.signals import CompletionBroadcaster, LocalSignals
 from ..service import GenerationService
 from ..storage.local import LocalStorage
 from ..store.db import create_schema, make_engine
@@ -36,6 +37,8 @@ class AppState:
     def close(self) -> None:
         if self.supervisor:
             self.supervisor.stop()
+        if self.service.completions:
+            self.service.completions.stop()
         self.http.close()
 
 
@@ -43,11 +46,14 @@ def build_state(settings: Settings, *, run_workers: bool) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.db_url)
     create_schema(db)
-    jobs, queue, workers = JobStore(db), LocalQueue(db), WorkerStore(db)
+    signals = LocalSignals.create() if run_workers else None
+    jobs, workers = JobStore(db), WorkerStore(db)
+    queue = LocalQueue(db, ready=signals.job_ready if signals else None)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     http = httpx.Client(timeout=settings.images.fetch_timeout_s, follow_redirects=False)
-    service = GenerationService(settings, jobs, queue, LocalStorage(settings.data_dir), registry, http)
-    supervisor = Supervisor(settings, jobs, queue, workers) if run_workers else None
+    completions = CompletionBroadcaster(signals.job_done) if signals else None
+    service = GenerationService(settings, jobs, queue, LocalStorage(settings.data_dir), registry, http, completions)
+    supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
     return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor)
 
 

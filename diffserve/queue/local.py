@@ -7,6 +7,7 @@ Durable across restarts (the row is there until ack), atomic claims across worke
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session
@@ -18,23 +19,35 @@ _POLL_MAX_S = 0.1
 
 
 class LocalQueue:
-    def __init__(self, engine: Engine) -> None:
+    """`ready`: an optional cross-process Event set on enqueue, so idle workers wake at once
+    instead of waiting out their poll interval (see queue/signals.py)."""
+
+    def __init__(self, engine: Engine, ready: Any = None) -> None:
         self._engine = engine
+        self._ready = ready
 
     def enqueue(self, job_id: int) -> None:
         with Session(self._engine) as s, s.begin():
             if s.get(QueueRow, job_id) is None:
                 s.execute(insert(QueueRow).values(job_id=job_id))
+        if self._ready is not None:
+            self._ready.set()
 
     def claim(self, worker_id: str, timeout: float) -> int | None:
         deadline = time.monotonic() + timeout
         delay = _POLL_MIN_S
         while True:
+            if self._ready is not None:
+                self._ready.clear()  # cleared before looking: an enqueue after this sets it again
             job_id = self._try_claim(worker_id)
-            if job_id is not None or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if job_id is not None or remaining <= 0:
                 return job_id
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, _POLL_MAX_S)
+            if self._ready is not None:
+                self._ready.wait(remaining)
+            else:
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, _POLL_MAX_S)
 
     def _try_claim(self, worker_id: str) -> int | None:
         oldest = (
