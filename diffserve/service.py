@@ -50,10 +50,19 @@ class GenerationService:
         init = await anyio.to_thread.run_sync(self._load_image, draft.init_image, "init_image")
         width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
         token = new_output_token()
-        png = await anyio.to_thread.run_sync(_fit_png, init, width, height)
-        self.storage.put(input_key(token), png)
+        await self._store_image(input_key(token), init, (width, height))
+        extra_keys = []
+        for i, ref in enumerate(draft.extra_images):
+            extra_keys.append(input_key(token, f"ref{i}"))
+            await self._store_image(extra_keys[-1], await anyio.to_thread.run_sync(self._load_image, ref, "file_urls"))
+        ip_key = None
+        if draft.ip_adapter_image:
+            ip_key = input_key(token, "ip")
+            img = await anyio.to_thread.run_sync(self._load_image, draft.ip_adapter_image, "ip_adapter_image")
+            await self._store_image(ip_key, img)
         seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
-        request = draft.resolve(limits, init_image_key=input_key(token), width=width, height=height, seed=seed)
+        request = draft.resolve(limits, init_image_key=input_key(token), width=width, height=height, seed=seed,
+                                extra_image_keys=extra_keys, ip_adapter_image_key=ip_key)
         job = await anyio.to_thread.run_sync(
             lambda: self.jobs.create(key_id=key.key_id, dialect=dialect, request=request,
                                      output_token=token, dialect_params=dialect_params))
@@ -91,6 +100,10 @@ class GenerationService:
         ahead = await anyio.to_thread.run_sync(self.jobs.position, job.id)
         workers = max(1, self.settings.workers)
         return round(per_job * (1 + ahead / workers), 2)
+
+    async def _store_image(self, key: str, img: Image.Image, size: tuple[int, int] | None = None) -> None:
+        png = await anyio.to_thread.run_sync(_fit_png, img, *(size or img.size))
+        await anyio.to_thread.run_sync(self.storage.put, key, png)
 
     def _load_image(self, value: str, field: str) -> Image.Image:
         return load_image(value, field=field, limits=self.settings.images,

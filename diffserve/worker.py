@@ -87,13 +87,18 @@ class Worker:
 
     def _generate(self, job: Job) -> tuple[list[str], list[bool]]:
         req = job.request
-        init = Image.open(io.BytesIO(self.storage.get(req.init_image_key)))
-        init.load()
-        result = self.engine.generate(req, init.convert("RGB"))
+        result = self.engine.generate(
+            req, self._image(req.init_image_key), [self._image(k) for k in req.extra_image_keys],
+            self._image(req.ip_adapter_image_key) if req.ip_adapter_image_key else None)
         keys = job.output_keys()
         for key, png in zip(keys, result.png_bytes()):
             self.storage.put(key, png)
         return keys, result.nsfw
+
+    def _image(self, key: str) -> Image.Image:
+        img = Image.open(io.BytesIO(self.storage.get(key)))
+        img.load()
+        return img.convert("RGB")
 
     def _preload(self) -> None:
         """Load the configured models before reporting ready, so the first request does not pay for it."""

@@ -55,5 +55,6 @@ def output_key(token: str, index: int) -> str:
     return f"generations/{token}-{index}.png"
 
 
-def input_key(token: str) -> str:
-    return f"inputs/{token}.png"
+def input_key(token: str, name: str = "init") -> str:
+    """Inputs are stored beside the job, never served: `inputs/<token>-init.png`, `-ref0`, `-ip`..."""
+    return f"inputs/{token}-{name}.png"

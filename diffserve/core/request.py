@@ -41,6 +41,8 @@ class GenerationRequest(BaseModel):
     prompt: str
     negative_prompt: str | None = None
     init_image_key: str = Field(description="storage key of the decoded init image (PNG, already width x height)")
+    extra_image_keys: list[str] = Field(default_factory=list, description="reference images (PNG), as sent")
+    ip_adapter_image_key: str | None = None
     width: int
     height: int
     samples: int = 1
@@ -125,6 +127,7 @@ class RequestDraft(BaseModel):
     model_id: str
     prompt: str
     init_image: str = Field(description="what the client sent: URL, base64 or data URI")
+    extra_images: list[str] = Field(default_factory=list, description="reference images: URL/base64 each")
     negative_prompt: str | None = None
     width: int | None = None
     height: int | None = None
@@ -178,13 +181,16 @@ class RequestDraft(BaseModel):
             )
 
     def resolve(
-        self, limits: ModelLimits, *, init_image_key: str, width: int, height: int, seed: int
+        self, limits: ModelLimits, *, init_image_key: str, width: int, height: int, seed: int,
+        extra_image_keys: list[str] | None = None, ip_adapter_image_key: str | None = None,
     ) -> GenerationRequest:
-        fields = self.model_dump(exclude={"init_image", "width", "height", "samples", "steps",
+        fields = self.model_dump(exclude={"init_image", "extra_images", "width", "height", "samples", "steps",
                                           "guidance_scale", "strength", "seed"})
         return GenerationRequest(
             **fields,
             init_image_key=init_image_key,
+            extra_image_keys=extra_image_keys or [],
+            ip_adapter_image_key=ip_adapter_image_key,
             width=width,
             height=height,
             samples=self.samples or 1,

@@ -1,0 +1,34 @@
+"""Stable Diffusion 1.x/2.x img2img (and any family whose diffusers img2img pipeline takes the same call)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..loading import ModelSource, load_img2img_pipeline
+from .base import RunInputs
+
+
+class StableDiffusionFamily:
+    name = "sd"
+
+    def load(self, source: ModelSource, *, device: str, dtype: torch.dtype) -> Any:
+        return load_img2img_pipeline(source, device=device, dtype=dtype)
+
+    def run(self, pipe: Any, inputs: RunInputs) -> list[Image.Image]:
+        req = inputs.request
+        out = pipe(
+            prompt=inputs.prompt,
+            negative_prompt=inputs.negative_prompt or None,
+            image=[inputs.init_image] * req.samples,  # one per sample: diffusers deprecates duplicating one
+            strength=req.strength,
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance_scale,
+            num_images_per_prompt=req.samples,
+            generator=inputs.generators,
+            output_type="pil",
+            **inputs.call_kwargs,
+        )
+        return list(out.images)
