@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import Settings
+from .models_cli import add_models_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +53,8 @@ def _key_store(args: argparse.Namespace):
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    key, full = _key_store(args).create(args.name, role="admin" if args.admin else "user")
+    key, full = _key_store(args).create(args.name, role="admin" if args.admin else "user",
+                                        max_queued=args.max_queued)
     print(f"created {key.role} key {key.name!r} (id {key.key_id}); it is shown only once:")
     print(full)
     return 0
@@ -61,7 +63,8 @@ def _keys_create(args: argparse.Namespace) -> int:
 def _keys_list(args: argparse.Namespace) -> int:
     for k in _key_store(args).list():
         state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
-        print(f"{k.key_id}  {k.name:<24} {k.role:<6} created {k.created_at:%Y-%m-%d %H:%M}  {state}")
+        cap = "default" if k.max_queued is None else (k.max_queued or "none")
+        print(f"{k.key_id}  {k.name:<24} {k.role:<6} created {k.created_at:%Y-%m-%d %H:%M}  {state}  max-queued {cap}")
     return 0
 
 
@@ -75,13 +78,11 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_list(args: argparse.Namespace) -> int:
-    from .engine.registry import ModelRegistry
-
-    settings = _settings(args)
-    for model_id, entry in ModelRegistry.load(settings.models_path, settings.models_dir).items():
-        print(f"{model_id:<24} {entry.family:<6} {entry.kind:<12} {entry.location}")
-    return 0
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,14 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", parents=[common], help="create a key; prints it on the last line")
     create.add_argument("--name")
     create.add_argument("--admin", action="store_true", help="a key that may manage the server")
+    create.add_argument("--max-queued", type=_non_negative, metavar="N",
+                        help="queued+running jobs this key may have (0: no cap; default: the server's "
+                             "DIFFSERVE_LIMITS__MAX_QUEUED_PER_KEY)")
     create.set_defaults(func=_keys_create)
     keys.add_parser("list", parents=[common], help="list keys").set_defaults(func=_keys_list)
     revoke = keys.add_parser("revoke", parents=[common], help="revoke by key, key id or name")
     revoke.add_argument("key")
     revoke.set_defaults(func=_keys_revoke)
 
-    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command")
-    models.add_parser("list", parents=[common], help="list models").set_defaults(func=_models_list)
+    models = sub.add_parser("models", help="the model registry: models, LoRAs, embeddings, VAEs, IP-Adapters")
+    add_models_commands(models.add_subparsers(dest="models_command"), common, _settings)
     return p
 
 

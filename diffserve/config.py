@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +16,74 @@ class ImageLimits(BaseModel):
     max_pixels: int = Field(4096 * 4096, description="largest decoded image accepted (width*height)")
     fetch_timeout_s: float = Field(15.0, description="total time allowed to fetch an image URL")
     max_redirects: int = 5
+
+
+class RequestLimits(BaseModel):
+    """Bounds on what one request may ask for, checked before anything is queued."""
+
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest JSON body accepted (bytes)")
+    max_prompt_chars: int = Field(10_000, ge=1, description="longest prompt / negative_prompt (characters)")
+    max_text_chars: int = Field(2048, ge=1, description="longest other text field (ids, track_id, webhook URL...)")
+    max_batch_pixels: int = Field(
+        4 * 1024 * 1024, ge=1, description="largest samples x width x height one request may generate"
+    )
+    max_queued_per_key: int = Field(
+        10, ge=0, description="queued+running jobs one key may have (0: no cap); a key's own cap overrides it"
+    )
+
+
+class WebhookSettings(BaseModel):
+    """Delivery of job results to the request's `webhook` URL (see webhooks/)."""
+
+    signing_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key for the webhook-signature header (whsec_<base64> or any text)"
+    )
+    max_attempts: int = Field(5, ge=1, description="POSTs per delivery before it is marked failed")
+    backoff_initial_s: float = Field(5.0, ge=0, description="wait after the first failed attempt")
+    backoff_factor: float = Field(3.0, ge=1, description="each later wait is this many times the previous")
+    backoff_max_s: float = Field(600.0, ge=0, description="longest wait between two attempts")
+    timeout_s: float = Field(30.0, gt=0, description="total time one attempt may take (the vendor's 30 s)")
+    poll_interval_s: float = Field(0.5, gt=0, description="how often the dispatcher looks for due deliveries")
+    concurrency: int = Field(4, ge=1, description="deliveries in flight at once")
+
+
+class StorageSettings(BaseModel):
+    """Where outputs and inputs are stored. `update_s3` (saved in the database) overrides these."""
+
+    backend: Literal["local", "s3"] = "local"
+    bucket: str | None = None
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint; None for AWS")
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    prefix: str = Field("", description="key prefix inside the bucket (ModelsLab's image_directory)")
+    public_url: str | None = Field(None, description="base URL objects are public under; None: presigned URLs")
+    presign_expiry_s: int = Field(24 * 3600, ge=1, le=7 * 24 * 3600, description="lifetime of presigned URLs")
+    refresh_s: float = Field(1.0, ge=0, description="how often API and workers re-read storage settings saved by update_s3")
+    temp_ttl_s: float = Field(24 * 3600, gt=0, description="age after which `temp` outputs are deleted")
+    cleanup_interval_s: float = Field(600.0, gt=0, description="how often expired temp objects are looked for")
+
+
+class QolabaApp(BaseModel):
+    """An operator's mapping of one Qolaba app_id: the local model, and optionally its allowed sizes
+    ("HEIGHTxWIDTH"; an empty list lets the output follow the input image)."""
+
+    model: str
+    sizes: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_id_alone(cls, value: Any) -> Any:
+        return {"model": value} if isinstance(value, str) else value
+
+    @field_validator("sizes")
+    @classmethod
+    def _height_x_width(cls, sizes: list[str] | None) -> list[str] | None:
+        for size in sizes or ():
+            height, sep, width = size.lower().partition("x")
+            if not (sep and height.isdigit() and width.isdigit()):
+                raise ValueError(f"size {size!r} is not HEIGHTxWIDTH (e.g. 1024x1024)")
+        return sizes
 
 
 class Settings(BaseSettings):
@@ -39,10 +108,35 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="runs of one job (restarts/crashes included) before it fails")
     default_model: str = "tiny-sd"
     preload_models: list[str] = Field(["tiny-sd"], description="models each worker loads before it reports ready")
+    model_cache_gb: float | None = Field(
+        None, gt=0, description="memory budget of each worker's loaded models (GiB, parameters + buffers); least "
+                                "recently used models are evicted past it. Default: 80% of the CUDA device's memory, "
+                                "50% of RAM on CPU. A model bigger than the budget still loads, alone")
+    max_loaded_models: int = Field(2, ge=1, description="most models one worker keeps loaded at once")
+    safety_checker: str = Field(
+        "auto", description="NSFW checker: 'auto' (built-in tiny models: 'tiny'; others: "
+                            "CompVis/stable-diffusion-safety-checker), a hub id, a local folder, 'tiny' (never flags) "
+                            "or 'tiny-flag-all' (flags every image; tests)")
     images: ImageLimits = ImageLimits()
     allow_private_urls: bool = Field(
         False, description="let image/webhook URLs reach loopback, private and link-local addresses (LAN, tests)"
     )
+    # Dialects (see api/realtime, api/pony, api/qolaba) and the load balancer (queue/local.py).
+    realtime_model: str = Field("tiny-sd", description="model serving the realtime endpoints (a few-step model)")
+    realtime_scheduler: str | None = Field("LCMScheduler", description="scheduler for realtime requests; none: the model's")
+    realtime_steps: int = Field(4, ge=1, le=50, description="denoising steps of a realtime request")
+    realtime_guidance: float = Field(1.0, ge=0, le=20, description="guidance scale of a realtime request")
+    pony_model: str = Field("tiny-sdxl", description="model for pony requests that name no model_id (an SDXL model)")
+    worker_labels: str = Field("", description="GPU class of each local worker, comma-separated in worker order "
+                                               "(e.g. a10g,h100); a single value labels every worker")
+    affinity_wait_s: float = Field(2.0, ge=0, description="how long a queued job waits for a worker that already "
+                                                          "has its model loaded before any free worker takes it")
+    qolaba_apps: dict[str, QolabaApp] = Field(
+        default_factory=dict, description='Qolaba app_id -> local model, e.g. {"ap-...": "my-flux"} or '
+                                          '{"ap-...": {"model": "my-flux", "sizes": ["1024x1024"]}}')
+    limits: RequestLimits = RequestLimits()
+    webhooks: WebhookSettings = WebhookSettings()
+    storage: StorageSettings = StorageSettings()
 
     @property
     def db_url(self) -> str:

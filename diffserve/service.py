@@ -19,14 +19,18 @@ from PIL import Image
 from .config import Settings
 from .core.errors import NotFound
 from .core.job import Job, input_key
-from .core.request import RequestDraft, output_size
+from .core.request import RequestDraft, check_batch_pixels, output_size
 from .engine.registry import ModelRegistry
+from .engine.request_rules import resolve_controls
+from .media.fetch import UrlPolicy
 from .media.inputs import load_image
 from .queue.base import JobQueue
 from .queue.signals import CompletionBroadcaster
 from .storage.base import Storage
 from .store.jobs import JobStore, new_output_token
 from .store.keys import ApiKey
+from .admission import QueueCaps
+from .webhooks.dispatcher import check_webhook_url
 
 _WAIT_MIN_S = 0.01
 _WAIT_MAX_S = 0.25
@@ -41,27 +45,47 @@ class GenerationService:
     registry: ModelRegistry
     http: httpx.Client
     completions: CompletionBroadcaster | None = None  # wakes waiters when a local worker finishes a job
+    caps: QueueCaps | None = None  # per-key cap on queued+running jobs (None: no cap)
 
     async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
                      dialect_params: dict[str, Any] | None = None) -> Job:
+        """Check the server's limits and the key's queue cap, then validate and enqueue (see _submit)."""
+        draft.check_lengths(self.settings.limits.max_prompt_chars, self.settings.limits.max_text_chars)
+        if self.caps is None:
+            return await self._submit(key, dialect, draft, dialect_params)
+        async with self.caps.admit(key):  # RateLimited past the cap
+            return await self._submit(key, dialect, draft, dialect_params)
+
+    async def _submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
+                      dialect_params: dict[str, Any] | None) -> Job:
         """Validate against the model, fetch and store the init image, create and enqueue the job."""
-        limits = self.registry.get(draft.model_id).limits
+        entry = self.registry.get(draft.model_id)
+        limits = entry.limits
+        if draft.max_side and draft.max_side < limits.max_size:  # the dialect's cap (realtime: 1024...)
+            limits = limits.model_copy(update={"max_size": draft.max_side})
         draft.check(limits)
+        self.registry.check_request(draft)  # LoRA / embedding / VAE / IP-Adapter ids, families, ip image
+        # the model's family decides which controls apply; prompts enhanced here so meta shows them
+        draft = await anyio.to_thread.run_sync(resolve_controls, draft, entry)
+        if draft.webhook:  # the same network rules as image URLs, refused before anything is fetched
+            policy = UrlPolicy(allow_private=self.settings.allow_private_urls)
+            await anyio.to_thread.run_sync(check_webhook_url, draft.webhook, policy)
         init = await anyio.to_thread.run_sync(self._load_image, draft.init_image, "init_image")
         width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
+        check_batch_pixels(draft.samples or 1, width, height, self.settings.limits.max_batch_pixels)
         token = new_output_token()
-        await self._store_image(input_key(token), init, (width, height))
+        await self._store_image(input_key(token, temp=draft.temp), init, (width, height))
         extra_keys = []
         for i, ref in enumerate(draft.extra_images):
-            extra_keys.append(input_key(token, f"ref{i}"))
+            extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
             await self._store_image(extra_keys[-1], await anyio.to_thread.run_sync(self._load_image, ref, "file_urls"))
         ip_key = None
         if draft.ip_adapter_image:
-            ip_key = input_key(token, "ip")
+            ip_key = input_key(token, "ip", temp=draft.temp)
             img = await anyio.to_thread.run_sync(self._load_image, draft.ip_adapter_image, "ip_adapter_image")
             await self._store_image(ip_key, img)
         seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
-        request = draft.resolve(limits, init_image_key=input_key(token), width=width, height=height, seed=seed,
+        request = draft.resolve(limits, init_image_key=input_key(token, temp=draft.temp), width=width, height=height, seed=seed,
                                 extra_image_keys=extra_keys, ip_adapter_image_key=ip_key)
         job = await anyio.to_thread.run_sync(
             lambda: self.jobs.create(key_id=key.key_id, dialect=dialect, request=request,

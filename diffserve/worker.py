@@ -26,10 +26,12 @@ from .queue.base import JobQueue
 from .queue.local import LocalQueue
 from .queue.signals import LocalSignals
 from .storage.base import Storage
-from .storage.local import LocalStorage
+from .storage.configured import build_storage
 from .store.db import make_engine
+from .store.control import ControlLog
 from .store.jobs import JobStore
 from .store.workers import WorkerStore
+from .worker_orders import WorkerOrders, worker_labels
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +49,24 @@ class Worker:
     workers: WorkerStore
     preload: tuple[str, ...] = ()
     job_done: Any = None  # cross-process Event: set after each job, so waiting requests answer at once
+    labels: tuple[str, ...] = ()  # e.g. ("a100",): jobs that asked for that GPU class may run here
+    orders: WorkerOrders | None = None  # the API's control events (clear_cache, restart...)
 
     def run(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
-        self.workers.register(self.worker_id, os.getpid())
+        self.workers.register(self.worker_id, os.getpid(), self.labels)
+        if self.orders:
+            self.orders.start()
         beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
         beat.start()
         self._preload()
         self.workers.update(self.worker_id, state="idle", models=self.engine.loaded_models())
         try:
             while not stop.is_set():
-                job_id = self.queue.claim(self.worker_id, timeout=0.5)
+                if self.orders and not self.orders.apply(self):
+                    break  # restart: exit cleanly between jobs; the supervisor starts a fresh process
+                job_id = self.queue.claim(self.worker_id, timeout=0.5, loaded=self.engine.loaded_models(),
+                                          labels=self.labels)
                 if job_id is not None:
                     self.run_job(job_id)
         finally:
@@ -126,18 +135,31 @@ class Worker:
                     log.warning("heartbeat failed", exc_info=True)
 
 
+def model_cache_budget(settings: Settings) -> int:
+    """The model cache's budget in bytes: DIFFSERVE_MODEL_CACHE_GB, else a default from the device's memory."""
+    from .engine.cache import GIB, default_budget_bytes
+
+    if settings.model_cache_gb is not None:
+        return int(settings.model_cache_gb * GIB)
+    return default_budget_bytes(settings.device)
+
+
 def build_worker(settings: Settings, worker_id: str, signals: LocalSignals | None = None) -> Worker:
     db = make_engine(settings.db_url)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     return Worker(
         worker_id=worker_id,
         jobs=JobStore(db),
-        queue=LocalQueue(db, ready=signals.job_ready if signals else None),
-        storage=LocalStorage(settings.data_dir),
-        engine=Engine(registry, device=settings.device),
+        queue=LocalQueue(db, ready=signals.job_ready if signals else None, affinity_wait_s=settings.affinity_wait_s),
+        storage=build_storage(settings, db),  # local or S3, following update_s3 without a restart
+        engine=Engine(registry, device=settings.device, safety_checker=settings.safety_checker,
+                      models_dir=settings.models_dir, max_models=settings.max_loaded_models,
+                      cache_budget_bytes=model_cache_budget(settings)),
         workers=WorkerStore(db),
         preload=tuple(settings.preload_models),
         job_done=signals.job_done if signals else None,
+        labels=worker_labels(settings, worker_id),
+        orders=WorkerOrders(ControlLog(db)),
     )
 
 

@@ -37,3 +37,24 @@ def key(server):
 @pytest.fixture(scope="session")
 def other_key(server):
     return server.create_key("--name", "someone-else")
+
+
+@pytest.fixture(scope="session")
+def dialect_server(tmp_path_factory, models_root):
+    """One server shared by the dialect tests (realtime, pony, HiDream, Qolaba, management), with the
+    operator settings they need: see tests/dialects.py."""
+    from .dialects import start_dialect_server
+
+    srv = start_dialect_server(tmp_path_factory.mktemp("dialects"), models_root)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def hardened_server(tmp_path_factory, models_root):
+    """Private URLs refused, default limits: shared by test_hostile and test_schemathesis (tests/hardened.py)."""
+    from .hardened import start_hardened_server
+
+    srv = start_hardened_server(tmp_path_factory.mktemp("hardened"), models_root)
+    yield srv
+    srv.stop()

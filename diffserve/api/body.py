@@ -17,7 +17,15 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def read_json_object(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> dict[str, Any]:
+def _configured_max_body(request: Request) -> int:
+    """The server's `limits.max_body_bytes` (DEFAULT_MAX_BODY outside a running app)."""
+    ds = getattr(request.app.state, "ds", None)
+    return ds.settings.limits.max_body_bytes if ds is not None else DEFAULT_MAX_BODY
+
+
+async def read_json_object(request: Request, max_bytes: int | None = None) -> dict[str, Any]:
+    if max_bytes is None:
+        max_bytes = _configured_max_body(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise InvalidInput(f"Request body is too large (max {max_bytes} bytes)")
@@ -34,6 +42,8 @@ async def read_json_object(request: Request, max_bytes: int = DEFAULT_MAX_BODY) 
         body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput(f"Invalid JSON body: {e}") from None
+    except RecursionError:  # e.g. [[[[...]]]] nested deeper than Python's stack
+        raise InvalidInput("Invalid JSON body: nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidInput("Request body must be a JSON object")
     return body

@@ -12,12 +12,14 @@ from ..engine.registry import ModelRegistry
 from ..queue.local import LocalQueue
 from ..queue.signals import CompletionBroadcaster, LocalSignals
 from ..service import GenerationService
-from ..storage.local import LocalStorage
+from ..storage.configured import build_storage
+from ..store.control import ControlLog
 from ..store.db import create_schema, make_engine
 from ..store.jobs import JobStore
 from ..store.keys import KeyStore
 from ..store.workers import WorkerStore
 from ..supervisor import Supervisor
+from .background import DeliveryServices, build_delivery
 
 
 @dataclass
@@ -29,12 +31,16 @@ class AppState:
     service: GenerationService
     http: httpx.Client
     supervisor: Supervisor | None = None
+    delivery: DeliveryServices | None = None  # webhooks, temp cleanup, storage settings, per-key caps
+    control: ControlLog | None = None  # orders to every worker (clear_cache, restart...): api/management
 
     def base_url(self, request: Request) -> str:
         """This server as the client reached it, unless the operator fixed a public URL."""
         return self.settings.public_url.rstrip("/") if self.settings.public_url else str(request.base_url).rstrip("/")
 
     def close(self) -> None:
+        if self.delivery:
+            self.delivery.stop()
         if self.supervisor:
             self.supervisor.stop()
         if self.service.completions:
@@ -52,9 +58,12 @@ def build_state(settings: Settings, *, run_workers: bool) -> AppState:
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     http = httpx.Client(timeout=settings.images.fetch_timeout_s, follow_redirects=False)
     completions = CompletionBroadcaster(signals.job_done) if signals else None
-    service = GenerationService(settings, jobs, queue, LocalStorage(settings.data_dir), registry, http, completions)
+    storage = build_storage(settings, db)
+    delivery = build_delivery(settings, db, jobs, storage)
+    service = GenerationService(settings, jobs, queue, storage, registry, http, completions, caps=delivery.caps)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
-    return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor)
+    return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor, delivery=delivery,
+                    control=ControlLog(db))
 
 
 def app_state(request: Request) -> AppState:

@@ -8,12 +8,17 @@ gives it) and never contain a stack trace.
 from __future__ import annotations
 
 
+MAX_MESSAGE_CHARS = 1000
+
+
 class DiffserveError(Exception):
     """Base class: `message` is safe to show to the client."""
 
     http_status = 500
 
     def __init__(self, message: str) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:  # a message quoting a client's 10 MB string stays small
+            message = message[:MAX_MESSAGE_CHARS] + "..."
         super().__init__(message)
         self.message = message
 

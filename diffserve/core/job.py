@@ -42,7 +42,7 @@ class Job:
 
     def output_keys(self) -> list[str]:
         """Storage keys the job's images get: known at creation, so `future_links` can name them."""
-        return [output_key(self.output_token, i) for i in range(self.request.samples)]
+        return [output_key(self.output_token, i, temp=self.request.temp) for i in range(self.request.samples)]
 
     @property
     def generation_time(self) -> float | None:
@@ -51,10 +51,14 @@ class Job:
         return None
 
 
-def output_key(token: str, index: int) -> str:
-    return f"generations/{token}-{index}.png"
+#: Keys under this prefix are deleted once older than `storage.temp_ttl_s` (requests with `temp: yes`).
+TEMP_PREFIX = "temp/"
 
 
-def input_key(token: str, name: str = "init") -> str:
+def output_key(token: str, index: int, *, temp: bool = False) -> str:
+    return f"{TEMP_PREFIX if temp else ''}generations/{token}-{index}.png"
+
+
+def input_key(token: str, name: str = "init", *, temp: bool = False) -> str:
     """Inputs are stored beside the job, never served: `inputs/<token>-init.png`, `-ref0`, `-ip`..."""
-    return f"inputs/{token}-{name}.png"
+    return f"{TEMP_PREFIX if temp else ''}inputs/{token}-{name}.png"

@@ -30,6 +30,8 @@ class ModelLimits(BaseModel):
     default_guidance: float = 7.5
     max_samples: int = 4
     default_strength: float = 0.7
+    default_width: int | None = None  # output size when the request gives none; None: follow the init image
+    default_height: int | None = None
 
 
 class GenerationRequest(BaseModel):
@@ -71,6 +73,7 @@ class GenerationRequest(BaseModel):
     temp: bool = False
     webhook: str | None = None
     track_id: str | None = None
+    worker_label: str | None = None  # run only on workers with this label (GPU class); None: any worker
 
 
 def check_range(field: str, value: float | int | None, lo: float, hi: float) -> None:
@@ -95,6 +98,8 @@ def output_size(
     An init image larger than the model's maximum is scaled down to fit (aspect kept), then the
     size is rounded down to the model's multiple (8), as the vendor states. Too small is an error.
     """
+    if width is None and height is None and limits.default_width and limits.default_height:
+        return limits.default_width, limits.default_height
     if width is not None and height is not None:
         return width, height
     w, h = float(init_w), float(init_h)
@@ -156,6 +161,8 @@ class RequestDraft(BaseModel):
     temp: bool = False
     webhook: str | None = None
     track_id: str | None = None
+    worker_label: str | None = None
+    max_side: int | None = Field(None, description="the dialect's cap on width/height, below the model's own")
 
     def check(self, limits: ModelLimits) -> None:
         """Every range check, in the vendor's wording, before any image is fetched."""
@@ -180,12 +187,24 @@ class RequestDraft(BaseModel):
                 field="lora_strength",
             )
 
+    def check_lengths(self, max_prompt_chars: int, max_text_chars: int) -> None:
+        """Bound every text field (images excepted: their byte limits apply). Runs before any check
+        that quotes a value, so no error echoes a huge string."""
+        for name, value in self:
+            if name in _IMAGE_FIELDS:
+                continue
+            limit = max_prompt_chars if name in _PROMPT_FIELDS else max_text_chars
+            for text in (value if isinstance(value, list) else [value]):
+                if isinstance(text, str) and len(text) > limit:
+                    field = _VENDOR_NAMES.get(name, name)
+                    raise InvalidInput(f"{field} is too long: {len(text)} characters (max {limit})", field=field)
+
     def resolve(
         self, limits: ModelLimits, *, init_image_key: str, width: int, height: int, seed: int,
         extra_image_keys: list[str] | None = None, ip_adapter_image_key: str | None = None,
     ) -> GenerationRequest:
         fields = self.model_dump(exclude={"init_image", "extra_images", "width", "height", "samples", "steps",
-                                          "guidance_scale", "strength", "seed"})
+                                          "guidance_scale", "strength", "seed", "max_side"})
         return GenerationRequest(
             **fields,
             init_image_key=init_image_key,
@@ -214,7 +233,21 @@ IP_ADAPTER_IDS = (
     "ip-adapter_sdxl", "ip-adapter_sd15", "ip-adapter-plus-face_sd15",
     "ip-adapter-plus_sdxl_vit-h", "ip-adapter-plus-face_sdxl_vit-h",
 )
-ALGORITHM_TYPES = ("dpmsolver+++",)
+ALGORITHM_TYPES = ("dpmsolver+++", "dpmsolver++", "sde-dpmsolver++")  # the vendor's, then diffusers' own names
+
+
+_IMAGE_FIELDS = frozenset({"init_image", "extra_images", "ip_adapter_image"})
+_PROMPT_FIELDS = frozenset({"prompt", "negative_prompt"})
+_VENDOR_NAMES = {"lora_models": "lora_model", "steps": "num_inference_steps"}
+
+
+def check_batch_pixels(samples: int, width: int, height: int, max_pixels: int) -> None:
+    """One request's total output (samples x width x height) against the server's bound."""
+    total = samples * width * height
+    if total > max_pixels:
+        raise InvalidInput(
+            f"samples x width x height is too large: {samples} x {width} x {height} = {total} pixels "
+            f"(max {max_pixels})", field="samples")
 
 
 def check_choice(field: str, value: str | None, choices: tuple[str, ...]) -> None:

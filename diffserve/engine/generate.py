@@ -17,16 +17,25 @@ import torch
 from PIL import Image
 
 from ..core.request import GenerationRequest
-from .cache import PipelineCache
+from .cache import PipelineCache, modules_bytes, reachable_modules, weights_bytes
 from .controls import CONTROLS, POSTPROCESSORS, ControlContext
 from .families import family
 from .families.base import RunInputs
 from .registry import ModelRegistry
+from .safety import SHARED_KEY, SafetyCheckers
 from .tiny import build_tiny_sd
+from .tiny_flux import build_tiny_flux, build_tiny_flux_kontext, build_tiny_flux_redux
+from .tiny_flux_control import build_tiny_flux_canny, build_tiny_flux_depth
+from .tiny_hidream import build_tiny_hidream
+from .tiny_sdxl import build_tiny_sdxl
 
 log = logging.getLogger(__name__)
 
 TINY_BUILDERS = {"tiny-sd": build_tiny_sd}
+TINY_BUILDERS.update({"tiny-sdxl": build_tiny_sdxl, "tiny-flux": build_tiny_flux,
+                      "tiny-flux-kontext": build_tiny_flux_kontext, "tiny-flux-redux": build_tiny_flux_redux})
+TINY_BUILDERS.update({"tiny-flux-canny": build_tiny_flux_canny, "tiny-flux-depth": build_tiny_flux_depth,
+                      "tiny-hidream": build_tiny_hidream})
 
 
 @dataclass
@@ -51,11 +60,32 @@ class _Loaded:
 
 class Engine:
     def __init__(self, registry: ModelRegistry, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 max_models: int = 2) -> None:
+                 max_models: int = 2, safety_checker: str = "auto", models_dir: Path | None = None,
+                 cache_budget_bytes: int | None = None) -> None:
+        """max_models / cache_budget_bytes: the pipeline cache's bounds (engine/cache.py); a budget of
+        None bounds the count only."""
         self._registry = registry
         self._device = device
         self._dtype = dtype
-        self.pipelines: PipelineCache[_Loaded] = PipelineCache(self._load, max_models=max_models)
+        # engine-wide objects the controls share (ControlContext.shared): the safety checkers, loaded once
+        self.shared: dict[str, Any] = {
+            SHARED_KEY: SafetyCheckers(safety_checker, models_dir=models_dir, device=device)}
+        self.pipelines: PipelineCache[_Loaded] = PipelineCache(
+            self._load, max_models=max_models, budget_bytes=cache_budget_bytes,
+            size_of=lambda loaded: modules_bytes(reachable_modules(loaded.pipe, loaded.state)),
+            expected_bytes=self._expected_bytes)
+
+    def _expected_bytes(self, model_id: str) -> int | None:
+        """A model's size before it is loaded, from its weight files' headers (None: unknown)."""
+        from .loading import _cached_snapshot
+
+        try:
+            entry = self._registry.get(model_id)
+            location = _cached_snapshot(entry.source(), None) if entry.kind == "hub" else Path(entry.location)
+        except Exception:  # noqa: BLE001 - an estimate only; the load itself reports real problems
+            return None
+        itemsize = torch.finfo(self._dtype).bits // 8 if self._dtype.is_floating_point else None
+        return weights_bytes(location, itemsize) if location is not None else None
 
     def _load(self, model_id: str) -> _Loaded:
         entry = self._registry.get(model_id)
@@ -84,7 +114,7 @@ class Engine:
             negative_prompt=req.negative_prompt,
             ip_adapter_image=ip_adapter_image,
         )
-        ctx = ControlContext(req.model_id, entry, self._registry, self._device, loaded.state)
+        ctx = ControlContext(req.model_id, entry, self._registry, self._device, loaded.state, self.shared)
         with torch.inference_mode(), ExitStack() as stack:
             for control in CONTROLS:
                 stack.enter_context(control(loaded.pipe, inputs, ctx))

@@ -74,8 +74,12 @@ def load_img2img_pipeline(
     dtype: torch.dtype = torch.float32,
     offline: bool | None = None,
     cache_dir: str | None = None,
+    as_img2img: bool = True,
 ) -> DiffusionPipeline:
     """Load `source` as an image-to-image pipeline on `device` in `dtype`, progress bars off.
+
+    as_img2img=False loads the pipeline class model_index.json names, as it is: for families that
+    build image-to-image on a text-to-image pipeline diffusers has no img2img variant of (HiDream).
 
     offline (hub and single_file without config):
       * True: only the local HF cache is used; nothing cached -> InvalidInput.
@@ -88,11 +92,12 @@ def load_img2img_pipeline(
     Raises InvalidInput(field="model_id") when the model cannot be loaded.
     """
     if source.kind == "hub":
-        pipe = _load_from_hub(source, dtype=dtype, offline=offline, cache_dir=cache_dir)
+        pipe = _load_from_hub(source, dtype=dtype, offline=offline, cache_dir=cache_dir, as_img2img=as_img2img)
     elif source.kind == "folder":
-        pipe = _load_from_folder(source, dtype=dtype)
+        pipe = _load_from_folder(source, dtype=dtype, as_img2img=as_img2img)
     else:
-        pipe = _load_from_single_file(source, dtype=dtype, offline=offline, cache_dir=cache_dir)
+        pipe = _load_from_single_file(source, dtype=dtype, offline=offline, cache_dir=cache_dir,
+                                      as_img2img=as_img2img)
     _check_fully_loaded(pipe, source)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -104,7 +109,7 @@ def load_img2img_pipeline(
 
 
 def _load_from_hub(
-    source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None
+    source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None, as_img2img: bool = True
 ) -> DiffusionPipeline:
     if offline is None and _offline_from_env():
         offline = True
@@ -119,7 +124,7 @@ def _load_from_hub(
         snapshot = _cached_snapshot(source, cache_dir)
         if snapshot is not None:
             try:
-                pipe = _load_pipeline_folder(snapshot, source, dtype=dtype)
+                pipe = _load_pipeline_folder(snapshot, source, dtype=dtype, as_img2img=as_img2img)
                 pipe.register_to_config(_name_or_path=source.location)
                 return pipe
             except InvalidInput as exc:
@@ -137,8 +142,9 @@ def _load_from_hub(
     hub_kwargs = {"cache_dir": cache_dir, "revision": source.revision}
     try:
         with _quiet_hub_warnings():
-            pipeline_class = _img2img_class(DiffusionPipeline.load_config(source.location, **hub_kwargs), source)
-            return AutoPipelineForImage2Image.from_pretrained(
+            config = DiffusionPipeline.load_config(source.location, **hub_kwargs)
+            pipeline_class = _pipeline_class(config, source, as_img2img)
+            return (AutoPipelineForImage2Image if as_img2img else pipeline_class).from_pretrained(
                 source.location, dtype=dtype, **hub_kwargs, **_no_safety_checker(pipeline_class)
             )
     except (InvalidInput, *_PASS_THROUGH):
@@ -154,26 +160,27 @@ def _load_from_hub(
         raise InvalidInput(message, field=_FIELD) from exc
 
 
-def _load_from_folder(source: ModelSource, *, dtype: torch.dtype) -> DiffusionPipeline:
+def _load_from_folder(source: ModelSource, *, dtype: torch.dtype, as_img2img: bool = True) -> DiffusionPipeline:
     folder = Path(source.location)
     if not folder.is_dir():
         raise InvalidInput(f"Model folder {source.location} does not exist", field=_FIELD)
-    return _load_pipeline_folder(folder, source, dtype=dtype)
+    return _load_pipeline_folder(folder, source, dtype=dtype, as_img2img=as_img2img)
 
 
-def _load_pipeline_folder(folder: Path, source: ModelSource, *, dtype: torch.dtype) -> DiffusionPipeline:
+def _load_pipeline_folder(folder: Path, source: ModelSource, *, dtype: torch.dtype,
+                          as_img2img: bool = True) -> DiffusionPipeline:
     from diffusers import AutoPipelineForImage2Image
 
     model_index = _read_local_model_index(folder, what="Model folder")
-    pipeline_class = _img2img_class(model_index, source)
+    pipeline_class = _pipeline_class(model_index, source, as_img2img)
     with _load_errors(source.location):
-        return AutoPipelineForImage2Image.from_pretrained(
+        return (AutoPipelineForImage2Image if as_img2img else pipeline_class).from_pretrained(
             str(folder), dtype=dtype, local_files_only=True, **_no_safety_checker(pipeline_class)
         )
 
 
 def _load_from_single_file(
-    source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None
+    source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None, as_img2img: bool = True
 ) -> DiffusionPipeline:
     from diffusers.loaders import FromSingleFileMixin
 
@@ -193,7 +200,8 @@ def _load_from_single_file(
                 field=_FIELD,
             )
         with _load_errors(source.location), _quiet_hub_warnings():
-            return _load_single_file_with_hub_config(source, dtype=dtype, offline=offline, cache_dir=cache_dir)
+            return _load_single_file_with_hub_config(source, dtype=dtype, offline=offline, cache_dir=cache_dir,
+                                                     as_img2img=as_img2img)
 
     config = Path(source.config)
     if not config.is_dir():
@@ -201,7 +209,7 @@ def _load_from_single_file(
             f"Config folder {source.config} for model file {source.location} does not exist", field=_FIELD
         )
     model_index = _read_local_model_index(config, what=f"Config folder for {source.location}:")
-    pipeline_class = _img2img_class(model_index, source)
+    pipeline_class = _pipeline_class(model_index, source, as_img2img)
     if not issubclass(pipeline_class, FromSingleFileMixin):
         raise InvalidInput(
             f"Model file {source.location}: {pipeline_class.__name__} cannot be loaded from a single file",
@@ -218,7 +226,7 @@ def _load_from_single_file(
 
 
 def _load_single_file_with_hub_config(
-    source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None
+    source: ModelSource, *, dtype: torch.dtype, offline: bool | None, cache_dir: str | None, as_img2img: bool = True
 ) -> DiffusionPipeline:
     """single_file without a config folder (online only): diffusers infers the architecture from
     the checkpoint and uses that architecture's reference repo on the hub for the configs
@@ -233,7 +241,7 @@ def _load_single_file_with_hub_config(
         if offline is not None:
             raise
         model_index = DiffusionPipeline.load_config(config_repo, cache_dir=cache_dir, local_files_only=False)
-    pipeline_class = _img2img_class(model_index, source)
+    pipeline_class = _pipeline_class(model_index, source, as_img2img)
     # With local_files_only=True diffusers still downloads the configs when they are not cached.
     return pipeline_class.from_single_file(
         source.location,
@@ -294,6 +302,20 @@ def _read_local_model_index(folder: Path, *, what: str) -> dict[str, Any]:
     if not isinstance(model_index, dict) or not isinstance(model_index.get("_class_name"), str):
         raise InvalidInput(f"{what} {folder}: model_index.json has no _class_name", field=_FIELD)
     return model_index
+
+
+def _pipeline_class(model_index: dict[str, Any], source: ModelSource, as_img2img: bool) -> type[DiffusionPipeline]:
+    """The img2img class (`_img2img_class`), or with as_img2img=False the class model_index names."""
+    if as_img2img:
+        return _img2img_class(model_index, source)
+    import diffusers
+
+    class_name = str(model_index.get("_class_name", ""))
+    pipeline_class = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
+    if not (isinstance(pipeline_class, type) and issubclass(pipeline_class, diffusers.DiffusionPipeline)):
+        raise InvalidInput(f"Model {source.location}: {class_name or 'no pipeline class'} is not a diffusers pipeline",
+                           field=_FIELD)
+    return pipeline_class
 
 
 def _img2img_class(model_index: dict[str, Any], source: ModelSource) -> type[DiffusionPipeline]:

@@ -167,7 +167,7 @@ def fetch_image_bytes(
     Without `client`, a private client is used for this call (no env proxies or .netrc).
     """
     policy = policy or UrlPolicy(allow_private=allow_private)
-    deadline = _Deadline(limits.fetch_timeout_s)
+    deadline = Deadline(limits.fetch_timeout_s)
     own_client = client is None
     http = client or httpx.Client(trust_env=False)
     try:
@@ -194,16 +194,29 @@ def fetch_image_bytes(
             http.close()
 
 
-def _build_request(http: httpx.Client, target: Target, deadline: _Deadline, field: str) -> httpx.Request:
-    remaining = deadline.remaining()
-    if remaining <= 0:
+def _build_request(http: httpx.Client, target: Target, deadline: Deadline, field: str) -> httpx.Request:
+    if deadline.remaining() <= 0:
         raise fetch_failed(field, "timed out")
+    return pinned_request(http, target, "GET", headers=_REQUEST_HEADERS, deadline=deadline)
+
+
+def pinned_request(
+    http: httpx.Client, target: Target, method: str, *, headers: dict[str, str], deadline: Deadline,
+    content: bytes | None = None,
+) -> httpx.Request:
+    """A request for `target` that connects to the address the policy checked (DNS-rebinding safe).
+
+    Built for the original URL, so the Host header names the host and, for https, SNI and the
+    certificate check use the host name; then the URL is pinned to `target.address`. The deadline's
+    trace hook lets it shut the socket down when the total time is up. Send it with
+    ``follow_redirects=False`` and a client used only for such requests (see the module notes).
+    """
     extensions: dict[str, Any] = {"trace": deadline.trace}
     if target.url.scheme == "https":
         extensions["sni_hostname"] = target.host
-    # Built for the original URL, so the Host header names the host; then pinned to the address.
     request = http.build_request(
-        "GET", target.url, headers=_REQUEST_HEADERS, timeout=httpx.Timeout(remaining), extensions=extensions
+        method, target.url, headers=headers, content=content,
+        timeout=httpx.Timeout(max(deadline.remaining(), 0.001)), extensions=extensions,
     )
     if target.address is not None:
         request.url = request.url.copy_with(host=target.address)
@@ -217,7 +230,7 @@ def _redirect_target(target: Target, response: httpx.Response, field: str) -> ht
         raise fetch_failed(field, "invalid redirect location") from None
 
 
-def _read_body(response: httpx.Response, *, field: str, limits: ImageLimits, deadline: _Deadline) -> bytes:
+def _read_body(response: httpx.Response, *, field: str, limits: ImageLimits, deadline: Deadline) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limits.max_bytes:
         raise ImageInputError(too_many_bytes_message(field, int(declared), limits.max_bytes), field=field)
@@ -234,7 +247,7 @@ def _read_body(response: httpx.Response, *, field: str, limits: ImageLimits, dea
     return bytes(body)
 
 
-class _Deadline:
+class Deadline:
     """Total time budget of one fetch; shuts its sockets down when the budget is spent."""
 
     def __init__(self, seconds: float) -> None:

@@ -7,15 +7,17 @@ methods.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Sequence
 
 
 class JobQueue(Protocol):
     def enqueue(self, job_id: int) -> None:
         """Make the job available to exactly one worker."""
 
-    def claim(self, worker_id: str, timeout: float) -> int | None:
-        """Take the oldest available job id for this worker, waiting up to `timeout` seconds."""
+    def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
+              labels: Sequence[str] = ()) -> int | None:
+        """Take a job id for this worker, waiting up to `timeout` seconds: the oldest one, preferring
+        jobs for the models it has `loaded` and taking only jobs its `labels` allow (see local.py)."""
 
     def ack(self, job_id: int) -> None:
         """The job reached a terminal state: forget it."""

@@ -2,44 +2,67 @@
 
 Durable across restarts (the row is there until ack), atomic claims across worker processes
 (SQLite serialises writers; the UPDATE ... RETURNING picks one row for one worker).
+
+Load balancing (several workers): each row carries the job's model id and, when the job asked for a
+GPU class (Qolaba `inference_type`), a label that only workers with that label may take. A free
+worker takes, in this order:
+
+1. the oldest job that has waited `affinity_wait_s` or more (so no job ever starves);
+2. else the oldest job for a model it has loaded (no load at all);
+3. else the oldest job whose model no other live worker (that may take it) has loaded;
+4. else nothing: the remaining jobs are for models another worker holds, and that worker takes them
+   when it is free, or any worker does once they have waited `affinity_wait_s`.
+
+Only the oldest `SCAN_LIMIT` waiting rows are considered per claim.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from datetime import timedelta
+from typing import Any, Sequence
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from ..store.db import QueueRow, utcnow
+from ..store.db import JobRow, QueueRow, WorkerRow, utcnow
 
 _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.1
+SCAN_LIMIT = 200
+_LOCKED_RETRIES = 20
+LIVE_WORKER_S = 15.0  # a worker whose heartbeat is older is not counted as holding its models
 
 
 class LocalQueue:
     """`ready`: an optional cross-process Event set on enqueue, so idle workers wake at once
     instead of waiting out their poll interval (see queue/signals.py)."""
 
-    def __init__(self, engine: Engine, ready: Any = None) -> None:
+    def __init__(self, engine: Engine, ready: Any = None, affinity_wait_s: float = 2.0) -> None:
         self._engine = engine
         self._ready = ready
+        self._affinity_wait_s = affinity_wait_s
 
     def enqueue(self, job_id: int) -> None:
+        """Queue the job, with its routing (model id, worker label) read from the job row."""
         with Session(self._engine) as s, s.begin():
             if s.get(QueueRow, job_id) is None:
-                s.execute(insert(QueueRow).values(job_id=job_id))
+                request = s.scalar(select(JobRow.request).where(JobRow.id == job_id)) or {}
+                s.execute(insert(QueueRow).values(job_id=job_id, model_id=request.get("model_id"),
+                                                  label=request.get("worker_label"), enqueued_at=utcnow()))
         if self._ready is not None:
             self._ready.set()
 
-    def claim(self, worker_id: str, timeout: float) -> int | None:
+    def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
+              labels: Sequence[str] = ()) -> int | None:
+        """`loaded`: models this worker holds; `labels`: its labels (GPU class), see the module doc."""
         deadline = time.monotonic() + timeout
         delay = _POLL_MIN_S
         while True:
             if self._ready is not None:
                 self._ready.clear()  # cleared before looking: an enqueue after this sets it again
-            job_id = self._try_claim(worker_id)
+            job_id = self._try_claim(worker_id, loaded, labels)
             remaining = deadline - time.monotonic()
             if job_id is not None or remaining <= 0:
                 return job_id
@@ -49,21 +72,64 @@ class LocalQueue:
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, _POLL_MAX_S)
 
-    def _try_claim(self, worker_id: str) -> int | None:
-        oldest = (
-            select(QueueRow.job_id)
-            .where(QueueRow.claimed_by.is_(None))
-            .order_by(QueueRow.job_id)
-            .limit(1)
-            .scalar_subquery()
-        )
+    def _try_claim(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str]) -> int | None:
+        for attempt in range(_LOCKED_RETRIES):
+            try:
+                return self._claim_one(worker_id, loaded, labels)
+            except OperationalError as e:
+                # SQLite (WAL): another process wrote after this transaction read, so it cannot upgrade to
+                # a write ("database is locked" at once, whatever the busy timeout). Nothing was claimed.
+                if "locked" not in str(e) or attempt == _LOCKED_RETRIES - 1:
+                    raise
+                time.sleep(_POLL_MIN_S)
+        return None
+
+    def _claim_one(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str]) -> int | None:
+        now = utcnow()
         with Session(self._engine) as s, s.begin():
+            label_ok = QueueRow.label.is_(None)
+            if labels:
+                label_ok = or_(label_ok, QueueRow.label.in_(list(labels)))
+            waiting = s.execute(
+                select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
+                .where(QueueRow.claimed_by.is_(None), label_ok)
+                .order_by(QueueRow.job_id)
+                .limit(SCAN_LIMIT)
+            ).all()
+            if not waiting:
+                return None
+            job_id = self._pick(s, worker_id, waiting, set(loaded), now)
+            if job_id is None:
+                return None
             return s.execute(
                 update(QueueRow)
-                .where(QueueRow.job_id == oldest, QueueRow.claimed_by.is_(None))
-                .values(claimed_by=worker_id, claimed_at=utcnow())
+                .where(QueueRow.job_id == job_id, QueueRow.claimed_by.is_(None))
+                .values(claimed_by=worker_id, claimed_at=now)
                 .returning(QueueRow.job_id)
             ).scalar_one_or_none()
+
+    def _pick(self, s: Session, worker_id: str, waiting: list, loaded: set[str], now) -> int | None:
+        overdue = now - timedelta(seconds=self._affinity_wait_s)
+        for job_id, _, _, enqueued_at in waiting:
+            if enqueued_at is None or enqueued_at <= overdue:
+                return job_id
+        for job_id, model_id, _, _ in waiting:
+            if model_id in loaded:
+                return job_id
+        others = self._other_workers(s, worker_id, now)
+        for job_id, model_id, label, _ in waiting:
+            better_placed = any(model_id in models and (label is None or label in labels) for models, labels in others)
+            if not better_placed:
+                return job_id
+        return None
+
+    @staticmethod
+    def _other_workers(s: Session, worker_id: str, now) -> list[tuple[set[str], set[str]]]:
+        """(models loaded, labels) of every other live worker."""
+        rows = s.execute(select(WorkerRow.models, WorkerRow.labels).where(
+            WorkerRow.worker_id != worker_id, WorkerRow.heartbeat_at >= now - timedelta(seconds=LIVE_WORKER_S),
+            WorkerRow.state != "stopped")).all()
+        return [(set(models or ()), set(labels or ())) for models, labels in rows]
 
     def ack(self, job_id: int) -> None:
         with Session(self._engine) as s, s.begin():

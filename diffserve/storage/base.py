@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
@@ -15,3 +18,12 @@ class Storage(Protocol):
     def url(self, key: str, base_url: str) -> str:
         """The URL a client fetches the object from; `base_url` is this server as the client reaches it
         (local storage serves objects itself; a bucket with its own URLs ignores it)."""
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with `prefix`, with its last-modified time (for expiry)."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified: datetime  # naive UTC, like the job store's timestamps

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from ..core.errors import NotFound
+from .base import StoredObject
 
 PUBLIC_PREFIX = "generations"
 
@@ -38,6 +41,23 @@ class LocalStorage:
 
     def url(self, key: str, base_url: str) -> str:
         return f"{base_url.rstrip('/')}/{key}"
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Files under the folder part of `prefix` whose key starts with it (half-written temp files skipped)."""
+        parts = PurePosixPath(prefix).parts
+        folder = self.root.joinpath(*(parts if prefix.endswith("/") else parts[:-1]))
+        if not folder.is_dir():
+            return
+        for path in folder.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if not key.startswith(prefix) or path.name.startswith(".tmp-"):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            if path.is_file():
+                yield StoredObject(key, datetime.fromtimestamp(stat.st_mtime, timezone.utc).replace(tzinfo=None))
 
     def _path(self, key: str) -> Path:
         parts = PurePosixPath(key).parts

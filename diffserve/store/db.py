@@ -42,10 +42,43 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    webhook_status: Mapped[str] = mapped_column(String(32), default="")
+    webhook_status: Mapped[str] = mapped_column(String(32), default="", index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+
+
+class WebhookDeliveryRow(Base):
+    """One job's webhook: the rendered payload and its retry schedule (store/deliveries.py).
+
+    `next_attempt_at` is both the schedule and the lease: a dispatcher that takes a delivery pushes it
+    past the attempt's timeout, so a delivery whose process died mid-attempt is simply due again later.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), unique=True)  # sent as webhook-id, same on every retry
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # the exact JSON body sent (and signed)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(), index=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+
+
+class StorageConfigRow(Base):
+    """Storage settings saved by `update_s3` (one row, id 1); `version` tells processes to reload."""
+
+    __tablename__ = "storage_config"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    config: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 
 class QueueRow(Base):
@@ -56,6 +89,21 @@ class QueueRow(Base):
     job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    # routing, copied from the job at enqueue: workers prefer jobs for models they hold (affinity)
+    model_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    label: Mapped[str | None] = mapped_column(String(32), nullable=True)  # only workers with this label
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class ControlEventRow(Base):
+    """Orders to every worker, applied between jobs (store/control.py): clear_cache, reload_registry, restart."""
+
+    __tablename__ = "control_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 
 class KeyRow(Base):
@@ -65,6 +113,7 @@ class KeyRow(Base):
     name: Mapped[str] = mapped_column(String(128), index=True)
     secret_hash: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16), default="user")
+    max_queued: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: the server's default cap
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
@@ -79,6 +128,7 @@ class WorkerRow(Base):
     state: Mapped[str] = mapped_column(String(16))  # starting | idle | busy | stopped
     current_job: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     models: Mapped[list] = mapped_column(JSON, default=list)
+    labels: Mapped[list] = mapped_column(JSON, default=list)  # e.g. ["a100"]: the GPU class it runs on
     started_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 

@@ -38,7 +38,7 @@ class JobStore:
             outputs=[],
             nsfw=[],
             attempts=0,
-            webhook_status="",
+            webhook_status="pending" if request.webhook else "",  # store/deliveries.py takes it from here
             created_at=utcnow(),
         )
         with Session(self._engine) as s, s.begin():

@@ -31,6 +31,7 @@ class ApiKey:
     role: str
     created_at: datetime
     revoked_at: datetime | None
+    max_queued: int | None = None  # queued+running jobs allowed; None: the server's default
 
     @property
     def is_admin(self) -> bool:
@@ -41,10 +42,12 @@ class KeyStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def create(self, name: str | None = None, role: str = "user") -> tuple[ApiKey, str]:
+    def create(self, name: str | None = None, role: str = "user", max_queued: int | None = None) -> tuple[ApiKey, str]:
         """Returns the stored key and the full key text (shown once, never stored)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
+        if max_queued is not None and max_queued < 0:
+            raise ValueError("max_queued must be >= 0 (0: no cap)")
         key_id = _random(_ID_LEN)
         full = key_id + _random(_SECRET_LEN)
         row = KeyRow(
@@ -52,6 +55,7 @@ class KeyStore:
             name=name or f"key-{key_id[:6]}",
             secret_hash=_hash(full),
             role=role,
+            max_queued=max_queued,
             created_at=utcnow(),
         )
         with Session(self._engine) as s, s.begin():
@@ -110,4 +114,4 @@ def _hash(text: str) -> str:
 
 
 def _to_key(row: KeyRow) -> ApiKey:
-    return ApiKey(row.key_id, row.name, row.role, row.created_at, row.revoked_at)
+    return ApiKey(row.key_id, row.name, row.role, row.created_at, row.revoked_at, row.max_queued)

@@ -19,16 +19,18 @@ class WorkerInfo:
     current_job: int | None
     models: list[str]
     heartbeat_at: datetime
+    labels: tuple[str, ...] = ()
+    started_at: datetime | None = None
 
 
 class WorkerStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def register(self, worker_id: str, pid: int) -> None:
+    def register(self, worker_id: str, pid: int, labels: tuple[str, ...] = ()) -> None:
         with Session(self._engine) as s, s.begin():
             s.merge(WorkerRow(worker_id=worker_id, pid=pid, state="starting", models=[], current_job=None,
-                              started_at=utcnow(), heartbeat_at=utcnow()))
+                              labels=list(labels), started_at=utcnow(), heartbeat_at=utcnow()))
 
     def update(self, worker_id: str, **values) -> None:
         with Session(self._engine) as s, s.begin():
@@ -44,5 +46,6 @@ class WorkerStore:
         with Session(self._engine) as s:
             rows = s.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= cutoff)
                              .order_by(WorkerRow.worker_id)).all()
-            return [WorkerInfo(r.worker_id, r.pid, r.state, r.current_job, list(r.models or []), r.heartbeat_at)
+            return [WorkerInfo(r.worker_id, r.pid, r.state, r.current_job, list(r.models or []), r.heartbeat_at,
+                               tuple(r.labels or ()), r.started_at)
                     for r in rows]

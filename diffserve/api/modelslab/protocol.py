@@ -69,7 +69,7 @@ class V6Img2ImgRequest(BaseModel):
             strength=self.strength,
             seed=self.seed,
             scheduler=_none_word(self.scheduler),
-            use_karras_sigmas=bool(self.use_karras_sigmas),
+            use_karras_sigmas=_default_yes(self.use_karras_sigmas),
             algorithm_type=_none_word(self.algorithm_type),
             clip_skip=self.clip_skip,
             lora_models=loras,
@@ -81,9 +81,9 @@ class V6Img2ImgRequest(BaseModel):
             ip_adapter_image=self.ip_adapter_image or None,
             safety_checker=True if self.safety_checker is None else self.safety_checker,
             safety_checker_type=self.safety_checker_type or "sensitive_content_text",
-            enhance_prompt=bool(self.enhance_prompt),
+            enhance_prompt=_default_yes(self.enhance_prompt),
             enhance_style=_none_word(self.enhance_style),
-            tomesd=bool(self.tomesd),
+            tomesd=_default_yes(self.tomesd),
             output_base64=bool(self.base64),
             temp=bool(self.temp),
             webhook=_check_url("webhook", self.webhook),
@@ -98,6 +98,11 @@ class FetchRequest(BaseModel):
 
     key: LooseStr = None
     request_id: LooseInt = Field(None, description="the job id (when it is not in the path)")
+
+
+def _default_yes(flag: bool | None) -> bool:
+    """The page's default for use_karras_sigmas, tomesd and enhance_prompt is "yes" when the field is absent."""
+    return True if flag is None else flag
 
 
 def _none_word(value: str | None) -> str | None:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from .base import Family
+from .flux import FluxFamily
+from .flux_control import FluxCannyFamily, FluxDepthFamily
+from .flux_kontext import FluxKontextFamily
+from .flux_redux import FluxReduxFamily
+from .hidream import HiDreamFamily
 from .sd import StableDiffusionFamily
+from .sdxl import StableDiffusionXLFamily
 
 
 def family(name: str) -> Family:
@@ -19,4 +25,11 @@ def family_names() -> list[str]:
 
 _FAMILIES: dict[str, type] = {
     "sd": StableDiffusionFamily,
+    "sdxl": StableDiffusionXLFamily,
+    "flux": FluxFamily,
+    "flux-kontext": FluxKontextFamily,
+    "flux-redux": FluxReduxFamily,
+    "flux-canny": FluxCannyFamily,
+    "flux-depth": FluxDepthFamily,
+    "hidream": HiDreamFamily,
 }

@@ -1,0 +1,71 @@
+"""Delivery, storage and limits as the API process runs them: built once with the app state.
+
+- storage: the configured backend (local or S3; update_s3 switches it at run time)
+- caps: the per-key cap on queued+running jobs
+- dispatcher: the webhook delivery thread (webhooks/dispatcher.py says why it lives here)
+- cleaner: the thread deleting expired `temp` objects
+- payloads: which dialect renders which webhook body (dialects register here)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from ..admission import QueueCaps
+from ..config import Settings
+from ..core.job import Job
+from ..media.fetch import UrlPolicy
+from ..storage.cleanup import TempCleaner
+from ..storage.configured import ConfiguredStorage
+from ..store.deliveries import DeliveryStore
+from ..store.jobs import JobStore
+from ..store.storage_config import StorageConfigStore
+from ..webhooks.dispatcher import WebhookDispatcher
+from ..webhooks.payloads import PayloadRenderers
+from .modelslab.webhook import webhook_payload as modelslab_payload
+from .qolaba.render import render_job as qolaba_payload
+
+
+def build_payload_renderers() -> PayloadRenderers:
+    """One line per dialect. ModelsLab's shape is the default for dialects that register none."""
+    renderers = PayloadRenderers(default=modelslab_payload)
+    for dialect in ("modelslab", "realtime", "pony"):
+        renderers.register(dialect, modelslab_payload)
+    renderers.register("qolaba", qolaba_payload)  # the envelope, as /getImage answers it
+    return renderers
+
+
+@dataclass
+class DeliveryServices:
+    storage: ConfiguredStorage
+    storage_config: StorageConfigStore
+    caps: QueueCaps
+    deliveries: DeliveryStore
+    dispatcher: WebhookDispatcher
+    cleaner: TempCleaner
+
+    def start(self) -> None:
+        self.dispatcher.start()
+        self.cleaner.start()
+
+    def stop(self) -> None:
+        self.dispatcher.stop()
+        self.cleaner.stop()
+
+
+def build_delivery(settings: Settings, db: Engine, jobs: JobStore, storage: ConfiguredStorage,
+                   renderers: PayloadRenderers | None = None) -> DeliveryServices:
+    renderers = renderers or build_payload_renderers()
+    base_url = settings.base_url
+
+    def render(job: Job) -> dict:
+        return renderers.render(job, storage, base_url)
+
+    deliveries = DeliveryStore(db)
+    dispatcher = WebhookDispatcher(settings.webhooks, deliveries, jobs, render,
+                                   UrlPolicy(allow_private=settings.allow_private_urls))
+    cleaner = TempCleaner(storage, settings.storage.temp_ttl_s, settings.storage.cleanup_interval_s)
+    return DeliveryServices(storage, StorageConfigStore(db), QueueCaps(jobs, settings.limits.max_queued_per_key),
+                            deliveries, dispatcher, cleaner)

@@ -1,0 +1,79 @@
+"""What every ModelsLab-style router shares (v6, enterprise realtime, enterprise pony): where the key
+comes from, submit-then-answer, fetch by path or by body, and rendering with the caller's fetch URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from ...core.errors import InvalidInput
+from ...core.job import Job
+from ...core.request import RequestDraft
+from ...media.inputs import is_base64_image
+from ...store.keys import ApiKey
+from ..auth import authenticate
+from ..body import parse_model, read_json_object
+from ..state import AppState, app_state
+from .protocol import FetchRequest
+from .render import Links, render_job
+
+
+def key_text(request: Request, body: dict[str, Any]) -> str | None:
+    """The body's `key` (the vendor's way); a Bearer token is accepted too."""
+    key = body.get("key")
+    if isinstance(key, str) and key.strip():
+        return key
+    auth = request.headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else None
+
+
+async def read_and_authenticate(request: Request) -> tuple[AppState, dict[str, Any], ApiKey]:
+    ds = app_state(request)
+    body = await read_json_object(request)
+    key = await authenticate(ds.keys, key_text(request, body))
+    return ds, body, key
+
+
+def dialect_params(ds: AppState, draft: RequestDraft, *, instant_response: bool) -> dict[str, Any]:
+    """What the ModelsLab renderer needs beyond the canonical request (echoed in `meta`)."""
+    entry = ds.registry.get(draft.model_id)
+    return {
+        "instant_response": instant_response,
+        "init_image": "base64" if is_base64_image(draft.init_image) else draft.init_image,
+        "model_note": entry.description if entry.builtin else "",
+    }
+
+
+async def submit_and_answer(request: Request, ds: AppState, key: ApiKey, dialect: str, draft: RequestDraft,
+                            *, instant_response: bool, fetch_path: str) -> dict[str, Any]:
+    """Queue the draft; wait for the result unless the client asked for an instant answer."""
+    params = dialect_params(ds, draft, instant_response=instant_response)
+    job = await ds.service.submit(key, dialect, draft, params)
+    if not instant_response:
+        job = await ds.service.wait(job.id, ds.settings.sync_wait_s)
+    return await answer(ds, request, job, fetch_path)
+
+
+async def fetch(request: Request, path_id: str | None, fetch_path: str) -> dict[str, Any]:
+    """A job of this key, by the id in the path or `request_id` in the body."""
+    ds, body, key = await read_and_authenticate(request)
+    req = parse_model(FetchRequest, body)
+    job_id = job_id_from_path(path_id) if path_id is not None else req.request_id
+    if job_id is None:
+        raise InvalidInput("request_id is required", field="request_id")
+    job = await ds.service.get_for_key(job_id, key)
+    return await answer(ds, request, job, fetch_path)
+
+
+async def answer(ds: AppState, request: Request, job: Job, fetch_path: str) -> dict[str, Any]:
+    links = Links(ds.base_url(request), ds.service.storage, fetch_path=fetch_path)
+    eta = None if job.status.is_terminal() else await ds.service.eta(job)
+    return render_job(job, links, eta=eta)
+
+
+def job_id_from_path(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput("request_id must be an integer", field="request_id") from None

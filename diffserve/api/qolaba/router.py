@@ -1,0 +1,116 @@
+"""Qolaba routes: thin. Bearer key, app_id -> model, draft to the service, the envelope back.
+
+`celery: true` answers PENDING at once with the task_id (the job id, as a string); `POST /getImage`
+reports the task. `celery: false` waits for the result (up to DIFFSERVE_SYNC_WAIT_S, then PENDING).
+`inference_type` routes the job to workers labelled with that GPU class when this server has any
+(DIFFSERVE_WORKER_LABELS); otherwise any worker runs it, and the job records which one did.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from ...core.errors import DiffserveError, InvalidInput, ModelNotFound, NotFound
+from ...core.job import Job, JobStatus
+from ...worker_orders import configured_labels
+from ..auth import authenticate
+from ..body import json_body_doc, parse_model, read_json_object
+from ..state import AppState, app_state
+from .apps import ServiceNotFound, resolve_app
+from .protocol import GetImageRequest, QolabaImg2ImgRequest
+from .render import error_response, render_job
+
+log = logging.getLogger(__name__)
+
+
+class QolabaRoute(APIRoute):
+    """Every answer leaves in the envelope; what was parsed so far (app_id, input) is echoed in errors."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request):
+            try:
+                return await handler(request)
+            except DiffserveError as e:
+                return error_response(e, **_echo(request))
+            except Exception:
+                log.exception("unhandled error on %s", request.url.path)
+                return error_response(None, **_echo(request))
+
+        return guarded
+
+
+router = APIRouter(route_class=QolabaRoute, tags=["Qolaba"])
+
+
+@router.post("/getImagetoImage", openapi_extra=json_body_doc(QolabaImg2ImgRequest), summary="Image to image (Qolaba)")
+async def get_image_to_image(request: Request) -> JSONResponse:
+    ds = app_state(request)
+    key = await authenticate(ds.keys, _bearer(request))
+    req = parse_model(QolabaImg2ImgRequest, await read_json_object(request))
+    request.state.qolaba = {"app_id": req.app_id or "", "input": req.echo()}
+    app = resolve_app(req.required_app_id(), ds.settings.qolaba_apps)
+    try:
+        limits = ds.registry.get(app.model_id).limits
+    except ModelNotFound:
+        raise ServiceNotFound(f"{app.name} (app_id {app.app_id}) maps to model {app.model_id!r}, "
+                              "which this server does not have") from None
+    requested = (req.inference_type or "").strip().lower() or None
+    label = requested if requested and requested in await _labels(ds) else None
+    draft = req.to_draft(app, limits.size_multiple, label)
+    params = {"app_id": app.app_id, "input": req.echo(), "inference_type": requested,
+              "routed_to": label or "any worker"}
+    job = await ds.service.submit(key, "qolaba", draft, params)
+    if not req.celery:
+        job = await ds.service.wait(job.id, ds.settings.sync_wait_s)
+    return await _answer(ds, request, job)
+
+
+router.add_api_route("/getImageToImage", get_image_to_image, methods=["POST"],
+                     openapi_extra=json_body_doc(QolabaImg2ImgRequest),
+                     summary="Image to image (Qolaba, other spelling)")
+
+
+@router.post("/getImage", openapi_extra=json_body_doc(GetImageRequest), summary="Task status (Qolaba)")
+async def get_image(request: Request) -> JSONResponse:
+    ds = app_state(request)
+    key = await authenticate(ds.keys, _bearer(request))
+    req = parse_model(GetImageRequest, await read_json_object(request))
+    if not req.id or not req.id.strip():
+        raise InvalidInput("id is required", field="id")
+    task_id = req.id.strip()
+    if not task_id.isdigit():
+        raise NotFound(f"Task not found: {task_id}")
+    try:
+        job = await ds.service.get_for_key(int(task_id), key)
+    except NotFound:
+        raise NotFound(f"Task not found: {task_id}") from None
+    return await _answer(ds, request, job, status_for_failure=200)
+
+
+async def _answer(ds: AppState, request: Request, job: Job, status_for_failure: int = 500) -> JSONResponse:
+    body = await anyio.to_thread.run_sync(render_job, job, ds.service.storage, ds.base_url(request))
+    failed = job.status.is_terminal() and job.status is not JobStatus.SUCCEEDED
+    return JSONResponse(body, status_code=status_for_failure if failed else 200)
+
+
+async def _labels(ds: AppState) -> set[str]:
+    """GPU classes this server has: its configured local workers' and any live worker's."""
+    live = await anyio.to_thread.run_sync(ds.workers.live)
+    return configured_labels(ds.settings) | {label for w in live for label in w.labels}
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "").strip()
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def _echo(request: Request) -> dict[str, Any]:
+    return dict(getattr(request.state, "qolaba", {}))

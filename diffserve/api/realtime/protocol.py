@@ -1,0 +1,60 @@
+"""ModelsLab enterprise realtime img2img fields, in the vendor page's order.
+
+No `model_id`, no steps, no guidance: the server's realtime model (a few-step model) serves every
+request with the operator's realtime settings (`DIFFSERVE_REALTIME_MODEL`, `_SCHEDULER`, `_STEPS`,
+`_GUIDANCE`). Flags are JSON booleans on this page; "yes"/"no" are accepted too.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...config import Settings
+from ...core.request import RequestDraft, check_range
+from ..loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
+from ..modelslab.protocol import V6Img2ImgRequest
+
+MAX_SIZE = 1024
+MAX_SAMPLES = 4
+
+
+class RealtimeImg2ImgRequest(BaseModel):
+    """POST /api/v1/enterprise/realtime/img2img and /api/v6/realtime/img2img."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    key: LooseStr = Field(None, description="Your API key")
+    prompt: Text = None
+    negative_prompt: Text = None
+    init_image: Text = Field(None, description="http(s) URL, raw base64, or data:image/...;base64,...")
+    width: LooseInt = Field(None, description="at most 1024 (default: the init image's width)")
+    height: LooseInt = Field(None, description="at most 1024 (default: the init image's height)")
+    samples: LooseInt = Field(None, description="images to return, 1-4")
+    temp: LooseBool = None
+    safety_checker: LooseBool = Field(None, description="default true")
+    strength: LooseFloat = None
+    seed: LooseInt = Field(None, description="null for a random seed (returned in meta)")
+    webhook: LooseStr = None
+    track_id: LooseStr = None
+    base64: LooseBool = Field(None, description="answer with base64 images (default false)")
+    instant_response: LooseBool = Field(None, description="answer `processing` at once (default false)")
+    enhance_prompt: LooseBool = None
+
+    def to_draft(self, settings: Settings) -> RequestDraft:
+        check_range("samples", self.samples, 1, MAX_SAMPLES)
+        # the v6 conversion (required fields, flags, webhook URL) is shared, on the fields this page has;
+        # the v6 page's "yes" defaults do not apply to flags this page does not have
+        fields = {**self.model_dump(), "enhance_prompt": bool(self.enhance_prompt)}
+        v6 = V6Img2ImgRequest.model_construct(**fields, model_id=settings.realtime_model, tomesd=False,
+                                              use_karras_sigmas=False)
+        draft = v6.to_draft(settings.realtime_model)
+        return draft.model_copy(update={
+            "steps": settings.realtime_steps,
+            "guidance_scale": settings.realtime_guidance,
+            "scheduler": _none_word(settings.realtime_scheduler),
+            "max_side": MAX_SIZE,  # width/height at most 1024 (or the model's own maximum if lower)
+        })
+
+
+def _none_word(value: str | None) -> str | None:
+    return None if value is None or value.strip().lower() in ("", "none", "default") else value.strip()

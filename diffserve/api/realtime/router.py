@@ -1,0 +1,50 @@
+"""ModelsLab enterprise realtime routes (and their v6 twins): thin, on the shared ModelsLab code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ..body import json_body_doc, parse_model
+from ..modelslab.common import fetch, read_and_authenticate, submit_and_answer
+from ..modelslab.protocol import FetchRequest
+from ..modelslab.router import ModelsLabRoute
+from .protocol import RealtimeImg2ImgRequest
+
+router = APIRouter(route_class=ModelsLabRoute, tags=["ModelsLab enterprise realtime"])
+
+ENTERPRISE_FETCH = "/api/v1/enterprise/realtime/fetch"
+V6_FETCH = "/api/v6/realtime/fetch"
+
+
+async def _img2img(request: Request, fetch_path: str) -> dict[str, Any]:
+    ds, body, key = await read_and_authenticate(request)
+    req = parse_model(RealtimeImg2ImgRequest, body)
+    draft = req.to_draft(ds.settings)
+    return await submit_and_answer(request, ds, key, "realtime", draft,
+                                   instant_response=bool(req.instant_response), fetch_path=fetch_path)
+
+
+@router.post("/api/v1/enterprise/realtime/img2img", openapi_extra=json_body_doc(RealtimeImg2ImgRequest),
+             summary="Realtime image to image (the server's few-step model)")
+async def enterprise_img2img(request: Request) -> dict[str, Any]:
+    return await _img2img(request, ENTERPRISE_FETCH)
+
+
+@router.post("/api/v6/realtime/img2img", openapi_extra=json_body_doc(RealtimeImg2ImgRequest),
+             summary="Realtime image to image (v6 path)")
+async def v6_img2img(request: Request) -> dict[str, Any]:
+    return await _img2img(request, V6_FETCH)
+
+
+@router.post(ENTERPRISE_FETCH + "/{request_id}", openapi_extra=json_body_doc(FetchRequest),
+             summary="Fetch a realtime request")
+async def enterprise_fetch(request: Request, request_id: str) -> dict[str, Any]:
+    return await fetch(request, request_id, ENTERPRISE_FETCH)
+
+
+@router.post(V6_FETCH + "/{request_id}", openapi_extra=json_body_doc(FetchRequest),
+             summary="Fetch a realtime request (v6 path)")
+async def v6_fetch(request: Request, request_id: str) -> dict[str, Any]:
+    return await fetch(request, request_id, V6_FETCH)

@@ -1,0 +1,46 @@
+"""FLUX.1 img2img (FLUX.1-dev, FLUX.1-schnell and fine-tunes), through FluxImg2ImgPipeline.
+
+Flux pipelines do not take the output size from the init image: height and width are passed
+explicitly (the engine has resized the init image to them; both are multiples of 16).
+`guidance_scale` is FLUX.1-dev's distilled guidance (an input of the transformer, not
+classifier-free guidance), so it costs nothing extra; FLUX.1-schnell ignores it. Negative prompts
+need true classifier-free guidance, which FLUX.1 was not trained for: they are not used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..loading import ModelSource, load_img2img_pipeline
+from .base import RunInputs
+from .checks import require_pipeline
+
+FLUX_PIPELINES = ("FluxImg2ImgPipeline",)
+
+
+class FluxFamily:
+    name = "flux"
+
+    def load(self, source: ModelSource, *, device: str, dtype: torch.dtype) -> Any:
+        pipe = load_img2img_pipeline(source, device=device, dtype=dtype)
+        return require_pipeline(pipe, self.name, FLUX_PIPELINES, source)
+
+    def run(self, pipe: Any, inputs: RunInputs) -> list[Image.Image]:
+        req = inputs.request
+        out = pipe(
+            prompt=inputs.prompt,
+            image=[inputs.init_image] * req.samples,  # one per sample, each encoded with its own generator
+            height=req.height,
+            width=req.width,
+            strength=req.strength,
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance_scale,
+            num_images_per_prompt=req.samples,
+            generator=inputs.generators,
+            output_type="pil",
+            **inputs.call_kwargs,
+        )
+        return list(out.images)

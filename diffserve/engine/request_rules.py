@@ -1,0 +1,98 @@
+"""Submit-time checks and resolution of the generation controls, against the model's family.
+
+Runs in the API process before anything is fetched or queued (no torch, no diffusers): a control
+the model cannot apply is a 400 naming the field; flags whose vendor default is "yes"
+(`use_karras_sigmas`, `tomesd`) are resolved to what will actually be applied, so the job and its
+`meta` say what the engine did. The prompt enhancements are applied here too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..core.errors import InvalidInput
+from ..core.request import RequestDraft
+from .capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS, family_controls
+from .clip_skip import TEXT_ENCODERS, max_clip_skip
+from .prompts import enhance, style_name
+
+if TYPE_CHECKING:
+    from .registry import ModelEntry
+
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
+
+
+def resolve_controls(draft: RequestDraft, entry: ModelEntry) -> RequestDraft:
+    """The draft with its controls checked against `entry` and resolved; raises InvalidInput."""
+    controls = family_controls(entry.family)
+    if draft.scheduler is not None:
+        if not controls.schedulers:
+            raise InvalidInput(
+                f"scheduler is not supported by model {draft.model_id} ({entry.family} models run their "
+                f"own scheduler); leave it out", field="scheduler")
+        if draft.scheduler in UNSUPPORTED_SCHEDULERS:
+            raise InvalidInput(
+                f"scheduler {draft.scheduler} cannot run image-to-image: "
+                f"{UNSUPPORTED_SCHEDULERS[draft.scheduler]}. Supported: {', '.join(SCHEDULERS)}",
+                field="scheduler")
+    scheduler = draft.scheduler or model_scheduler_name(entry)
+    spec = SCHEDULERS.get(scheduler or "") if controls.schedulers else None
+    if draft.algorithm_type is not None and not (spec and spec.algorithm):
+        raise InvalidInput(
+            f"algorithm_type applies only to DPMSolverMultistepScheduler and DPMSolverSinglestepScheduler "
+            f"(the scheduler is {scheduler or 'the model default'})", field="algorithm_type")
+    if draft.clip_skip is not None and draft.clip_skip > 1:
+        _check_clip_skip(draft.clip_skip, draft.model_id, entry, controls.clip_skip_offset)
+    style = style_name(draft.enhance_style)
+    prompt, negative = enhance(draft.prompt, draft.negative_prompt,
+                               enhance_prompt=draft.enhance_prompt, style=style)
+    return draft.model_copy(update={
+        "scheduler": scheduler,
+        "use_karras_sigmas": bool(draft.use_karras_sigmas and spec and spec.karras),
+        "tomesd": draft.tomesd and controls.tomesd,
+        "enhance_style": style,
+        "prompt": prompt,
+        "negative_prompt": negative,
+    })
+
+
+def _check_clip_skip(clip_skip: int, model_id: str, entry: ModelEntry, offset: int | None) -> None:
+    if offset is None:
+        raise InvalidInput(f"clip_skip is not supported by model {model_id} ({entry.family} models)",
+                           field="clip_skip")
+    layers = [n for name in TEXT_ENCODERS
+              if isinstance(n := (component_config(entry, f"{name}/config.json") or {}).get("num_hidden_layers"), int)]
+    if layers and clip_skip > (limit := max_clip_skip(min(layers), offset)):
+        raise InvalidInput(f"clip_skip must be between 1 and {limit} for model {model_id}",
+                           field="clip_skip")
+
+
+def model_scheduler_name(entry: ModelEntry) -> str | None:
+    """The class name of the model's own scheduler, read from its config without loading anything.
+
+    None when the config is not on this machine yet (a hub model not downloaded, a built-in model
+    not built yet): the request then records no scheduler and the model's default runs.
+    """
+    name = (component_config(entry, SCHEDULER_CONFIG) or {}).get("_class_name")
+    return name if isinstance(name, str) else None
+
+
+def component_config(entry: ModelEntry, relative: str) -> dict | None:
+    """One JSON config file of the model (e.g. `scheduler/scheduler_config.json`), if on this machine."""
+    path: Path | None = None
+    if entry.kind == "folder":
+        path = Path(entry.location) / relative
+    elif entry.kind == "single_file" and entry.config:
+        path = Path(entry.config) / relative
+    elif entry.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(entry.location, relative, revision=entry.revision)
+        path = Path(cached) if isinstance(cached, str) else None
+    try:
+        data = json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

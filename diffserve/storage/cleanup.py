@@ -1,0 +1,60 @@
+"""Deletes expired temporary objects: everything under `temp/` older than `storage.temp_ttl_s`.
+
+Requests with `temp: yes` store their inputs and outputs under `temp/` (core/job.py), and so do
+other short-lived uploads. A thread in the API process lists that prefix every
+`storage.cleanup_interval_s` on local disk and on the current bucket, and deletes what is older
+than the TTL (by the object's last-modified time). Deleting is idempotent, so several API processes
+may run it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from ..core.job import TEMP_PREFIX
+from ..store.db import utcnow
+from .configured import ConfiguredStorage
+
+log = logging.getLogger(__name__)
+
+
+class TempCleaner:
+    def __init__(self, storage: ConfiguredStorage, ttl_s: float, interval_s: float) -> None:
+        self.storage = storage
+        self.ttl = timedelta(seconds=ttl_s)
+        self.interval_s = interval_s
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Delete expired temp objects on every backend in use; returns how many."""
+        cutoff = (now or utcnow()) - self.ttl
+        deleted = 0
+        for backend in self.storage.backends():
+            for obj in list(backend.list(TEMP_PREFIX)):
+                if obj.modified < cutoff:
+                    backend.delete(obj.key)
+                    deleted += 1
+        if deleted:
+            log.info("deleted %s expired temp objects", deleted)
+        return deleted
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="temp-cleanup", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self._thread:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while True:  # once at start, then every interval
+            try:
+                self.run_once()
+            except Exception:  # an unreachable bucket now is no reason to stop cleaning later
+                log.exception("temp cleanup failed")
+            if self._halt.wait(self.interval_s):
+                return

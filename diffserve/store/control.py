@@ -1,0 +1,52 @@
+"""Orders from the API to every worker, as an append-only log in the shared database.
+
+The API posts an event (`clear_cache`, `restart`); each worker remembers the id of
+the last event it applied and, between jobs, applies the newer ones in order. A worker that starts
+later begins after the latest event (old orders do not apply to it). Works the same for local worker
+processes and for workers on other machines that share the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from .db import ControlEventRow, utcnow
+
+CLEAR_CACHE = "clear_cache"  # payload {"models": null (all) | [model_id, ...]}
+RESTART = "restart"  # exit cleanly after the current job; the supervisor starts a fresh process
+KINDS = (CLEAR_CACHE, RESTART)
+
+
+@dataclass(frozen=True)
+class ControlEvent:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+
+
+class ControlLog:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def post(self, kind: str, payload: dict[str, Any] | None = None) -> int:
+        if kind not in KINDS:
+            raise ValueError(f"unknown control event {kind!r}")
+        with Session(self._engine) as s, s.begin():
+            row = ControlEventRow(kind=kind, payload=payload or {}, created_at=utcnow())
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def latest_id(self) -> int:
+        with Session(self._engine) as s:
+            return int(s.scalar(select(func.max(ControlEventRow.id))) or 0)
+
+    def since(self, after_id: int) -> list[ControlEvent]:
+        with Session(self._engine) as s:
+            rows = s.scalars(select(ControlEventRow).where(ControlEventRow.id > after_id)
+                             .order_by(ControlEventRow.id)).all()
+            return [ControlEvent(r.id, r.kind, dict(r.payload or {})) for r in rows]

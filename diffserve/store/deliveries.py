@@ -1,0 +1,129 @@
+"""Webhook deliveries in the database: the payload to send and when to try next.
+
+A job created with a webhook has `webhook_status = "pending"`. Once it is terminal, a dispatcher
+renders the payload and inserts a delivery (one per job: `job_id` is unique, so two API processes
+cannot both create it). Taking a delivery for an attempt moves its `next_attempt_at` past the
+attempt's timeout (a lease): if the process dies mid-attempt, the delivery is due again after that.
+Each outcome is written to the delivery and mirrored in the job's `webhook_status`:
+
+    pending  -> retrying (after a failed attempt, more to come) -> success | failed
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, exists, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..core.job import JobStatus
+from .db import JobRow, WebhookDeliveryRow, utcnow
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+_TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    job_id: int
+    delivery_id: str
+    url: str
+    payload: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+class DeliveryStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def jobs_to_deliver(self, limit: int = 50) -> list[int]:
+        """Finished jobs with a webhook and no delivery yet, oldest first."""
+        no_delivery = ~exists().where(WebhookDeliveryRow.job_id == JobRow.id)
+        with Session(self._engine) as s:
+            return list(s.scalars(
+                select(JobRow.id)
+                .where(JobRow.webhook_status == "pending", JobRow.status.in_(_TERMINAL), no_delivery)
+                .order_by(JobRow.id).limit(limit)
+            ))
+
+    def create(self, job_id: int, url: str, payload: str) -> bool:
+        """False if the job already has a delivery (another process made it)."""
+        now = utcnow()
+        row = WebhookDeliveryRow(
+            job_id=job_id, delivery_id=f"msg_{uuid.uuid4().hex}", url=url, payload=payload, state=PENDING,
+            attempts=0, next_attempt_at=now, created_at=now,
+        )
+        try:
+            with Session(self._engine) as s, s.begin():
+                s.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    def claim_due(self, lease_s: float, limit: int) -> list[Delivery]:
+        """Take up to `limit` due deliveries for one attempt each (attempts + 1, leased for `lease_s`)."""
+        now = utcnow()
+        taken: list[Delivery] = []
+        with Session(self._engine) as s:
+            due = s.scalars(
+                select(WebhookDeliveryRow)
+                .where(WebhookDeliveryRow.state == PENDING, WebhookDeliveryRow.next_attempt_at <= now)
+                .order_by(WebhookDeliveryRow.next_attempt_at).limit(limit)
+            ).all()
+            candidates = [(r.id, r.next_attempt_at) for r in due]
+        for row_id, seen_at in candidates:
+            with Session(self._engine) as s, s.begin():
+                row = s.execute(
+                    update(WebhookDeliveryRow)
+                    .where(WebhookDeliveryRow.id == row_id, WebhookDeliveryRow.state == PENDING,
+                           WebhookDeliveryRow.next_attempt_at == seen_at)
+                    .values(attempts=WebhookDeliveryRow.attempts + 1,
+                            next_attempt_at=now + timedelta(seconds=lease_s))
+                    .returning(WebhookDeliveryRow)
+                ).scalar_one_or_none()
+                if row is not None:
+                    taken.append(_to_delivery(row))
+        return taken
+
+    def delivered(self, delivery: Delivery) -> None:
+        self._record(delivery, state=DELIVERED, job_status="success", error=None, finished=True)
+
+    def retry_at(self, delivery: Delivery, when: datetime, error: str) -> None:
+        self._record(delivery, state=PENDING, job_status="retrying", error=error, next_attempt_at=when)
+
+    def failed(self, delivery: Delivery, error: str) -> None:
+        self._record(delivery, state=FAILED, job_status="failed", error=error, finished=True)
+
+    def give_up_unrendered(self, job_id: int) -> None:
+        """The payload could not be rendered: no delivery will be made; say so on the job."""
+        with Session(self._engine) as s, s.begin():
+            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.webhook_status == "pending")
+                      .values(webhook_status="failed"))
+
+    def for_job(self, job_id: int) -> Delivery | None:
+        with Session(self._engine) as s:
+            row = s.scalar(select(WebhookDeliveryRow).where(WebhookDeliveryRow.job_id == job_id))
+            return _to_delivery(row) if row else None
+
+    def _record(self, delivery: Delivery, *, state: str, job_status: str, error: str | None,
+                finished: bool = False, next_attempt_at: datetime | None = None) -> None:
+        values: dict = {"state": state, "last_error": error}
+        if finished:
+            values["finished_at"] = utcnow()
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = next_attempt_at
+        with Session(self._engine) as s, s.begin():
+            s.execute(update(WebhookDeliveryRow).where(WebhookDeliveryRow.id == delivery.id).values(**values))
+            s.execute(update(JobRow).where(JobRow.id == delivery.job_id).values(webhook_status=job_status))
+
+
+def _to_delivery(row: WebhookDeliveryRow) -> Delivery:
+    return Delivery(row.id, row.job_id, row.delivery_id, row.url, row.payload, row.state, row.attempts,
+                    row.next_attempt_at, row.last_error)

@@ -1,0 +1,40 @@
+"""Storage settings saved at run time (ModelsLab's `update_s3`): one row, read by the API and the workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from .db import StorageConfigRow, utcnow
+
+_ROW_ID = 1
+
+
+class StorageConfigStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def version(self) -> int:
+        """0 until settings are saved; grows by one on every save (cheap to poll)."""
+        with Session(self._engine) as s:
+            return int(s.scalar(select(StorageConfigRow.version).where(StorageConfigRow.id == _ROW_ID)) or 0)
+
+    def load(self) -> tuple[int, dict[str, Any]] | None:
+        with Session(self._engine) as s:
+            row = s.get(StorageConfigRow, _ROW_ID)
+            return (row.version, dict(row.config)) if row else None
+
+    def save(self, config: dict[str, Any]) -> int:
+        with Session(self._engine) as s, s.begin():
+            row = s.get(StorageConfigRow, _ROW_ID, with_for_update=True)
+            if row is None:
+                row = StorageConfigRow(id=_ROW_ID, version=1, config=config, updated_at=utcnow())
+                s.add(row)
+            else:
+                row.version += 1
+                row.config = config
+                row.updated_at = utcnow()
+            s.flush()
+            return row.version

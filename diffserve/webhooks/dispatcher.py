@@ -1,0 +1,211 @@
+"""The webhook dispatcher: a thread in the API process that delivers finished jobs' webhooks.
+
+Why the API process: it is the one process that is always running (with or without local
+workers, and in a fleet where workers sit on other machines), it knows the dialects (which render
+the payloads) and the public base URL, and it keeps network calls to client-chosen hosts away from
+the GPU workers. Several API processes may run it at once: deliveries are claimed with an atomic
+update in the shared database (see store/deliveries.py), so each attempt is made by one of them.
+
+Every `poll_interval_s` it (1) renders a delivery for each newly finished job that has a webhook
+and (2) hands the due deliveries to a small thread pool. An attempt is one POST, through the same
+network rules as image URLs (UrlPolicy, connection pinned to the checked address, no redirects),
+bounded by `timeout_s` in total. A 2xx ends the delivery; a timeout, connection error or other
+status schedules the next attempt after an exponential backoff (`backoff_initial_s` times
+`backoff_factor` per attempt, at most `backoff_max_s`) until `max_attempts`. The schedule lives in
+the database, so a restart resumes it. Jobs never wait for any of this.
+
+Retries are a persisted schedule rather than an in-process retry loop (e.g. tenacity): a sleeping
+retry loop would hold a thread per slow receiver and forget its place on restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+import queue
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from ..config import WebhookSettings
+from ..core.errors import ImageInputError, InvalidInput
+from ..core.job import Job
+from ..media.fetch import Deadline, UrlPolicy, pinned_request
+from ..store.db import utcnow
+from ..store.deliveries import Delivery, DeliveryStore
+from ..store.jobs import JobStore
+from .signing import delivery_headers
+
+log = logging.getLogger(__name__)
+
+_LEASE_MARGIN_S = 5.0  # an attempt cut off by a crash is due again timeout_s + this later
+
+
+class Outcome:
+    """What one attempt gave: ok, or an error and whether trying again could help."""
+
+    def __init__(self, ok: bool, error: str | None = None, permanent: bool = False) -> None:
+        self.ok, self.error, self.permanent = ok, error, permanent
+
+
+def backoff_s(settings: WebhookSettings, attempts_made: int) -> float:
+    """Wait before attempt `attempts_made + 1`: initial, initial*factor, ... capped."""
+    return min(settings.backoff_initial_s * settings.backoff_factor ** max(attempts_made - 1, 0),
+               settings.backoff_max_s)
+
+
+def check_webhook_url(url: str, policy: UrlPolicy) -> None:
+    """Refuse a webhook URL at submit time (same network rules as image URLs); InvalidInput names it."""
+    unresolvable = InvalidInput("webhook host cannot be resolved", field="webhook")
+    try:
+        target = policy.check(url, field="webhook")
+    except ImageInputError as e:
+        if getattr(e, "reason", None):  # resolution failed: fetch's error wording is about images
+            raise unresolvable from None
+        raise InvalidInput(e.message, field="webhook") from None
+    if target.address is None:  # private URLs allowed: the policy did not resolve; a typo still fails here
+        try:
+            if not policy.resolver(target.host, target.port):
+                raise unresolvable
+        except (OSError, UnicodeError):
+            raise unresolvable from None
+
+
+def post_webhook(http: httpx.Client, policy: UrlPolicy, url: str, body: bytes, headers: dict[str, str],
+                 timeout_s: float) -> Outcome:
+    """One POST of `body` to `url`; never raises for network or receiver trouble."""
+    try:
+        target = policy.check(url, field="webhook")
+    except ImageInputError as e:
+        reason = getattr(e, "reason", None)
+        return Outcome(False, reason or e.message, permanent=reason is None)  # blocked: permanent
+    deadline = Deadline(timeout_s)
+    try:
+        request = pinned_request(http, target, "POST", headers=headers, deadline=deadline, content=body)
+        response = http.send(request, stream=True, follow_redirects=False)
+        response.close()  # only the status matters; the body is never read
+    except httpx.HTTPError as e:
+        return Outcome(False, "timed out" if deadline.expired() else f"{type(e).__name__}: {e}"[:300])
+    finally:
+        deadline.cancel()
+    if response.is_success:
+        return Outcome(True)
+    if response.is_redirect:
+        return Outcome(False, f"HTTP {response.status_code} (redirects are not followed)")
+    return Outcome(False, f"HTTP {response.status_code}")
+
+
+class WebhookDispatcher:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        deliveries: DeliveryStore,
+        jobs: JobStore,
+        render: Callable[[Job], dict[str, Any]],
+        policy: UrlPolicy,
+    ) -> None:
+        self.settings = settings
+        self.deliveries = deliveries
+        self.jobs = jobs
+        self.render = render
+        self.policy = policy
+        self._secret = settings.signing_secret.get_secret_value() if settings.signing_secret else None
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._todo: queue.Queue[Delivery] = queue.Queue()
+        self._senders: list[threading.Thread] = []
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._http = httpx.Client(trust_env=False, follow_redirects=False)
+
+    def start(self) -> None:
+        # daemon threads: an attempt stuck on a slow receiver never holds up the server's exit
+        self._senders = [threading.Thread(target=self._send_loop, name=f"webhook-{i}", daemon=True)
+                         for i in range(self.settings.concurrency)]
+        for sender in self._senders:
+            sender.start()
+        self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop taking deliveries; attempts in flight are abandoned (their lease makes them due again)."""
+        self._halt.set()
+        if self._thread:
+            self._thread.join(5)
+        self._http.close()
+
+    def tick(self) -> None:
+        """One round: create deliveries for finished jobs, start the due ones."""
+        self._create_deliveries()
+        with self._lock:
+            free = self.settings.concurrency - self._in_flight
+        if free <= 0:
+            return
+        lease = self.settings.timeout_s + _LEASE_MARGIN_S
+        for delivery in self.deliveries.claim_due(lease, free):
+            with self._lock:
+                self._in_flight += 1
+            self._todo.put(delivery)
+
+    def _send_loop(self) -> None:
+        while not self._halt.is_set():
+            try:
+                delivery = self._todo.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._attempt(delivery)
+
+    def _run(self) -> None:
+        while not self._halt.wait(self.settings.poll_interval_s):
+            try:
+                self.tick()
+            except Exception:  # a database hiccup must not end deliveries for good
+                log.exception("webhook dispatcher round failed")
+
+    def _create_deliveries(self) -> None:
+        for job_id in self.deliveries.jobs_to_deliver():
+            job = self.jobs.get(job_id)
+            if job is None or not job.request.webhook:
+                continue
+            try:
+                payload = json.dumps(self.render(job), separators=(",", ":"), ensure_ascii=False)
+            except Exception:
+                log.exception("cannot render the webhook payload of job %s; no delivery", job_id)
+                self.deliveries.give_up_unrendered(job_id)
+                continue
+            self.deliveries.create(job_id, job.request.webhook, payload)
+
+    def _attempt(self, delivery: Delivery) -> None:
+        try:
+            if self._halt.is_set():
+                return  # leased: another round (or the next start) takes it
+            if delivery.attempts > self.settings.max_attempts:  # a crash ate the last attempt's result
+                self.deliveries.failed(delivery, delivery.last_error or "no answer")
+                return
+            body = delivery.payload.encode()
+            headers = delivery_headers(delivery.delivery_id, body, self._secret)
+            outcome = post_webhook(self._http, self.policy, delivery.url, body, headers, self.settings.timeout_s)
+            self._record(delivery, outcome)
+        except Exception:
+            log.exception("webhook delivery %s failed unexpectedly", delivery.delivery_id)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _record(self, delivery: Delivery, outcome: Outcome) -> None:
+        if outcome.ok:
+            log.info("webhook for job %s delivered (attempt %s)", delivery.job_id, delivery.attempts)
+            self.deliveries.delivered(delivery)
+            return
+        error = outcome.error or "failed"
+        if outcome.permanent or delivery.attempts >= self.settings.max_attempts:
+            log.warning("webhook for job %s failed after %s attempts: %s", delivery.job_id, delivery.attempts, error)
+            self.deliveries.failed(delivery, error)
+            return
+        wait = backoff_s(self.settings, delivery.attempts)
+        log.info("webhook for job %s: attempt %s failed (%s); next in %.1fs", delivery.job_id,
+                 delivery.attempts, error, wait)
+        self.deliveries.retry_at(delivery, utcnow() + timedelta(seconds=wait), error)

@@ -1,0 +1,221 @@
+"""Outputs in S3 (a real SeaweedFS on loopback), switched on at run time with update_s3, and temp expiry.
+
+The tests run in file order on one server: local disk first, then the bucket.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from PIL import Image
+
+from .bodies import IMG2IMG, body
+from .s3server import ACCESS_KEY, PRIVATE_BUCKET, PUBLIC_BUCKET, SECRET_KEY, SeaweedS3
+from .servers import DiffserveServer, png_bytes
+
+UPDATE_S3 = "/api/v1/enterprise/update_s3"
+TEMP_TTL_S = 3.0
+INIT_B64 = base64.b64encode(png_bytes(64, 64)).decode()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    srv = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_root, s3):
+    env = {"DIFFSERVE_STORAGE__REFRESH_S": "0.2", "DIFFSERVE_STORAGE__TEMP_TTL_S": str(TEMP_TTL_S),
+           "DIFFSERVE_STORAGE__CLEANUP_INTERVAL_S": "0.3"}
+    srv = DiffserveServer(tmp_path_factory.mktemp("s3-data"), models_root, env_overrides=env).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    return server.create_key("--name", "admin", "--admin")
+
+
+@pytest.fixture(scope="module")
+def user(server):
+    return server.create_key("--name", "user")
+
+
+def s3_settings(admin_key, s3, **over):
+    b = {"key": admin_key, "public_url": "", "region_name": "us-east-1", "endpoint_url": s3.endpoint,
+         "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY, "image_directory": "diffserve/out",
+         "bucket": PRIVATE_BUCKET}
+    b.update(over)
+    return b
+
+
+def get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=30)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(data)).size
+
+
+def token_of(url: str) -> str:
+    return urlsplit(url).path.rsplit("/", 1)[1].rsplit("-", 1)[0]
+
+
+LOCAL_TEMP: dict[str, str] = {}
+
+
+def test_local_disk_temp_and_base64(server, user, image_host):
+    temp = server.post(IMG2IMG, body(user, image_host, temp="yes")).json()
+    keep = server.post(IMG2IMG, body(user, image_host, base64="yes")).json()
+    assert temp["status"] == keep["status"] == "success"
+    assert "/temp/generations/" in temp["output"][0] and temp["meta"]["temp"] == "yes"
+    assert get(temp["output"][0]).status_code == 200
+    assert base64.b64decode(keep["output"][0]) == get(keep["proxy_links"][0]).content
+    LOCAL_TEMP.update(temp=temp["output"][0], keep=keep["proxy_links"][0])  # checked after expiry below
+
+
+def test_update_s3_needs_an_admin_key(server, user, s3):
+    r = server.post(UPDATE_S3, s3_settings(user, s3))
+    assert r.status_code == 403 and r.json() == {"status": "error", "message": "This endpoint needs an admin API key"}
+    r = server.post(UPDATE_S3, s3_settings("not-a-key", s3))
+    assert r.status_code == 401 and r.json()["message"] == "Invalid API key"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"bucket": None}, "bucket is required"),
+    ({"aws_secret_access_key": "wrong"}, "Unable to access bucket 'private': access denied"),
+    ({"bucket": "no-such-bucket"}, "Unable to access bucket 'no-such-bucket'"),
+    ({"image_directory": "../escape"}, "image_directory must be a plain path"),
+    ({"endpoint_url": "ftp://example.com"}, "endpoint_url must be an http(s) URL"),
+    ({"aws_secret_access_key": ""}, "aws_access_key_id and aws_secret_access_key go together"),
+    ({"url_expiry": 0}, "url_expiry must be between 1 and 604800"),
+])
+def test_bad_s3_settings_are_refused_and_nothing_changes(server, admin, user, s3, image_host, change, message):
+    r = server.post(UPDATE_S3, s3_settings(admin, s3, **change))
+    assert r.status_code == 400 and r.json()["status"] == "error" and message in r.json()["message"], r.text
+    assert SECRET_KEY not in r.text
+
+
+def test_presigned_outputs_in_the_bucket(server, admin, user, s3, image_host):
+    r = server.post(UPDATE_S3, s3_settings(admin, s3, url_expiry=3600))
+    assert r.status_code == 200, r.text
+    saved = r.json()
+    assert saved["status"] == "success" and saved["settings"]["bucket"] == PRIVATE_BUCKET
+    assert SECRET_KEY not in r.text and saved["settings"]["prefix"] == "diffserve/out/"
+    time.sleep(0.5)  # workers re-read the settings every 0.2 s
+
+    out = server.post(IMG2IMG, body(user, image_host, seed=5)).json()
+    assert out["status"] == "success", out
+    url = out["output"][0]
+    parts = urlsplit(url)
+    assert url.startswith(f"{s3.endpoint}/{PRIVATE_BUCKET}/diffserve/out/generations/") and "X-Amz-Signature" in url
+    assert "X-Amz-Expires=3600" in parts.query
+    assert png_size(get(url).content) == (64, 64)
+    assert get(f"{s3.endpoint}{parts.path}").status_code == 403  # the bucket is private: unsigned is refused
+    token = token_of(url)
+    # written by the worker (output) and by the API (input), both in the bucket; nothing on local disk
+    assert {f"diffserve/out/generations/{token}-0.png", f"diffserve/out/inputs/{token}-init.png"} <= set(
+        s3.keys(PRIVATE_BUCKET, "diffserve/out/"))
+    assert not list((server.data_dir / "generations").glob(f"{token}*"))
+    assert not (server.data_dir / "inputs").exists() or not list((server.data_dir / "inputs").glob(f"{token}*"))
+
+
+def test_base64_output_from_the_bucket(server, user, image_host):
+    out = server.post(IMG2IMG, body(user, image_host, base64="yes", samples=2)).json()
+    assert out["status"] == "success", out
+    for b64, url in zip(out["output"], out["proxy_links"]):
+        assert base64.b64decode(b64) == get(url).content
+
+
+def test_a_presigned_url_expires_and_fetch_signs_a_fresh_one(server, admin, user, s3, image_host):
+    assert server.post(UPDATE_S3, s3_settings(admin, s3, url_expiry=2)).status_code == 200
+    time.sleep(0.5)
+    out = server.post(IMG2IMG, body(user, image_host)).json()
+    url = out["output"][0]
+    assert "X-Amz-Expires=2" in url
+    assert get(url).status_code == 200
+    time.sleep(3)
+    expired = get(url)
+    assert expired.status_code == 403 and "expired" in expired.text.lower()
+    fresh = server.post(f"/api/v6/images/fetch/{out['id']}", {"key": user}).json()["output"][0]
+    assert fresh != url and get(fresh).status_code == 200
+
+
+def test_public_url_outputs(server, admin, user, s3, image_host):
+    public = f"{s3.endpoint}/{PUBLIC_BUCKET}"
+    r = server.post(UPDATE_S3, s3_settings(admin, s3, bucket=PUBLIC_BUCKET, public_url=public + "/",
+                                           image_directory="imgs"))
+    assert r.status_code == 200, r.text
+    time.sleep(0.5)
+    out = server.post(IMG2IMG, body(user, image_host)).json()
+    url = out["output"][0]
+    assert url.startswith(f"{public}/imgs/generations/") and "?" not in url
+    assert png_size(get(url).content) == (64, 64)
+
+
+def test_temp_outputs_expire_on_both_backends_and_others_stay(server, user, image_host, s3):
+    temp = server.post(IMG2IMG, body(user, image_host, temp=True)).json()
+    keep = server.post(IMG2IMG, body(user, image_host)).json()
+    upload = server.post("/api/v6/base64_to_url", {"key": user, "base64_string": INIT_B64}).json()["output"][0]
+    assert "/imgs/temp/" in upload and get(upload).status_code == 200  # base64_to_url: 24 h, same cleanup
+    assert "/imgs/temp/generations/" in temp["output"][0]
+    assert get(temp["output"][0]).status_code == 200
+    token = token_of(temp["output"][0])
+    assert f"imgs/temp/inputs/{token}-init.png" in s3.keys(PUBLIC_BUCKET, "imgs/temp/")
+    deadline = time.monotonic() + TEMP_TTL_S + 10
+    while time.monotonic() < deadline and s3.keys(PUBLIC_BUCKET, f"imgs/temp/generations/{token}"):
+        time.sleep(0.2)
+    assert not s3.keys(PUBLIC_BUCKET, f"imgs/temp/generations/{token}")
+    assert not s3.keys(PUBLIC_BUCKET, f"imgs/temp/inputs/{token}")
+    assert get(temp["output"][0]).status_code == 404
+    assert get(upload).status_code == 404
+    assert get(keep["output"][0]).status_code == 200
+    # the local temp output from before the switch expired too; the other local output stays
+    assert get(LOCAL_TEMP["temp"]).status_code == 404
+    assert get(LOCAL_TEMP["keep"]).status_code == 200
+
+
+def test_env_settings_and_saved_settings_in_process(tmp_path, s3):
+    """The storage layer alone: S3 from DIFFSERVE_STORAGE__* settings, then overridden by saved settings
+    (what update_s3 writes), then back to local disk."""
+    from diffserve.config import Settings, StorageSettings
+    from diffserve.core.errors import NotFound
+    from diffserve.storage.configured import build_storage
+    from diffserve.store.db import create_schema, make_engine
+    from diffserve.store.storage_config import StorageConfigStore
+
+    settings = Settings(data_dir=tmp_path, storage=StorageSettings(
+        backend="s3", bucket=PRIVATE_BUCKET, endpoint_url=s3.endpoint, access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY, prefix="/env/", refresh_s=0))
+    engine = make_engine(settings.db_url)
+    create_schema(engine)
+    storage = build_storage(settings, engine)
+    storage.put("temp/generations/a.png", b"A")
+    assert s3.keys(PRIVATE_BUCKET, "env/") == ["env/temp/generations/a.png"]
+    assert storage.get("temp/generations/a.png") == b"A"
+    assert [o.key for o in storage.list("temp/")] == ["temp/generations/a.png"]
+    assert get(storage.url("temp/generations/a.png", "http://unused")).content == b"A"
+    with pytest.raises(NotFound):
+        storage.get("temp/generations/missing.png")
+
+    saved = StorageConfigStore(engine)
+    saved.save({"backend": "s3", "bucket": PUBLIC_BUCKET, "endpoint_url": s3.endpoint, "access_key_id": ACCESS_KEY,
+                "secret_access_key": SECRET_KEY, "prefix": "saved", "public_url": f"{s3.endpoint}/{PUBLIC_BUCKET}"})
+    storage.put("generations/b.png", b"B")
+    assert s3.keys(PUBLIC_BUCKET, "saved/") == ["saved/generations/b.png"]
+    assert storage.url("generations/b.png", "http://unused") == f"{s3.endpoint}/{PUBLIC_BUCKET}/saved/generations/b.png"
+
+    saved.save({"backend": "local"})
+    storage.put("generations/c.png", b"C")
+    assert (tmp_path / "generations" / "c.png").read_bytes() == b"C"
+    assert storage.url("generations/c.png", "http://me:1") == "http://me:1/generations/c.png"
+    storage.delete("generations/c.png")
+    assert not (tmp_path / "generations" / "c.png").exists()
