@@ -49,7 +49,6 @@ class Supervisor:
     workers: WorkerStore
     signals: LocalSignals
     _procs: dict[str, mp.process.BaseProcess] = field(default_factory=dict)
-    _stops: dict[str, object] = field(default_factory=dict)
     _halt: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -61,9 +60,12 @@ class Supervisor:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: each worker finishes its current job and exits; past `timeout` it is killed (its
+        job is then run again at the next start)."""
         self._halt.set()
-        for stop in self._stops.values():
-            stop.set()
+        for p in self._procs.values():
+            if p.is_alive():
+                p.terminate()
         for p in self._procs.values():
             p.join(timeout)
             if p.is_alive():
@@ -71,21 +73,19 @@ class Supervisor:
                 p.join(2)
         for worker_id in self._procs:
             self.workers.remove(worker_id)
-
-    def restart_workers(self) -> None:
-        """Stop every worker after its current job and start fresh ones (jobs stay queued)."""
-        for worker_id in list(self._procs):
-            self._stops[worker_id].set()
+        self.signals.close()
 
     def pids(self) -> dict[str, int | None]:
         return {w: p.pid for w, p in self._procs.items()}
 
     def _spawn(self, worker_id: str) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads or sockets
-        stop = ctx.Event()
-        proc = ctx.Process(target=worker_main, args=(self.settings, worker_id, stop, self.signals), name=worker_id, daemon=True)
+        pipes = self.signals.pipes_for(worker_id)
+        proc = ctx.Process(target=worker_main, args=(self.settings, worker_id, pipes), name=worker_id, daemon=True)
         proc.start()
-        self._procs[worker_id], self._stops[worker_id] = proc, stop
+        pipes.ready.close()  # the worker has its own copies now; ours would hide its death from the pipes
+        pipes.done.close()
+        self._procs[worker_id] = proc
         log.info("started %s (pid %s)", worker_id, proc.pid)
 
     def _watch(self) -> None:

@@ -24,7 +24,7 @@ from .engine.generate import Engine
 from .engine.registry import ModelRegistry
 from .queue.base import JobQueue
 from .queue.local import LocalQueue
-from .queue.signals import LocalSignals
+from .queue.signals import WorkerPipes
 from .storage.base import Storage
 from .storage.configured import build_storage
 from .store.db import make_engine
@@ -48,7 +48,7 @@ class Worker:
     engine: Engine
     workers: WorkerStore
     preload: tuple[str, ...] = ()
-    job_done: Any = None  # cross-process Event: set after each job, so waiting requests answer at once
+    pipes: WorkerPipes | None = None  # wake-ups from/to the API process (queue/signals.py)
     labels: tuple[str, ...] = ()  # e.g. ("a100",): jobs that asked for that GPU class may run here
     orders: WorkerOrders | None = None  # the API's control events (clear_cache, restart...)
 
@@ -89,8 +89,8 @@ class Worker:
             self.jobs.succeed(job_id, keys, nsfw)
         finally:
             self.queue.ack(job_id)
-            if self.job_done is not None:
-                self.job_done.set()
+            if self.pipes is not None:
+                self.pipes.job_done()
             self.workers.update(self.worker_id, state="idle", current_job=None,
                                 models=self.engine.loaded_models())
 
@@ -144,31 +144,32 @@ def model_cache_budget(settings: Settings) -> int:
     return default_budget_bytes(settings.device)
 
 
-def build_worker(settings: Settings, worker_id: str, signals: LocalSignals | None = None) -> Worker:
+def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None) -> Worker:
     db = make_engine(settings.db_url)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     return Worker(
         worker_id=worker_id,
         jobs=JobStore(db),
-        queue=LocalQueue(db, ready=signals.job_ready if signals else None, affinity_wait_s=settings.affinity_wait_s),
+        queue=LocalQueue(db, wake=pipes, affinity_wait_s=settings.affinity_wait_s),
         storage=build_storage(settings, db),  # local or S3, following update_s3 without a restart
         engine=Engine(registry, device=settings.device, safety_checker=settings.safety_checker,
                       models_dir=settings.models_dir, max_models=settings.max_loaded_models,
                       cache_budget_bytes=model_cache_budget(settings)),
         workers=WorkerStore(db),
         preload=tuple(settings.preload_models),
-        job_done=signals.job_done if signals else None,
+        pipes=pipes,
         labels=worker_labels(settings, worker_id),
         orders=WorkerOrders(ControlLog(db)),
     )
 
 
-def worker_main(settings: Settings, worker_id: str, stop: Any, signals: LocalSignals | None = None) -> None:
+def worker_main(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None) -> None:
     """Entry point of a worker process (spawned by the supervisor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    stop = threading.Event()  # this process's own: SIGTERM asks it to stop after the current job
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {worker_id} %(levelname)s %(name)s: %(message)s")
     import torch
 
     torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
-    build_worker(settings, worker_id, signals).run(stop)
+    build_worker(settings, worker_id, pipes).run(stop)

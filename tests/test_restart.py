@@ -79,3 +79,52 @@ def test_queued_and_running_jobs_finish_after_a_crash_and_restart(slow_server, i
     # what was done before the crash is still served
     again = srv.post(f"/api/v6/images/fetch/{first['id']}", {"key": key}).json()
     assert again["output"] == done["output"] and httpx.get(again["output"][0]).status_code == 200
+
+
+def worker_pids(srv) -> dict[str, int]:
+    with sqlite3.connect(srv.data_dir / "diffserve.db") as db:
+        return dict(db.execute("select worker_id, pid from workers where state in ('idle', 'busy')"))
+
+
+def wait_for_new_worker(srv, old_pid: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = worker_pids(srv)
+        if pids and old_pid not in pids.values():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(srv.log_tail())
+
+
+def test_a_killed_worker_is_replaced_and_its_job_still_finishes(slow_server, image_host):
+    import os
+
+    srv = slow_server
+    key = srv.create_key()
+    # 1. kill the worker while it idles (blocked waiting for work): the API must not hang on the next enqueue
+    (pid,) = worker_pids(srv).values()
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    job = srv.post(IMG2IMG, {**slow_body(key, image_host, 5), "num_inference_steps": 4, "samples": 1}, timeout=10).json()
+    assert job["status"] == "processing" and time.monotonic() - t0 < 5
+    wait_for_new_worker(srv, pid)
+    # 2. kill the replacement in the middle of a job: the job is run again by the next worker
+    slow = srv.post(IMG2IMG, slow_body(key, image_host, 6)).json()
+    for _ in range(600):
+        if statuses(srv)[slow["id"]] == "running":
+            break
+        time.sleep(0.05)
+    (pid,) = worker_pids(srv).values()
+    os.kill(pid, signal.SIGKILL)
+    results = {}
+    deadline = time.monotonic() + 180
+    while len(results) < 2 and time.monotonic() < deadline:
+        for j in (job, slow):
+            r = srv.post(f"/api/v6/images/fetch/{j['id']}", {"key": key}, timeout=10).json()
+            if r["status"] != "processing":
+                results[j["id"]] = r
+        time.sleep(0.3)
+    assert [results[j["id"]]["status"] for j in (job, slow)] == ["success", "success"], results
+    with sqlite3.connect(srv.data_dir / "diffserve.db") as db:
+        (attempts,) = db.execute("select attempts from jobs where id = ?", (slow["id"],)).fetchone()
+    assert attempts == 2

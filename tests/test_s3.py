@@ -171,7 +171,8 @@ def test_temp_outputs_expire_on_both_backends_and_others_stay(server, user, imag
     token = token_of(temp["output"][0])
     assert f"imgs/temp/inputs/{token}-init.png" in s3.keys(PUBLIC_BUCKET, "imgs/temp/")
     deadline = time.monotonic() + TEMP_TTL_S + 10
-    while time.monotonic() < deadline and s3.keys(PUBLIC_BUCKET, f"imgs/temp/generations/{token}"):
+    while time.monotonic() < deadline and (s3.keys(PUBLIC_BUCKET, f"imgs/temp/generations/{token}")
+                                           or get(upload).status_code != 404):
         time.sleep(0.2)
     assert not s3.keys(PUBLIC_BUCKET, f"imgs/temp/generations/{token}")
     assert not s3.keys(PUBLIC_BUCKET, f"imgs/temp/inputs/{token}")

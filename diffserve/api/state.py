@@ -52,12 +52,12 @@ def build_state(settings: Settings, *, run_workers: bool) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.db_url)
     create_schema(db)
-    signals = LocalSignals.create() if run_workers else None
+    signals = LocalSignals() if run_workers else None
     jobs, workers = JobStore(db), WorkerStore(db)
-    queue = LocalQueue(db, ready=signals.job_ready if signals else None)
+    queue = LocalQueue(db, notify=signals.job_ready if signals else None)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     http = httpx.Client(timeout=settings.images.fetch_timeout_s, follow_redirects=False)
-    completions = CompletionBroadcaster(signals.job_done) if signals else None
+    completions = CompletionBroadcaster(signals) if signals else None
     storage = build_storage(settings, db)
     delivery = build_delivery(settings, db, jobs, storage)
     service = GenerationService(settings, jobs, queue, storage, registry, http, completions, caps=delivery.caps)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from ..store.db import JobRow, QueueRow, WorkerRow, utcnow
+from .signals import WorkerPipes
 
 _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.1
@@ -36,12 +37,15 @@ LIVE_WORKER_S = 15.0  # a worker whose heartbeat is older is not counted as hold
 
 
 class LocalQueue:
-    """`ready`: an optional cross-process Event set on enqueue, so idle workers wake at once
-    instead of waiting out their poll interval (see queue/signals.py)."""
+    """Wake-ups (queue/signals.py), so idle workers react at once instead of after a poll interval:
+    `notify` is called after each enqueue (the API side pokes the workers); `wake` is this worker's
+    end of its `ready` pipe (the worker side waits on it)."""
 
-    def __init__(self, engine: Engine, ready: Any = None, affinity_wait_s: float = 2.0) -> None:
+    def __init__(self, engine: Engine, *, notify: Callable[[], None] | None = None,
+                 wake: WorkerPipes | None = None, affinity_wait_s: float = 2.0) -> None:
         self._engine = engine
-        self._ready = ready
+        self._notify = notify
+        self._wake = wake
         self._affinity_wait_s = affinity_wait_s
 
     def enqueue(self, job_id: int) -> None:
@@ -51,8 +55,8 @@ class LocalQueue:
                 request = s.scalar(select(JobRow.request).where(JobRow.id == job_id)) or {}
                 s.execute(insert(QueueRow).values(job_id=job_id, model_id=request.get("model_id"),
                                                   label=request.get("worker_label"), enqueued_at=utcnow()))
-        if self._ready is not None:
-            self._ready.set()
+        if self._notify is not None:
+            self._notify()
 
     def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
               labels: Sequence[str] = ()) -> int | None:
@@ -60,14 +64,14 @@ class LocalQueue:
         deadline = time.monotonic() + timeout
         delay = _POLL_MIN_S
         while True:
-            if self._ready is not None:
-                self._ready.clear()  # cleared before looking: an enqueue after this sets it again
+            if self._wake is not None:
+                self._wake.clear_ready()  # drained before looking: an enqueue after this pokes again
             job_id = self._try_claim(worker_id, loaded, labels)
             remaining = deadline - time.monotonic()
             if job_id is not None or remaining <= 0:
                 return job_id
-            if self._ready is not None:
-                self._ready.wait(remaining)
+            if self._wake is not None:
+                self._wake.wait_ready(remaining)
             else:
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, _POLL_MAX_S)

@@ -1,35 +1,117 @@
 """Wake-ups between the API process and local workers, so neither has to poll to react quickly.
 
-`job_ready` is set when a job is enqueued (workers wake and claim); `job_done` is set when a worker
-finishes one (the API's waiting requests re-read their job). Both are cross-process Events from the
-spawn context. They only speed things up: every waiter still re-checks the store on a timeout.
+Each worker gets two one-way pipes from the supervisor: `ready` (API -> worker: a job was enqueued)
+and `done` (worker -> API: a job finished). Writes are non-blocking and lossy by design: a full pipe
+already holds a wake-up, and a dead reader just means nobody is waiting. Nothing here takes a lock
+another process could die holding (multiprocessing.Event does: its set() waits forever for a waiter
+that was SIGKILLed). They only speed things up: every waiter still re-checks the store on a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from multiprocessing.connection import Connection, wait
+
+_POKE = b"!"
+
+
+def poke(conn: Connection) -> None:
+    """Send a wake-up without ever blocking (5 bytes: one atomic pipe write)."""
+    try:
+        conn.send_bytes(_POKE)
+    except (BlockingIOError, BrokenPipeError, OSError):
+        pass  # already poked, or the other side is gone
+
+
+def drain(conn: Connection) -> bool:
+    """Read every pending wake-up; False if the other side has closed its end."""
+    try:
+        while conn.poll(0):
+            conn.recv_bytes()
+    except (EOFError, OSError):
+        return False
+    return True
 
 
 @dataclass
-class LocalSignals:
-    job_ready: Any  # multiprocessing.Event
-    job_done: Any
+class WorkerPipes:
+    """The worker's ends: it waits on `ready` and pokes `done`."""
 
-    @classmethod
-    def create(cls) -> "LocalSignals":
-        ctx = mp.get_context("spawn")
-        return cls(ctx.Event(), ctx.Event())
+    ready: Connection
+    done: Connection
+
+    def wait_ready(self, timeout: float) -> None:
+        try:
+            self.ready.poll(timeout)
+        except (EOFError, OSError):
+            pass
+
+    def clear_ready(self) -> None:
+        drain(self.ready)
+
+    def job_done(self) -> None:
+        poke(self.done)
+
+
+class LocalSignals:
+    """The API/supervisor side: pokes every worker's `ready`, waits on every worker's `done`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[str, Connection] = {}  # our writing ends
+        self._done: dict[str, Connection] = {}  # our reading ends
+
+    def pipes_for(self, worker_id: str) -> WorkerPipes:
+        """New pipes for a (re)spawned worker; the previous ones of that worker are closed."""
+        ready_r, ready_w = mp.Pipe(duplex=False)
+        done_r, done_w = mp.Pipe(duplex=False)
+        os.set_blocking(ready_w.fileno(), False)
+        os.set_blocking(done_w.fileno(), False)  # the worker's copy shares this flag
+        with self._lock:
+            for old in (self._ready.pop(worker_id, None), self._done.pop(worker_id, None)):
+                if old is not None:
+                    old.close()
+            self._ready[worker_id], self._done[worker_id] = ready_w, done_r
+        return WorkerPipes(ready_r, done_w)
+
+    def job_ready(self) -> None:
+        with self._lock:
+            writers = list(self._ready.values())
+        for w in writers:
+            poke(w)
+
+    def wait_done(self, timeout: float) -> bool:
+        """True when some worker finished a job within `timeout`."""
+        with self._lock:
+            readers = list(self._done.values())
+        if not readers:
+            threading.Event().wait(timeout)
+            return False
+        try:
+            ready = wait(readers, timeout)
+        except OSError:  # a reader was closed by a respawn meanwhile
+            return False
+        for r in ready:
+            drain(r)
+        return bool(ready)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in (*self._ready.values(), *self._done.values()):
+                conn.close()
+            self._ready.clear()
+            self._done.clear()
 
 
 class CompletionBroadcaster:
-    """One thread turns `job_done` into an asyncio wake-up for every request waiting in this process."""
+    """One thread turns workers' `done` pokes into an asyncio wake-up for every request waiting here."""
 
-    def __init__(self, job_done: Any) -> None:
-        self._job_done = job_done
+    def __init__(self, signals: LocalSignals) -> None:
+        self._signals = signals
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self._halt = threading.Event()
@@ -42,7 +124,6 @@ class CompletionBroadcaster:
 
     def stop(self) -> None:
         self._halt.set()
-        self._job_done.set()  # unblock the thread
         if self._thread:
             self._thread.join(2)
 
@@ -58,10 +139,8 @@ class CompletionBroadcaster:
 
     def _run(self) -> None:
         while not self._halt.is_set():
-            if self._job_done.wait(1.0):
-                self._job_done.clear()
-                if self._loop and not self._halt.is_set():
-                    self._loop.call_soon_threadsafe(self._notify)
+            if self._signals.wait_done(0.5) and self._loop and not self._halt.is_set():
+                self._loop.call_soon_threadsafe(self._notify)
 
     def _notify(self) -> None:
         old, self._changed = self._changed, asyncio.Event()

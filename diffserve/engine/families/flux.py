@@ -3,8 +3,9 @@
 Flux pipelines do not take the output size from the init image: height and width are passed
 explicitly (the engine has resized the init image to them; both are multiples of 16).
 `guidance_scale` is FLUX.1-dev's distilled guidance (an input of the transformer, not
-classifier-free guidance), so it costs nothing extra; FLUX.1-schnell ignores it. Negative prompts
-need true classifier-free guidance, which FLUX.1 was not trained for: they are not used.
+classifier-free guidance), so it costs nothing extra; FLUX.1-schnell ignores it. A negative prompt
+turns on diffusers' true classifier-free guidance (`true_cfg_scale`, TRUE_CFG_SCALE): it acts, and
+costs a second transformer pass per step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from .base import RunInputs
 from .checks import require_pipeline
 
 FLUX_PIPELINES = ("FluxImg2ImgPipeline",)
+TRUE_CFG_SCALE = 4.0  # the value diffusers' Flux docs use for true CFG with a negative prompt
+
+
+def negative_prompt_kwargs(inputs: RunInputs) -> dict[str, Any]:
+    """Flux applies a negative prompt only through true CFG; without one nothing changes."""
+    if not inputs.negative_prompt:
+        return {}
+    return {"negative_prompt": inputs.negative_prompt, "true_cfg_scale": TRUE_CFG_SCALE}
 
 
 class FluxFamily:
@@ -41,6 +50,7 @@ class FluxFamily:
             num_images_per_prompt=req.samples,
             generator=inputs.generators,
             output_type="pil",
+            **negative_prompt_kwargs(inputs),
             **inputs.call_kwargs,
         )
         return list(out.images)

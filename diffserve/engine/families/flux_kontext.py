@@ -27,6 +27,7 @@ from PIL import Image
 from ..loading import ModelSource, load_img2img_pipeline
 from .base import RunInputs
 from .checks import require_pipeline
+from .flux import negative_prompt_kwargs
 
 KONTEXT_PIPELINES = ("FluxKontextPipeline",)
 SIZE_MULTIPLE = 16  # 8x VAE, then 2x2 latent packing
@@ -75,6 +76,7 @@ class FluxKontextFamily:
             num_images_per_prompt=req.samples,
             generator=inputs.generators,
             output_type="pil",
+            **negative_prompt_kwargs(inputs),
             **inputs.call_kwargs,
         )
         return list(out.images)
