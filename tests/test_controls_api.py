@@ -144,3 +144,9 @@ def test_flagged_images_are_reported_and_treated(server, key, image_host):
     assert panel.any() and (panel.min(axis=2) > 120).sum() >= 10  # light text on a dark panel
     off = success(server, v6(key, image_host, safety_checker="no"))
     assert off["nsfw_content_detected"] is False and not np.array_equal(image(off["output"][0]), panel)
+
+
+def test_the_safety_checker_also_sees_unchanged_images(server, key, image_host):
+    # strength 0 returns the init image without denoising; it is still checked (and here flagged)
+    out = success(server, v6(key, image_host, strength=0, safety_checker_type="black"))
+    assert out["nsfw_content_detected"] is True and not image(out["output"][0]).any()

@@ -303,3 +303,11 @@ def test_health(server):
     r = httpx.get(f"{server.url}/health")
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["workers"] >= 1
     assert "tiny-sd" in r.json()["models_loaded"]
+
+
+@pytest.mark.parametrize("change,message", [({"samples": 5}, "samples must be between 1 and 4"),
+                                            ({"guidance_scale": 25}, "guidance_scale must be between 1 and 20")])
+def test_v6_caps_hold_on_models_that_allow_more(server, key, image_host, change, message):
+    # tiny-flux takes 8 samples and guidance 30 (Qolaba's ranges); the v6 page caps them at 4 and 20
+    r = server.post(IMG2IMG, body(key, image_host, model_id="tiny-flux", scheduler=None, **change))
+    assert r.status_code == 400 and message in r.json()["message"], r.text

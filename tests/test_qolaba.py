@@ -100,6 +100,13 @@ def test_flux_kontext_takes_several_images_through_file_urls(dialect_server, key
     assert '"extra_image_keys": ["' in request and request.count("-ref") == 2
 
 
+def test_file_urls_are_refused_by_models_that_cannot_use_them(dialect_server, key, image_host):
+    r = post(dialect_server, key, **body(image_host, app_id=FLUX_DEV, file_urls=[image_host.url("/ref-a.png")]))
+    out = r.json()
+    assert r.status_code == 400 and out["status"] == "FAILED" and out["error"] == "Input Validation Error", out
+    assert "file_urls" in out["error_data"] and "takes no reference images" in out["error_data"]
+
+
 def test_an_operator_can_serve_a_closed_app_with_a_local_model(dialect_server, key, image_host):
     out = post(dialect_server, key, **body(image_host, app_id=IDEOGRAM, height=64, width=96)).json()
     assert out["status"] == "SUCCESS", out

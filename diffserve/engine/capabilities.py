@@ -85,6 +85,7 @@ class FamilyControls:
     # diffusers reads the text encoder's hidden_states[-(clip_skip + offset)]; None: no clip_skip.
     clip_skip_offset: int | None = None
     tomesd: bool = False  # the UNet has diffusers BasicTransformerBlocks that token merging can patch
+    reference_images: bool = False  # extra images (Qolaba file_urls) beside the init image are used
 
 
 # Families not listed take none of these controls (their requests with them are refused or,
@@ -92,6 +93,8 @@ class FamilyControls:
 FAMILY_CONTROLS: dict[str, FamilyControls] = {
     "sd": FamilyControls(schedulers=True, clip_skip_offset=1, tomesd=True),
     "sdxl": FamilyControls(schedulers=True, clip_skip_offset=2, tomesd=True),
+    "flux-kontext": FamilyControls(reference_images=True),  # stitched beside the init image
+    "flux-redux": FamilyControls(reference_images=True),  # each one goes through the Redux prior
 }
 
 

@@ -101,9 +101,6 @@ class Engine:
         loaded = self.pipelines.get(req.model_id)
         if init_image.size != (req.width, req.height):
             init_image = init_image.resize((req.width, req.height), Image.Resampling.LANCZOS)
-        if int(req.steps * req.strength) < 1:
-            # strength 0 (or so low that no step runs) means "no change": the init image itself.
-            return GenerationResult([init_image.copy() for _ in range(req.samples)], [False] * req.samples)
         inputs = RunInputs(
             request=req,
             init_image=init_image,
@@ -115,12 +112,17 @@ class Engine:
             ip_adapter_image=ip_adapter_image,
         )
         ctx = ControlContext(req.model_id, entry, self._registry, self._device, loaded.state, self.shared)
-        with torch.inference_mode(), ExitStack() as stack:
-            for control in CONTROLS:
-                stack.enter_context(control(loaded.pipe, inputs, ctx))
-            images = family(entry.family).run(loaded.pipe, inputs)
+        with torch.inference_mode():
+            if int(req.steps * req.strength) < 1:
+                # strength 0 (or so low that no step runs) means "no change": the init image itself
+                images = [init_image.copy() for _ in range(req.samples)]
+            else:
+                with ExitStack() as stack:
+                    for control in CONTROLS:
+                        stack.enter_context(control(loaded.pipe, inputs, ctx))
+                    images = family(entry.family).run(loaded.pipe, inputs)
             nsfw = [False] * len(images)
-            for post in POSTPROCESSORS:
+            for post in POSTPROCESSORS:  # the safety checker sees every output, the unchanged ones too
                 images, nsfw = post(loaded.pipe, images, nsfw, inputs, ctx)
         return GenerationResult(images, nsfw)
 

@@ -43,6 +43,10 @@ def resolve_controls(draft: RequestDraft, entry: ModelEntry) -> RequestDraft:
         raise InvalidInput(
             f"algorithm_type applies only to DPMSolverMultistepScheduler and DPMSolverSinglestepScheduler "
             f"(the scheduler is {scheduler or 'the model default'})", field="algorithm_type")
+    if draft.extra_images and not controls.reference_images:
+        raise InvalidInput(
+            f"file_urls: model {draft.model_id} ({entry.family} models) takes no reference images besides "
+            f"the init image", field="file_urls")
     if draft.clip_skip is not None and draft.clip_skip > 1:
         _check_clip_skip(draft.clip_skip, draft.model_id, entry, controls.clip_skip_offset)
     style = style_name(draft.enhance_style)

@@ -7,8 +7,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...core.errors import InvalidInput
-from ...core.request import RequestDraft
+from ...core.request import RequestDraft, check_range
 from ..loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
+
+# The v6 page's own caps, whatever a model allows (a Flux model takes 8 samples and guidance 30 on Qolaba).
+MAX_SAMPLES = 4
+MIN_GUIDANCE, MAX_GUIDANCE = 1, 20
 
 
 class V6Img2ImgRequest(BaseModel):
@@ -55,6 +59,8 @@ class V6Img2ImgRequest(BaseModel):
             raise InvalidInput("prompt is required", field="prompt")
         if not self.init_image or not self.init_image.strip():
             raise InvalidInput("init_image is required", field="init_image")
+        check_range("samples", self.samples, 1, MAX_SAMPLES)
+        check_range("guidance_scale", self.guidance_scale, MIN_GUIDANCE, MAX_GUIDANCE)
         loras = _split_list(self.lora_model)
         return RequestDraft(
             model_id=(self.model_id or "").strip() or default_model,
