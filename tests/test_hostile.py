@@ -18,7 +18,7 @@ import pytest
 
 from .bodies import IMG2IMG, body
 from .hostile_corpus import TEN_MB, b64, image_corpus
-from .hardened import QOLABA_APP
+from .hardened import QOLABA_APP, QOLABA_REFS_APP
 from .servers import png_bytes
 
 INIT = b64(png_bytes(64, 64))
@@ -109,7 +109,7 @@ def test_private_and_metadata_urls_are_refused_everywhere(server, key, canary):
 def test_qolaba_file_urls_follow_the_same_rules(server, key, canary):
     before = job_count(server)
     for url in private_urls(canary.port)[:3] + ["http://169.254.169.254/latest/meta-data/"]:
-        r = server.post("/getImagetoImage", {"app_id": QOLABA_APP, "image": INIT, "prompt": "a cat",
+        r = server.post("/getImagetoImage", {"app_id": QOLABA_REFS_APP, "image": INIT, "prompt": "a cat",
                                              "file_urls": [url], "celery": True},
                         headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 400, r.text
