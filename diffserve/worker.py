@@ -13,7 +13,6 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image
 

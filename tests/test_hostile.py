@@ -18,7 +18,7 @@ import pytest
 
 from .bodies import IMG2IMG, body
 from .hostile_corpus import TEN_MB, b64, image_corpus
-from .hardened import QOLABA_APP, QOLABA_REFS_APP
+from .hardened import QOLABA_REFS_APP
 from .servers import png_bytes
 
 INIT = b64(png_bytes(64, 64))

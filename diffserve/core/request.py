@@ -34,25 +34,12 @@ class ModelLimits(BaseModel):
     default_height: int | None = None
 
 
-class GenerationRequest(BaseModel):
-    """Everything the engine needs for one job, already resolved (seed chosen, size decided)."""
-
-    model_config = ConfigDict(frozen=True)
+class RequestOptions(BaseModel):
+    """The fields a draft carries unchanged into the resolved request: controls, assets, delivery."""
 
     model_id: str
     prompt: str
     negative_prompt: str | None = None
-    init_image_key: str = Field(description="storage key of the decoded init image (PNG, already width x height)")
-    extra_image_keys: list[str] = Field(default_factory=list, description="reference images (PNG), as sent")
-    ip_adapter_image_key: str | None = None
-    width: int
-    height: int
-    samples: int = 1
-    steps: int
-    guidance_scale: float
-    strength: float
-    seed: int
-    # Accepted and carried to the engine; the engine applies what it supports (see README).
     scheduler: str | None = None
     use_karras_sigmas: bool = False
     algorithm_type: str | None = None
@@ -74,6 +61,23 @@ class GenerationRequest(BaseModel):
     webhook: str | None = None
     track_id: str | None = None
     worker_label: str | None = None  # run only on workers with this label (GPU class); None: any worker
+
+
+class GenerationRequest(RequestOptions):
+    """Everything the engine needs for one job, already resolved (seed chosen, size decided)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    init_image_key: str = Field(description="storage key of the decoded init image (PNG, already width x height)")
+    extra_image_keys: list[str] = Field(default_factory=list, description="reference images (PNG), as sent")
+    ip_adapter_image_key: str | None = None
+    width: int
+    height: int
+    samples: int = 1
+    steps: int
+    guidance_scale: float
+    strength: float
+    seed: int
 
 
 def check_range(field: str, value: float | int | None, lo: float, hi: float) -> None:
@@ -123,17 +127,14 @@ def _num(x: float | int) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-class RequestDraft(BaseModel):
+class RequestDraft(RequestOptions):
     """A dialect's request after type coercion, before the model's limits and the init image are known.
 
     Unset numbers are None: the model's defaults fill them in `resolve`.
     """
 
-    model_id: str
-    prompt: str
     init_image: str = Field(description="what the client sent: URL, base64 or data URI")
     extra_images: list[str] = Field(default_factory=list, description="reference images: URL/base64 each")
-    negative_prompt: str | None = None
     width: int | None = None
     height: int | None = None
     samples: int | None = None
@@ -141,27 +142,6 @@ class RequestDraft(BaseModel):
     guidance_scale: float | None = None
     strength: float | None = None
     seed: int | None = None
-    scheduler: str | None = None
-    use_karras_sigmas: bool = False
-    algorithm_type: str | None = None
-    clip_skip: int | None = None
-    lora_models: list[str] = Field(default_factory=list)
-    lora_strengths: list[float] = Field(default_factory=list)
-    vae: str | None = None
-    embeddings_model: str | None = None
-    ip_adapter_id: str | None = None
-    ip_adapter_scale: float | None = None
-    ip_adapter_image: str | None = None
-    safety_checker: bool = True
-    safety_checker_type: str = "sensitive_content_text"
-    enhance_prompt: bool = False
-    enhance_style: str | None = None
-    tomesd: bool = False
-    output_base64: bool = False
-    temp: bool = False
-    webhook: str | None = None
-    track_id: str | None = None
-    worker_label: str | None = None
     max_side: int | None = Field(None, description="the dialect's cap on width/height, below the model's own")
 
     def check(self, limits: ModelLimits) -> None:
@@ -203,8 +183,7 @@ class RequestDraft(BaseModel):
         self, limits: ModelLimits, *, init_image_key: str, width: int, height: int, seed: int,
         extra_image_keys: list[str] | None = None, ip_adapter_image_key: str | None = None,
     ) -> GenerationRequest:
-        fields = self.model_dump(exclude={"init_image", "extra_images", "width", "height", "samples", "steps",
-                                          "guidance_scale", "strength", "seed", "max_side"})
+        fields = self.model_dump(include=set(RequestOptions.model_fields))
         return GenerationRequest(
             **fields,
             init_image_key=init_image_key,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from sqlalchemy import Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import OperationalError

@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.routing import APIRoute
 
-from ...core.errors import DiffserveError
 from ..body import json_body_doc, parse_model
+from ..errors import guarded_route
 from .common import fetch, read_and_authenticate, submit_and_answer
 from .protocol import FetchRequest, V6Img2ImgRequest
 from .render import error_response
 
-log = logging.getLogger(__name__)
-
-
-class ModelsLabRoute(APIRoute):
-    """Every error on these routes leaves in the vendor's shape; nothing else reaches the client."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request):
-            try:
-                return await handler(request)
-            except DiffserveError as e:
-                return error_response(e)
-            except Exception:
-                log.exception("unhandled error on %s", request.url.path)
-                return error_response(None)
-
-        return guarded
-
+# Every error on the ModelsLab-style routes leaves in the vendor's shape; nothing else reaches the client.
+ModelsLabRoute = guarded_route(lambda _request, error: error_response(error), "ModelsLabRoute")
 
 router = APIRouter(route_class=ModelsLabRoute, tags=["ModelsLab v6"])
 

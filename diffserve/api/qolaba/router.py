@@ -8,43 +8,25 @@ reports the task. `celery: false` waits for the result (up to DIFFSERVE_SYNC_WAI
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 
-from ...core.errors import DiffserveError, InvalidInput, ModelNotFound, NotFound
+from ...core.errors import InvalidInput, ModelNotFound, NotFound
 from ...core.job import Job, JobStatus
 from ...worker_orders import configured_labels
 from ..auth import authenticate
 from ..body import json_body_doc, parse_model, read_json_object
+from ..errors import guarded_route
 from ..state import AppState, app_state
 from .apps import ServiceNotFound, resolve_app
 from .protocol import GetImageRequest, QolabaImg2ImgRequest
 from .render import error_response, render_job
 
-log = logging.getLogger(__name__)
-
-
-class QolabaRoute(APIRoute):
-    """Every answer leaves in the envelope; what was parsed so far (app_id, input) is echoed in errors."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request):
-            try:
-                return await handler(request)
-            except DiffserveError as e:
-                return error_response(e, **_echo(request))
-            except Exception:
-                log.exception("unhandled error on %s", request.url.path)
-                return error_response(None, **_echo(request))
-
-        return guarded
+# Every answer leaves in the envelope; what was parsed so far (app_id, input) is echoed in errors.
+QolabaRoute = guarded_route(lambda request, error: error_response(error, **_echo(request)), "QolabaRoute")
 
 
 router = APIRouter(route_class=QolabaRoute, tags=["Qolaba"])
