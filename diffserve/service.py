@@ -16,6 +16,7 @@ import anyio
 import httpx
 from PIL import Image
 
+from .admission import QueueCaps
 from .config import Settings
 from .core.errors import NotFound
 from .core.job import Job, input_key
@@ -29,12 +30,12 @@ from .queue.signals import CompletionBroadcaster
 from .storage.base import Storage
 from .store.jobs import JobStore, new_output_token
 from .store.keys import ApiKey
-from .admission import QueueCaps
 from .webhooks.dispatcher import check_webhook_url
 
 _WAIT_MIN_S = 0.01
 _WAIT_MAX_S = 0.25
 DEFAULT_ETA_S = 10.0
+
 
 @dataclass
 class GenerationService:
@@ -78,15 +79,16 @@ class GenerationService:
         extra_keys = []
         for i, ref in enumerate(draft.extra_images):
             extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
-            await self._store_image(extra_keys[-1], await anyio.to_thread.run_sync(self._load_image, ref, "file_urls"))
+            ref_image = await anyio.to_thread.run_sync(self._load_image, ref, "file_urls")
+            await self._store_image(extra_keys[-1], ref_image)
         ip_key = None
         if draft.ip_adapter_image:
             ip_key = input_key(token, "ip", temp=draft.temp)
             img = await anyio.to_thread.run_sync(self._load_image, draft.ip_adapter_image, "ip_adapter_image")
             await self._store_image(ip_key, img)
         seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
-        request = draft.resolve(limits, init_image_key=input_key(token, temp=draft.temp), width=width, height=height, seed=seed,
-                                extra_image_keys=extra_keys, ip_adapter_image_key=ip_key)
+        request = draft.resolve(limits, init_image_key=input_key(token, temp=draft.temp), width=width,
+                                height=height, seed=seed, extra_image_keys=extra_keys, ip_adapter_image_key=ip_key)
         job = await anyio.to_thread.run_sync(
             lambda: self.jobs.create(key_id=key.key_id, dialect=dialect, request=request,
                                      output_token=token, dialect_params=dialect_params))
@@ -132,6 +134,7 @@ class GenerationService:
     def _load_image(self, value: str, field: str) -> Image.Image:
         return load_image(value, field=field, limits=self.settings.images,
                           allow_private=self.settings.allow_private_urls, client=self.http)
+
 
 def _fit_png(img: Image.Image, width: int, height: int) -> bytes:
     if img.size != (width, height):
