@@ -31,7 +31,7 @@ from .config import Settings
 from .core.errors import InvalidInput
 from .core.job import JobStatus
 from .core.request import ModelLimits, RequestDraft
-from .engine.loading import SINGLE_FILE_SUFFIXES
+from .engine.sources import SINGLE_FILE_SUFFIXES
 from .engine.registry import ModelEntry, ModelRegistry
 from .engine.tiny_flux import FLUX_LIMITS
 from .engine.tiny_sdxl import SDXL_LIMITS

@@ -13,24 +13,27 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from .config import Settings
 from .core.errors import DiffserveError
 from .core.job import Job
-from .engine.generate import Engine
 from .engine.registry import ModelRegistry
 from .queue.base import JobQueue
 from .queue.local import LocalQueue
 from .queue.signals import WorkerPipes
 from .storage.base import Storage
 from .storage.configured import build_storage
-from .store.db import make_engine
 from .store.control import ControlLog
+from .store.db import make_engine
 from .store.jobs import JobStore
 from .store.workers import WorkerStore
 from .worker_orders import WorkerOrders, worker_labels
+
+if TYPE_CHECKING:  # the model stack is imported by the worker process only (build_worker), never by the API
+    from .engine.generate import Engine
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,8 @@ def model_cache_budget(settings: Settings) -> int:
 
 
 def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None) -> Worker:
+    from .engine.generate import Engine
+
     db = make_engine(settings.db_url)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     return Worker(

@@ -45,7 +45,7 @@ from .asset_entries import (
     VaeEntry,
     builtin_ip_adapters,
 )
-from .loading import ModelSource
+from .sources import ModelSource
 from .registry_file import (
     ModelsFileError,
     check_entry_id,
