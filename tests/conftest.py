@@ -58,3 +58,15 @@ def hardened_server(tmp_path_factory, models_root):
     srv = start_hardened_server(tmp_path_factory.mktemp("hardened"), models_root)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Engine-level tests run tiny models in this process: one torch thread is as fast for tiny tensors,
+    and fair to a shared machine. The previous thread count is restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

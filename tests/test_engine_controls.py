@@ -74,11 +74,8 @@ def registry(models_root):
 
 
 @pytest.fixture(scope="module")
-def engine(registry, models_root):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and the test machine is shared
-    yield Engine(registry, models_dir=models_root)
-    torch.set_num_threads(threads)
+def engine(registry, models_root, one_torch_thread):
+    return Engine(registry, models_dir=models_root)
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,7 @@ from diffserve.engine.tiny_flux import build_tiny_flux, build_tiny_flux_kontext
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_flux_lora(flux_folder, dest) -> None:

@@ -39,14 +39,9 @@ def family_models(models_root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(family_models: Path):
-    import torch
-
+def engine(family_models: Path, one_torch_thread):
     registry = ModelRegistry.load(family_models / "no-models.json", family_models)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is as fast, and fair to a busy machine
-    yield Engine(registry, max_models=len(FAMILY_MODELS))
-    torch.set_num_threads(threads)
+    return Engine(registry, max_models=len(FAMILY_MODELS))
 
 
 @pytest.fixture(scope="module")
