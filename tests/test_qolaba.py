@@ -134,7 +134,7 @@ def test_inference_type_without_such_workers_runs_anywhere_and_is_recorded(diale
     ({"app_id": REDUX}, 400, "Input Validation Error", "width must be between 32 and 512"),  # 1024x1024 > tiny
     ({"app_id": GPT_IMAGE}, 404, "Service Not Found",
      "GPT Image (app_id ap-zuzhawbgipcrnxdtefhjbnvhc) is not available"),
-    ({"app_id": PULID}, 404, "Service Not Found", "diffusers has no PuLID pipeline"),
+    ({"app_id": PULID}, 400, "Input Validation Error", "width must be between 32 and 512"),  # as Redux
     ({"app_id": "ap-does-not-exist"}, 404, "Service Not Found", "No service for app_id 'ap-does-not-exist'"),
     ({"app_id": None}, 400, "Input Validation Error", "app_id is required"),
     ({"image": None}, 400, "Input Validation Error", "image is required"),

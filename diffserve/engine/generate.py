@@ -26,6 +26,7 @@ from .safety import SHARED_KEY, SafetyCheckers
 from .tiny import build_tiny_sd
 from .tiny_flux import build_tiny_flux, build_tiny_flux_kontext, build_tiny_flux_redux
 from .tiny_flux_control import build_tiny_flux_canny, build_tiny_flux_depth
+from .tiny_flux_pulid import build_tiny_flux_pulid
 from .tiny_hidream import build_tiny_hidream
 from .tiny_sdxl import build_tiny_sdxl
 
@@ -36,6 +37,7 @@ TINY_BUILDERS.update({"tiny-sdxl": build_tiny_sdxl, "tiny-flux": build_tiny_flux
                       "tiny-flux-kontext": build_tiny_flux_kontext, "tiny-flux-redux": build_tiny_flux_redux})
 TINY_BUILDERS.update({"tiny-flux-canny": build_tiny_flux_canny, "tiny-flux-depth": build_tiny_flux_depth,
                       "tiny-hidream": build_tiny_hidream})
+TINY_BUILDERS["tiny-flux-pulid"] = build_tiny_flux_pulid
 
 
 @dataclass

@@ -57,10 +57,12 @@ from .registry_file import (
 )
 from .tiny_flux import FLUX_REDUX_TINY_LIMITS, FLUX_TINY_LIMITS
 from .tiny_flux_control import CANNY_TINY_LIMITS, DEPTH_TINY_LIMITS
+from .tiny_flux_pulid import FLUX_PULID_TINY_LIMITS
 from .tiny_hidream import HIDREAM_LIMITS, HIDREAM_TINY_LIMITS
 from .tiny_sdxl import SDXL_TINY_LIMITS
 
-Family = Literal["sd", "sdxl", "flux", "flux-kontext", "flux-redux", "flux-canny", "flux-depth", "hidream"]
+Family = Literal["sd", "sdxl", "flux", "flux-kontext", "flux-redux", "flux-canny", "flux-depth", "flux-pulid",
+                 "hidream"]
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +390,7 @@ def builtin_models(models_dir: Path) -> dict[str, ModelEntry]:
                 ("tiny-flux-redux", "flux-redux", FLUX_REDUX_TINY_LIMITS, "FLUX.1 Redux image variation"),
                 ("tiny-flux-canny", "flux-canny", CANNY_TINY_LIMITS, "FLUX.1 Canny (edges of the init image)"),
                 ("tiny-flux-depth", "flux-depth", DEPTH_TINY_LIMITS, "FLUX.1 Depth (depth of the init image)"),
+                ("tiny-flux-pulid", "flux-pulid", FLUX_PULID_TINY_LIMITS, "FLUX.1 PuLID (identity from the face)"),
                 ("tiny-hidream", "hidream", HIDREAM_TINY_LIMITS, "HiDream-I1 img2img"),
             )
         },

@@ -21,7 +21,6 @@ PULID_SIZES = ("1024x1024", "800x1000", "720x1280", "1280x720", "1600x676")
 GPT_IMAGE_SIZES = ("1024x1536", "1024x1024", "1536x1024")
 KONTEXT_SIZES = ("630x1470", "900x1200", "1024x1024", "1280x720", "1470x630")
 CLOSED = "a closed model that only its vendor can run"
-NO_PIPELINE = "diffusers has no PuLID pipeline, so no local model serves it by default"
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ APPS: dict[str, AppSpec] = {
     "ap-gFhLq9zvbnmopxkytswabc": AppSpec("Flux Redux", "tiny-flux-redux", REDUX_SIZES),
     "ap-mNqZx4rtyjvbcfghwklpde": AppSpec("Flux Canny", "tiny-flux-canny"),
     "ap-gWfZx8rjvtyqopmnbcdehij": AppSpec("Flux Depth", "tiny-flux-depth"),
-    "ap-hJkLm8nqwertyuiopasdfg": AppSpec("Flux PuLID", None, PULID_SIZES, NO_PIPELINE),
+    "ap-hJkLm8nqwertyuiopasdfg": AppSpec("Flux PuLID", "tiny-flux-pulid", PULID_SIZES),
     "ap-zuzhawbgipcrnxdtefhjbnvhc": AppSpec("GPT Image", None, GPT_IMAGE_SIZES, CLOSED),
     "ap-tK7gR4jP9sWbC1mNfE8uVzH2": AppSpec("Flux Kontext Max", "tiny-flux-kontext", KONTEXT_SIZES),
 }

@@ -6,6 +6,7 @@ from .base import Family
 from .flux import FluxFamily
 from .flux_control import FluxCannyFamily, FluxDepthFamily
 from .flux_kontext import FluxKontextFamily
+from .flux_pulid import FluxPuLIDFamily
 from .flux_redux import FluxReduxFamily
 from .hidream import HiDreamFamily
 from .sd import StableDiffusionFamily
@@ -31,5 +32,6 @@ _FAMILIES: dict[str, type] = {
     "flux-redux": FluxReduxFamily,
     "flux-canny": FluxCannyFamily,
     "flux-depth": FluxDepthFamily,
+    "flux-pulid": FluxPuLIDFamily,
     "hidream": HiDreamFamily,
 }
