@@ -22,7 +22,7 @@ from .core.errors import NotFound
 from .core.job import Job, input_key
 from .core.request import RequestDraft, check_batch_pixels, output_size
 from .engine.registry import ModelRegistry
-from .engine.request_rules import resolve_controls
+from .engine.request_rules import check_init_image, resolve_controls
 from .media.fetch import UrlPolicy
 from .media.inputs import load_image
 from .queue.base import JobQueue
@@ -72,6 +72,7 @@ class GenerationService:
             policy = UrlPolicy(allow_private=self.settings.allow_private_urls)
             await anyio.to_thread.run_sync(check_webhook_url, draft.webhook, policy)
         init = await anyio.to_thread.run_sync(self._load_image, draft.init_image, "init_image")
+        await anyio.to_thread.run_sync(check_init_image, entry, init)  # e.g. PuLID needs a face
         width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
         check_batch_pixels(draft.samples or 1, width, height, self.settings.limits.max_batch_pixels)
         token = new_output_token()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -198,16 +199,21 @@ def test_qolaba_flux_pulid_end_to_end(pulid_server, image_host):
     image_host.add("/no-face.png", png(NO_FACE))
     key = pulid_server.create_key("--name", "pulid")
 
-    def post(image_path: str) -> dict:
+    def post(image_path: str) -> httpx.Response:
         body = {"app_id": PULID, "image": image_host.url(image_path), "prompt": "a portrait photo",
                 "guidance_scale": 3.5, "batch": 1, "strength": 1, "celery": False}
-        r = httpx.post(f"{pulid_server.url}/getImagetoImage", json=body,
-                       headers={"Authorization": f"Bearer {key}"}, timeout=120)
-        return r.json()
+        return httpx.post(f"{pulid_server.url}/getImagetoImage", json=body,
+                          headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
-    out = post("/face.png")
+    out = post("/face.png").json()
     assert out["status"] == "SUCCESS" and out["app_id"] == PULID, out
     assert Image.open(io.BytesIO(download(out["output"]["result"][0]))).size == (64, 64)
-    failed = post("/no-face.png")
-    assert failed["status"] == "FAILED" and failed["app_id"] == PULID, failed
-    assert "image: no face found in image" in failed["error_data"], failed
+    # no face: refused at submit, before anything is queued
+    with sqlite3.connect(pulid_server.data_dir / "diffserve.db") as db:
+        jobs_before = db.execute("select count(*) from jobs").fetchone()[0]
+    r = post("/no-face.png")
+    failed = r.json()
+    assert r.status_code == 400 and failed["status"] == "FAILED", failed
+    assert failed["error"] == "Input Validation Error" and "no face found" in failed["error_data"], failed
+    with sqlite3.connect(pulid_server.data_dir / "diffserve.db") as db:
+        assert db.execute("select count(*) from jobs").fetchone()[0] == jobs_before

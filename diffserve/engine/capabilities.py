@@ -86,6 +86,7 @@ class FamilyControls:
     clip_skip_offset: int | None = None
     tomesd: bool = False  # the UNet has diffusers BasicTransformerBlocks that token merging can patch
     reference_images: bool = False  # extra images (Qolaba file_urls) beside the init image are used
+    needs_face: bool = False  # the init image must show a face (PuLID takes the identity from it)
 
 
 # Families not listed take none of these controls (their requests with them are refused or,
@@ -95,6 +96,7 @@ FAMILY_CONTROLS: dict[str, FamilyControls] = {
     "sdxl": FamilyControls(schedulers=True, clip_skip_offset=2, tomesd=True),
     "flux-kontext": FamilyControls(reference_images=True),  # stitched beside the init image
     "flux-redux": FamilyControls(reference_images=True),  # each one goes through the Redux prior
+    "flux-pulid": FamilyControls(needs_face=True),
 }
 
 

@@ -12,10 +12,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from ..core.errors import InvalidInput
 from ..core.request import RequestDraft
 from .capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS, family_controls
 from .clip_skip import TEXT_ENCODERS, max_clip_skip
+from .faces import NoFaceFound, crop_face
 from .prompts import enhance, style_name
 
 if TYPE_CHECKING:
@@ -100,3 +103,13 @@ def component_config(entry: ModelEntry, relative: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def check_init_image(entry: ModelEntry, image: Image.Image) -> None:
+    """Refuse at submit an init image the model cannot use (PuLID: no face to take the identity from)."""
+    if family_controls(entry.family).needs_face:
+        try:
+            crop_face(image, 8)
+        except NoFaceFound:
+            raise InvalidInput("init_image: no face found in the input image (this model takes the identity "
+                               "from its face)", field="init_image") from None
