@@ -16,8 +16,8 @@ from ..config import Settings
 from ..core.job import TEMP_PREFIX
 from ..storage.local import PUBLIC_PREFIX
 from .enterprise_storage import router as storage_router
-from .modelslab.processing import router as processing_router
 from .management.router import router as management_router
+from .modelslab.processing import router as processing_router
 from .modelslab.router import router as modelslab_router
 from .pony.router import router as pony_router
 from .qolaba.router import router as qolaba_router
@@ -51,16 +51,14 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
         description="Self-hosted image-to-image server speaking the ModelsLab and Qolaba img2img APIs.",
         lifespan=lifespan,
     )
-    app.include_router(modelslab_router)
-    for dialect_router in (realtime_router, pony_router, management_router, qolaba_router):
-        app.include_router(dialect_router)
+    for router in (modelslab_router, processing_router, realtime_router, pony_router, qolaba_router,
+                   management_router, storage_router):
+        app.include_router(router)
     (settings.data_dir / PUBLIC_PREFIX).mkdir(parents=True, exist_ok=True)
     app.mount(f"/{PUBLIC_PREFIX}", StaticFiles(directory=settings.data_dir / PUBLIC_PREFIX), name="generations")
     temp_outputs = settings.data_dir / TEMP_PREFIX / PUBLIC_PREFIX  # `temp: yes` outputs (inputs stay unserved)
     temp_outputs.mkdir(parents=True, exist_ok=True)
     app.mount(f"/{TEMP_PREFIX}{PUBLIC_PREFIX}", StaticFiles(directory=temp_outputs), name="temp-generations")
-    app.include_router(storage_router)
-    app.include_router(processing_router)
 
     @app.get("/health", tags=["server"], summary="200 once requests can be served")
     async def health(request: Request) -> Any:
