@@ -26,7 +26,7 @@ from ..loading import ModelSource, load_img2img_pipeline
 from ..pulid import CONFIG_FILE, NoFaceFound, PuLIDModel, check_fits, load_pulid, pulid_injection
 from .base import RunInputs
 from .checks import require_pipeline
-from .flux import FLUX_PIPELINES, negative_prompt_kwargs
+from .flux import FLUX_PIPELINES, FluxFamily
 
 PULID_FOLDER = "pulid"
 _PULID_ATTR = "diffserve_pulid"
@@ -63,7 +63,6 @@ class FluxPuLIDFamily:
         return pipe
 
     def run(self, pipe: Any, inputs: RunInputs) -> list[Image.Image]:
-        req = inputs.request
         pulid = pulid_of(pipe)
         try:
             id_tokens = pulid.id_tokens(inputs.init_image)
@@ -75,18 +74,4 @@ class FluxPuLIDFamily:
         cfg = pulid.cfg
         with pulid_injection(pipe.transformer, pulid.pulid.pulid_ca, id_tokens, self.id_weight,
                              cfg.double_interval, cfg.single_interval):
-            out = pipe(
-                prompt=inputs.prompt,
-                image=[inputs.init_image] * req.samples,
-                height=req.height,
-                width=req.width,
-                strength=req.strength,
-                num_inference_steps=req.steps,
-                guidance_scale=req.guidance_scale,
-                num_images_per_prompt=req.samples,
-                generator=inputs.generators,
-                output_type="pil",
-                **negative_prompt_kwargs(inputs),
-                **inputs.call_kwargs,
-            )
-        return list(out.images)
+            return FluxFamily().run(pipe, inputs)  # the plain Flux img2img call, with the identity hooked in
