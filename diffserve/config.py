@@ -143,14 +143,6 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.data_dir / 'diffserve.db'}"
 
     @property
-    def outputs_dir(self) -> Path:
-        return self.data_dir / "outputs"
-
-    @property
-    def inputs_dir(self) -> Path:
-        return self.data_dir / "inputs"
-
-    @property
     def models_dir(self) -> Path:
         return self.models_root or (self.data_dir / "models")
 

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -12,7 +12,6 @@ import sqlite3
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
@@ -23,7 +22,8 @@ from diffserve.engine.families.base import RunInputs
 from diffserve.engine.families.flux import FluxFamily
 from diffserve.engine.families.flux_pulid import FluxPuLIDFamily, pulid_of
 from diffserve.engine.generate import TINY_BUILDERS, Engine
-from diffserve.engine.pulid import NoFaceFound, PuLIDConfig, PuLIDFlux, ca_count, crop_face, face_detector
+from diffserve.engine.faces import NoFaceFound, crop_face, face_detector
+from diffserve.engine.pulid import PuLIDConfig, PuLIDFlux, ca_count
 from diffserve.engine.registry import ModelRegistry
 from diffserve.engine.tiny_flux_pulid import tiny_pulid_config, write_pulid_folder
 

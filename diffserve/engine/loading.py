@@ -23,15 +23,14 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from diffserve.core.errors import InvalidInput
 
-from .sources import SINGLE_FILE_SUFFIXES, ModelSource, SourceKind  # noqa: F401 (re-exported)
+from .sources import SINGLE_FILE_SUFFIXES, ModelSource
 
 if TYPE_CHECKING:  # diffusers is imported lazily: importing it costs seconds
     from diffusers import DiffusionPipeline

@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .faces import NoFaceFound, crop_face, face_detector  # noqa: F401 (used by the family and tests)
+from .faces import crop_face, face_detector
 
 CONFIG_FILE = "config.json"
 

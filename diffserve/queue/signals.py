@@ -13,6 +13,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
@@ -89,7 +90,7 @@ class LocalSignals:
         with self._lock:
             readers = list(self._done.values())
         if not readers:
-            threading.Event().wait(timeout)
+            time.sleep(timeout)
             return False
         try:
             ready = wait(readers, timeout)

@@ -66,10 +66,6 @@ class ConfiguredStorage:
         """Re-read the saved settings on the next operation (this process just saved new ones)."""
         self._checked_at = float("-inf")
 
-    def s3_config(self) -> S3Config | None:
-        backend = self.current()
-        return backend.config if isinstance(backend, S3Storage) else None
-
     def backends(self) -> list[Storage]:
         """Local disk and the current backend (for clean-ups that must reach both)."""
         current = self.current()

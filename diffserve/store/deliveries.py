@@ -107,11 +107,6 @@ class DeliveryStore:
             s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.webhook_status == "pending")
                       .values(webhook_status="failed"))
 
-    def for_job(self, job_id: int) -> Delivery | None:
-        with Session(self._engine) as s:
-            row = s.scalar(select(WebhookDeliveryRow).where(WebhookDeliveryRow.job_id == job_id))
-            return _to_delivery(row) if row else None
-
     def _record(self, delivery: Delivery, *, state: str, job_status: str, error: str | None,
                 finished: bool = False, next_attempt_at: datetime | None = None) -> None:
         values: dict = {"state": state, "last_error": error}

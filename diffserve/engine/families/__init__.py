@@ -20,10 +20,6 @@ def family(name: str) -> Family:
         raise ValueError(f"unknown model family {name!r}; known: {', '.join(sorted(_FAMILIES))}") from None
 
 
-def family_names() -> list[str]:
-    return sorted(_FAMILIES)
-
-
 _FAMILIES: dict[str, type] = {
     "sd": StableDiffusionFamily,
     "sdxl": StableDiffusionXLFamily,

@@ -23,7 +23,8 @@ from PIL import Image
 
 from ...core.errors import InvalidInput
 from ..loading import ModelSource, load_img2img_pipeline
-from ..pulid import CONFIG_FILE, NoFaceFound, PuLIDModel, check_fits, load_pulid, pulid_injection
+from ..faces import NoFaceFound
+from ..pulid import CONFIG_FILE, PuLIDModel, check_fits, load_pulid, pulid_injection
 from .base import RunInputs
 from .checks import require_pipeline
 from .flux import FLUX_PIPELINES, FluxFamily
