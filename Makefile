@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[test]"
 	# the real CLIP BPE vocabulary for the offline tiny models (data file only; the package is never imported)
 	$(PIP) install -q --no-deps open_clip_torch
+	# InsightFace for Flux PuLID's face detection and ArcFace (its other needs are in pyproject.toml)
+	$(PIP) install -q --no-deps "insightface==2.1"
 	touch $@
 
 install: $(VENV)/.installed

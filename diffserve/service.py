@@ -9,7 +9,7 @@ import io
 import secrets
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -21,6 +21,7 @@ from .config import Settings
 from .core.errors import NotFound
 from .core.job import Job, input_key
 from .core.request import RequestDraft, check_batch_pixels, output_size
+from .engine.faces import SubmitFaceCheck
 from .engine.registry import ModelRegistry
 from .engine.request_rules import check_init_image, resolve_controls
 from .media.fetch import UrlPolicy
@@ -47,6 +48,7 @@ class GenerationService:
     http: httpx.Client
     completions: CompletionBroadcaster | None = None  # wakes waiters when a local worker finishes a job
     caps: QueueCaps | None = None  # per-key cap on queued+running jobs (None: no cap)
+    faces: SubmitFaceCheck = field(default_factory=SubmitFaceCheck)  # PuLID's face check at submit
 
     async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
                      dialect_params: dict[str, Any] | None = None) -> Job:
@@ -72,7 +74,7 @@ class GenerationService:
             policy = UrlPolicy(allow_private=self.settings.allow_private_urls)
             await anyio.to_thread.run_sync(check_webhook_url, draft.webhook, policy)
         init = await anyio.to_thread.run_sync(self._load_image, draft.init_image, "init_image")
-        await anyio.to_thread.run_sync(check_init_image, entry, init)  # e.g. PuLID needs a face
+        await anyio.to_thread.run_sync(check_init_image, entry, init, self.faces)  # e.g. PuLID needs a face
         width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
         check_batch_pixels(draft.samples or 1, width, height, self.settings.limits.max_batch_pixels)
         token = new_output_token()

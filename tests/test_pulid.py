@@ -23,7 +23,8 @@ from diffserve.engine.families.flux import FluxFamily
 from diffserve.engine.families.flux_pulid import FluxPuLIDFamily, pulid_of
 from diffserve.engine.generate import TINY_BUILDERS, Engine
 from diffserve.engine.faces import NoFaceFound, crop_face, face_detector
-from diffserve.engine.pulid import PuLIDConfig, PuLIDFlux, ca_count
+from diffserve.engine.pulid import PuLIDFlux, pulid_injection
+from diffserve.engine.pulid_config import PuLIDConfig, ca_count
 from diffserve.engine.registry import ModelRegistry
 from diffserve.engine.tiny_flux_pulid import tiny_pulid_config, write_pulid_folder
 
@@ -89,7 +90,8 @@ def run(family, pipe, image: Image.Image, **over) -> bytes:
 
 def hooks(pipe) -> int:
     t = pipe.transformer
-    return sum(len(b._forward_hooks) for b in [*t.transformer_blocks, *t.single_transformer_blocks])
+    return len(t._forward_pre_hooks) + sum(len(b._forward_hooks)
+                                           for b in [*t.transformer_blocks, *t.single_transformer_blocks])
 
 
 def test_the_haar_cascade_finds_the_drawn_faces_and_not_a_plain_image():
@@ -130,6 +132,30 @@ def test_several_samples_and_true_cfg_carry_the_identity(pipe):
     assert len(with_id) == 2 and with_id[0] != plain[0] and with_id[1] != plain[1]
 
 
+def test_the_negative_pass_of_true_cfg_gets_the_tokens_of_no_identity(pipe):
+    """PuLID-FLUX's cal_uncond: with a negative prompt the negative pass sees IDFormer(zeros), not the face."""
+    model = pulid_of(pipe)
+    tokens, uncond = model.id_tokens(inputs(FACE_A).init_image, uncond=True)  # the face as the family sees it
+
+    def call(negative_tokens):
+        run_inputs = inputs(FACE_A)
+        run_inputs.negative_prompt = "blurry"
+        cfg = model.cfg
+        with torch.inference_mode(), pulid_injection(pipe.transformer, model.pulid.pulid_ca, tokens, 1.0,
+                                                     cfg.double_interval, cfg.single_interval, negative_tokens):
+            return png(FluxFamily().run(pipe, run_inputs)[0])
+
+    both_with_face = call(None)
+    assert call(tokens) == both_with_face  # the passes alternate: same tokens in both, same image
+    family = FluxPuLIDFamily()
+    run_inputs = inputs(FACE_A)
+    run_inputs.negative_prompt = "blurry"
+    with torch.inference_mode():
+        official = png(family.run(pipe, run_inputs)[0])
+    assert official == call(uncond) != both_with_face
+    assert hooks(pipe) == 0
+
+
 def test_an_image_without_a_face_is_refused_naming_the_field(pipe):
     with pytest.raises(InvalidInput) as err:
         run(FluxPuLIDFamily(), pipe, NO_FACE)
@@ -140,7 +166,10 @@ def test_an_image_without_a_face_is_refused_naming_the_field(pipe):
 def test_the_pulid_weights_match_the_tiny_transformer(pipe):
     model = pulid_of(pipe)
     assert len(model.pulid.pulid_ca) == ca_count(1, 1, 2, 4) == 2
-    assert model.id_tokens(FACE_A).shape == (1, 4, 32)
+    tokens, uncond = model.id_tokens(FACE_A)
+    assert tokens.shape == (1, 4, 32) and uncond is None
+    tokens_again, uncond = model.id_tokens(FACE_A, uncond=True)
+    assert torch.equal(tokens, tokens_again) and uncond.shape == tokens.shape and not torch.equal(uncond, tokens)
 
 
 def test_official_layout_keys_and_shapes():

@@ -1,11 +1,14 @@
-"""Finding the face in an identity image (Flux PuLID): OpenCV's Haar frontal-face cascade, no torch.
+"""Finding the face in an identity image (Flux PuLID), no torch.
 
-Torch-free on purpose: the API process runs `crop_face` at submit to refuse an image with no face
-(400, nothing queued), and the worker runs it again to crop the face it embeds.
+Torch-free on purpose: the API process checks at submit, with the detector the model's worker will
+use (`SubmitFaceCheck`), that the image has a face (400, nothing queued otherwise); the worker finds
+it again to embed it. Two detectors: OpenCV's Haar frontal-face cascade (the tiny offline model) and
+InsightFace's SCRFD from the model's antelopev2 files (engine/antelope.py, the official embedder).
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +54,35 @@ def crop_face(image: Image.Image, size: int, detector=None, *, field_name: str =
     cx, cy, side = (x + w / 2) / scale, (y + h / 2) / scale, max(w, h) * FACE_MARGIN / scale
     box = (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
     return image.convert("RGB").crop(box).resize((size, size), Image.Resampling.BICUBIC)  # outside: black
+
+
+class SubmitFaceCheck:
+    """Refuses, in the API process, an identity image the model's face detector finds no face in.
+
+    Keeps one SCRFD session per detector file (reloaded when the file changes); Haar for the rest."""
+
+    def __init__(self) -> None:
+        self._finders: dict[tuple[str, int], object] = {}
+        self._lock = threading.Lock()
+
+    def require_face(self, pulid_folder: Path, image: Image.Image, *, field_name: str) -> None:
+        """Raises NoFaceFound naming `field_name`; ValueError for a PuLID folder that cannot be read."""
+        from .pulid_config import OfficialEmbedderConfig, read_config
+
+        cfg = read_config(pulid_folder).embedder
+        if not isinstance(cfg, OfficialEmbedderConfig):
+            crop_face(image, 8, field_name=field_name)
+            return
+        finder = self._finder(Path(pulid_folder) / cfg.detector, cfg)
+        finder.largest(np.asarray(image.convert("RGB")), field_name=field_name)
+
+    def _finder(self, path: Path, cfg):
+        from .antelope import FaceFinder
+
+        key = (str(path), path.stat().st_mtime_ns)
+        with self._lock:
+            if key not in self._finders:
+                self._finders = {k: v for k, v in self._finders.items() if k[0] != key[0]}
+                self._finders[key] = FaceFinder(path, det_size=cfg.det_size, det_thresh=cfg.det_thresh,
+                                                providers=["CPUExecutionProvider"])
+            return self._finders[key]

@@ -11,108 +11,30 @@ Pieces, named and shaped like the official weights file (`pulid_flux_v0.9.x.safe
   `double_interval`-th (2) double-stream block and every `single_interval`-th (4) single-stream
   block, counted from block 0; FLUX.1-dev's 19 + 38 blocks take 10 + 10 = 20 of them.
   Each adds `id_weight * ca(id_tokens, image_hidden_states)` to the image stream.
-* Face pre-processing: OpenCV's Haar frontal-face cascade finds the largest face; the square crop
-  around it (enlarged by FACE_MARGIN) is resized to the embedder's input size.
-* The identity embedder (ArcFace + EVA02-CLIP-L in the official release): see `TinyIdentityEmbedder`
-  for the one this project builds offline. The real backbones (InsightFace antelopev2's
-  glintr100 ArcFace ONNX model through onnxruntime, and EVA02-CLIP-L-14-336's visual tower) are
-  not wired here: a config naming another embedder is refused with a clear error.
+* The identity embedder (engine/pulid_embedders.py): the official one (antelopev2 ArcFace, BiSeNet
+  face parsing, EVA02-CLIP-L) or the tiny offline stand-in. With true CFG the negative pass gets
+  the ID tokens of an all-zero condition, as PuLID-FLUX's `cal_uncond` does.
 
 `pulid_injection(transformer, ...)` hooks the CA modules onto diffusers' FluxTransformer2DModel for
 one call (forward hooks on `transformer_blocks` / `single_transformer_blocks`) and removes them
 after it, so the same pipeline object runs plain Flux again afterwards.
 
-A PuLID folder (`<model folder>/pulid/`) holds `config.json` (this module's `PuLIDConfig`), the
-PuLID weights file and the embedder's weights.
+A PuLID folder (`<model folder>/pulid/`) holds the PuLID weights file, the embedder's files and
+optionally `config.json` (engine/pulid_config.py).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from .faces import crop_face, face_detector
-
-CONFIG_FILE = "config.json"
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class IDFormerConfig:
-    dim: int = 1024
-    depth: int = 10  # 5 stages (one per ViT feature map) of depth/5 layers
-    dim_head: int = 64
-    heads: int = 16
-    num_id_token: int = 5
-    num_queries: int = 32
-    output_dim: int = 2048
-    ff_mult: int = 4
-    vit_dim: int = 1024  # width of the ViT hidden states (and of the mapping MLPs' hidden layers)
-    id_cond_dim: int = 1280  # ArcFace (512) + EVA-CLIP embedding (768)
-    id_hidden: int = 1024  # hidden width of id_embedding_mapping
-
-
-@dataclass
-class CAConfig:
-    dim: int = 3072  # the Flux transformer's inner width (heads x head dim)
-    dim_head: int = 128
-    heads: int = 16
-    kv_dim: int = 2048  # = IDFormer output_dim
-
-
-@dataclass
-class EmbedderConfig:
-    kind: str = "tiny"  # only "tiny" runs here (see the module docstring)
-    weights: str = "id_embedder.safetensors"
-    image_size: int = 32
-    patch_size: int = 8
-    arcface_dim: int = 16
-    clip_dim: int = 16
-    vit_dim: int = 32
-    vit_heads: int = 2
-    feature_layers: int = 5
-
-
-@dataclass
-class PuLIDConfig:
-    weights: str = "pulid_flux.safetensors"
-    double_interval: int = 2
-    single_interval: int = 4
-    num_ca: int = 20
-    id_former: IDFormerConfig = field(default_factory=IDFormerConfig)
-    ca: CAConfig = field(default_factory=CAConfig)
-    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "PuLIDConfig":
-        raw = dict(raw)
-        return cls(
-            id_former=IDFormerConfig(**raw.pop("id_former", {})),
-            ca=CAConfig(**raw.pop("ca", {})),
-            embedder=EmbedderConfig(**raw.pop("embedder", {})),
-            **raw,
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def ca_count(num_double: int, num_single: int, double_interval: int, single_interval: int) -> int:
-    """How many CA modules a transformer with these block counts takes (blocks 0, N, 2N... of each kind)."""
-    return math.ceil(num_double / double_interval) + math.ceil(num_single / single_interval)
+from .pulid_config import CAConfig, IDFormerConfig, PuLIDConfig, ca_count, missing_files, read_config
+from .pulid_embedders import load_embedder
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,47 +156,6 @@ class PuLIDFlux(nn.Module):
             for _ in range(cfg.num_ca))
 
 
-class TinyIdentityEmbedder(nn.Module):
-    """Stands in for ArcFace + EVA-CLIP with their interfaces, tiny and random (for offline builds).
-
-    `forward(face)` (face: (b, 3, S, S) in [0, 1]) returns `(id_cond, vit_hidden)`: id_cond is
-    [ArcFace-like embedding, L2-normalised CLIP-like image embedding] (b, arcface_dim + clip_dim);
-    vit_hidden is `feature_layers` ViT hidden-state maps (b, 1 + patches, vit_dim), the way
-    PuLID takes EVA-CLIP's hidden states at evenly spaced layers.
-    """
-
-    def __init__(self, cfg: EmbedderConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        # "ArcFace": a small CNN on the colour crop
-        self.arcface = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(8 * 16, cfg.arcface_dim))
-        # "EVA-CLIP": a small ViT on the grey crop
-        self.patch_embed = nn.Conv2d(3, cfg.vit_dim, cfg.patch_size, stride=cfg.patch_size)
-        patches = (cfg.image_size // cfg.patch_size) ** 2
-        self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.vit_dim) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + patches, cfg.vit_dim) * 0.02)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(cfg.vit_dim, cfg.vit_heads, dim_feedforward=2 * cfg.vit_dim, dropout=0.0,
-                                       batch_first=True, norm_first=True)
-            for _ in range(cfg.feature_layers))
-        self.head = nn.Sequential(nn.LayerNorm(cfg.vit_dim), nn.Linear(cfg.vit_dim, cfg.clip_dim))
-
-    def forward(self, face: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        arc = self.arcface((face - 0.5) / 0.5)
-        gray = (0.299 * face[:, 0:1] + 0.587 * face[:, 1:2] + 0.114 * face[:, 2:3]).repeat(1, 3, 1, 1)
-        x = self.patch_embed((gray - 0.5) / 0.5).flatten(2).transpose(1, 2)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
-        hidden = []
-        for block in self.blocks:
-            x = block(x)
-            hidden.append(x)
-        clip = self.head(x[:, 0])
-        clip = clip / clip.norm(dim=-1, keepdim=True)
-        return torch.cat((arc, clip), dim=-1), hidden
-
-
 # --------------------------------------------------------------------------------------------
 # Loading and use
 # --------------------------------------------------------------------------------------------
@@ -288,39 +169,35 @@ class PuLIDModel(nn.Module):
         self.cfg = cfg
         self.pulid = pulid
         self.embedder = embedder
-        self._detector = None
 
     @torch.no_grad()
-    def id_tokens(self, image: Image.Image, *, field_name: str = "image") -> torch.Tensor:
-        """(1, num_queries, output_dim) ID tokens for the largest face of `image`."""
-        if self._detector is None:
-            self._detector = face_detector()
-        face = crop_face(image, self.cfg.embedder.image_size, self._detector, field_name=field_name)
-        param = next(self.embedder.parameters())
-        pixels = torch.from_numpy(np.asarray(face, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        id_cond, vit_hidden = self.embedder(pixels.to(param.device, param.dtype))
-        return self.pulid.pulid_encoder(id_cond, vit_hidden)
-
-
-def read_config(folder: Path) -> PuLIDConfig:
-    return PuLIDConfig.from_dict(json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8")))
+    def id_tokens(self, image: Image.Image, *, uncond: bool = False,
+                  field_name: str = "image") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(1, num_queries, output_dim) ID tokens for the largest face of `image`, and with `uncond`
+        the tokens of no identity (the IDFormer on an all-zero condition and zero hidden states),
+        which PuLID-FLUX puts in the negative pass of true CFG."""
+        id_cond, vit_hidden = self.embedder.identity(image, field_name=field_name)
+        encoder = self.pulid.pulid_encoder
+        tokens = encoder(id_cond, vit_hidden)
+        if not uncond:
+            return tokens, None
+        return tokens, encoder(torch.zeros_like(id_cond), [torch.zeros_like(h) for h in vit_hidden])
 
 
 def load_pulid(folder: Path, *, device: str, dtype: torch.dtype) -> PuLIDModel:
-    """Load a PuLID folder: config.json, the PuLID weights (strict: every key and shape must match
-    the config) and the embedder's weights."""
+    """Load a PuLID folder: config.json (optional), the PuLID weights (strict: every key and shape
+    must match the config) and the identity embedder. ValueError names what is missing or wrong."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     cfg = read_config(folder)
-    if cfg.embedder.kind != "tiny":
-        raise ValueError(f"{folder / CONFIG_FILE}: identity embedder {cfg.embedder.kind!r} is not supported; "
-                         "only the tiny built-in embedder runs in diffserve (ArcFace/EVA-CLIP are not wired)")
+    if missing := missing_files(folder, cfg):
+        raise ValueError(f"{folder}: missing {', '.join(missing)} (README: Flux PuLID)")
     with torch.device("meta"):
-        pulid, embedder = PuLIDFlux(cfg), TinyIdentityEmbedder(cfg.embedder)
+        pulid = PuLIDFlux(cfg)
     pulid.load_state_dict(load_file(str(folder / cfg.weights)), strict=True, assign=True)
-    embedder.load_state_dict(load_file(str(folder / cfg.embedder.weights)), strict=True, assign=True)
-    return PuLIDModel(cfg, pulid, embedder).to(device=device, dtype=dtype).eval()
+    embedder = load_embedder(folder, cfg.embedder, device=device, dtype=dtype)
+    return PuLIDModel(cfg, pulid.to(device=device, dtype=dtype).eval(), embedder)
 
 
 def check_fits(cfg: PuLIDConfig, transformer) -> None:
@@ -336,24 +213,34 @@ def check_fits(cfg: PuLIDConfig, transformer) -> None:
 
 @contextmanager
 def pulid_injection(transformer, ca: nn.ModuleList, id_tokens: torch.Tensor, id_weight: float,
-                    double_interval: int, single_interval: int) -> Iterator[None]:
-    """Add `id_weight * ca[k](id_tokens, image_states)` after the chosen blocks, for this block only.
+                    double_interval: int, single_interval: int,
+                    uncond_tokens: torch.Tensor | None = None) -> Iterator[None]:
+    """Add `id_weight * ca[k](tokens, image_states)` after the chosen blocks, for this call only.
 
     diffusers' Flux blocks (double and single) return (encoder_hidden_states, hidden_states), the
-    image stream second. CA indices run over the double blocks first, then the single ones."""
+    image stream second. CA indices run over the double blocks first, then the single ones.
+    With `uncond_tokens` (true CFG), the transformer's calls alternate: diffusers' Flux img2img loop
+    runs the positive pass, then the negative one, every step; the negative pass gets them."""
     chosen = [b for i, b in enumerate(transformer.transformer_blocks) if i % double_interval == 0]
     chosen += [b for i, b in enumerate(transformer.single_transformer_blocks) if i % single_interval == 0]
     if len(chosen) != len(ca):
         raise ValueError(f"PuLID has {len(ca)} CA modules; this transformer takes {len(chosen)}")
+    passes = [id_tokens] if uncond_tokens is None else [id_tokens, uncond_tokens]
+    state = {"calls": 0, "tokens": id_tokens}
+
+    def next_pass(_transformer, _args, _kwargs):
+        state["tokens"] = passes[state["calls"] % len(passes)]
+        state["calls"] += 1
 
     def hook_for(module: nn.Module):
         def hook(_block, _args, output):
             text, image = output
-            tokens = id_tokens.to(image.device, image.dtype)
+            tokens = state["tokens"].to(image.device, image.dtype)
             return text, image + id_weight * module(tokens, image)
         return hook
 
-    handles = [block.register_forward_hook(hook_for(module)) for block, module in zip(chosen, ca)]
+    handles = [transformer.register_forward_pre_hook(next_pass, with_kwargs=True)]
+    handles += [block.register_forward_hook(hook_for(module)) for block, module in zip(chosen, ca)]
     try:
         yield
     finally:

@@ -18,8 +18,9 @@ from ..core.errors import InvalidInput
 from ..core.request import RequestDraft
 from .capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS, family_controls
 from .clip_skip import TEXT_ENCODERS, max_clip_skip
-from .faces import NoFaceFound, crop_face
+from .faces import NoFaceFound, SubmitFaceCheck
 from .prompts import enhance, style_name
+from .pulid_config import PULID_FOLDER
 
 if TYPE_CHECKING:
     from .registry import ModelEntry
@@ -105,11 +106,15 @@ def component_config(entry: ModelEntry, relative: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def check_init_image(entry: ModelEntry, image: Image.Image) -> None:
-    """Refuse at submit an init image the model cannot use (PuLID: no face to take the identity from)."""
-    if family_controls(entry.family).needs_face:
-        try:
-            crop_face(image, 8)
-        except NoFaceFound:
-            raise InvalidInput("init_image: no face found in the input image (this model takes the identity "
-                               "from its face)", field="init_image") from None
+def check_init_image(entry: ModelEntry, image: Image.Image, faces: SubmitFaceCheck) -> None:
+    """Refuse at submit an init image the model cannot use (PuLID: no face to take the identity from),
+    with the face detector the model's worker will use."""
+    if not family_controls(entry.family).needs_face or entry.kind != "folder":
+        return  # a PuLID model that is not a folder is refused when it loads, with the reason
+    try:
+        faces.require_face(Path(entry.location) / PULID_FOLDER, image, field_name="init_image")
+    except NoFaceFound:
+        raise InvalidInput("init_image: no face found in the input image (this model takes the identity "
+                           "from its face)", field="init_image") from None
+    except (OSError, ValueError):
+        return  # an unreadable PuLID folder: the worker refuses the model with the reason when it loads

@@ -14,23 +14,23 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from .pulid_config import PULID_FOLDER
 from .tiny_build import build_atomically, seeded, write_marker
 from .tiny_flux import FLUX_REQUIRED_FILES, FLUX_TINY_LIMITS, TINY_FLUX_RECIPE_VERSION, write_flux_folder
 
-if TYPE_CHECKING:  # engine/pulid.py imports torch; the registry imports this module's limits without it
-    from .pulid import PuLIDConfig
+if TYPE_CHECKING:
+    from .pulid_config import PuLIDConfig
 
 MODEL = "tiny-flux-pulid"
-PULID_FOLDER = "pulid"
 
 # tiny-flux's transformer: 2 heads x 16 = 32 wide, 1 double-stream and 1 single-stream block.
 TINY_FLUX_INNER = 32
 
 
 def tiny_pulid_config() -> PuLIDConfig:
-    from .pulid import CAConfig, EmbedderConfig, IDFormerConfig, PuLIDConfig, ca_count
+    from .pulid_config import CAConfig, IDFormerConfig, PuLIDConfig, TinyEmbedderConfig, ca_count
 
-    embedder = EmbedderConfig(image_size=32, patch_size=8, arcface_dim=16, clip_dim=16, vit_dim=32, vit_heads=2)
+    embedder = TinyEmbedderConfig(image_size=32, patch_size=8, arcface_dim=16, clip_dim=16, vit_dim=32, vit_heads=2)
     return PuLIDConfig(
         weights="pulid_flux.safetensors",
         double_interval=2,
@@ -72,7 +72,8 @@ Every image is noise: for testing loading and serving code only.
 def write_pulid_folder(folder: Path, cfg: PuLIDConfig) -> None:
     from safetensors.torch import save_file
 
-    from .pulid import PuLIDFlux, TinyIdentityEmbedder
+    from .pulid import PuLIDFlux
+    from .pulid_embedders import TinyIdentityEmbedder
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")

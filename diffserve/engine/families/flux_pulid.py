@@ -1,16 +1,16 @@
 """FLUX.1 with PuLID identity (PuLID-FLUX): the init image's face steers who the output shows.
 
-A PuLID model is a FLUX.1 diffusers folder with a `pulid/` subfolder (engine/pulid.py describes
-it: config.json, the PuLID weights, the identity embedder's weights). The base is loaded as
+A PuLID model is a FLUX.1 diffusers folder with a `pulid/` subfolder (engine/pulid_config.py
+describes it: the PuLID weights, the identity embedder's files, optionally config.json). The base is loaded as
 FluxImg2ImgPipeline, so `strength` works as for plain Flux; at strength 1 (the tiny model's default)
 the init image reaches the output only as identity, which is PuLID's text-to-image use.
 
-Per request: the largest frontal face of the init image (Qolaba `image`, ModelsLab `init_image`)
-is cropped (OpenCV's Haar cascade), embedded and turned into ID tokens; for the pipeline call only,
+Per request: the largest face of the init image (Qolaba `image`, ModelsLab `init_image`) is found,
+embedded (engine/pulid_embedders.py) and turned into ID tokens; for the pipeline call only,
 forward hooks on the transformer's blocks add `id_weight * CA(id_tokens, image states)` to the image
 stream (every 2nd double-stream and every 4th single-stream block), and are removed afterwards, so
-the cached pipeline object serves other calls unchanged. With a negative prompt (true CFG) both
-passes carry the identity.
+the cached pipeline object serves other calls unchanged. With a negative prompt (true CFG) the
+negative pass carries the ID tokens of no identity, as in PuLID-FLUX.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from PIL import Image
 from ...core.errors import InvalidInput
 from ..loading import ModelSource, load_img2img_pipeline
 from ..faces import NoFaceFound
-from ..pulid import CONFIG_FILE, PuLIDModel, check_fits, load_pulid, pulid_injection
+from ..pulid import PuLIDModel, check_fits, load_pulid, pulid_injection
+from ..pulid_config import PULID_FOLDER
 from .base import RunInputs
 from .checks import require_pipeline
-from .flux import FLUX_PIPELINES, FluxFamily
+from .flux import FLUX_PIPELINES, FluxFamily, negative_prompt_kwargs
 
-PULID_FOLDER = "pulid"
 _PULID_ATTR = "diffserve_pulid"
 DEFAULT_ID_WEIGHT = 1.0
 
@@ -46,10 +46,10 @@ class FluxPuLIDFamily:
 
     def load(self, source: ModelSource, *, device: str, dtype: torch.dtype) -> Any:
         root = Path(source.location)
-        if source.kind != "folder" or not (root / PULID_FOLDER / CONFIG_FILE).is_file():
+        if source.kind != "folder" or not (root / PULID_FOLDER).is_dir():
             raise InvalidInput(
                 f"Model {source.location}: a Flux PuLID model is a FLUX.1 diffusers folder with a {PULID_FOLDER}/ "
-                f"subfolder holding {CONFIG_FILE} and the PuLID weights (kind \"folder\")",
+                f"subfolder holding the PuLID weights and the identity embedders (kind \"folder\")",
                 field="model_id",
             )
         pipe = require_pipeline(load_img2img_pipeline(source, device=device, dtype=dtype), self.name,
@@ -66,7 +66,8 @@ class FluxPuLIDFamily:
     def run(self, pipe: Any, inputs: RunInputs) -> list[Image.Image]:
         pulid = pulid_of(pipe)
         try:
-            id_tokens = pulid.id_tokens(inputs.init_image)
+            id_tokens, uncond_tokens = pulid.id_tokens(inputs.init_image,
+                                                       uncond=bool(negative_prompt_kwargs(inputs)))
         except NoFaceFound as exc:
             raise InvalidInput(
                 f"{exc}: Flux PuLID takes the identity from the init image (Qolaba `image`, ModelsLab "
@@ -74,5 +75,5 @@ class FluxPuLIDFamily:
                 field="image") from exc
         cfg = pulid.cfg
         with pulid_injection(pipe.transformer, pulid.pulid.pulid_ca, id_tokens, self.id_weight,
-                             cfg.double_interval, cfg.single_interval):
+                             cfg.double_interval, cfg.single_interval, uncond_tokens):
             return FluxFamily().run(pipe, inputs)  # the plain Flux img2img call, with the identity hooked in
