@@ -18,6 +18,7 @@ refused before anything is queued.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +102,10 @@ class Antelope:
         """ArcFace's (512,) float32 embedding of `face`, unnormalised (insightface aligns the crop)."""
         from insightface.app.common import Face as InsightFace
 
-        return np.asarray(self.arcface.get(np.ascontiguousarray(rgb[..., ::-1]),
-                                           InsightFace(bbox=face.bbox, kps=face.kps)), dtype=np.float32)
+        with warnings.catch_warnings():  # scikit-image 0.26 deprecates the estimate() insightface calls
+            warnings.simplefilter("ignore", FutureWarning)
+            embedding = self.arcface.get(np.ascontiguousarray(rgb[..., ::-1]), InsightFace(bbox=face.bbox, kps=face.kps))
+        return np.asarray(embedding, dtype=np.float32)
 
 
 def align_face(rgb: np.ndarray, kps: np.ndarray, size: int = 512) -> np.ndarray:

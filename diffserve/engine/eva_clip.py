@@ -78,6 +78,8 @@ class EvaVisionConfig:
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
 
     def __post_init__(self) -> None:
+        for name in ("hidden_state_blocks", "image_mean", "image_std"):  # lists from JSON
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = []
         if self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -130,7 +132,7 @@ class EvaVisionConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"EvaVisionConfig: unknown field(s) {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        return cls(**raw)
 
 
 # --------------------------------------------------------------------------------------------

@@ -336,8 +336,8 @@ def _check_keys(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> di
     return sd
 
 
-def load_face_parser(path: Path | str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                     cfg: BiSeNetConfig | None = None) -> BiSeNet:
+def load_face_parser(path: Path | str, cfg: BiSeNetConfig | None = None, *, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> BiSeNet:
     """Load BiSeNet weights (facexlib's `parsing_bisenet.pth`, or the same tensors as .safetensors).
 
     `cfg` None: the widths are read from the file (facexlib's file gives `BiSeNetConfig()`); given:

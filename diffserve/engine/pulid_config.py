@@ -80,7 +80,6 @@ class OfficialEmbedderConfig:
     det_thresh: float = 0.5
     align_size: int = 512  # the aligned face the parser and EVA-CLIP see (facexlib's FFHQ template)
     eva: dict[str, Any] = field(default_factory=dict)  # EvaVisionConfig overrides (tiny test builds only)
-    bisenet: dict[str, Any] = field(default_factory=dict)  # BiSeNetConfig overrides (tiny test builds only)
 
     def files(self) -> tuple[str, ...]:
         return self.detector, self.recognizer, self.parser, self.eva_clip

@@ -15,12 +15,10 @@ L2-normalised CLIP image embedding]; vit_hidden the five ViT hidden-state maps I
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -40,23 +38,17 @@ class OfficialIdentityEmbedder(nn.Module):
 
     def identity(self, image: Image.Image, *, field_name: str = "image") -> tuple[torch.Tensor, list[torch.Tensor]]:
         from .antelope import align_face
+        from .eva_clip import eva_pixels
         from .face_parsing import face_features_image
 
         rgb = np.asarray(image.convert("RGB"))
         face = self.antelope.finder.largest(rgb, field_name=field_name)
-        with warnings.catch_warnings():  # scikit-image 0.26 deprecates the estimate() insightface calls
-            warnings.simplefilter("ignore", FutureWarning)
-            arcface = self.antelope.embedding(rgb, face)
+        arcface = self.antelope.embedding(rgb, face)
         aligned = align_face(rgb, face.kps, self.cfg.align_size)
         param = next(self.eva.parameters())
-        pixels = torch.from_numpy(aligned.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-        features = face_features_image(self.parser, pixels.to(param.device))  # the parser runs in float32
-        eva_cfg = self.eva.cfg
-        features = F.interpolate(features.float(), size=(eva_cfg.image_size, eva_cfg.image_size), mode="bicubic",
-                                 align_corners=False, antialias=True)
-        mean = torch.tensor(eva_cfg.image_mean, device=features.device).view(1, 3, 1, 1)
-        std = torch.tensor(eva_cfg.image_std, device=features.device).view(1, 3, 1, 1)
-        embedding, hidden = self.eva(((features - mean) / std).to(param.dtype))
+        pixels = torch.from_numpy(aligned.astype(np.float32) / 255.0).permute(2, 0, 1)[None].to(param.device)
+        features = face_features_image(self.parser, pixels)  # the parser runs in float32
+        embedding, hidden = self.eva(eva_pixels(features, self.eva.cfg).to(param.dtype))
         embedding = embedding / embedding.norm(dim=-1, keepdim=True)
         arc = torch.from_numpy(arcface)[None].to(param.device, param.dtype)
         return torch.cat((arc, embedding), dim=-1), hidden
@@ -75,12 +67,12 @@ def load_embedder(folder: Path, cfg: TinyEmbedderConfig | OfficialEmbedderConfig
         return tiny.to(device=device, dtype=dtype).eval()
     from .antelope import Antelope, onnx_providers
     from .eva_clip import EvaVisionConfig, load_eva_vision
-    from .face_parsing import BiSeNetConfig, load_face_parser
+    from .face_parsing import load_face_parser
 
     antelope = Antelope(folder / cfg.detector, folder / cfg.recognizer, det_size=cfg.det_size,
                         det_thresh=cfg.det_thresh, providers=onnx_providers(device))
-    parser = load_face_parser(folder / cfg.parser, BiSeNetConfig(**cfg.bisenet), device=device, dtype=torch.float32)
-    eva = load_eva_vision(folder / cfg.eva_clip, EvaVisionConfig(**cfg.eva), device=device, dtype=dtype)
+    parser = load_face_parser(folder / cfg.parser, device=device, dtype=torch.float32)  # widths from the file
+    eva = load_eva_vision(folder / cfg.eva_clip, EvaVisionConfig.from_dict(cfg.eva), device=device, dtype=dtype)
     return OfficialIdentityEmbedder(cfg, antelope, parser.eval(), eva.eval())
 
 
