@@ -53,13 +53,16 @@ def onnx_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _load(path: Path, task: str, providers: list[str]):
+def _load(path: Path, task: str, providers: list[str], threads: int):
+    import onnxruntime
     from insightface.model_zoo import get_model
 
     if not path.is_file():
         raise ValueError(f"{path}: file not found (the PuLID {task} model)")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads  # the process's share of the cores, like its torch threads
     try:
-        model = get_model(str(path), providers=providers)
+        model = get_model(str(path), providers=providers, sess_options=options)
     except Exception as exc:  # onnxruntime / protobuf errors for a file that is not an ONNX model
         raise ValueError(f"{path}: not a loadable ONNX model ({exc})") from exc
     if model is None or getattr(model, "taskname", None) != task:
@@ -71,8 +74,9 @@ def _load(path: Path, task: str, providers: list[str]):
 class FaceFinder:
     """SCRFD face detection (insightface), largest face first."""
 
-    def __init__(self, detector: Path, *, det_size: int, det_thresh: float, providers: list[str]) -> None:
-        self.model = _load(Path(detector), "detection", providers)
+    def __init__(self, detector: Path, *, det_size: int, det_thresh: float, providers: list[str],
+                 threads: int = 1) -> None:
+        self.model = _load(Path(detector), "detection", providers, threads)
         self.model.prepare(ctx_id=0, input_size=(det_size, det_size), det_thresh=det_thresh)
 
     def faces(self, rgb: np.ndarray) -> list[Face]:
@@ -93,9 +97,10 @@ class Antelope:
     """antelopev2's detector and ArcFace model, plus the 512 px FFHQ alignment."""
 
     def __init__(self, detector: Path, recognizer: Path, *, det_size: int, det_thresh: float,
-                 providers: list[str]) -> None:
-        self.finder = FaceFinder(detector, det_size=det_size, det_thresh=det_thresh, providers=providers)
-        self.arcface = _load(Path(recognizer), "recognition", providers)
+                 providers: list[str], threads: int = 1) -> None:
+        self.finder = FaceFinder(detector, det_size=det_size, det_thresh=det_thresh, providers=providers,
+                                 threads=threads)
+        self.arcface = _load(Path(recognizer), "recognition", providers, threads)
         self.arcface.prepare(ctx_id=0)
 
     def embedding(self, rgb: np.ndarray, face: Face) -> np.ndarray:

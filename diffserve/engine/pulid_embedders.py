@@ -70,7 +70,8 @@ def load_embedder(folder: Path, cfg: TinyEmbedderConfig | OfficialEmbedderConfig
     from .face_parsing import load_face_parser
 
     antelope = Antelope(folder / cfg.detector, folder / cfg.recognizer, det_size=cfg.det_size,
-                        det_thresh=cfg.det_thresh, providers=onnx_providers(device))
+                        det_thresh=cfg.det_thresh, providers=onnx_providers(device),
+                        threads=torch.get_num_threads())
     parser = load_face_parser(folder / cfg.parser, device=device, dtype=torch.float32)  # widths from the file
     eva = load_eva_vision(folder / cfg.eva_clip, EvaVisionConfig.from_dict(cfg.eva), device=device, dtype=dtype)
     return OfficialIdentityEmbedder(cfg, antelope, parser.eval(), eva.eval())

@@ -1,0 +1,76 @@
+"""Cost of Flux PuLID's identity step at real size (random weights): what a PuLID request adds.
+
+    .venv/bin/python bench/pulid_embedder.py [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats 3]
+
+Times, per request, the torch parts of the official embedder at their released sizes: BiSeNet face
+parsing on the 512 px aligned face (float32, as PuLID runs it), EVA02-CLIP-L-14-336's visual tower on
+the 336 px face features image, and the IDFormer (PuLID-FLUX v0.9) making the 32 ID tokens, plus
+the uncond pass true CFG adds. antelopev2's SCRFD and ArcFace ONNX models are not included (their
+weights are not available offline). Also prints the weights' memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+
+    from diffserve.engine.eva_clip import EvaVisionConfig, EvaVisionTransformer, eva_pixels
+    from diffserve.engine.face_parsing import BiSeNet, BiSeNetConfig, face_features_image
+    from diffserve.engine.pulid import IDFormer
+    from diffserve.engine.pulid_config import IDFormerConfig
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    parser_net = BiSeNet(BiSeNetConfig()).to(device).eval()
+    eva = EvaVisionTransformer(EvaVisionConfig()).to(device, dtype).eval()
+    id_former = IDFormer(IDFormerConfig()).to(device, dtype).eval()
+    face = torch.rand(1, 3, 512, 512, device=device)
+    arcface = torch.randn(1, 512, device=device, dtype=dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn) -> tuple[float, object]:
+        fn()  # warm-up
+        sync()
+        times, out = [], None
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times), out
+
+    with torch.inference_mode():
+        parse_s, features = timed(lambda: face_features_image(parser_net, face))
+        eva_s, (embedding, hidden) = timed(lambda: eva(eva_pixels(features, eva.cfg).to(dtype)))
+        id_cond = torch.cat((arcface, embedding / embedding.norm(dim=-1, keepdim=True)), dim=-1)
+        idf_s, _ = timed(lambda: id_former(id_cond, hidden))
+
+    def mib(module) -> float:
+        return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
+
+    print(f"device {device}, {args.dtype}, torch threads {torch.get_num_threads()}, median of {args.repeats}")
+    print(f"{'part':38} {'ms':>9} {'weights MiB':>12}")
+    print(f"{'BiSeNet face parsing, 512 px (fp32)':38} {parse_s * 1e3:9.1f} {mib(parser_net):12.1f}")
+    print(f"{'EVA02-CLIP-L-14-336 visual, 336 px':38} {eva_s * 1e3:9.1f} {mib(eva):12.1f}")
+    print(f"{'IDFormer (32 ID tokens)':38} {idf_s * 1e3:9.1f} {mib(id_former):12.1f}")
+    print(f"{'+ IDFormer uncond pass (true CFG)':38} {idf_s * 1e3:9.1f}")
+    print(f"{'total per request (without antelopev2)':38} {(parse_s + eva_s + idf_s) * 1e3:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
