@@ -72,7 +72,7 @@ def write_scrfd(path: Path, faces: list[FakeFace], *, image_size: tuple[int, int
 
 
 def write_arcface(path: Path, *, seed: int = 0, dim: int = 512) -> None:
-    """Conv(3→8, s2) → ReLU → Conv(8→16, s2) → ReLU → global pool → Gemm(16→dim); seeded random weights."""
+    """Conv(3→8, s2), ReLU, Conv(8→16, s2), ReLU, global pool, Gemm(16→dim); seeded random weights."""
     rng = np.random.default_rng(seed)
     w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
     w2 = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)

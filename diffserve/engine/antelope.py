@@ -109,7 +109,8 @@ class Antelope:
 
         with warnings.catch_warnings():  # scikit-image 0.26 deprecates the estimate() insightface calls
             warnings.simplefilter("ignore", FutureWarning)
-            embedding = self.arcface.get(np.ascontiguousarray(rgb[..., ::-1]), InsightFace(bbox=face.bbox, kps=face.kps))
+            bgr = np.ascontiguousarray(rgb[..., ::-1])
+            embedding = self.arcface.get(bgr, InsightFace(bbox=face.bbox, kps=face.kps))
         return np.asarray(embedding, dtype=np.float32)
 
 

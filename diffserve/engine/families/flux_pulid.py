@@ -1,9 +1,9 @@
 """FLUX.1 with PuLID identity (PuLID-FLUX): the init image's face steers who the output shows.
 
 A PuLID model is a FLUX.1 diffusers folder with a `pulid/` subfolder (engine/pulid_config.py
-describes it: the PuLID weights, the identity embedder's files, optionally config.json). The base is loaded as
-FluxImg2ImgPipeline, so `strength` works as for plain Flux; at strength 1 (the tiny model's default)
-the init image reaches the output only as identity, which is PuLID's text-to-image use.
+describes it: the PuLID weights, the identity embedder's files, optionally config.json). The base
+is loaded as FluxImg2ImgPipeline, so `strength` works as for plain Flux; at strength 1 (the tiny
+model's default) the init image reaches the output only as identity, PuLID's text-to-image use.
 
 Per request: the largest face of the init image (Qolaba `image`, ModelsLab `init_image`) is found,
 embedded (engine/pulid_embedders.py) and turned into ID tokens; for the pipeline call only,
