@@ -342,3 +342,52 @@ def test_wrong_config_or_garbage_file_is_a_clear_error(tmp_path, tower):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
         load_eva_vision(junk, TINY, device="cpu", dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Parity with the reference code (numbers recorded from it)
+# --------------------------------------------------------------------------------------------
+
+# Recorded from the reference EVAVisionTransformer (the eva_clip package PuLID vendors: eva_vit_model.py +
+# rope.py), built as its model.py builds EVA02-CLIP-L-14-336's visual tower (rope, intp_freq, pt_hw_seq_len
+# 16, naiveswiglu, subln, qkv_bias, LayerNorm eps 1e-6, class-token pooling) at width 32 / head width 16 and
+# the real depth 24 and 24 x 24 grid, called as PuLID calls it (return_all_features=False,
+# return_hidden=True, shuffle=False), float32 on CPU, weights and pixels from tests/formula_weights.py.
+# diffserve's tower matched it to 4.3e-5 (hidden states) and 1.5e-6 (embedding) max |diff|; in float64 with
+# the reference's own RoPE buffers to 1e-13.
+EVA_REFERENCE_CFG = EvaVisionConfig(image_size=336, patch_size=14, width=32, depth=24, head_width=16, embed_dim=16)
+EVA_EMBEDDING = [-1.036915, -0.521758, 0.144581, -0.324327, -0.065254, -0.720272, -1.340336, 0.950396, -0.576413,
+                 -1.814147, 0.380534, -1.199032, 0.223063, -2.327486, -0.998134, -0.134081]
+EVA_HIDDEN = [  # (sum, abs sum, class token [:4], patch token 300 [:4]) of the sequence entering blocks 4..20
+    (-2172.616244, 41450.910071,
+     [0.204432, -1.205541, 0.061434, 4.400664], [-3.361573, -5.532722, -1.51123, 0.760655]),
+    (-2707.027102, 54590.887753,
+     [0.79609, 0.034037, 3.764263, 3.283142], [-1.822384, -6.449894, 1.090114, 0.89912]),
+    (-994.859869, 71857.900023,
+     [0.096117, -2.846224, 5.849066, 6.099759], [-4.883536, -7.902567, 4.134547, 5.216694]),
+    (15198.162121, 81380.833504,
+     [-4.133916, -1.761261, 1.01886, 8.479092], [-7.825543, -8.199619, 2.399318, 7.483208]),
+    (9911.757527, 87354.282216,
+     [-1.603081, -3.166423, -0.759346, 7.326121], [-7.574255, -9.301838, 3.177227, 8.347036]),
+]
+
+
+def test_matches_eva_clip_reference_numbers():
+    from .formula_weights import formula_input, formula_state
+
+    cfg = EVA_REFERENCE_CFG
+    assert cfg.hidden_state_blocks == (4, 8, 12, 16, 20)  # the real config's (the reference: 0 < i <= 20, i % 4 == 0)
+    model = EvaVisionTransformer(cfg).eval()
+    model.load_state_dict(formula_state(model.state_dict(), {"cls_token": 0.5, "pos_embed": 0.5}))
+    with torch.no_grad():
+        emb, hidden = model(formula_input(1, 3, 336, 336, salt=1, scale=1.5))
+    torch.testing.assert_close(emb[0], torch.tensor(EVA_EMBEDDING), rtol=0, atol=1e-4)
+    assert len(hidden) == 5
+    for i, (h, (total, abs_total, cls, patch)) in enumerate(zip(hidden, EVA_HIDDEN)):
+        h = h.double()
+        assert abs(float(h.sum()) - total) < 1e-5 * abs_total, f"hidden state {i}: sum {float(h.sum())} != {total}"
+        assert float(h.abs().sum()) == pytest.approx(abs_total, rel=1e-5), f"hidden state {i}: abs sum"
+        torch.testing.assert_close(h[0, 0, :4].float(), torch.tensor(cls), rtol=1e-5, atol=2e-4,
+                                   msg=lambda m, i=i: f"hidden state {i}, class token: {m}")
+        torch.testing.assert_close(h[0, 300, :4].float(), torch.tensor(patch), rtol=1e-5, atol=2e-4,
+                                   msg=lambda m, i=i: f"hidden state {i}, patch 300: {m}")

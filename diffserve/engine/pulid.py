@@ -219,18 +219,22 @@ def pulid_injection(transformer, ca: nn.ModuleList, id_tokens: torch.Tensor, id_
 
     diffusers' Flux blocks (double and single) return (encoder_hidden_states, hidden_states), the
     image stream second. CA indices run over the double blocks first, then the single ones.
-    With `uncond_tokens` (true CFG), the transformer's calls alternate: diffusers' Flux img2img loop
-    runs the positive pass, then the negative one, every step; the negative pass gets them."""
+    With `uncond_tokens` (true CFG), the negative pass gets them: diffusers' Flux img2img loop runs
+    the positive pass first, so the text states of the call's first transformer pass mark the
+    positive pass; a pass with other text states (the negative prompt's) is the negative one."""
     chosen = [b for i, b in enumerate(transformer.transformer_blocks) if i % double_interval == 0]
     chosen += [b for i, b in enumerate(transformer.single_transformer_blocks) if i % single_interval == 0]
     if len(chosen) != len(ca):
         raise ValueError(f"PuLID has {len(ca)} CA modules; this transformer takes {len(chosen)}")
-    passes = [id_tokens] if uncond_tokens is None else [id_tokens, uncond_tokens]
-    state = {"calls": 0, "tokens": id_tokens}
+    state = {"positive": None, "tokens": id_tokens}
 
-    def next_pass(_transformer, _args, _kwargs):
-        state["tokens"] = passes[state["calls"] % len(passes)]
-        state["calls"] += 1
+    def next_pass(_transformer, args, kwargs):
+        text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        marker = None if text is None else text.data_ptr()
+        if state["positive"] is None:
+            state["positive"] = marker
+        negative = uncond_tokens is not None and marker != state["positive"]
+        state["tokens"] = uncond_tokens if negative else id_tokens
 
     def hook_for(module: nn.Module):
         def hook(_block, _args, output):
