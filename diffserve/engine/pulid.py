@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .pulid_config import CAConfig, IDFormerConfig, PuLIDConfig, ca_count, missing_files, read_config
+from .pulid_config import IDFormerConfig, PuLIDConfig, ca_count, missing_files, read_config
 from .pulid_embedders import load_embedder
 
 
