@@ -74,6 +74,16 @@ def write_official_pulid(folder: Path, faces: list[FakeFace]) -> PuLIDConfig:
     return cfg
 
 
+def linked_copy(model: Path, dest: Path) -> Path:
+    """`dest` shares `model`'s Flux weights (symlinks) and has its own copy of pulid/ to change."""
+    dest.mkdir()
+    for part in model.iterdir():
+        if part.name != "pulid":
+            (dest / part.name).symlink_to(part)
+    shutil.copytree(model / "pulid", dest / "pulid")
+    return dest
+
+
 def model_entry(folder: Path) -> dict:
     return {"kind": "folder", "location": str(folder), "family": "flux-pulid",
             "limits": FLUX_PULID_TINY_LIMITS.model_dump()}
@@ -85,11 +95,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     seeing, blind = root / MODEL, root / BLIND
     write_flux_folder(seeing, model=MODEL)
     write_official_pulid(seeing / "pulid", [DRAWN_FACE])
-    blind.mkdir()
-    for part in seeing.iterdir():  # the same Flux weights; its own pulid/ with a detector that sees nothing
-        if part.name != "pulid":
-            (blind / part.name).symlink_to(part)
-    shutil.copytree(seeing / "pulid", blind / "pulid")
+    linked_copy(seeing, blind)  # the same Flux weights; its own pulid/ with a detector that sees nothing
     write_scrfd(blind / "pulid" / official_config().embedder.detector, [], image_size=(128, 128))
     return {MODEL: seeing, BLIND: blind}
 
@@ -136,12 +142,7 @@ def test_the_identity_comes_from_the_face_and_changes_the_image(pipe):
 
 
 def test_a_release_folder_missing_a_file_is_refused_at_load_naming_it(folders, tmp_path, models_root):
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for part in folders[MODEL].iterdir():
-        if part.name != "pulid":
-            (broken / part.name).symlink_to(part)
-    shutil.copytree(folders[MODEL] / "pulid", broken / "pulid")
+    broken = linked_copy(folders[MODEL], tmp_path / "broken")
     (broken / "pulid" / "EVA02_CLIP_L_336_psz14_s6B.pt").unlink()
     registry = tmp_path / "models.json"
     registry.write_text(json.dumps({"models": {"broken": model_entry(broken)}}))

@@ -22,14 +22,22 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .antelope import Antelope, align_face, onnx_providers
+from .eva_clip import EvaVisionConfig, eva_pixels, load_eva_vision
+from .face_parsing import face_features_image, load_face_parser, to_gray
 from .faces import crop_face, face_detector
 from .pulid_config import OfficialEmbedderConfig, TinyEmbedderConfig
+
+
+def rgb_tensor(rgb: np.ndarray | Image.Image) -> torch.Tensor:
+    """An RGB uint8 image as a (1, 3, H, W) float32 tensor in [0, 1]."""
+    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
 class OfficialIdentityEmbedder(nn.Module):
     """antelopev2 + BiSeNet + EVA02-CLIP-L, as PuLID-FLUX computes the identity condition."""
 
-    def __init__(self, cfg: OfficialEmbedderConfig, antelope, parser: nn.Module, eva: nn.Module) -> None:
+    def __init__(self, cfg: OfficialEmbedderConfig, antelope: Antelope, parser: nn.Module, eva: nn.Module) -> None:
         super().__init__()
         self.cfg = cfg
         self.antelope = antelope  # onnxruntime sessions, not torch modules
@@ -37,17 +45,12 @@ class OfficialIdentityEmbedder(nn.Module):
         self.eva = eva
 
     def identity(self, image: Image.Image, *, field_name: str = "image") -> tuple[torch.Tensor, list[torch.Tensor]]:
-        from .antelope import align_face
-        from .eva_clip import eva_pixels
-        from .face_parsing import face_features_image
-
         rgb = np.asarray(image.convert("RGB"))
         face = self.antelope.finder.largest(rgb, field_name=field_name)
         arcface = self.antelope.embedding(rgb, face)
         aligned = align_face(rgb, face.kps, self.cfg.align_size)
         param = next(self.eva.parameters())
-        pixels = torch.from_numpy(aligned.astype(np.float32) / 255.0).permute(2, 0, 1)[None].to(param.device)
-        features = face_features_image(self.parser, pixels)  # the parser runs in float32
+        features = face_features_image(self.parser, rgb_tensor(aligned).to(param.device))  # parser in float32
         embedding, hidden = self.eva(eva_pixels(features, self.eva.cfg).to(param.dtype))
         embedding = embedding / embedding.norm(dim=-1, keepdim=True)
         arc = torch.from_numpy(arcface)[None].to(param.device, param.dtype)
@@ -65,10 +68,6 @@ def load_embedder(folder: Path, cfg: TinyEmbedderConfig | OfficialEmbedderConfig
             tiny = TinyIdentityEmbedder(cfg)
         tiny.load_state_dict(load_file(str(folder / cfg.weights)), strict=True, assign=True)
         return tiny.to(device=device, dtype=dtype).eval()
-    from .antelope import Antelope, onnx_providers
-    from .eva_clip import EvaVisionConfig, load_eva_vision
-    from .face_parsing import load_face_parser
-
     antelope = Antelope(folder / cfg.detector, folder / cfg.recognizer, det_size=cfg.det_size,
                         det_thresh=cfg.det_thresh, providers=onnx_providers(device),
                         threads=torch.get_num_threads())
@@ -112,13 +111,11 @@ class TinyIdentityEmbedder(nn.Module):
             self._detector = face_detector()
         face = crop_face(image, self.cfg.image_size, self._detector, field_name=field_name)
         param = next(self.parameters())
-        pixels = torch.from_numpy(np.asarray(face, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        return self(pixels.to(param.device, param.dtype))
+        return self(rgb_tensor(face).to(param.device, param.dtype))
 
     def forward(self, face: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         arc = self.arcface((face - 0.5) / 0.5)
-        gray = (0.299 * face[:, 0:1] + 0.587 * face[:, 1:2] + 0.114 * face[:, 2:3]).repeat(1, 3, 1, 1)
-        x = self.patch_embed((gray - 0.5) / 0.5).flatten(2).transpose(1, 2)
+        x = self.patch_embed((to_gray(face) - 0.5) / 0.5).flatten(2).transpose(1, 2)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
         hidden = []
         for block in self.blocks:
@@ -127,5 +124,3 @@ class TinyIdentityEmbedder(nn.Module):
         clip = self.head(x[:, 0])
         clip = clip / clip.norm(dim=-1, keepdim=True)
         return torch.cat((arc, clip), dim=-1), hidden
-
-
