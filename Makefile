@@ -1,35 +1,78 @@
 # The two set-up commands for a fresh machine:
-#   make serve   installs everything into .venv and starts the server on the embedded default
-#   make test    installs everything (with the test tools) into .venv and runs the whole test suite
+#   make serve   installs everything into .venv (from the lock) and starts the server on the embedded default
+#   make test    installs everything (with the test tools, from the lock) into .venv and runs the whole test suite
+# make lock refreshes the lock files from pyproject.toml's ranges (README: "Upgrading dependencies").
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# torch first, pinned, so pip takes the CPU wheel instead of pulling the CUDA build
+# torch is not in the lock, so a GPU machine can choose its build: TORCH=torch==<version> (the CUDA wheel you
+# want). It is installed after the lock, so its own needs (sympy, networkx...) are the locked ones; a CUDA build
+# adds its nvidia-* packages. The default is the CPU wheel this machine has on disk.
 TORCH  ?= torch==2.13.0
+LOCK_RUNTIME := requirements/runtime.txt
+LOCK_TEST    := requirements/test.txt
+# The CLIP BPE vocabulary (the tiny models' tokenizer) is one data file inside the open_clip_torch wheel; the
+# package itself is never installed (it would want timm and torchvision). Pinned here, not in the lock, because
+# only the wheel is downloaded (hash-checked) and the file extracted from it into the venv.
+OPEN_CLIP        := open_clip_torch==3.3.0
+OPEN_CLIP_SHA256 := $(shell cat requirements/open-clip-wheel.sha256)
+CLIP_VOCAB       := $(VENV)/share/diffserve/bpe_simple_vocab_16e6.txt.gz
 
-.PHONY: serve test install install-test bench clean
+.PHONY: serve test install install-test lock bench clean
 
-$(VENV)/.installed: pyproject.toml
+# --no-deps: the lock is the whole set (pip check runs after, and tests/test_install.py checks the venv
+# against the lock); --require-hashes: every file is the one the lock names.
+define install_lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[test]"
-	# the real CLIP BPE vocabulary for the offline tiny models (data file only; the package is never imported)
-	$(PIP) install -q --no-deps open_clip_torch
-	# InsightFace for Flux PuLID's face detection and ArcFace (its other needs are in pyproject.toml)
-	$(PIP) install -q --no-deps "insightface==2.1"
+	$(PIP) install -q --no-deps --require-hashes -r $(1)
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) requirements/check_venv.py $(1)
+endef
+
+$(VENV)/.installed-runtime: $(LOCK_RUNTIME) pyproject.toml $(CLIP_VOCAB)
+	$(call install_lock,$(LOCK_RUNTIME))
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.installed-test: $(LOCK_TEST) pyproject.toml $(CLIP_VOCAB)
+	$(call install_lock,$(LOCK_TEST))
+	touch $@
+
+$(CLIP_VOCAB): requirements/open-clip-wheel.sha256
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -rf $(VENV)/downloads && mkdir -p $(VENV)/downloads $(dir $@)
+	echo "$(OPEN_CLIP) --hash=sha256:$(OPEN_CLIP_SHA256)" > $(VENV)/downloads/open-clip.txt
+	$(PIP) download -q --no-deps --require-hashes -r $(VENV)/downloads/open-clip.txt -d $(VENV)/downloads
+	cd $(VENV)/downloads && $(abspath $(PY)) -c "import glob, sys, zipfile; \
+	  open(sys.argv[1], 'wb').write(zipfile.ZipFile(glob.glob('open_clip_torch-*.whl')[0]).read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" \
+	  $(abspath $@)
+	rm -rf $(VENV)/downloads
+
+install: $(VENV)/.installed-runtime
+install-test: $(VENV)/.installed-test
 
 serve: install
 	$(VENV)/bin/diffserve serve $(ARGS)
 
-test: install
+test: install-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Re-resolve both locks from pyproject.toml's ranges (and requirements/*.in), newest versions allowed.
+# torch and opencv-python are resolved but left out (see TORCH above and requirements/pip-check-allow.txt).
+LOCK_FLAGS := --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	--unsafe-package torch --unsafe-package opencv-python --constraint requirements/torch-cpu.txt
+# pip-tools runs in its own venv, so the project venv stays exactly the lock.
+LOCK_VENV := .venv-lock
+lock:
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q "pip-tools==7.6.2"
+	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --upgrade -o $(LOCK_RUNTIME) pyproject.toml requirements/runtime.in
+	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --constraint $(LOCK_RUNTIME) --extra test -o $(LOCK_TEST) \
+		pyproject.toml requirements/runtime.in
 
 bench: install
 	$(PY) bench/latency.py
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) $(LOCK_VENV) data

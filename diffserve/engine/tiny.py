@@ -5,8 +5,8 @@
 whose models are a few MB of seeded random weights. It lets tests and demos drive diffusers'
 real loading and img2img code without network access; its images are noise.
 
-Only the tokenizer is real: the CLIP BPE vocabulary shipped inside the `open_clip_torch`
-package (`open_clip/bpe_simple_vocab_16e6.txt.gz`) is converted to `vocab.json` + `merges.txt`
+Only the tokenizer is real: the CLIP BPE vocabulary shipped inside the `open_clip_torch` wheel
+(`open_clip/bpe_simple_vocab_16e6.txt.gz`, extracted by `make install`) is converted to `vocab.json` + `merges.txt`
 exactly as OpenAI's `simple_tokenizer.py` builds its vocabulary, so prompts tokenize to the
 same ids as `openai/clip-vit-large-patch14`.
 
@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,7 @@ MARKER_FILE = "diffserve_tiny.json"
 # CLIP's vocabulary: 256 byte symbols, the same with '</w>', 48894 merges, 2 special tokens.
 CLIP_VOCAB_SIZE = 49408
 CLIP_NUM_MERGES = 49152 - 256 - 2
+CLIP_BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"
 CLIP_MAX_LENGTH = 77
@@ -78,18 +80,24 @@ This folder is a complete diffusers-format Stable Diffusion 1.x pipeline built o
 
 
 def clip_bpe_file() -> Path:
-    """Path of `bpe_simple_vocab_16e6.txt.gz` inside the installed `open_clip` package (not imported)."""
+    """Path of OpenAI CLIP's `bpe_simple_vocab_16e6.txt.gz`.
+
+    `make install` extracts it from the open_clip_torch wheel (hash-checked) into
+    `<venv>/share/diffserve/`, without installing that package; an installed `open_clip` package
+    (not imported) is used when that file is absent.
+    """
+    installed = Path(sys.prefix) / "share" / "diffserve" / CLIP_BPE_NAME
+    if installed.is_file():
+        return installed
     spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "The CLIP BPE vocabulary comes from the `open_clip_torch` package; install it with "
-            "`pip install --no-deps open_clip_torch`."
-        )
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "bpe_simple_vocab_16e6.txt.gz"
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / CLIP_BPE_NAME
         if candidate.is_file():
             return candidate
-    raise RuntimeError("open_clip is installed but bpe_simple_vocab_16e6.txt.gz was not found in it.")
+    raise RuntimeError(
+        f"The CLIP BPE vocabulary ({CLIP_BPE_NAME}) is missing: `make install` puts it in "
+        f"{installed.parent} (or install the `open_clip_torch` package)."
+    )
 
 
 def _bytes_to_unicode() -> dict[int, str]:
