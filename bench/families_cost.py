@@ -32,7 +32,7 @@ def main() -> None:
 
     from diffserve.core.request import GenerationRequest
     from diffserve.engine.generate import TINY_BUILDERS, Engine
-    from diffserve.engine.registry import ModelRegistry
+    from diffserve.engine.models.registry import ModelRegistry
 
     if args.threads:
         torch.set_num_threads(args.threads)

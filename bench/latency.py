@@ -19,8 +19,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffserve.engine.loading import ModelSource, load_img2img_pipeline  # noqa: E402
-from diffserve.engine.tiny import build_tiny_sd  # noqa: E402
+from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline  # noqa: E402
+from diffserve.engine.tiny.sd import build_tiny_sd  # noqa: E402
 from tests.servers import DiffserveServer  # noqa: E402
 
 RUNS = 15

@@ -25,10 +25,10 @@ def main() -> None:
 
     import torch
 
-    from diffserve.engine.eva_clip import EvaVisionConfig, EvaVisionTransformer, eva_pixels
-    from diffserve.engine.face_parsing import BiSeNet, BiSeNetConfig, face_features_image
-    from diffserve.engine.pulid import IDFormer
-    from diffserve.engine.pulid_config import IDFormerConfig
+    from diffserve.engine.identity.eva_clip import EvaVisionConfig, EvaVisionTransformer, eva_pixels
+    from diffserve.engine.identity.face_parsing import BiSeNet, BiSeNetConfig, face_features_image
+    from diffserve.engine.identity.pulid import IDFormer
+    from diffserve.engine.identity.config import IDFormerConfig
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     device = torch.device(args.device)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from diffserve.engine.tiny_flux import FLUX_TINY_LIMITS
+from diffserve.engine.tiny.flux import FLUX_TINY_LIMITS
 
 from .servers import DiffserveServer
 

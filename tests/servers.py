@@ -106,7 +106,7 @@ class DiffserveServer:
         return env
 
     def cli(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "diffserve.cli", *args], env=self.env(),
+        out = subprocess.run([sys.executable, "-m", "diffserve.cli.main", *args], env=self.env(),
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         return out.stdout
@@ -120,7 +120,7 @@ class DiffserveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "diffserve.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "diffserve.cli.main", "serve", "--port", str(self.port)],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.wait_healthy(timeout)

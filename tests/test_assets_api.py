@@ -9,8 +9,8 @@ import sqlite3
 import httpx
 import pytest
 
-from diffserve.engine.registry import ModelRegistry
-from diffserve.engine.tiny import build_tiny_sd
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.tiny.sd import build_tiny_sd
 
 from .tiny_assets import TinyAssets, build_tiny_assets
 

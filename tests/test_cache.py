@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from diffserve.config import Settings
-from diffserve.engine.cache import (
+from diffserve.engine.models.cache import (
     GIB,
     PipelineCache,
     default_budget_bytes,
@@ -23,8 +23,8 @@ from diffserve.engine.cache import (
     weights_bytes,
 )
 from diffserve.engine.generate import TINY_BUILDERS, Engine
-from diffserve.engine.registry import ModelRegistry
-from diffserve.worker import model_cache_budget
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.workers.worker import model_cache_budget
 
 MB = 1_000_000
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffserve.engine.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS
-from diffserve.engine.prompts import QUALITY_NEGATIVE, QUALITY_TERMS
+from diffserve.engine.models.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS
+from diffserve.engine.controls.prompts import QUALITY_NEGATIVE, QUALITY_TERMS
 
 from .servers import DiffserveServer
 

@@ -17,7 +17,7 @@ from diffserve.queue.local import LocalQueue
 from diffserve.store.db import create_schema, make_engine
 from diffserve.store.jobs import JobStore, new_output_token
 from diffserve.store.keys import KeyStore
-from diffserve.supervisor import recover_jobs
+from diffserve.workers.supervisor import recover_jobs
 
 
 class Loose(BaseModel):

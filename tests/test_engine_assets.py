@@ -18,11 +18,11 @@ from PIL import Image
 
 from diffserve.core.errors import InvalidInput
 from diffserve.core.request import GenerationRequest
-from diffserve.engine.asset_entries import LoraEntry
-from diffserve.engine.asset_files import asset_root
+from diffserve.engine.models.asset_entries import LoraEntry
+from diffserve.engine.models.asset_files import asset_root
 from diffserve.engine.generate import Engine
-from diffserve.engine.registry import ModelRegistry
-from diffserve.engine.tiny import build_tiny_sd
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.tiny.sd import build_tiny_sd
 
 from .tiny_assets import PEFT_LORA_FILE, TinyAssets, build_tiny_assets
 

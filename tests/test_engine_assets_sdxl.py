@@ -19,9 +19,9 @@ from PIL import Image
 from diffserve.core.errors import InvalidInput
 from diffserve.core.request import GenerationRequest
 from diffserve.engine.generate import Engine
-from diffserve.engine.registry import ModelRegistry
-from diffserve.engine.tiny import build_tiny_sd
-from diffserve.engine.tiny_sdxl import build_tiny_sdxl
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.tiny.sd import build_tiny_sd
+from diffserve.engine.tiny.sdxl import build_tiny_sdxl
 
 from .tiny_assets import PEFT_LORA_FILE, SDXL_IP_ADAPTERS, TinySdxlAssets, build_tiny_sdxl_assets
 
@@ -161,7 +161,7 @@ def test_sdxl_embedding_token_changes_the_prompt_and_nothing_else(engine, init_i
 
 def test_sdxl_embedding_reaches_both_text_encoders(engine, init_image):
     # each half of the embedding acts: swapping in only one encoder's vectors gives another image
-    from diffserve.engine import embeddings
+    from diffserve.engine.controls import embeddings
 
     prompt = f"{PROMPT}, {TOKEN}"
     both = digest(engine, init_image, prompt=prompt, embeddings_model="xl-style")

@@ -18,15 +18,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from diffserve.core.errors import GenerationFailed, InvalidInput
 from diffserve.core.request import ALGORITHM_TYPES, GenerationRequest, RequestDraft
 from diffserve.core.request import SCHEDULERS as VENDOR_SCHEDULERS
-from diffserve.engine import prompts
-from diffserve.engine.capabilities import ALGORITHM_TYPES as ENGINE_ALGORITHMS
-from diffserve.engine.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS
+from diffserve.engine.controls import prompts
+from diffserve.engine.models.capabilities import ALGORITHM_TYPES as ENGINE_ALGORITHMS
+from diffserve.engine.models.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS
 from diffserve.engine.generate import Engine
-from diffserve.engine.registry import ModelEntry, ModelRegistry
+from diffserve.engine.models.registry import ModelEntry, ModelRegistry
 from diffserve.engine.request_rules import model_scheduler_name, resolve_controls
-from diffserve.engine.safety import SHARED_KEY, SafetyCheckers, obscure
-from diffserve.engine.style_presets import STYLES
-from diffserve.engine.tome import transformer_blocks
+from diffserve.engine.controls.safety import SHARED_KEY, SafetyCheckers, obscure
+from diffserve.engine.controls.tome import transformer_blocks
 
 # diffusers' schedulers hand torch tensors to numpy 2 thousands of times per run: silence that noise.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -274,14 +273,14 @@ def test_tomesd_merges_tokens_for_the_call_only(engine, base):
 def test_every_style_of_the_vendor_page_has_its_own_preset():
     names = [s.strip() for s in VENDOR_STYLES.replace("\n", " ").split(",")]
     assert len(names) == 193 and len(set(names)) == 188  # the page repeats five names
-    assert set(names) == set(STYLES)
+    assert set(names) == set(prompts.styles())
     seen = set()
     for name in names:
         prompt, negative = prompts.enhance("a red bicycle", None, enhance_prompt=False, style=prompts.style_name(name))
         assert "a red bicycle" in prompt and prompt != "a red bicycle" and negative
         seen.add((prompt, negative))
     assert len(seen) == 188
-    assert all(template.count("{prompt}") == 1 for template, _ in STYLES.values())
+    assert all(template.count("{prompt}") == 1 for template, _ in prompts.styles().values())
 
 
 def test_enhance_prompt_and_style_compose():

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 from diffserve.core.errors import InvalidInput
-from diffserve.engine import tiny
-from diffserve.engine.loading import ModelSource, load_img2img_pipeline
-from diffserve.engine.tiny import build_tiny_sd
+from diffserve.engine.tiny import sd as tiny
+from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
+from diffserve.engine.tiny.sd import build_tiny_sd
 
 HUB_REPO = "diffserve/tiny-sd"
 HUB_COMMIT = hashlib.sha1(HUB_REPO.encode()).hexdigest()  # any 40-hex commit id will do

@@ -1,6 +1,6 @@
 """LoRAs on the Flux families (FLUX.1 LoRAs patch the transformer), through the engine.
 
-The same LoRA control as on SD/SDXL (engine/lora.py, diffusers' load_lora_weights + set_adapters):
+The same LoRA control as on SD/SDXL (engine/controls/lora.py, diffusers' load_lora_weights + set_adapters):
 a tiny PEFT LoRA on the tiny Flux transformer, saved by diffusers' FluxPipeline.save_lora_weights,
 changes the image, its strength acts, and the next plain request is byte-identical (no bleed, no reload).
 """
@@ -17,8 +17,8 @@ from PIL import Image
 
 from diffserve.core.request import GenerationRequest
 from diffserve.engine.generate import Engine
-from diffserve.engine.registry import ModelRegistry
-from diffserve.engine.tiny_flux import build_tiny_flux, build_tiny_flux_kontext
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.tiny.flux import build_tiny_flux, build_tiny_flux_kontext
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 

@@ -20,9 +20,9 @@ from diffserve.core.request import GenerationRequest
 from diffserve.engine.families import family
 from diffserve.engine.families.flux_kontext import stitch_references
 from diffserve.engine.generate import TINY_BUILDERS, Engine
-from diffserve.engine.loading import ModelSource
-from diffserve.engine.registry import ModelRegistry
-from diffserve.engine.tiny_flux import FLUX_REQUIRED_FILES, build_t5_tokenizer
+from diffserve.engine.models.loading import ModelSource
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.tiny.flux import FLUX_REQUIRED_FILES, build_t5_tokenizer
 
 from .servers import png_bytes
 from .test_modelslab_v6 import IMG2IMG, download

@@ -17,16 +17,16 @@ from PIL import Image
 
 from diffserve.core.errors import InvalidInput
 from diffserve.core.request import GenerationRequest
-from diffserve.engine.control_images import DepthEstimator, canny_edges
-from diffserve.engine.controls import ControlContext
+from diffserve.engine.families.control_images import DepthEstimator, canny_edges
+from diffserve.engine.controls.base import ControlContext
 from diffserve.engine.families import family
 from diffserve.engine.families.base import RunInputs
 from diffserve.engine.families.flux_control import CONTROL_IMAGE, control_image_control
 from diffserve.engine.families.hidream import scheduler_starting_at, steps_skipped
 from diffserve.engine.generate import TINY_BUILDERS, Engine
-from diffserve.engine.registry import ModelEntry, ModelRegistry
-from diffserve.engine.tiny_flux_control import DEPTH_TINY_LIMITS
-from diffserve.engine.tiny_hidream import flow_unipc_scheduler
+from diffserve.engine.models.registry import ModelEntry, ModelRegistry
+from diffserve.engine.tiny.flux_control import DEPTH_TINY_LIMITS
+from diffserve.engine.tiny.hidream import flow_unipc_scheduler
 
 from .servers import png_bytes
 from .test_modelslab_v6 import IMG2IMG, download

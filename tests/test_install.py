@@ -69,7 +69,7 @@ def test_the_runtime_lock_is_a_subset_of_the_test_lock_at_the_same_versions():
 
 
 def test_the_clip_vocabulary_came_from_the_wheel_without_the_package():
-    from diffserve.engine.tiny import clip_bpe_file
+    from diffserve.engine.tiny.sd import clip_bpe_file
 
     assert clip_bpe_file() == Path(sys.prefix) / "share" / "diffserve" / "bpe_simple_vocab_16e6.txt.gz"
     with pytest.raises(metadata.PackageNotFoundError):

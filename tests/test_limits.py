@@ -175,7 +175,7 @@ def test_request_count_needs_a_key(server):
 
 
 def test_keys_cli_max_queued(server):
-    out = subprocess.run([sys.executable, "-m", "diffserve.cli", "keys", "create", "--max-queued", "-1"],
+    out = subprocess.run([sys.executable, "-m", "diffserve.cli.main", "keys", "create", "--max-queued", "-1"],
                          env=server.env(), capture_output=True, text=True)
     assert out.returncode != 0 and "must be >= 0" in out.stderr
     server.create_key("--name", "listed", "--max-queued", "7")

@@ -15,7 +15,7 @@ import pytest
 
 from diffserve.core.errors import InvalidInput, ModelNotFound
 from diffserve.core.request import RequestDraft
-from diffserve.engine.registry import ModelRegistry, ModelsFileError
+from diffserve.engine.models.registry import ModelRegistry, ModelsFileError
 
 FULL_FILE = {
     "models": {
@@ -170,7 +170,7 @@ def test_another_registry_picks_up_changes_before_its_next_lookup(tmp_path, capl
     api.add_model("m", {"kind": "folder", "location": "/m"})
     assert worker.get("m").location == "/m"
     path.write_text('{"models": {"m": {"kind": "folder"}}, "extra": 1}')
-    with caplog.at_level(logging.ERROR, logger="diffserve.engine.registry"):
+    with caplog.at_level(logging.ERROR, logger="diffserve.engine.models.registry"):
         assert worker.get("m").location == "/m"
     assert "keeping the previous entries" in caplog.text and "models.m.location" in caplog.text
     # the write API refuses to build on a broken file rather than overwrite it
@@ -237,7 +237,7 @@ def test_requests_naming_unknown_or_unfit_assets_are_refused(tmp_path):
 def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFSERVE_")}
     env.update({"DIFFSERVE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"})
-    return subprocess.run([sys.executable, "-m", "diffserve.cli", "models", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "diffserve.cli.main", "models", *args], env=env, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -268,7 +268,7 @@ def test_models_cli_add_list_remove(tmp_path):
 
 def test_models_cli_assets(tmp_path, monkeypatch, capsys):
     """Assets through the same command, run in-process (main() with argv) to keep the suite quick."""
-    from diffserve.cli import main
+    from diffserve.cli.main import main
 
     for name in [k for k in os.environ if k.startswith("DIFFSERVE_")]:
         monkeypatch.delenv(name)

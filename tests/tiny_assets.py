@@ -30,7 +30,7 @@ class TinyAssets:
 
 def build_tiny_assets(tiny_sd: Path, dest: Path) -> TinyAssets:
     """Build every tiny asset under `dest` (once: a finished build is reused)."""
-    from diffserve.engine.loading import ModelSource, load_img2img_pipeline
+    from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
 
     assets = TinyAssets(dest / "lora-peft", dest / "lora-kohya.safetensors", dest / "lora-unet-only-kohya.safetensors",
                         dest / "my-style.safetensors", dest / "vae-alt", dest / "vae-alt.safetensors",
@@ -107,7 +107,7 @@ def _write_embedding(dest: Path, hidden_size: int) -> None:
 def _write_vae(folder: Path, single_file: Path) -> None:
     from safetensors.torch import save_file
 
-    from diffserve.engine.tiny import _tiny_vae
+    from diffserve.engine.tiny.sd import _tiny_vae
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(31)
@@ -211,7 +211,7 @@ class TinySdxlAssets:
 
 def build_tiny_sdxl_assets(tiny_sdxl: Path, dest: Path) -> TinySdxlAssets:
     """Build every tiny SDXL asset under `dest` (once: a finished build is reused)."""
-    from diffserve.engine.loading import ModelSource, load_img2img_pipeline
+    from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
 
     assets = TinySdxlAssets(dest / "lora-peft", dest / "lora-kohya.safetensors", dest / "xl-style.safetensors",
                             dest / "sd-style.safetensors", dest / "IP-Adapter")

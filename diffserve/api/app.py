@@ -12,17 +12,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..config import Settings
-from ..core.job import TEMP_PREFIX
-from ..storage.local import PUBLIC_PREFIX
-from .enterprise_storage import router as storage_router
-from .management.router import router as management_router
-from .modelslab.processing import router as processing_router
-from .modelslab.router import router as modelslab_router
-from .pony.router import router as pony_router
-from .qolaba.router import router as qolaba_router
-from .realtime.router import router as realtime_router
-from .state import app_state, build_state
+from diffserve.config import Settings
+from diffserve.core.job import TEMP_PREFIX
+from diffserve.storage.local import PUBLIC_PREFIX
+from diffserve.api.enterprise_storage import router as storage_router
+from diffserve.api.management.router import router as management_router
+from diffserve.api.modelslab.processing import router as processing_router
+from diffserve.api.modelslab.router import router as modelslab_router
+from diffserve.api.pony.router import router as pony_router
+from diffserve.api.qolaba.router import router as qolaba_router
+from diffserve.api.realtime.router import router as realtime_router
+from diffserve.api.state import app_state, build_state
 
 log = logging.getLogger(__name__)
 

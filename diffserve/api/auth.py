@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import anyio
 
-from ..core.errors import Forbidden, Unauthorized
-from ..store.keys import ApiKey, KeyStore
+from diffserve.core.errors import Forbidden, Unauthorized
+from diffserve.store.keys import ApiKey, KeyStore
 
 
 async def authenticate(keys: KeyStore, key_text: str | None) -> ApiKey:

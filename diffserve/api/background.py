@@ -13,19 +13,19 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from ..admission import QueueCaps
-from ..config import Settings
-from ..core.job import Job
-from ..media.fetch import UrlPolicy
-from ..storage.cleanup import TempCleaner
-from ..storage.configured import ConfiguredStorage
-from ..store.deliveries import DeliveryStore
-from ..store.jobs import JobStore
-from ..store.storage_config import StorageConfigStore
-from ..webhooks.dispatcher import WebhookDispatcher
-from ..webhooks.payloads import PayloadRenderers
-from .modelslab.webhook import webhook_payload as modelslab_payload
-from .qolaba.render import render_job as qolaba_payload
+from diffserve.service.admission import QueueCaps
+from diffserve.config import Settings
+from diffserve.core.job import Job
+from diffserve.media.fetch import UrlPolicy
+from diffserve.storage.cleanup import TempCleaner
+from diffserve.storage.configured import ConfiguredStorage
+from diffserve.store.deliveries import DeliveryStore
+from diffserve.store.jobs import JobStore
+from diffserve.store.storage_config import StorageConfigStore
+from diffserve.webhooks.dispatcher import WebhookDispatcher
+from diffserve.webhooks.payloads import PayloadRenderers
+from diffserve.api.modelslab.webhook import webhook_payload as modelslab_payload
+from diffserve.api.qolaba.render import render_job as qolaba_payload
 
 
 def build_payload_renderers() -> PayloadRenderers:

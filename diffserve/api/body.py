@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from ..core.errors import InvalidInput
+from diffserve.core.errors import InvalidInput
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024  # a 20 MB image as base64 fits
 

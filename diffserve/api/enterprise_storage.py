@@ -16,14 +16,14 @@ import anyio
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..core.errors import InvalidInput
-from ..storage.s3 import S3Config, S3Storage
-from .auth import require_admin
-from .body import json_body_doc, parse_model
-from .loose import LooseInt, LooseStr
-from .modelslab.common import read_and_authenticate
-from .modelslab.router import ModelsLabRoute
-from .state import app_state
+from diffserve.core.errors import InvalidInput
+from diffserve.storage.s3 import S3Config, S3Storage
+from diffserve.api.auth import require_admin
+from diffserve.api.body import json_body_doc, parse_model
+from diffserve.api.loose import LooseInt, LooseStr
+from diffserve.api.modelslab.common import read_and_authenticate
+from diffserve.api.modelslab.router import ModelsLabRoute
+from diffserve.api.state import app_state
 
 PATHS = ("/api/v1/enterprise/update_s3", "/api/v1/enterprise/realtime/update_s3", "/api/v1/enterprise/pony/update_s3")
 PROBE_KEY = ".diffserve-write-check"

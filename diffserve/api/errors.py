@@ -13,7 +13,7 @@ from typing import Callable
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from ..core.errors import DiffserveError
+from diffserve.core.errors import DiffserveError
 
 log = logging.getLogger(__name__)
 

@@ -7,19 +7,19 @@ from dataclasses import dataclass
 import httpx
 from fastapi import Request
 
-from ..config import Settings
-from ..engine.registry import ModelRegistry
-from ..queue.local import LocalQueue
-from ..queue.signals import CompletionBroadcaster, LocalSignals
-from ..service import GenerationService
-from ..storage.configured import build_storage
-from ..store.control import ControlLog
-from ..store.db import create_schema, make_engine
-from ..store.jobs import JobStore
-from ..store.keys import KeyStore
-from ..store.workers import WorkerStore
-from ..supervisor import Supervisor
-from .background import DeliveryServices, build_delivery
+from diffserve.config import Settings
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.queue.local import LocalQueue
+from diffserve.queue.signals import CompletionBroadcaster, LocalSignals
+from diffserve.service.submit import GenerationService
+from diffserve.storage.configured import build_storage
+from diffserve.store.control import ControlLog
+from diffserve.store.db import create_schema, make_engine
+from diffserve.store.jobs import JobStore
+from diffserve.store.keys import KeyStore
+from diffserve.store.workers import WorkerStore
+from diffserve.workers.supervisor import Supervisor
+from diffserve.api.background import DeliveryServices, build_delivery
 
 
 @dataclass

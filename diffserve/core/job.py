@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .request import GenerationRequest
+from diffserve.core.request import GenerationRequest
 
 
 class JobStatus(str, enum.Enum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import InvalidInput
+from diffserve.core.errors import InvalidInput
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 0 .. 2**64-1
 

@@ -16,19 +16,20 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..core.request import GenerationRequest
-from .cache import PipelineCache, modules_bytes, reachable_modules, weights_bytes
-from .controls import CONTROLS, POSTPROCESSORS, ControlContext
-from .families import family
-from .families.base import RunInputs
-from .registry import ModelRegistry
-from .safety import SHARED_KEY, SafetyCheckers
-from .tiny import build_tiny_sd
-from .tiny_flux import build_tiny_flux, build_tiny_flux_kontext, build_tiny_flux_redux
-from .tiny_flux_control import build_tiny_flux_canny, build_tiny_flux_depth
-from .tiny_flux_pulid import build_tiny_flux_pulid
-from .tiny_hidream import build_tiny_hidream
-from .tiny_sdxl import build_tiny_sdxl
+from diffserve.core.request import GenerationRequest
+from diffserve.engine.models.cache import PipelineCache, modules_bytes, reachable_modules, weights_bytes
+from diffserve.engine.controls.base import ControlContext
+from diffserve.engine.controls.chain import CONTROLS, POSTPROCESSORS
+from diffserve.engine.families import family
+from diffserve.engine.families.base import RunInputs
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.controls.safety import SHARED_KEY, SafetyCheckers
+from diffserve.engine.tiny.sd import build_tiny_sd
+from diffserve.engine.tiny.flux import build_tiny_flux, build_tiny_flux_kontext, build_tiny_flux_redux
+from diffserve.engine.tiny.flux_control import build_tiny_flux_canny, build_tiny_flux_depth
+from diffserve.engine.tiny.flux_pulid import build_tiny_flux_pulid
+from diffserve.engine.tiny.hidream import build_tiny_hidream
+from diffserve.engine.tiny.sdxl import build_tiny_sdxl
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Engine:
     def __init__(self, registry: ModelRegistry, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  max_models: int = 2, safety_checker: str = "auto", models_dir: Path | None = None,
                  cache_budget_bytes: int | None = None) -> None:
-        """max_models / cache_budget_bytes: the pipeline cache's bounds (engine/cache.py); a budget of
+        """max_models / cache_budget_bytes: the pipeline cache's bounds (engine/models/cache.py); a budget of
         None bounds the count only."""
         self._registry = registry
         self._device = device
@@ -79,7 +80,7 @@ class Engine:
 
     def _expected_bytes(self, model_id: str) -> int | None:
         """A model's size before it is loaded, from its weight files' headers (None: unknown)."""
-        from .loading import _cached_snapshot
+        from diffserve.engine.models.loading import _cached_snapshot
 
         try:
             entry = self._registry.get(model_id)

@@ -14,16 +14,17 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ..core.errors import InvalidInput
-from ..core.request import RequestDraft
-from .capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS, family_controls
-from .clip_skip import TEXT_ENCODERS, max_clip_skip
-from .faces import NoFaceFound, SubmitFaceCheck
-from .prompts import enhance, style_name
-from .pulid_config import PULID_FOLDER
+from diffserve.core.errors import InvalidInput
+from diffserve.core.request import RequestDraft
+from diffserve.engine.models.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS, family_controls
+from diffserve.engine.controls.clip_skip import TEXT_ENCODERS, max_clip_skip
+from diffserve.engine.identity.errors import NoFaceFound
+from diffserve.engine.identity.faces import SubmitFaceCheck
+from diffserve.engine.controls.prompts import enhance, style_name
+from diffserve.engine.identity.config import PULID_FOLDER
 
 if TYPE_CHECKING:
-    from .registry import ModelEntry
+    from diffserve.engine.models.registry import ModelEntry
 
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 

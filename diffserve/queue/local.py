@@ -26,8 +26,8 @@ from sqlalchemy import Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from ..store.db import JobRow, QueueRow, WorkerRow, utcnow
-from .signals import WorkerPipes
+from diffserve.store.db import JobRow, QueueRow, WorkerRow, utcnow
+from diffserve.queue.signals import WorkerPipes
 
 _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.1

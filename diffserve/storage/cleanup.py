@@ -13,9 +13,9 @@ import logging
 import threading
 from datetime import datetime, timedelta
 
-from ..core.job import TEMP_PREFIX
-from ..store.db import utcnow
-from .configured import ConfiguredStorage
+from diffserve.core.job import TEMP_PREFIX
+from diffserve.store.db import utcnow
+from diffserve.storage.configured import ConfiguredStorage
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..config import Settings
-from ..store.storage_config import StorageConfigStore
-from .base import Storage, StoredObject
-from .local import LocalStorage
-from .s3 import S3Config, S3Storage
+from diffserve.config import Settings
+from diffserve.store.storage_config import StorageConfigStore
+from diffserve.storage.base import Storage, StoredObject
+from diffserve.storage.local import LocalStorage
+from diffserve.storage.s3 import S3Config, S3Storage
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from ..core.errors import NotFound
-from .base import StoredObject
+from diffserve.core.errors import NotFound
+from diffserve.storage.base import StoredObject
 
 PUBLIC_PREFIX = "generations"
 

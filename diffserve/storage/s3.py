@@ -14,8 +14,8 @@ from datetime import timezone
 from typing import Any
 from urllib.parse import quote
 
-from ..core.errors import InvalidInput, NotFound
-from .base import StoredObject
+from diffserve.core.errors import InvalidInput, NotFound
+from diffserve.storage.base import StoredObject
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 

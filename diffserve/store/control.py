@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from .db import ControlEventRow, utcnow
+from diffserve.store.db import ControlEventRow, utcnow
 
 CLEAR_CACHE = "clear_cache"  # payload {"models": null (all) | [model_id, ...]}
 RESTART = "restart"  # exit cleanly after the current job; the supervisor starts a fresh process

@@ -19,8 +19,8 @@ from sqlalchemy import Engine, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..core.job import JobStatus
-from .db import JobRow, WebhookDeliveryRow, utcnow
+from diffserve.core.job import JobStatus
+from diffserve.store.db import JobRow, WebhookDeliveryRow, utcnow
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 _TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)

@@ -8,9 +8,9 @@ from typing import Any, Iterable
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from ..core.job import Job, JobStatus
-from ..core.request import GenerationRequest
-from .db import JobRow, utcnow
+from diffserve.core.job import Job, JobStatus
+from diffserve.core.request import GenerationRequest
+from diffserve.store.db import JobRow, utcnow
 
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 

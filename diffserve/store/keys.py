@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
-from .db import KeyRow, utcnow
+from diffserve.store.db import KeyRow, utcnow
 
 _ALPHABET = string.ascii_letters + string.digits
 _ID_LEN = 12

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from .db import StorageConfigRow, utcnow
+from diffserve.store.db import StorageConfigRow, utcnow
 
 _ROW_ID = 1
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
-from .db import WorkerRow, utcnow
+from diffserve.store.db import WorkerRow, utcnow
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,14 @@ from typing import Any
 
 import httpx
 
-from ..config import WebhookSettings
-from ..core.errors import ImageInputError, InvalidInput
-from ..core.job import Job
-from ..media.fetch import Deadline, UrlPolicy, pinned_request
-from ..store.db import utcnow
-from ..store.deliveries import Delivery, DeliveryStore
-from ..store.jobs import JobStore
-from .signing import delivery_headers
+from diffserve.config import WebhookSettings
+from diffserve.core.errors import ImageInputError, InvalidInput
+from diffserve.core.job import Job
+from diffserve.media.fetch import Deadline, UrlPolicy, pinned_request
+from diffserve.store.db import utcnow
+from diffserve.store.deliveries import Delivery, DeliveryStore
+from diffserve.store.jobs import JobStore
+from diffserve.webhooks.signing import delivery_headers
 
 log = logging.getLogger(__name__)
 

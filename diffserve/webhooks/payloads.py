@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..core.job import Job
-from ..storage.base import Storage
+from diffserve.core.job import Job
+from diffserve.storage.base import Storage
 
 PayloadRenderer = Callable[[Job, Storage, str], dict[str, Any]]
 

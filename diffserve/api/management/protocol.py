@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.errors import InvalidInput
-from ...model_admin import CATEGORY_FAMILY, MODEL_TYPES, LoadSpec
-from ..loose import LooseBool, LooseStr, Text
-from ..modelslab.protocol import _check_url
+from diffserve.core.errors import InvalidInput
+from diffserve.management.models import CATEGORY_FAMILY, MODEL_TYPES, LoadSpec
+from diffserve.api.loose import LooseBool, LooseStr, Text
+from diffserve.api.modelslab.protocol import _check_url
 
 VAE_TYPES = ("diffusers", "safetensors", "pt")
 BASE64_TO_URL_MAX_BYTES = 5 * 1024 * 1024

@@ -14,22 +14,22 @@ import anyio
 from fastapi import APIRouter, Request
 from PIL import Image
 
-from ...admin import ServerAdmin
-from ...core.errors import InvalidInput
-from ...core.job import TEMP_PREFIX
-from ...core.request import SCHEDULERS
-from ...media.decode import decode_image
-from ...media.inputs import decode_base64
-from ...model_admin import ModelAdmin
-from ...storage.local import PUBLIC_PREFIX
-from ...store.keys import ApiKey
-from ..auth import require_admin
-from ..body import json_body_doc, parse_model
-from ..modelslab.common import read_and_authenticate
-from ..modelslab.router import ModelsLabRoute
-from ..pony.protocol import SCHEDULERS as PONY_SCHEDULERS
-from ..state import AppState
-from .protocol import (
+from diffserve.management.server import ServerAdmin
+from diffserve.core.errors import InvalidInput
+from diffserve.core.job import TEMP_PREFIX
+from diffserve.core.request import SCHEDULERS
+from diffserve.media.decode import decode_image
+from diffserve.media.inputs import decode_base64
+from diffserve.management.models import ModelAdmin
+from diffserve.storage.local import PUBLIC_PREFIX
+from diffserve.store.keys import ApiKey
+from diffserve.api.auth import require_admin
+from diffserve.api.body import json_body_doc, parse_model
+from diffserve.api.modelslab.common import read_and_authenticate
+from diffserve.api.modelslab.router import ModelsLabRoute
+from diffserve.api.pony.protocol import SCHEDULERS as PONY_SCHEDULERS
+from diffserve.api.state import AppState
+from diffserve.api.management.protocol import (
     BASE64_TO_URL_MAX_BYTES,
     Base64ToUrlRequest,
     KeyOnly,

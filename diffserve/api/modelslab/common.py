@@ -7,16 +7,16 @@ from typing import Any
 
 from fastapi import Request
 
-from ...core.errors import InvalidInput
-from ...core.job import Job
-from ...core.request import RequestDraft
-from ...media.inputs import is_base64_image
-from ...store.keys import ApiKey
-from ..auth import authenticate
-from ..body import parse_model, read_json_object
-from ..state import AppState, app_state
-from .protocol import FetchRequest
-from .render import Links, render_job
+from diffserve.core.errors import InvalidInput
+from diffserve.core.job import Job
+from diffserve.core.request import RequestDraft
+from diffserve.media.inputs import is_base64_image
+from diffserve.store.keys import ApiKey
+from diffserve.api.auth import authenticate
+from diffserve.api.body import parse_model, read_json_object
+from diffserve.api.state import AppState, app_state
+from diffserve.api.modelslab.protocol import FetchRequest
+from diffserve.api.modelslab.render import Links, render_job
 
 
 def key_text(request: Request, body: dict[str, Any]) -> str | None:

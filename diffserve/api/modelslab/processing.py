@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from ..body import json_body_doc
-from ..loose import LooseStr
-from .common import read_and_authenticate
-from .router import ModelsLabRoute
+from diffserve.api.body import json_body_doc
+from diffserve.api.loose import LooseStr
+from diffserve.api.modelslab.common import read_and_authenticate
+from diffserve.api.modelslab.router import ModelsLabRoute
 
 router = APIRouter(route_class=ModelsLabRoute, tags=["ModelsLab v6"])
 

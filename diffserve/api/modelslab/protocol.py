@@ -6,9 +6,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.errors import InvalidInput
-from ...core.request import RequestDraft, check_range
-from ..loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
+from diffserve.core.errors import InvalidInput
+from diffserve.core.request import RequestDraft, check_range
+from diffserve.api.loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
 
 # The v6 page's own caps, whatever a model allows (a Flux model takes 8 samples and guidance 30 on Qolaba).
 MAX_SAMPLES = 4

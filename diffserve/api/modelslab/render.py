@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from ...core.errors import DiffserveError, RateLimited
-from ...core.job import Job, JobStatus
-from ...storage.base import Storage
+from diffserve.core.errors import DiffserveError, RateLimited
+from diffserve.core.job import Job, JobStatus
+from diffserve.storage.base import Storage
 
 INTERNAL_ERROR = "Internal server error. Please try again."
 

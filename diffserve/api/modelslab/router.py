@@ -6,11 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ..body import json_body_doc, parse_model
-from ..errors import guarded_route
-from .common import fetch, read_and_authenticate, submit_and_answer
-from .protocol import FetchRequest, V6Img2ImgRequest
-from .render import error_response
+from diffserve.api.body import json_body_doc, parse_model
+from diffserve.api.errors import guarded_route
+from diffserve.api.modelslab.common import fetch, read_and_authenticate, submit_and_answer
+from diffserve.api.modelslab.protocol import FetchRequest, V6Img2ImgRequest
+from diffserve.api.modelslab.render import error_response
 
 # Every error on the ModelsLab-style routes leaves in the vendor's shape; nothing else reaches the client.
 ModelsLabRoute = guarded_route(lambda _request, error: error_response(error), "ModelsLabRoute")

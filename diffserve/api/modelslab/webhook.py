@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...core.job import Job, JobStatus
-from ...storage.base import Storage
-from .render import Links, success
+from diffserve.core.job import Job, JobStatus
+from diffserve.storage.base import Storage
+from diffserve.api.modelslab.render import Links, success
 
 
 def webhook_payload(job: Job, storage: Storage, base_url: str) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.errors import InvalidInput
-from ...core.request import RequestDraft, check_choice, check_range
-from ..loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
-from ..modelslab.protocol import V6Img2ImgRequest
+from diffserve.core.errors import InvalidInput
+from diffserve.core.request import RequestDraft, check_choice, check_range
+from diffserve.api.loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
+from diffserve.api.modelslab.protocol import V6Img2ImgRequest
 
 DEFAULT_SIZE = 512
 MAX_SIZE = 1024

@@ -10,11 +10,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ..body import json_body_doc, parse_model
-from ..modelslab.common import fetch, read_and_authenticate, submit_and_answer
-from ..modelslab.protocol import FetchRequest
-from ..modelslab.router import ModelsLabRoute
-from .protocol import PonyImg2ImgRequest
+from diffserve.api.body import json_body_doc, parse_model
+from diffserve.api.modelslab.common import fetch, read_and_authenticate, submit_and_answer
+from diffserve.api.modelslab.protocol import FetchRequest
+from diffserve.api.modelslab.router import ModelsLabRoute
+from diffserve.api.pony.protocol import PonyImg2ImgRequest
 
 router = APIRouter(route_class=ModelsLabRoute, tags=["ModelsLab enterprise pony"])
 

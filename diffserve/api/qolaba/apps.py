@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import QolabaApp
-from ...core.errors import NotFound
+from diffserve.config import QolabaApp
+from diffserve.core.errors import NotFound
 
 # The page lists sizes as "HEIGHTxWIDTH" ("the following combinations of height and width").
 IDEOGRAM_SIZES = ("720x1280", "960x1280", "1024x1024", "1280x960", "1280x720")

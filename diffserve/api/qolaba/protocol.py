@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from ...core.errors import InvalidInput
-from ...core.request import RequestDraft, check_range
-from ...media.inputs import is_base64_image
-from ..loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
-from .apps import ResolvedApp, sizes_text
+from diffserve.core.errors import InvalidInput
+from diffserve.core.request import RequestDraft, check_range
+from diffserve.media.inputs import is_base64_image
+from diffserve.api.loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
+from diffserve.api.qolaba.apps import ResolvedApp, sizes_text
 
 INFERENCE_TYPES = ("a10g", "a100", "h100")
 MAX_INPUT_SIDE = 1536  # "adjusted to fit within 1536x1536 ... preserving the original aspect ratio"

@@ -17,10 +17,10 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from ...core.errors import DiffserveError, ImageInputError, InvalidInput, NotFound, RateLimited, Unauthorized
-from ...core.job import Job, JobStatus
-from ...storage.base import Storage
-from .apps import ServiceNotFound
+from diffserve.core.errors import DiffserveError, ImageInputError, InvalidInput, NotFound, RateLimited, Unauthorized
+from diffserve.core.job import Job, JobStatus
+from diffserve.storage.base import Storage
+from diffserve.api.qolaba.apps import ServiceNotFound
 
 INPUT_ERROR = "Input Validation Error"
 GENERATION_ERROR = "Image Generation Error"

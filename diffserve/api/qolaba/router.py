@@ -14,16 +14,16 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ...core.errors import InvalidInput, ModelNotFound, NotFound
-from ...core.job import Job, JobStatus
-from ...worker_orders import configured_labels
-from ..auth import authenticate
-from ..body import json_body_doc, parse_model, read_json_object
-from ..errors import guarded_route
-from ..state import AppState, app_state
-from .apps import ServiceNotFound, resolve_app
-from .protocol import GetImageRequest, QolabaImg2ImgRequest
-from .render import error_response, render_job
+from diffserve.core.errors import InvalidInput, ModelNotFound, NotFound
+from diffserve.core.job import Job, JobStatus
+from diffserve.workers.labels import configured_labels
+from diffserve.api.auth import authenticate
+from diffserve.api.body import json_body_doc, parse_model, read_json_object
+from diffserve.api.errors import guarded_route
+from diffserve.api.state import AppState, app_state
+from diffserve.api.qolaba.apps import ServiceNotFound, resolve_app
+from diffserve.api.qolaba.protocol import GetImageRequest, QolabaImg2ImgRequest
+from diffserve.api.qolaba.render import error_response, render_job
 
 # Every answer leaves in the envelope; what was parsed so far (app_id, input) is echoed in errors.
 QolabaRoute = guarded_route(lambda request, error: error_response(error, **_echo(request)), "QolabaRoute")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...config import Settings
-from ...core.request import RequestDraft, check_range
-from ..loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
-from ..modelslab.protocol import V6Img2ImgRequest
+from diffserve.config import Settings
+from diffserve.core.request import RequestDraft, check_range
+from diffserve.api.loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
+from diffserve.api.modelslab.protocol import V6Img2ImgRequest
 
 MAX_SIZE = 1024
 MAX_SAMPLES = 4

@@ -6,11 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ..body import json_body_doc, parse_model
-from ..modelslab.common import fetch, read_and_authenticate, submit_and_answer
-from ..modelslab.protocol import FetchRequest
-from ..modelslab.router import ModelsLabRoute
-from .protocol import RealtimeImg2ImgRequest
+from diffserve.api.body import json_body_doc, parse_model
+from diffserve.api.modelslab.common import fetch, read_and_authenticate, submit_and_answer
+from diffserve.api.modelslab.protocol import FetchRequest
+from diffserve.api.modelslab.router import ModelsLabRoute
+from diffserve.api.realtime.protocol import RealtimeImg2ImgRequest
 
 router = APIRouter(route_class=ModelsLabRoute, tags=["ModelsLab enterprise realtime"])
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from .base import Family
-from .flux import FluxFamily
-from .flux_control import FluxCannyFamily, FluxDepthFamily
-from .flux_kontext import FluxKontextFamily
-from .flux_pulid import FluxPuLIDFamily
-from .flux_redux import FluxReduxFamily
-from .hidream import HiDreamFamily
-from .sd import StableDiffusionFamily
-from .sdxl import StableDiffusionXLFamily
+from diffserve.engine.families.base import Family
+from diffserve.engine.families.flux import FluxFamily
+from diffserve.engine.families.flux_control import FluxCannyFamily, FluxDepthFamily
+from diffserve.engine.families.flux_kontext import FluxKontextFamily
+from diffserve.engine.families.flux_pulid import FluxPuLIDFamily
+from diffserve.engine.families.flux_redux import FluxReduxFamily
+from diffserve.engine.families.hidream import HiDreamFamily
+from diffserve.engine.families.sd import StableDiffusionFamily
+from diffserve.engine.families.sdxl import StableDiffusionXLFamily
 
 
 def family(name: str) -> Family:

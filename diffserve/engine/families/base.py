@@ -10,8 +10,8 @@ from typing import Any, Callable, Protocol
 import torch
 from PIL import Image
 
-from ...core.request import GenerationRequest
-from ..loading import ModelSource
+from diffserve.core.request import GenerationRequest
+from diffserve.engine.models.loading import ModelSource
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...core.errors import InvalidInput
-from ..loading import ModelSource
+from diffserve.core.errors import InvalidInput
+from diffserve.engine.models.loading import ModelSource
 
 
 def require_pipeline(pipe: Any, family: str, expected: tuple[str, ...], source: ModelSource) -> Any:

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..loading import ModelSource, load_img2img_pipeline
-from .base import RunInputs
-from .checks import require_pipeline
+from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
+from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.checks import require_pipeline
 
 FLUX_PIPELINES = ("FluxImg2ImgPipeline",)
 TRUE_CFG_SCALE = 4.0  # the value diffusers' Flux docs use for true CFG with a negative prompt

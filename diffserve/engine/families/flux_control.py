@@ -1,7 +1,7 @@
 """FLUX.1 structural control img2img: FLUX.1-Canny-dev and FLUX.1-Depth-dev, through
 diffusers' FluxControlImg2ImgPipeline.
 
-The control image is computed from the init image (engine/control_images.py) by the
+The control image is computed from the init image (engine/families/control_images.py) by the
 `control_image_control` control, which the engine enters before the family runs:
 
 * flux-canny: OpenCV Canny edges of the init image (thresholds 100/200).
@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from ...core.errors import InvalidInput
-from ..control_images import DepthEstimator, canny_edges
-from ..loading import ModelSource, load_img2img_pipeline
-from .base import RunInputs
-from .checks import require_pipeline
+from diffserve.core.errors import InvalidInput
+from diffserve.engine.families.control_images import DepthEstimator, canny_edges
+from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
+from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.checks import require_pipeline
 
 if TYPE_CHECKING:
-    from ..controls import ControlContext
+    from diffserve.engine.controls.base import ControlContext
 
 FLUX_CONTROL_PIPELINES = ("FluxControlImg2ImgPipeline",)
 DEPTH_SUBFOLDER = "depth_estimator"

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..loading import ModelSource, load_img2img_pipeline
-from .base import RunInputs
-from .checks import require_pipeline
-from .flux import negative_prompt_kwargs
+from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
+from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.checks import require_pipeline
+from diffserve.engine.families.flux import negative_prompt_kwargs
 
 KONTEXT_PIPELINES = ("FluxKontextPipeline",)
 SIZE_MULTIPLE = 16  # 8x VAE, then 2x2 latent packing

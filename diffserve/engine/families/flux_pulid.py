@@ -1,12 +1,12 @@
 """FLUX.1 with PuLID identity (PuLID-FLUX): the init image's face steers who the output shows.
 
-A PuLID model is a FLUX.1 diffusers folder with a `pulid/` subfolder (engine/pulid_config.py
+A PuLID model is a FLUX.1 diffusers folder with a `pulid/` subfolder (engine/identity/config.py
 describes it: the PuLID weights, the identity embedder's files, optionally config.json). The base
 is loaded as FluxImg2ImgPipeline, so `strength` works as for plain Flux; at strength 1 (the tiny
 model's default) the init image reaches the output only as identity, PuLID's text-to-image use.
 
 Per request: the largest face of the init image (Qolaba `image`, ModelsLab `init_image`) is found,
-embedded (engine/pulid_embedders.py) and turned into ID tokens; for the pipeline call only,
+embedded (engine/identity/embedders.py) and turned into ID tokens; for the pipeline call only,
 forward hooks on the transformer's blocks add `id_weight * CA(id_tokens, image states)` to the image
 stream (every 2nd double-stream and every 4th single-stream block), and are removed afterwards, so
 the cached pipeline object serves other calls unchanged. With a negative prompt (true CFG) the
@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ...core.errors import InvalidInput
-from ..loading import ModelSource, load_img2img_pipeline
-from ..faces import NoFaceFound
-from ..pulid import PuLIDModel, check_fits, load_pulid, pulid_injection
-from ..pulid_config import PULID_FOLDER
-from .base import RunInputs
-from .checks import require_pipeline
-from .flux import FLUX_PIPELINES, FluxFamily, negative_prompt_kwargs
+from diffserve.core.errors import InvalidInput
+from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
+from diffserve.engine.identity.errors import NoFaceFound
+from diffserve.engine.identity.pulid import PuLIDModel, check_fits, load_pulid, pulid_injection
+from diffserve.engine.identity.config import PULID_FOLDER
+from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.checks import require_pipeline
+from diffserve.engine.families.flux import FLUX_PIPELINES, FluxFamily, negative_prompt_kwargs
 
 _PULID_ATTR = "diffserve_pulid"
 DEFAULT_ID_WEIGHT = 1.0

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ...core.errors import InvalidInput
-from ..loading import ModelSource, _load_errors, load_img2img_pipeline
-from .base import RunInputs
-from .checks import require_pipeline
-from .flux import FLUX_PIPELINES
+from diffserve.core.errors import InvalidInput
+from diffserve.engine.models.loading import ModelSource, _load_errors, load_img2img_pipeline
+from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.checks import require_pipeline
+from diffserve.engine.families.flux import FLUX_PIPELINES
 
 PRIOR_FOLDER = "prior_redux"
 BASE_FOLDER = "flux"

@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..loading import ModelSource, load_img2img_pipeline
-from .base import RunInputs
-from .checks import require_pipeline
+from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
+from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.checks import require_pipeline
 
 HIDREAM_PIPELINES = ("HiDreamImagePipeline",)
 

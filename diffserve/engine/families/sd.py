@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..loading import ModelSource, load_img2img_pipeline
-from .base import RunInputs
+from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
+from diffserve.engine.families.base import RunInputs
 
 
 class StableDiffusionFamily:

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from ..loading import ModelSource, load_img2img_pipeline
-from .checks import require_pipeline
-from .sd import StableDiffusionFamily
+from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
+from diffserve.engine.families.checks import require_pipeline
+from diffserve.engine.families.sd import StableDiffusionFamily
 
 SDXL_PIPELINES = ("StableDiffusionXLImg2ImgPipeline",)
 

@@ -1,0 +1,1 @@
+"""The `diffserve` command: serve, keys, models."""

@@ -1,0 +1,120 @@
+"""`diffserve` command line: serve, keys, models. Settings come from the environment, then flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from diffserve.config import Settings
+from diffserve.cli.models import add_models_commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args) or 0
+
+
+def _settings(args: argparse.Namespace, **extra) -> Settings:
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "models_file", None):
+        overrides["models_file"] = Path(args.models_file)
+    return Settings(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from diffserve.api.app import create_app
+
+    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    return 0
+
+
+def _key_store(args: argparse.Namespace):
+    from diffserve.store.db import create_schema, make_engine
+    from diffserve.store.keys import KeyStore
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = make_engine(settings.db_url)
+    create_schema(db)
+    return KeyStore(db)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    key, full = _key_store(args).create(args.name, role="admin" if args.admin else "user",
+                                        max_queued=args.max_queued)
+    print(f"created {key.role} key {key.name!r} (id {key.key_id}); it is shown only once:")
+    print(full)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    for k in _key_store(args).list():
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        cap = "default" if k.max_queued is None else (k.max_queued or "none")
+        print(f"{k.key_id}  {k.name:<24} {k.role:<6} created {k.created_at:%Y-%m-%d %H:%M}  {state}  max-queued {cap}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    revoked = _key_store(args).revoke(args.key)
+    if not revoked:
+        print(f"no active key matches {args.key!r}", file=sys.stderr)
+        return 1
+    for k in revoked:
+        print(f"revoked {k.key_id} ({k.name})")
+    return 0
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffserve", description=__doc__)
+    sub = p.add_subparsers(dest="command")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data directory (env DIFFSERVE_DATA_DIR, default ./data)")
+    common.add_argument("--models-file", help="models config (default <data-dir>/models.json)")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the HTTP API and its workers")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.set_defaults(func=_serve)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command")
+    create = keys.add_parser("create", parents=[common], help="create a key; prints it on the last line")
+    create.add_argument("--name")
+    create.add_argument("--admin", action="store_true", help="a key that may manage the server")
+    create.add_argument("--max-queued", type=_non_negative, metavar="N",
+                        help="queued+running jobs this key may have (0: no cap; default: the server's "
+                             "DIFFSERVE_LIMITS__MAX_QUEUED_PER_KEY)")
+    create.set_defaults(func=_keys_create)
+    keys.add_parser("list", parents=[common], help="list keys").set_defaults(func=_keys_list)
+    revoke = keys.add_parser("revoke", parents=[common], help="revoke by key, key id or name")
+    revoke.add_argument("key")
+    revoke.set_defaults(func=_keys_revoke)
+
+    models = sub.add_parser("models", help="the model registry: models, LoRAs, embeddings, VAEs, IP-Adapters")
+    add_models_commands(models.add_subparsers(dest="models_command"), common, _settings)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

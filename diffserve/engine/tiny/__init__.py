@@ -1,0 +1,1 @@
+"""Random-weight tiny model builders (demo and test assets, not the engine)."""

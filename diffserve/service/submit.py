@@ -1,0 +1,147 @@
+"""What every dialect calls: submit a draft as a job, wait for it, read it back.
+
+Dialects translate at the edge; this is the one path from a validated draft to a queued job.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+from PIL import Image
+
+from diffserve.service.admission import QueueCaps
+from diffserve.config import Settings
+from diffserve.core.errors import NotFound
+from diffserve.core.job import Job, input_key
+from diffserve.core.request import RequestDraft, check_batch_pixels, output_size
+from diffserve.engine.identity.faces import SubmitFaceCheck
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.request_rules import check_init_image, resolve_controls
+from diffserve.media.fetch import UrlPolicy
+from diffserve.media.inputs import load_image
+from diffserve.queue.base import JobQueue
+from diffserve.queue.signals import CompletionBroadcaster
+from diffserve.storage.base import Storage
+from diffserve.store.jobs import JobStore, new_output_token
+from diffserve.store.keys import ApiKey
+from diffserve.webhooks.dispatcher import check_webhook_url
+
+_WAIT_MIN_S = 0.01
+_WAIT_MAX_S = 0.25
+DEFAULT_ETA_S = 10.0
+
+
+@dataclass
+class GenerationService:
+    settings: Settings
+    jobs: JobStore
+    queue: JobQueue
+    storage: Storage
+    registry: ModelRegistry
+    http: httpx.Client
+    completions: CompletionBroadcaster | None = None  # wakes waiters when a local worker finishes a job
+    caps: QueueCaps | None = None  # per-key cap on queued+running jobs (None: no cap)
+    faces: SubmitFaceCheck = field(default_factory=SubmitFaceCheck)  # PuLID's face check at submit
+
+    async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
+                     dialect_params: dict[str, Any] | None = None) -> Job:
+        """Check the server's limits and the key's queue cap, then validate and enqueue (see _submit)."""
+        draft.check_lengths(self.settings.limits.max_prompt_chars, self.settings.limits.max_text_chars)
+        if self.caps is None:
+            return await self._submit(key, dialect, draft, dialect_params)
+        async with self.caps.admit(key):  # RateLimited past the cap
+            return await self._submit(key, dialect, draft, dialect_params)
+
+    async def _submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
+                      dialect_params: dict[str, Any] | None) -> Job:
+        """Validate against the model, fetch and store the init image, create and enqueue the job."""
+        entry = self.registry.get(draft.model_id)
+        limits = entry.limits
+        if draft.max_side and draft.max_side < limits.max_size:  # the dialect's cap (realtime: 1024...)
+            limits = limits.model_copy(update={"max_size": draft.max_side})
+        draft.check(limits)
+        self.registry.check_request(draft)  # LoRA / embedding / VAE / IP-Adapter ids, families, ip image
+        # the model's family decides which controls apply; prompts enhanced here so meta shows them
+        draft = await anyio.to_thread.run_sync(resolve_controls, draft, entry)
+        if draft.webhook:  # the same network rules as image URLs, refused before anything is fetched
+            policy = UrlPolicy(allow_private=self.settings.allow_private_urls)
+            await anyio.to_thread.run_sync(check_webhook_url, draft.webhook, policy)
+        init = await anyio.to_thread.run_sync(self._load_image, draft.init_image, "init_image")
+        await anyio.to_thread.run_sync(check_init_image, entry, init, self.faces)  # e.g. PuLID needs a face
+        width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
+        check_batch_pixels(draft.samples or 1, width, height, self.settings.limits.max_batch_pixels)
+        token = new_output_token()
+        await self._store_image(input_key(token, temp=draft.temp), init, (width, height))
+        extra_keys = []
+        for i, ref in enumerate(draft.extra_images):
+            extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
+            ref_image = await anyio.to_thread.run_sync(self._load_image, ref, "file_urls")
+            await self._store_image(extra_keys[-1], ref_image)
+        ip_key = None
+        if draft.ip_adapter_image:
+            ip_key = input_key(token, "ip", temp=draft.temp)
+            img = await anyio.to_thread.run_sync(self._load_image, draft.ip_adapter_image, "ip_adapter_image")
+            await self._store_image(ip_key, img)
+        seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
+        request = draft.resolve(limits, init_image_key=input_key(token, temp=draft.temp), width=width,
+                                height=height, seed=seed, extra_image_keys=extra_keys, ip_adapter_image_key=ip_key)
+        job = await anyio.to_thread.run_sync(
+            lambda: self.jobs.create(key_id=key.key_id, dialect=dialect, request=request,
+                                     output_token=token, dialect_params=dialect_params))
+        await anyio.to_thread.run_sync(self.queue.enqueue, job.id)
+        return job
+
+    async def wait(self, job_id: int, timeout: float) -> Job:
+        """The job once terminal, or as it is when `timeout` runs out."""
+        deadline = time.monotonic() + timeout
+        delay = _WAIT_MIN_S
+        while True:
+            job = await anyio.to_thread.run_sync(self.jobs.get, job_id)
+            assert job is not None
+            remaining = deadline - time.monotonic()
+            if job.status.is_terminal() or remaining <= 0:
+                return job
+            if self.completions is not None:
+                await self.completions.wait(min(_WAIT_MAX_S, remaining))
+            else:
+                await anyio.sleep(min(delay, remaining))
+                delay = min(delay * 1.5, _WAIT_MAX_S)
+
+    async def get_for_key(self, job_id: int | None, key: ApiKey) -> Job:
+        """A key sees only its own jobs; another key's job is reported as not found."""
+        valid = job_id is not None and 0 < job_id < 2**63
+        job = await anyio.to_thread.run_sync(self.jobs.get, job_id) if valid else None
+        if job is None or job.key_id != key.key_id:
+            raise NotFound(f"Request not found: {job_id}")
+        return job
+
+    async def eta(self, job: Job) -> float:
+        """Seconds until the job should be done: jobs ahead of it times the recent average run time."""
+        durations = await anyio.to_thread.run_sync(self.jobs.recent_durations)
+        per_job = statistics.median(durations) if durations else DEFAULT_ETA_S
+        ahead = await anyio.to_thread.run_sync(self.jobs.position, job.id)
+        workers = max(1, self.settings.workers)
+        return round(per_job * (1 + ahead / workers), 2)
+
+    async def _store_image(self, key: str, img: Image.Image, size: tuple[int, int] | None = None) -> None:
+        png = await anyio.to_thread.run_sync(_fit_png, img, *(size or img.size))
+        await anyio.to_thread.run_sync(self.storage.put, key, png)
+
+    def _load_image(self, value: str, field: str) -> Image.Image:
+        return load_image(value, field=field, limits=self.settings.images,
+                          allow_private=self.settings.allow_private_urls, client=self.http)
+
+
+def _fit_png(img: Image.Image, width: int, height: int) -> bytes:
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

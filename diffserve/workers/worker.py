@@ -1,0 +1,180 @@
+"""The worker process: claims job ids from the queue and runs them through the engine.
+
+One process per worker; the HTTP process never runs a model. The worker heartbeats into the
+shared database so the API can tell it is alive and what it holds.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from diffserve.config import Settings
+from diffserve.core.errors import DiffserveError
+from diffserve.core.job import Job
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.queue.base import JobQueue
+from diffserve.queue.local import LocalQueue
+from diffserve.queue.signals import WorkerPipes
+from diffserve.storage.base import Storage
+from diffserve.storage.configured import build_storage
+from diffserve.store.control import ControlLog
+from diffserve.store.db import make_engine
+from diffserve.store.jobs import JobStore
+from diffserve.store.workers import WorkerStore
+from diffserve.workers.labels import worker_labels
+from diffserve.workers.orders import WorkerOrders
+
+if TYPE_CHECKING:  # the model stack is imported by the worker process only (build_worker), never by the API
+    from diffserve.engine.generate import Engine
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+WATCHDOG_S = 0.5
+
+
+@dataclass
+class Worker:
+    worker_id: str
+    jobs: JobStore
+    queue: JobQueue
+    storage: Storage
+    engine: Engine
+    workers: WorkerStore
+    preload: tuple[str, ...] = ()
+    pipes: WorkerPipes | None = None  # wake-ups from/to the API process (queue/signals.py)
+    labels: tuple[str, ...] = ()  # e.g. ("a100",): jobs that asked for that GPU class may run here
+    orders: WorkerOrders | None = None  # the API's control events (clear_cache, restart...)
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        self.workers.register(self.worker_id, os.getpid(), self.labels)
+        if self.orders:
+            self.orders.start()
+        beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
+        beat.start()
+        self._preload()
+        self.workers.update(self.worker_id, state="idle", models=self.engine.loaded_models())
+        try:
+            while not stop.is_set():
+                if self.orders and not self.orders.apply(self.engine, self.workers, self.worker_id):
+                    break  # restart: exit cleanly between jobs; the supervisor starts a fresh process
+                job_id = self.queue.claim(self.worker_id, timeout=0.5, loaded=self.engine.loaded_models(),
+                                          labels=self.labels)
+                if job_id is not None:
+                    self.run_job(job_id)
+        finally:
+            self.workers.remove(self.worker_id)
+
+    def run_job(self, job_id: int) -> None:
+        job = self.jobs.start(job_id, self.worker_id)
+        if job is None:  # cancelled or finished meanwhile
+            self.queue.ack(job_id)
+            return
+        self.workers.update(self.worker_id, state="busy", current_job=job_id)
+        try:
+            keys, nsfw = self._generate(job)
+        except DiffserveError as e:
+            self.jobs.fail(job_id, e.message)
+        except Exception as e:  # the client gets a reason, the log gets the traceback
+            log.exception("job %s failed", job_id)
+            self.jobs.fail(job_id, f"Image generation failed: {type(e).__name__}")
+        else:
+            self.jobs.succeed(job_id, keys, nsfw)
+        finally:
+            self.queue.ack(job_id)
+            if self.pipes is not None:
+                self.pipes.job_done()
+            self.workers.update(self.worker_id, state="idle", current_job=None,
+                                models=self.engine.loaded_models())
+
+    def _generate(self, job: Job) -> tuple[list[str], list[bool]]:
+        req = job.request
+        result = self.engine.generate(
+            req, self._image(req.init_image_key), [self._image(k) for k in req.extra_image_keys],
+            self._image(req.ip_adapter_image_key) if req.ip_adapter_image_key else None)
+        keys = job.output_keys()
+        for key, png in zip(keys, result.png_bytes()):
+            self.storage.put(key, png)
+        return keys, result.nsfw
+
+    def _image(self, key: str) -> Image.Image:
+        img = Image.open(io.BytesIO(self.storage.get(key)))
+        img.load()
+        return img.convert("RGB")
+
+    def _preload(self) -> None:
+        """Load the configured models before reporting ready, so the first request does not pay for it."""
+        for model_id in self.preload:
+            try:
+                self.engine.pipelines.get(model_id)
+            except Exception:
+                log.exception("could not preload model %s; it will be loaded on first use", model_id)
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        """Beat every HEARTBEAT_S; exit at once if the serving process died (kill -9), so no orphan
+        keeps running jobs that the next server start gives back to the queue."""
+        parent = mp.parent_process()
+        ticks = 0
+        while not stop.wait(WATCHDOG_S):
+            if parent is not None and not parent.is_alive():
+                log.error("serving process is gone; exiting")
+                os._exit(1)
+            ticks += 1
+            if ticks * WATCHDOG_S >= HEARTBEAT_S:
+                ticks = 0
+                try:
+                    self.workers.update(self.worker_id)
+                except Exception:  # a missed beat is not fatal; the next one retries
+                    log.warning("heartbeat failed", exc_info=True)
+
+
+def model_cache_budget(settings: Settings) -> int:
+    """The model cache's budget in bytes: DIFFSERVE_MODEL_CACHE_GB, else a default from the device's memory."""
+    from diffserve.engine.models.cache import GIB, default_budget_bytes
+
+    if settings.model_cache_gb is not None:
+        return int(settings.model_cache_gb * GIB)
+    return default_budget_bytes(settings.device)
+
+
+def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None) -> Worker:
+    from diffserve.engine.generate import Engine
+
+    db = make_engine(settings.db_url)
+    registry = ModelRegistry.load(settings.models_path, settings.models_dir)
+    return Worker(
+        worker_id=worker_id,
+        jobs=JobStore(db),
+        queue=LocalQueue(db, wake=pipes, affinity_wait_s=settings.affinity_wait_s),
+        storage=build_storage(settings, db),  # local or S3, following update_s3 without a restart
+        engine=Engine(registry, device=settings.device, safety_checker=settings.safety_checker,
+                      models_dir=settings.models_dir, max_models=settings.max_loaded_models,
+                      cache_budget_bytes=model_cache_budget(settings)),
+        workers=WorkerStore(db),
+        preload=tuple(settings.preload_models),
+        pipes=pipes,
+        labels=worker_labels(settings, worker_id),
+        orders=WorkerOrders(ControlLog(db)),
+    )
+
+
+def worker_main(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None) -> None:
+    """Entry point of a worker process (spawned by the supervisor)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    stop = threading.Event()  # this process's own: SIGTERM asks it to stop after the current job
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {worker_id} %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+    build_worker(settings, worker_id, pipes).run(stop)

@@ -1,0 +1,159 @@
+"""The package map (docs/layout.md) as rules: an AST walk of diffserve/ fails when one is broken.
+
+Every import counts -- module level, inside functions and under TYPE_CHECKING -- because a circle that
+only type checkers or lazy imports see is still a circle a reader has to untangle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "diffserve"
+# The model stack: only worker processes import these at module level (the API process stays small).
+MODEL_STACK = {"torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "tomesd",
+               "onnxruntime", "insightface", "onnx", "scipy", "skimage"}
+
+# Who may import whom (by area: a package under diffserve/, `engine.<room>` for the engine's rooms). An area
+# always may import itself. The map, with the reason for each line, is docs/layout.md.
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "config": {"core"},
+    "store": {"core", "config"},
+    "queue": {"core", "config", "store"},
+    "storage": {"core", "config", "store"},
+    "media": {"core", "config"},
+    "webhooks": {"core", "config", "store", "storage", "media"},
+    "engine.models": {"core", "engine.tiny"},
+    "engine.tiny": {"core", "engine.identity"},
+    "engine.identity": {"core"},
+    "engine.families": {"core", "engine.models", "engine.identity", "engine.controls.base"},
+    "engine.controls": {"core", "engine.models", "engine.families", "engine.tiny"},
+    "engine": {"core", "engine.models", "engine.controls", "engine.families", "engine.identity", "engine.tiny"},
+    "service": {"core", "config", "store", "queue", "storage", "media", "webhooks", "engine.models",
+                "engine.identity", "engine"},
+    "workers": {"core", "config", "store", "queue", "storage", "media", "webhooks", "engine", "engine.models"},
+    "management": {"core", "config", "store", "queue", "storage", "media", "service", "engine.models",
+                   "engine.tiny"},
+    "api": {"core", "config", "store", "queue", "storage", "media", "webhooks", "service", "management",
+            "engine.models", "workers.labels", "workers.supervisor"},
+    "cli": {"core", "config", "store", "engine.models", "api"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, at module level?) for every import in the file, relative ones resolved."""
+    name = module_name(path)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    tree = ast.parse(path.read_text())
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, id(node) in top_level) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            found.append((base, id(node) in top_level))
+            found += [(f"{base}.{alias.name}", id(node) in top_level) for alias in node.names]  # submodules
+    return found
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+GRAPH = {name: {m for m, _ in imports_of(path) if m in MODULES and m != name} for name, path in MODULES.items()}
+
+
+def area(module: str) -> str:
+    parts = module.split(".")[1:]
+    if not parts:
+        return ""
+    if parts[0] == "engine" and len(parts) > 1 and (PACKAGE / "engine" / parts[1]).is_dir():
+        return f"engine.{parts[1]}"
+    return parts[0]
+
+
+def allowed(source: str, target: str) -> bool:
+    here, there = area(source), area(target)
+    if here == there or there == "":
+        return True
+    rest = target.split(".", 1)[1]  # "engine.controls.base", "workers.labels"...
+    return any(rest == rule or rest.startswith(rule + ".") or there == rule for rule in ALLOWED[here])
+
+
+def test_every_area_is_on_the_map():
+    assert {area(m) for m in MODULES} - {""} == set(ALLOWED)
+
+
+def test_no_import_circles():
+    """Tarjan's strongly connected components: every component is one module."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(GRAPH[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(GRAPH):
+        if module not in index:
+            visit(module)
+    assert circles == []
+
+
+def test_each_area_imports_only_what_the_map_allows():
+    broken = sorted(f"{src} -> {dst}" for src, targets in GRAPH.items() for dst in targets if not allowed(src, dst))
+    assert broken == []
+
+
+def test_the_api_process_never_imports_the_model_stack():
+    """Everything the server process loads at import time (the API app and the CLI) is torch-free:
+    no module-level import of the model stack anywhere in that closure."""
+    seen, todo = set(), ["diffserve.cli.main", "diffserve.api.app"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for target, top in imports_of(MODULES[module]):
+            if top and target in MODULES:
+                todo.append(target)
+            elif top:
+                assert target.split(".")[0] not in MODEL_STACK, f"{module} imports {target} at module level"
+    assert "diffserve.engine.models.registry" in seen and "diffserve.engine.generate" not in seen
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_over_500_lines(path):
+    assert len(path.read_text().splitlines()) <= 500
+
+
+def test_the_rules_catch_a_broken_one():
+    assert not allowed("diffserve.engine.generate", "diffserve.api.app")
+    assert not allowed("diffserve.api.app", "diffserve.engine.generate")
+    assert not allowed("diffserve.store.jobs", "diffserve.engine.models.registry")
+    assert not allowed("diffserve.engine.identity.pulid", "diffserve.engine.models.registry")
+    assert allowed("diffserve.engine.families.flux_control", "diffserve.engine.controls.base")
+    assert not allowed("diffserve.engine.families.flux_control", "diffserve.engine.controls.chain")
