@@ -38,7 +38,7 @@ from diffserve.engine.tiny.flux_pulid import FLUX_PULID_TINY_LIMITS, TINY_FLUX_I
 from .dialects import PULID, download
 from .onnx_faces import FakeFace, write_arcface, write_scrfd
 from .servers import DiffserveServer
-from .test_pulid import FACE_A, FACE_B, hooks, inputs, png
+from .test_identity_pulid import FACE_A, FACE_B, hooks, inputs, png
 
 MODEL, BLIND = "pulid-official", "pulid-official-blind"  # BLIND's detector finds no face
 S = 128 / 256  # draw_face's scale at 128 px
