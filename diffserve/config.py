@@ -100,7 +100,19 @@ class Settings(BaseSettings):
     models_file: Path | None = Field(None, description="models config; default <data_dir>/models.json")
     models_root: Path | None = Field(None, description="where built-in models are built; default <data_dir>/models")
     workers: int = Field(1, ge=1, le=64)
-    device: str = "cpu"
+    device: str = Field("cpu", description="torch device of the workers: cpu, cuda, cuda:1...")
+    gpus: str | None = Field(None, description="one worker per listed GPU: 'all' (every visible GPU) or indices "
+                                               "'0,2'; each worker is pinned to cuda:<index>")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="floating-point type models run in: auto (CPU fp32; CUDA bf16 where supported, else "
+                            "fp16; Flux/HiDream bf16), fp32, fp16, bf16; a model's own `dtype` in models.json wins")
+    activation_budget_gb: float | None = Field(
+        None, gt=0, description="refuse (fail) a request whose estimated activations exceed this many GiB on the "
+                                "device; unset: no estimate (a real out-of-memory still fails the request cleanly)")
+    vae_tiling_pixels: int = Field(2048 * 2048, ge=1, description="outputs of at least this many pixels are "
+                                                                   "decoded by the VAE in tiles")
+    compile_backend: str = Field("inductor", description="torch.compile backend for models with compile: true")
+    compile_mode: str | None = Field(None, description="torch.compile mode (e.g. max-autotune)")
     torch_threads: int | None = None
     sync_wait_s: float = Field(
         60.0, ge=0, description="how long an img2img request waits for its result before answering 'processing'"

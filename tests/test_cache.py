@@ -130,9 +130,9 @@ def test_sizes_count_each_tensor_once_and_reach_attached_models():
 
 def test_budget_setting_and_device_default(monkeypatch):
     monkeypatch.setenv("DIFFSERVE_MODEL_CACHE_GB", "1.5")
-    assert model_cache_budget(Settings()) == int(1.5 * GIB)
+    assert model_cache_budget(Settings(), "cpu") == int(1.5 * GIB)
     monkeypatch.delenv("DIFFSERVE_MODEL_CACHE_GB")
-    assert model_cache_budget(Settings()) == default_budget_bytes("cpu") > 0
+    assert model_cache_budget(Settings(), "cpu") == default_budget_bytes("cpu") > 0
     with pytest.raises(ValueError):
         Settings(model_cache_gb=0)
 

@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "management": {"core", "config", "store", "queue", "storage", "media", "service", "engine.models",
                    "engine.tiny"},
     "api": {"core", "config", "store", "queue", "storage", "media", "webhooks", "service", "management",
-            "engine.models", "workers.labels", "workers.supervisor"},
+            "engine.models", "workers.placement", "workers.supervisor"},
     "cli": {"core", "config", "store", "engine.models", "api"},
 }
 
@@ -84,7 +84,7 @@ def allowed(source: str, target: str) -> bool:
     here, there = area(source), area(target)
     if here == there or there == "":
         return True
-    rest = target.split(".", 1)[1]  # "engine.controls.base", "workers.labels"...
+    rest = target.split(".", 1)[1]  # "engine.controls.base", "workers.placement"...
     return any(rest == rule or rest.startswith(rule + ".") or there == rule for rule in ALLOWED[here])
 
 

@@ -79,6 +79,7 @@ def test_vendor_example_returns_an_image(server, key, image_host):
     assert img.format == "PNG" and img.size == (64, 64)
     meta = out["meta"]
     assert (meta["W"], meta["H"], meta["steps"], meta["n_samples"]) == (64, 64, 4, 1)
+    assert (meta["device"], meta["dtype"]) == ("cpu", "fp32")  # where and in what type the job ran
     assert isinstance(meta["seed"], int) and meta["seed"] >= 0
     assert meta["model_id"] == "tiny-sd" and meta["guidance_scale"] == 7.5 and meta["strength"] == 0.7
     assert meta["scheduler"] == "UniPCMultistepScheduler" and meta["init_image"] == image_host.url("/cat.png")

@@ -34,7 +34,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     from diffserve.api.app import create_app
 
-    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
+    settings = _settings(args, host=args.host, port=args.port, workers=args.workers, gpus=args.gpus,
+                         dtype=args.dtype, device=args.device)
+    from diffserve.workers.placement import worker_count
+
+    try:
+        worker_count(settings)  # --gpus names GPUs that exist
+    except ValueError as exc:
+        print(f"diffserve serve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
@@ -96,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--device", help="torch device of the workers: cpu, cuda, cuda:1 (env DIFFSERVE_DEVICE)")
+    serve.add_argument("--gpus", help="one worker per GPU, pinned to it: 'all' or indices like 0,1 "
+                                      "(env DIFFSERVE_GPUS)")
+    serve.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"],
+                       help="floating-point type of the models (env DIFFSERVE_DTYPE, default auto)")
     serve.set_defaults(func=_serve)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command")

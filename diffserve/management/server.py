@@ -48,7 +48,8 @@ class ServerAdmin:
             "worker_count": len(live),
             "workers": [{
                 "worker_id": w.worker_id, "pid": w.pid, "state": w.state, "current_job": w.current_job,
-                "models": w.models, "labels": list(w.labels),
+                "models": w.models, "labels": list(w.labels), "device": w.device, "dtype": w.dtype,
+                "model_cache_gb": round(w.cache_budget_bytes / 1024**3, 2) if w.cache_budget_bytes else None,
                 "started_at": w.started_at.isoformat() + "Z" if w.started_at else None,
                 "heartbeat_at": w.heartbeat_at.isoformat() + "Z",
             } for w in live],

@@ -133,6 +133,18 @@ class WorkerRow(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 
+class WorkerDeviceRow(Base):
+    """The hardware a live worker runs on (a table of its own, so data dirs of older releases gain it
+    without a migration): its torch device, the dtype setting it resolved, its model-cache budget."""
+
+    __tablename__ = "worker_devices"
+
+    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device: Mapped[str] = mapped_column(String(32))
+    dtype: Mapped[str] = mapped_column(String(8))
+    cache_budget_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 def make_engine(url: str) -> Engine:
     """One engine per process. SQLite gets WAL and a busy timeout so API and workers share it."""
     if url.startswith("sqlite"):

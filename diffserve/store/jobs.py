@@ -67,8 +67,9 @@ class JobStore:
             ).scalar_one_or_none()
             return _to_job(row) if row else None
 
-    def succeed(self, job_id: int, outputs: list[str], nsfw: list[bool]) -> None:
-        self._finish(job_id, JobStatus.SUCCEEDED, outputs=outputs, nsfw=nsfw)
+    def succeed(self, job_id: int, outputs: list[str], nsfw: list[bool], run: dict | None = None) -> None:
+        """run: how the job ran (device, dtype), merged into its dialect params so `meta` can show it."""
+        self._finish(job_id, JobStatus.SUCCEEDED, outputs=outputs, nsfw=nsfw, run=run)
 
     def fail(self, job_id: int, error: str) -> None:
         self._finish(job_id, JobStatus.FAILED, error=error)
@@ -140,18 +141,16 @@ class JobStore:
         nsfw: Iterable[bool] = (),
         error: str | None = None,
         only_if: tuple[str, ...] = _UNFINISHED,
+        run: dict | None = None,
     ) -> bool:
         with Session(self._engine) as s, s.begin():
+            values: dict = dict(status=status.value, outputs=list(outputs), nsfw=list(nsfw), error=error,
+                                finished_at=utcnow())
+            if run:
+                params = s.scalar(select(JobRow.dialect_params).where(JobRow.id == job_id))
+                values["dialect_params"] = {**(params or {}), "run": run}
             result = s.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status.in_(only_if))
-                .values(
-                    status=status.value,
-                    outputs=list(outputs),
-                    nsfw=list(nsfw),
-                    error=error,
-                    finished_at=utcnow(),
-                )
+                update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(only_if)).values(**values)
             )
             return result.rowcount == 1
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
-from diffserve.store.db import WorkerRow, utcnow
+from diffserve.store.db import WorkerDeviceRow, WorkerRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class WorkerInfo:
     heartbeat_at: datetime
     labels: tuple[str, ...] = ()
     started_at: datetime | None = None
+    device: str | None = None
+    dtype: str | None = None
+    cache_budget_bytes: int | None = None
 
 
 class WorkerStore:
@@ -32,6 +35,11 @@ class WorkerStore:
             s.merge(WorkerRow(worker_id=worker_id, pid=pid, state="starting", models=[], current_job=None,
                               labels=list(labels), started_at=utcnow(), heartbeat_at=utcnow()))
 
+    def set_device(self, worker_id: str, device: str, dtype: str, cache_budget_bytes: int | None) -> None:
+        with Session(self._engine) as s, s.begin():
+            s.merge(WorkerDeviceRow(worker_id=worker_id, device=device, dtype=dtype,
+                                    cache_budget_bytes=cache_budget_bytes))
+
     def update(self, worker_id: str, **values) -> None:
         with Session(self._engine) as s, s.begin():
             s.execute(update(WorkerRow).where(WorkerRow.worker_id == worker_id)
@@ -40,12 +48,15 @@ class WorkerStore:
     def remove(self, worker_id: str) -> None:
         with Session(self._engine) as s, s.begin():
             s.execute(delete(WorkerRow).where(WorkerRow.worker_id == worker_id))
+            s.execute(delete(WorkerDeviceRow).where(WorkerDeviceRow.worker_id == worker_id))
 
     def live(self, max_age_s: float = 15.0) -> list[WorkerInfo]:
         cutoff = utcnow() - timedelta(seconds=max_age_s)
         with Session(self._engine) as s:
-            rows = s.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= cutoff)
-                             .order_by(WorkerRow.worker_id)).all()
+            rows = s.execute(select(WorkerRow, WorkerDeviceRow)
+                             .outerjoin(WorkerDeviceRow, WorkerDeviceRow.worker_id == WorkerRow.worker_id)
+                             .where(WorkerRow.heartbeat_at >= cutoff).order_by(WorkerRow.worker_id)).all()
             return [WorkerInfo(r.worker_id, r.pid, r.state, r.current_job, list(r.models or []), r.heartbeat_at,
-                               tuple(r.labels or ()), r.started_at)
-                    for r in rows]
+                               tuple(r.labels or ()), r.started_at, d.device if d else None, d.dtype if d else None,
+                               d.cache_budget_bytes if d else None)
+                    for r, d in rows]

@@ -1,8 +1,59 @@
-"""Which GPU-class labels (Qolaba `inference_type`) each local worker carries. Torch-free: the API reads it."""
+"""Where each local worker runs: its torch device (one worker per GPU with --gpus) and the GPU-class labels
+(Qolaba `inference_type`) it carries. Torch-free: the API process reads it to start and describe workers.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from diffserve.config import Settings
+
+
+def visible_gpus() -> list[int]:
+    """Indices of the CUDA devices a worker can see, without importing torch: CUDA_VISIBLE_DEVICES when set
+    (its entries renumber from 0, as CUDA does), else the NVIDIA driver's /proc/driver/nvidia/gpus."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return list(range(len([part for part in visible.split(",") if part.strip() and part.strip() != "-1"])))
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return list(range(len(list(gpus.iterdir())))) if gpus.is_dir() else []
+
+
+def gpu_indices(settings: Settings) -> list[int] | None:
+    """The GPUs of `--gpus` ('all' or '0,2'), None when the setting is not used."""
+    if settings.gpus is None:
+        return None
+    if settings.gpus.strip().lower() == "all":
+        found = visible_gpus()
+        if not found:
+            raise ValueError("--gpus all: no CUDA device is visible (CUDA_VISIBLE_DEVICES, /proc/driver/nvidia)")
+        return found
+    try:
+        indices = [int(part) for part in settings.gpus.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--gpus must be 'all' or GPU indices like 0,1; got {settings.gpus!r}") from None
+    if not indices or min(indices) < 0:
+        raise ValueError(f"--gpus must be 'all' or GPU indices like 0,1; got {settings.gpus!r}")
+    return indices
+
+
+def worker_count(settings: Settings) -> int:
+    """--gpus starts one worker per GPU; otherwise --workers."""
+    gpus = gpu_indices(settings)
+    return len(gpus) if gpus is not None else settings.workers
+
+
+def worker_device(settings: Settings, worker_id: str) -> str:
+    """worker-i runs on cuda:<i-th GPU of --gpus>; without --gpus every worker uses DIFFSERVE_DEVICE, where a
+    bare `cuda` with several workers spreads them over the visible GPUs (worker-i on cuda:i mod count)."""
+    gpus = gpu_indices(settings)
+    index = worker_index(worker_id) or 0
+    if gpus is not None:
+        return f"cuda:{gpus[index % len(gpus)]}"
+    if settings.device == "cuda" and settings.workers > 1 and len(visible_gpus()) > 1:
+        return f"cuda:{index % len(visible_gpus())}"
+    return settings.device
 
 
 def worker_labels(settings: Settings, worker_id: str) -> tuple[str, ...]:
@@ -19,7 +70,7 @@ def worker_labels(settings: Settings, worker_id: str) -> tuple[str, ...]:
 
 def configured_labels(settings: Settings) -> set[str]:
     """Every label a local worker of this server carries."""
-    return {label for i in range(settings.workers) for label in worker_labels(settings, f"worker-{i}")}
+    return {label for i in range(worker_count(settings)) for label in worker_labels(settings, f"worker-{i}")}
 
 
 def worker_index(worker_id: str) -> int | None:

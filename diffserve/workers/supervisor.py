@@ -14,6 +14,7 @@ from diffserve.queue.local import LocalQueue
 from diffserve.queue.signals import LocalSignals
 from diffserve.store.jobs import JobStore
 from diffserve.store.workers import WorkerStore
+from diffserve.workers.placement import worker_count
 from diffserve.workers.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Supervisor:
 
     def start(self) -> None:
         recover_jobs(self.jobs, self.queue, self.settings.max_attempts)
-        for i in range(self.settings.workers):
+        for i in range(worker_count(self.settings)):
             self._spawn(f"worker-{i}")
         self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
         self._thread.start()

@@ -30,7 +30,7 @@ from diffserve.store.control import ControlLog
 from diffserve.store.db import make_engine
 from diffserve.store.jobs import JobStore
 from diffserve.store.workers import WorkerStore
-from diffserve.workers.labels import worker_labels
+from diffserve.workers.placement import worker_device, worker_labels
 from diffserve.workers.orders import WorkerOrders
 
 if TYPE_CHECKING:  # the model stack is imported by the worker process only (build_worker), never by the API
@@ -58,6 +58,8 @@ class Worker:
     def run(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
         self.workers.register(self.worker_id, os.getpid(), self.labels)
+        self.workers.set_device(self.worker_id, self.engine.device, self.engine.default_dtype(),
+                                self.engine.pipelines.budget_bytes)
         if self.orders:
             self.orders.start()
         beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
@@ -82,14 +84,14 @@ class Worker:
             return
         self.workers.update(self.worker_id, state="busy", current_job=job_id)
         try:
-            keys, nsfw = self._generate(job)
+            keys, nsfw, run = self._generate(job)
         except DiffserveError as e:
             self.jobs.fail(job_id, e.message)
         except Exception as e:  # the client gets a reason, the log gets the traceback
             log.exception("job %s failed", job_id)
             self.jobs.fail(job_id, f"Image generation failed: {type(e).__name__}")
         else:
-            self.jobs.succeed(job_id, keys, nsfw)
+            self.jobs.succeed(job_id, keys, nsfw, run=run)
         finally:
             self.queue.ack(job_id)
             if self.pipes is not None:
@@ -97,7 +99,7 @@ class Worker:
             self.workers.update(self.worker_id, state="idle", current_job=None,
                                 models=self.engine.loaded_models())
 
-    def _generate(self, job: Job) -> tuple[list[str], list[bool]]:
+    def _generate(self, job: Job) -> tuple[list[str], list[bool], dict[str, str]]:
         req = job.request
         result = self.engine.generate(
             req, self._image(req.init_image_key), [self._image(k) for k in req.extra_image_keys],
@@ -105,7 +107,7 @@ class Worker:
         keys = job.output_keys()
         for key, png in zip(keys, result.png_bytes()):
             self.storage.put(key, png)
-        return keys, result.nsfw
+        return keys, result.nsfw, {"device": result.device, "dtype": result.dtype}
 
     def _image(self, key: str) -> Image.Image:
         img = Image.open(io.BytesIO(self.storage.get(key)))
@@ -138,13 +140,13 @@ class Worker:
                     log.warning("heartbeat failed", exc_info=True)
 
 
-def model_cache_budget(settings: Settings) -> int:
+def model_cache_budget(settings: Settings, device: str) -> int:
     """The model cache's budget in bytes: DIFFSERVE_MODEL_CACHE_GB, else a default from the device's memory."""
     from diffserve.engine.models.cache import GIB, default_budget_bytes
 
     if settings.model_cache_gb is not None:
         return int(settings.model_cache_gb * GIB)
-    return default_budget_bytes(settings.device)
+    return default_budget_bytes(device)
 
 
 def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None) -> Worker:
@@ -152,14 +154,19 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
 
     db = make_engine(settings.db_url)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
+    device = worker_device(settings, worker_id)
+    budget = model_cache_budget(settings, device)
+    activations = int(settings.activation_budget_gb * 1024**3) if settings.activation_budget_gb else None
     return Worker(
         worker_id=worker_id,
         jobs=JobStore(db),
         queue=LocalQueue(db, wake=pipes, affinity_wait_s=settings.affinity_wait_s),
         storage=build_storage(settings, db),  # local or S3, following update_s3 without a restart
-        engine=Engine(registry, device=settings.device, safety_checker=settings.safety_checker,
+        engine=Engine(registry, device=device, dtype=settings.dtype, safety_checker=settings.safety_checker,
                       models_dir=settings.models_dir, max_models=settings.max_loaded_models,
-                      cache_budget_bytes=model_cache_budget(settings)),
+                      cache_budget_bytes=budget, activation_budget_bytes=activations,
+                      vae_tiling_pixels=settings.vae_tiling_pixels, compile_backend=settings.compile_backend,
+                      compile_mode=settings.compile_mode),
         workers=WorkerStore(db),
         preload=tuple(settings.preload_models),
         pipes=pipes,

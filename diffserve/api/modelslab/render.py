@@ -79,6 +79,9 @@ def meta(job: Job) -> dict[str, Any]:
     }
     if p.get("model_note"):
         out["model_note"] = p["model_note"]
+    run = p.get("run") or {}
+    if run:  # how the job ran: the worker's torch device and the model's dtype
+        out["device"], out["dtype"] = run.get("device"), run.get("dtype")
     return out
 
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from diffserve.core.errors import InvalidInput, ModelNotFound, NotFound
 from diffserve.core.job import Job, JobStatus
-from diffserve.workers.labels import configured_labels
+from diffserve.workers.placement import configured_labels
 from diffserve.api.auth import authenticate
 from diffserve.api.body import json_body_doc, parse_model, read_json_object
 from diffserve.api.errors import guarded_route

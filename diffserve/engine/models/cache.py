@@ -97,13 +97,13 @@ class PipelineCache(Generic[P]):
         if model_id not in self._pipes:
             return False
         self._drop(model_id)
-        _release_memory()
+        release_memory()
         return True
 
     def clear(self) -> None:
         for model_id in list(self._pipes):
             self._drop(model_id)
-        _release_memory()
+        release_memory()
 
     def _remeasure(self, model_id: str) -> int:
         size = self._measured[model_id] = self._size_of(self._pipes[model_id])
@@ -125,14 +125,15 @@ class PipelineCache(Generic[P]):
             self._drop(victims[0])
             evicted = True
         if evicted:
-            _release_memory()
+            release_memory()
 
     def _drop(self, model_id: str) -> None:
         del self._pipes[model_id]
         self.evictions += 1
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
+    """Collect garbage and give CUDA's cached blocks back to the driver (when CUDA is in use)."""
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
@@ -255,14 +256,15 @@ _SAFETENSORS_FLOATS = {"F64", "F32", "F16", "BF16"}
 
 
 def default_budget_bytes(device: str) -> int:
-    """A budget from the device's memory: 80% of a CUDA device's total memory; 50% of the
-    machine's RAM for the CPU (the rest is for activations, the server and the OS)."""
+    """A budget from the device's memory: 80% of what is free on a CUDA device when the worker starts
+    (other processes on the same GPU keep theirs); 50% of the machine's RAM for the CPU (the rest is for
+    activations, the server and the OS)."""
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index
         if index is None:
             index = torch.cuda.current_device()
-        total = torch.cuda.get_device_properties(index).total_memory
-        return int(total * 0.8)
+        free, _total = torch.cuda.mem_get_info(index)
+        return int(free * 0.8)
     return int(physical_memory_bytes() * 0.5)
 
 

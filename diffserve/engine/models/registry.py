@@ -46,6 +46,7 @@ from diffserve.engine.models.asset_entries import (
     builtin_ip_adapters,
 )
 from diffserve.engine.models.capabilities import FamilyName
+from diffserve.engine.models.precision import DtypeSetting
 from diffserve.engine.models.sources import ModelSource
 from diffserve.engine.models.registry_file import (
     ModelsFileError,
@@ -84,6 +85,11 @@ class ModelEntry(BaseModel):
     # flux-depth only: the depth-estimation model that makes the control image (hub id or folder);
     # default: the model folder's depth_estimator/ (see engine/families/flux_control.py)
     depth_model: str | None = None
+    # GPU path (engine/models/precision.py, engine/models/speedups.py): the type this model runs in (None: the
+    # server's DIFFSERVE_DTYPE), torch.compile of its UNet / transformer, channels_last for a UNet
+    dtype: DtypeSetting | None = None
+    compile: bool = False
+    channels_last: bool = False
 
     @field_validator("location")
     @classmethod
