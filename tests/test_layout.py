@@ -39,7 +39,7 @@ ALLOWED: dict[str, set[str]] = {
                    "engine.tiny"},
     "api": {"core", "config", "store", "queue", "storage", "media", "webhooks", "service", "management",
             "engine.models", "workers.placement", "workers.supervisor"},
-    "cli": {"core", "config", "store", "engine.models", "api"},
+    "cli": {"core", "config", "store", "engine.models", "api", "workers.placement"},
 }
 
 
