@@ -55,7 +55,7 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(VENV)/bin/diffserve serve $(ARGS)
 
-test: install-test
+test: install-test system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Re-resolve both locks from pyproject.toml's ranges (and requirements/*.in), newest versions allowed.

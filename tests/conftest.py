@@ -70,3 +70,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def jobs_server(tmp_path_factory, models_root):
+    """A server of its own for the native job API, the CLI client and the playground (they cancel and count)."""
+    srv = DiffserveServer(tmp_path_factory.mktemp("jobs"), models_root).start()
+    yield srv
+    srv.stop()

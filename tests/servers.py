@@ -132,7 +132,7 @@ class DiffserveServer:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
                     return time.monotonic() - t0
             except httpx.HTTPError:
                 pass

@@ -20,6 +20,7 @@ MODEL_STACK = {"torch", "diffusers", "transformers", "peft", "accelerate", "safe
 # always may import itself. The map, with the reason for each line, is docs/layout.md.
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
+    "metrics": set(),
     "config": {"core"},
     "store": {"core", "config"},
     "queue": {"core", "config", "store"},
@@ -34,10 +35,11 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"core", "engine.models", "engine.controls", "engine.families", "engine.identity", "engine.tiny"},
     "service": {"core", "config", "store", "queue", "storage", "media", "webhooks", "engine.models",
                 "engine.identity", "engine"},
-    "workers": {"core", "config", "store", "queue", "storage", "media", "webhooks", "engine", "engine.models"},
+    "workers": {"core", "config", "store", "queue", "storage", "media", "webhooks", "engine", "engine.models",
+                "metrics"},
     "management": {"core", "config", "store", "queue", "storage", "media", "service", "engine.models",
                    "engine.tiny"},
-    "api": {"core", "config", "store", "queue", "storage", "media", "webhooks", "service", "management",
+    "api": {"core", "config", "store", "queue", "storage", "media", "webhooks", "service", "management", "metrics",
             "engine.models", "workers.placement", "workers.supervisor"},
     "cli": {"core", "config", "store", "engine.models", "api", "workers.placement"},
 }

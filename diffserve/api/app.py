@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from contextlib import asynccontextmanager
-from typing import Any
-
 import anyio
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from diffserve.config import Settings
@@ -18,21 +17,30 @@ from diffserve.storage.local import PUBLIC_PREFIX
 from diffserve.api.enterprise_storage import router as storage_router
 from diffserve.api.management.router import router as management_router
 from diffserve.api.modelslab.processing import router as processing_router
+from diffserve.api.native.router import router as native_router
 from diffserve.api.modelslab.router import router as modelslab_router
 from diffserve.api.pony.router import router as pony_router
 from diffserve.api.qolaba.router import router as qolaba_router
 from diffserve.api.realtime.router import router as realtime_router
-from diffserve.api.state import app_state, build_state
+from diffserve.api.observability import install as install_observability
+from diffserve.api.state import build_state
+from diffserve.metrics import Metrics, use_multiprocess_dir
+
+UI_DIR = Path(__file__).with_name("ui")
+METRICS_DIR = "metrics"  # <data_dir>/metrics: every process's Prometheus samples (multiprocess mode)
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
     """`run_workers`: start local worker processes beside the API (the embedded default)."""
+    use_multiprocess_dir(settings.data_dir / METRICS_DIR, wipe=True)  # before any process builds metrics
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = await anyio.to_thread.run_sync(lambda: build_state(settings, run_workers=run_workers))
+        state = await anyio.to_thread.run_sync(lambda: build_state(settings, run_workers=run_workers,
+                                                                   metrics=metrics))
         if state.service.completions:
             state.service.completions.start(asyncio.get_running_loop())
         if state.supervisor:
@@ -51,25 +59,20 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
         description="Self-hosted image-to-image server speaking the ModelsLab and Qolaba img2img APIs.",
         lifespan=lifespan,
     )
+    install_observability(app)
     for router in (modelslab_router, processing_router, realtime_router, pony_router, qolaba_router,
-                   management_router, storage_router):
+                   management_router, storage_router, native_router):
         app.include_router(router)
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")  # the playground: plain static files
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
     (settings.data_dir / PUBLIC_PREFIX).mkdir(parents=True, exist_ok=True)
     app.mount(f"/{PUBLIC_PREFIX}", StaticFiles(directory=settings.data_dir / PUBLIC_PREFIX), name="generations")
     temp_outputs = settings.data_dir / TEMP_PREFIX / PUBLIC_PREFIX  # `temp: yes` outputs (inputs stay unserved)
     temp_outputs.mkdir(parents=True, exist_ok=True)
     app.mount(f"/{TEMP_PREFIX}{PUBLIC_PREFIX}", StaticFiles(directory=temp_outputs), name="temp-generations")
-
-    @app.get("/health", tags=["server"], summary="200 once requests can be served")
-    async def health(request: Request) -> Any:
-        ds = app_state(request)
-        live = await anyio.to_thread.run_sync(ds.workers.live)
-        ready = [w for w in live if w.state in ("idle", "busy")]
-        body = {
-            "status": "ok" if (ready or not ds.supervisor) else "starting",
-            "workers": len(ready),
-            "models_loaded": sorted({m for w in live for m in w.models}),
-        }
-        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     return app

@@ -17,6 +17,7 @@ from diffserve.service.admission import QueueCaps
 from diffserve.config import Settings
 from diffserve.core.job import Job
 from diffserve.media.fetch import UrlPolicy
+from diffserve.metrics import Metrics
 from diffserve.storage.cleanup import TempCleaner
 from diffserve.storage.configured import ConfiguredStorage
 from diffserve.store.deliveries import DeliveryStore
@@ -56,7 +57,7 @@ class DeliveryServices:
 
 
 def build_delivery(settings: Settings, db: Engine, jobs: JobStore, storage: ConfiguredStorage,
-                   renderers: PayloadRenderers | None = None) -> DeliveryServices:
+                   renderers: PayloadRenderers | None = None, metrics: Metrics | None = None) -> DeliveryServices:
     renderers = renderers or build_payload_renderers()
     base_url = settings.base_url
 
@@ -65,7 +66,9 @@ def build_delivery(settings: Settings, db: Engine, jobs: JobStore, storage: Conf
 
     deliveries = DeliveryStore(db)
     dispatcher = WebhookDispatcher(settings.webhooks, deliveries, jobs, render,
-                                   UrlPolicy(allow_private=settings.allow_private_urls))
+                                   UrlPolicy(allow_private=settings.allow_private_urls),
+                                   on_outcome=(lambda outcome: metrics.webhooks.labels(outcome).inc()) if metrics
+                                   else None)
     cleaner = TempCleaner(storage, settings.storage.temp_ttl_s, settings.storage.cleanup_interval_s)
     return DeliveryServices(storage, StorageConfigStore(db), QueueCaps(jobs, settings.limits.max_queued_per_key),
                             deliveries, dispatcher, cleaner)

@@ -9,6 +9,7 @@ from fastapi import Request
 
 from diffserve.config import Settings
 from diffserve.engine.models.registry import ModelRegistry
+from diffserve.metrics import Metrics
 from diffserve.queue.local import LocalQueue
 from diffserve.queue.signals import CompletionBroadcaster, LocalSignals
 from diffserve.service.submit import GenerationService
@@ -17,6 +18,7 @@ from diffserve.store.control import ControlLog
 from diffserve.store.db import create_schema, make_engine
 from diffserve.store.jobs import JobStore
 from diffserve.store.keys import KeyStore
+from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
 from diffserve.workers.supervisor import Supervisor
 from diffserve.api.background import DeliveryServices, build_delivery
@@ -33,6 +35,8 @@ class AppState:
     supervisor: Supervisor | None = None
     delivery: DeliveryServices | None = None  # webhooks, temp cleanup, storage settings, per-key caps
     control: ControlLog | None = None  # orders to every worker (clear_cache, restart...): api/management
+    metrics: Metrics | None = None  # this process's Prometheus samples (diffserve/metrics.py)
+    queue: LocalQueue | None = None  # read for the queue-depth gauges
 
     def base_url(self, request: Request) -> str:
         """This server as the client reached it, unless the operator fixed a public URL."""
@@ -48,7 +52,7 @@ class AppState:
         self.http.close()
 
 
-def build_state(settings: Settings, *, run_workers: bool) -> AppState:
+def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | None = None) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.db_url)
     create_schema(db)
@@ -59,11 +63,13 @@ def build_state(settings: Settings, *, run_workers: bool) -> AppState:
     http = httpx.Client(timeout=settings.images.fetch_timeout_s, follow_redirects=False)
     completions = CompletionBroadcaster(signals) if signals else None
     storage = build_storage(settings, db)
-    delivery = build_delivery(settings, db, jobs, storage)
-    service = GenerationService(settings, jobs, queue, storage, registry, http, completions, caps=delivery.caps)
+    delivery = build_delivery(settings, db, jobs, storage, metrics=metrics)
+    progress = ProgressStore(db)
+    service = GenerationService(settings, jobs, queue, storage, registry, http, completions, caps=delivery.caps,
+                                progress=progress)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
     return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor, delivery=delivery,
-                    control=ControlLog(db))
+                    control=ControlLog(db), metrics=metrics, queue=queue)
 
 
 def app_state(request: Request) -> AppState:

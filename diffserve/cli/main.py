@@ -1,4 +1,5 @@
-"""`diffserve` command line: serve, keys, models. Settings come from the environment, then flags."""
+"""`diffserve` command line: serve, keys, models (this machine), generate and jobs (a running server, cli/client.py).
+Settings come from the environment, then flags."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from diffserve.config import Settings
+from diffserve.cli.client import add_client_commands
 from diffserve.cli.models import add_models_commands
 
 
@@ -126,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="the model registry: models, LoRAs, embeddings, VAEs, IP-Adapters")
     add_models_commands(models.add_subparsers(dest="models_command"), common, _settings)
+    add_client_commands(sub)
     return p
 
 

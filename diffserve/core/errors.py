@@ -72,3 +72,7 @@ class Unavailable(DiffserveError):
 
 class GenerationFailed(DiffserveError):
     """The engine could not produce images for a job (recorded on the job, not raised at the edge)."""
+
+
+class Cancelled(DiffserveError):
+    """A client cancelled the job: raised between denoising steps, the job ends `cancelled`."""

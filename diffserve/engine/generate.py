@@ -26,6 +26,7 @@ from diffserve.engine.models.cache import (PipelineCache, modules_bytes, reachab
                                            weights_bytes)
 from diffserve.engine.models.precision import itemsize, resolve_dtype, torch_dtype
 from diffserve.engine.models.speedups import apply_speedups
+from diffserve.engine.progress import Report, step_kwargs
 from diffserve.engine.controls.base import ControlContext
 from diffserve.engine.controls.chain import CONTROLS, POSTPROCESSORS
 from diffserve.engine.families import family
@@ -87,7 +88,7 @@ class Engine:
                  max_models: int = 2, safety_checker: str = "auto", models_dir: Path | None = None,
                  cache_budget_bytes: int | None = None, activation_budget_bytes: int | None = None,
                  vae_tiling_pixels: int = 2048 * 2048, compile_backend: str = "inductor",
-                 compile_mode: str | None = None) -> None:
+                 compile_mode: str | None = None, cache_observer: Any = None) -> None:
         """max_models / cache_budget_bytes: the pipeline cache's bounds (engine/models/cache.py); a budget of
         None bounds the count only. dtype: auto | fp32 | fp16 | bf16 (engine/models/precision.py), a model's
         own `dtype` wins. activation_budget_bytes: refuse a request whose estimated activations exceed it
@@ -104,7 +105,7 @@ class Engine:
         self.pipelines: PipelineCache[_Loaded] = PipelineCache(
             self._load, max_models=max_models, budget_bytes=cache_budget_bytes,
             size_of=lambda loaded: modules_bytes(reachable_modules(loaded.pipe, loaded.state)),
-            expected_bytes=self._expected_bytes)
+            expected_bytes=self._expected_bytes, observer=cache_observer)
 
     def _expected_bytes(self, model_id: str) -> int | None:
         """A model's size before it is loaded, from its weight files' headers (None: unknown)."""
@@ -157,13 +158,14 @@ class Engine:
 
     def generate(self, req: GenerationRequest, init_image: Image.Image,
                  extra_images: list[Image.Image] | None = None,
-                 ip_adapter_image: Image.Image | None = None) -> GenerationResult:
+                 ip_adapter_image: Image.Image | None = None, progress: Report | None = None) -> GenerationResult:
+        """progress(step, total, latents): called after every denoising step; may raise to stop the call."""
         loaded = self.pipelines.get(req.model_id)
         if init_image.size != (req.width, req.height):
             init_image = init_image.resize((req.width, req.height), Image.Resampling.LANCZOS)
         self._check_activations(req, loaded)
         try:
-            images, nsfw = self._run(req, loaded, init_image, extra_images, ip_adapter_image)
+            images, nsfw = self._run(req, loaded, init_image, extra_images, ip_adapter_image, progress)
         except torch.OutOfMemoryError:
             log.warning("out of memory on %s for %s (%d x %dx%d)", self._device, req.model_id, req.samples,
                         req.width, req.height)
@@ -186,8 +188,8 @@ class Engine:
             raise OutOfDeviceMemory(self._oom_message(req, loaded))
 
     def _run(self, req: GenerationRequest, loaded: _Loaded, init_image: Image.Image,
-             extra_images: list[Image.Image] | None, ip_adapter_image: Image.Image | None
-             ) -> tuple[list[Image.Image], list[bool]]:
+             extra_images: list[Image.Image] | None, ip_adapter_image: Image.Image | None,
+             progress: Report | None = None) -> tuple[list[Image.Image], list[bool]]:
         entry = self._registry.get(req.model_id)
         inputs = RunInputs(
             request=req,
@@ -199,6 +201,8 @@ class Engine:
             negative_prompt=req.negative_prompt,
             ip_adapter_image=ip_adapter_image,
         )
+        if progress is not None:
+            inputs.call_kwargs.update(step_kwargs(progress))
         ctx = ControlContext(req.model_id, entry, self._registry, self._device, loaded.state, self.shared)
         with torch.inference_mode():
             if int(req.steps * req.strength) < 1:

@@ -22,7 +22,7 @@ import time
 from datetime import timedelta
 from typing import Callable, Sequence
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import Engine, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -159,6 +159,14 @@ class LocalQueue:
     def claimed_by_any(self) -> list[int]:
         with Session(self._engine) as s:
             return list(s.scalars(select(QueueRow.job_id).where(QueueRow.claimed_by.is_not(None))))
+
+    def depth(self) -> list[tuple[str | None, str | None, str, int]]:
+        """(model id, label, "waiting" | "running", job count) for every queued group (metrics)."""
+        state = case((QueueRow.claimed_by.is_(None), "waiting"), else_="running")
+        with Session(self._engine) as s:
+            rows = s.execute(select(QueueRow.model_id, QueueRow.label, state, func.count())
+                             .group_by(QueueRow.model_id, QueueRow.label, state)).all()
+        return [(model, label, st, int(n)) for model, label, st, n in rows]
 
     def pending(self) -> list[int]:
         with Session(self._engine) as s:

@@ -19,7 +19,7 @@ from PIL import Image
 from diffserve.service.admission import QueueCaps
 from diffserve.config import Settings
 from diffserve.core.errors import NotFound
-from diffserve.core.job import Job, input_key
+from diffserve.core.job import Job, JobStatus, input_key
 from diffserve.core.request import RequestDraft, check_batch_pixels, output_size
 from diffserve.engine.identity.faces import SubmitFaceCheck
 from diffserve.engine.models.registry import ModelRegistry
@@ -31,11 +31,13 @@ from diffserve.queue.signals import CompletionBroadcaster
 from diffserve.storage.base import Storage
 from diffserve.store.jobs import JobStore, new_output_token
 from diffserve.store.keys import ApiKey
+from diffserve.store.progress import Progress, ProgressStore
 from diffserve.webhooks.dispatcher import check_webhook_url
 
 _WAIT_MIN_S = 0.01
 _WAIT_MAX_S = 0.25
 DEFAULT_ETA_S = 10.0
+CANCEL_REASON = "Cancelled by the client"  # the worker says the same (workers/progress.py)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class GenerationService:
     completions: CompletionBroadcaster | None = None  # wakes waiters when a local worker finishes a job
     caps: QueueCaps | None = None  # per-key cap on queued+running jobs (None: no cap)
     faces: SubmitFaceCheck = field(default_factory=SubmitFaceCheck)  # PuLID's face check at submit
+    progress: ProgressStore | None = None  # running jobs' steps, client cancels (store/progress.py)
 
     async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
                      dialect_params: dict[str, Any] | None = None) -> Job:
@@ -123,12 +126,31 @@ class GenerationService:
         return job
 
     async def eta(self, job: Job) -> float:
-        """Seconds until the job should be done: jobs ahead of it times the recent average run time."""
+        """Seconds until the job should be done. Running with progress: its remaining steps times its own
+        measured time per step. Otherwise: jobs ahead of it times the recent median run time."""
+        progress = await self.progress_of(job)
+        if job.status is JobStatus.RUNNING and progress and progress.step_s and progress.total:
+            return round(max(0, progress.total - progress.step) * progress.step_s, 2)
         durations = await anyio.to_thread.run_sync(self.jobs.recent_durations)
         per_job = statistics.median(durations) if durations else DEFAULT_ETA_S
         ahead = await anyio.to_thread.run_sync(self.jobs.position, job.id)
         workers = max(1, self.settings.workers)
         return round(per_job * (1 + ahead / workers), 2)
+
+    async def progress_of(self, job: Job) -> Progress | None:
+        if self.progress is None:
+            return None
+        return await anyio.to_thread.run_sync(self.progress.get, job.id)
+
+    async def cancel(self, job: Job, reason: str = CANCEL_REASON) -> Job:
+        """A queued job is dropped at once; a running one is asked to stop (its worker sees it between two
+        steps and ends it `cancelled`). The job as it is now."""
+        if not job.status.is_terminal():
+            dropped = await anyio.to_thread.run_sync(self.queue.cancel, job.id)  # only if no worker took it
+            if not (dropped and await anyio.to_thread.run_sync(self.jobs.cancel, job.id, reason)):
+                if self.progress is not None:
+                    await anyio.to_thread.run_sync(self.progress.request_cancel, job.id)
+        return await anyio.to_thread.run_sync(self.jobs.get, job.id)
 
     async def _store_image(self, key: str, img: Image.Image, size: tuple[int, int] | None = None) -> None:
         png = await anyio.to_thread.run_sync(_fit_png, img, *(size or img.size))

@@ -7,9 +7,12 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Engine,
+    Float,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
@@ -131,6 +134,22 @@ class WorkerRow(Base):
     labels: Mapped[list] = mapped_column(JSON, default=list)  # e.g. ["a100"]: the GPU class it runs on
     started_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class ProgressRow(Base):
+    """A running job's denoising progress (written by its worker, throttled), its latest step preview, and
+    whether a client asked to cancel it (read by the worker between steps). A table of its own: older data
+    dirs gain it without a migration."""
+
+    __tablename__ = "job_progress"
+
+    job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    step_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # measured seconds per step
+    preview: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # small JPEG of the latents
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 
 class WorkerDeviceRow(Base):

@@ -74,8 +74,18 @@ class JobStore:
     def fail(self, job_id: int, error: str) -> None:
         self._finish(job_id, JobStatus.FAILED, error=error)
 
-    def cancel(self, job_id: int, reason: str) -> bool:
-        return self._finish(job_id, JobStatus.CANCELLED, error=reason, only_if=(JobStatus.QUEUED.value,))
+    def cancel(self, job_id: int, reason: str, *, running: bool = False) -> bool:
+        """queued -> cancelled (running=True: also a running job, which its worker stopped)."""
+        only_if = _UNFINISHED if running else (JobStatus.QUEUED.value,)
+        return self._finish(job_id, JobStatus.CANCELLED, error=reason, only_if=only_if)
+
+    def list_for_key(self, key_id: str, *, limit: int = 20, before: int | None = None) -> list[Job]:
+        """A key's jobs, newest first; `before`: only ids below it (the next page)."""
+        q = select(JobRow).where(JobRow.key_id == key_id)
+        if before is not None:
+            q = q.where(JobRow.id < before)
+        with Session(self._engine) as s:
+            return [_to_job(row) for row in s.scalars(q.order_by(JobRow.id.desc()).limit(limit))]
 
     def requeue(self, job_id: int, max_attempts: int, reason: str) -> bool:
         """A running job whose worker died: queue it again, or fail it once it used its attempts.

@@ -106,12 +106,15 @@ class WebhookDispatcher:
         jobs: JobStore,
         render: Callable[[Job], dict[str, Any]],
         policy: UrlPolicy,
+        on_outcome: Callable[[str], None] | None = None,
     ) -> None:
+        """on_outcome("delivered" | "retry" | "failed"): told of every attempt's result (metrics)."""
         self.settings = settings
         self.deliveries = deliveries
         self.jobs = jobs
         self.render = render
         self.policy = policy
+        self._on_outcome = on_outcome or (lambda _outcome: None)
         self._secret = settings.signing_secret.get_secret_value() if settings.signing_secret else None
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
@@ -199,12 +202,15 @@ class WebhookDispatcher:
         if outcome.ok:
             log.info("webhook for job %s delivered (attempt %s)", delivery.job_id, delivery.attempts)
             self.deliveries.delivered(delivery)
+            self._on_outcome("delivered")
             return
         error = outcome.error or "failed"
         if outcome.permanent or delivery.attempts >= self.settings.max_attempts:
             log.warning("webhook for job %s failed after %s attempts: %s", delivery.job_id, delivery.attempts, error)
             self.deliveries.failed(delivery, error)
+            self._on_outcome("failed")
             return
+        self._on_outcome("retry")
         wait = backoff_s(self.settings, delivery.attempts)
         log.info("webhook for job %s: attempt %s failed (%s); next in %.1fs", delivery.job_id,
                  delivery.attempts, error, wait)

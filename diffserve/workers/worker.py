@@ -12,14 +12,15 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from diffserve.config import Settings
-from diffserve.core.errors import DiffserveError
-from diffserve.core.job import Job
+from diffserve.core.errors import Cancelled, DiffserveError
+from diffserve.core.job import Job, JobStatus
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.queue.base import JobQueue
 from diffserve.queue.local import LocalQueue
@@ -29,12 +30,15 @@ from diffserve.storage.configured import build_storage
 from diffserve.store.control import ControlLog
 from diffserve.store.db import make_engine
 from diffserve.store.jobs import JobStore
+from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
 from diffserve.workers.placement import worker_device, worker_labels
 from diffserve.workers.orders import WorkerOrders
+from diffserve.workers.progress import ProgressReporter
 
 if TYPE_CHECKING:  # the model stack is imported by the worker process only (build_worker), never by the API
     from diffserve.engine.generate import Engine
+    from diffserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,8 @@ class Worker:
     pipes: WorkerPipes | None = None  # wake-ups from/to the API process (queue/signals.py)
     labels: tuple[str, ...] = ()  # e.g. ("a100",): jobs that asked for that GPU class may run here
     orders: WorkerOrders | None = None  # the API's control events (clear_cache, restart...)
+    progress: ProgressStore | None = None  # step progress out, client cancels in (store/progress.py)
+    metrics: Metrics | None = None  # Prometheus samples of this process (diffserve/metrics.py)
 
     def run(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
@@ -83,8 +89,13 @@ class Worker:
             self.queue.ack(job_id)
             return
         self.workers.update(self.worker_id, state="busy", current_job=job_id)
+        started, status = time.monotonic(), JobStatus.FAILED
+        reporter = ProgressReporter(job.id, self.progress) if self.progress else None
         try:
-            keys, nsfw, run = self._generate(job)
+            keys, nsfw, run = self._generate(job, reporter)
+        except Cancelled as e:  # a client's cancel, seen between two steps (or before the first)
+            if self.jobs.cancel(job_id, e.message, running=True):
+                status = JobStatus.CANCELLED
         except DiffserveError as e:
             self.jobs.fail(job_id, e.message)
         except Exception as e:  # the client gets a reason, the log gets the traceback
@@ -92,18 +103,33 @@ class Worker:
             self.jobs.fail(job_id, f"Image generation failed: {type(e).__name__}")
         else:
             self.jobs.succeed(job_id, keys, nsfw, run=run)
+            status = JobStatus.SUCCEEDED
         finally:
+            if self.metrics is not None:
+                self._count(job, status, time.monotonic() - started, reporter.steps if reporter else 0)
             self.queue.ack(job_id)
             if self.pipes is not None:
                 self.pipes.job_done()
             self.workers.update(self.worker_id, state="idle", current_job=None,
                                 models=self.engine.loaded_models())
 
-    def _generate(self, job: Job) -> tuple[list[str], list[bool], dict[str, str]]:
+    def _count(self, job: Job, status: JobStatus, run_s: float, steps: int) -> None:
+        model = job.request.model_id
+        self.metrics.jobs.labels(job.dialect, model, status.value).inc()
+        self.metrics.run_time.labels(model).observe(run_s)
+        if job.started_at and job.created_at:
+            self.metrics.queue_wait.labels(model).observe((job.started_at - job.created_at).total_seconds())
+        self.metrics.batch_rows.labels(model).observe(job.request.samples)
+        if steps:
+            self.metrics.steps.labels(model).inc(steps)
+
+    def _generate(self, job: Job, reporter: ProgressReporter | None) -> tuple[list[str], list[bool], dict[str, str]]:
         req = job.request
+        if reporter:
+            reporter.check_cancelled()
         result = self.engine.generate(
             req, self._image(req.init_image_key), [self._image(k) for k in req.extra_image_keys],
-            self._image(req.ip_adapter_image_key) if req.ip_adapter_image_key else None)
+            self._image(req.ip_adapter_image_key) if req.ip_adapter_image_key else None, progress=reporter)
         keys = job.output_keys()
         for key, png in zip(keys, result.png_bytes()):
             self.storage.put(key, png)
@@ -151,6 +177,9 @@ def model_cache_budget(settings: Settings, device: str) -> int:
 
 def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None) -> Worker:
     from diffserve.engine.generate import Engine
+    from diffserve.metrics import Metrics
+
+    metrics = Metrics()  # PROMETHEUS_MULTIPROC_DIR comes from the API process that spawned this one
 
     db = make_engine(settings.db_url)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
@@ -166,12 +195,14 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
                       models_dir=settings.models_dir, max_models=settings.max_loaded_models,
                       cache_budget_bytes=budget, activation_budget_bytes=activations,
                       vae_tiling_pixels=settings.vae_tiling_pixels, compile_backend=settings.compile_backend,
-                      compile_mode=settings.compile_mode),
+                      compile_mode=settings.compile_mode, cache_observer=metrics),
         workers=WorkerStore(db),
         preload=tuple(settings.preload_models),
         pipes=pipes,
         labels=worker_labels(settings, worker_id),
         orders=WorkerOrders(ControlLog(db)),
+        progress=ProgressStore(db),
+        metrics=metrics,
     )
 
 

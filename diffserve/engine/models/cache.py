@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -50,7 +51,9 @@ class PipelineCache(Generic[P]):
         budget_bytes: int | None = None,
         size_of: Callable[[P], int] | None = None,
         expected_bytes: Callable[[str], int | None] | None = None,
+        observer: Any = None,
     ) -> None:
+        """observer: told of each load (`model_loaded(model_id, seconds)`) and eviction (`model_evicted`)."""
         if budget_bytes is not None and budget_bytes <= 0:
             raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
         self._load = load
@@ -60,6 +63,7 @@ class PipelineCache(Generic[P]):
         self._expected_bytes = expected_bytes or (lambda _model_id: None)
         self._pipes: OrderedDict[str, P] = OrderedDict()
         self._measured: dict[str, int] = {}  # last measured size per model id, kept after eviction
+        self._observer = observer
         self.loads = 0  # how many times a model was loaded (a test counts this)
         self.evictions = 0
 
@@ -71,8 +75,11 @@ class PipelineCache(Generic[P]):
         if expected is None:
             expected = self._expected_bytes(model_id) or 0
         self._make_room(expected, count=1, keep=None)
+        started = time.monotonic()
         pipe = self._load(model_id)
         self.loads += 1
+        if self._observer is not None:
+            self._observer.model_loaded(model_id, time.monotonic() - started)
         self._pipes[model_id] = pipe
         size = self._measured[model_id] = self._size_of(pipe)
         if self.budget_bytes is not None and size > self.budget_bytes:
@@ -130,6 +137,8 @@ class PipelineCache(Generic[P]):
     def _drop(self, model_id: str) -> None:
         del self._pipes[model_id]
         self.evictions += 1
+        if self._observer is not None:
+            self._observer.model_evicted(model_id)
 
 
 def release_memory() -> None:

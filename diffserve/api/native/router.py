@@ -1,0 +1,130 @@
+"""/v1/jobs: submit the canonical request, read, list, follow (server-sent events) and cancel jobs.
+
+A Bearer key sees only its own jobs -- of every dialect (ModelsLab, Qolaba... submissions are jobs too).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from diffserve.api.auth import authenticate
+from diffserve.api.body import json_body_doc, parse_model, read_json_object
+from diffserve.api.errors import guarded_route
+from diffserve.api.native.protocol import JobCreate
+from diffserve.api.native.render import error_response, render_job, sse
+from diffserve.api.state import AppState, app_state
+from diffserve.core.errors import NotFound
+from diffserve.core.job import Job
+from diffserve.engine.models.capabilities import SCHEDULERS, family_controls
+from diffserve.store.keys import ApiKey
+
+NativeRoute = guarded_route(error_response, "NativeRoute")
+router = APIRouter(route_class=NativeRoute, tags=["Jobs (native)"])
+
+EVENT_POLL_S = 0.2  # how often an events stream looks at its job
+
+
+async def _key(request: Request) -> tuple[AppState, ApiKey]:
+    ds = app_state(request)
+    auth = request.headers.get("authorization", "")
+    return ds, await authenticate(ds.keys, auth[7:] if auth.lower().startswith("bearer ") else None)
+
+
+async def _job(ds: AppState, key: ApiKey, job_id: str) -> Job:
+    return await ds.service.get_for_key(int(job_id) if job_id.isdigit() else None, key)
+
+
+async def _render(ds: AppState, request: Request, job: Job) -> dict[str, Any]:
+    progress = await ds.service.progress_of(job)
+    eta = None if job.status.is_terminal() else await ds.service.eta(job)
+    return render_job(job, ds.service.storage, ds.base_url(request), progress, eta)
+
+
+@router.post("/v1/jobs", status_code=202, openapi_extra=json_body_doc(JobCreate),
+             summary="Submit a job (the canonical request)")
+async def create_job(request: Request) -> JSONResponse:
+    ds, key = await _key(request)
+    body = parse_model(JobCreate, await read_json_object(request))
+    draft = body.model_copy(update={"model_id": body.model_id or ds.settings.default_model})
+    job = await ds.service.submit(key, "native", draft, {})
+    return JSONResponse(await _render(ds, request, job), status_code=202)
+
+
+@router.get("/v1/jobs", summary="This key's jobs, newest first (paged with `before`)")
+async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=100),
+                    before: int | None = Query(None, ge=1)) -> dict[str, Any]:
+    ds, key = await _key(request)
+    jobs = await anyio.to_thread.run_sync(lambda: ds.service.jobs.list_for_key(key.key_id, limit=limit,
+                                                                               before=before))
+    data = [await _render(ds, request, job) for job in jobs]
+    return {"data": data, "next_before": jobs[-1].id if len(jobs) == limit else None}
+
+
+@router.get("/v1/jobs/{job_id}", summary="A job: status, progress, eta, outputs, meta, error")
+async def get_job(request: Request, job_id: str) -> dict[str, Any]:
+    ds, key = await _key(request)
+    return await _render(ds, request, await _job(ds, key, job_id))
+
+
+@router.post("/v1/jobs/{job_id}/cancel", summary="Cancel a job (queued: dropped; running: stops at its next step)")
+async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+    ds, key = await _key(request)
+    job = await ds.service.cancel(await _job(ds, key, job_id))
+    return await _render(ds, request, job)
+
+
+@router.get("/v1/jobs/{job_id}/preview", summary="The latest step preview of a running job (JPEG)")
+async def job_preview(request: Request, job_id: str) -> Response:
+    ds, key = await _key(request)
+    job = await _job(ds, key, job_id)
+    data = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id) if ds.service.progress else None
+    if not data:
+        raise NotFound(f"No preview for job {job.id}")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/v1/jobs/{job_id}/events", summary="Server-sent events: queued, running (step progress), "
+            "preview (with previews=true), then succeeded / failed / cancelled")
+async def job_events(request: Request, job_id: str, previews: bool = False) -> StreamingResponse:
+    ds, key = await _key(request)
+    job = await _job(ds, key, job_id)  # errors before the stream starts keep their status code
+
+    async def stream():
+        last: tuple | None = None
+        last_preview = None
+        while True:
+            current = await anyio.to_thread.run_sync(ds.service.jobs.get, job.id)
+            body = await _render(ds, request, current)
+            state = (body["status"], body["progress"]["step"])
+            if state != last:
+                last = state
+                yield sse(body["status"], body)
+            if previews and body["status"] == "running" and ds.service.progress is not None:
+                data = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id)
+                if data and data != last_preview:
+                    last_preview = data
+                    yield sse("preview", {"id": job.id, "step": body["progress"]["step"],
+                                          "image": "data:image/jpeg;base64," + base64.b64encode(data).decode()})
+            if current.status.is_terminal():
+                return
+            await anyio.sleep(EVENT_POLL_S)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@router.get("/v1/models", summary="The model registry (OpenAI's list shape, plus family and limits)")
+async def list_models(request: Request) -> dict[str, Any]:
+    ds, _key_ = await _key(request)
+    models = await anyio.to_thread.run_sync(ds.registry.items)
+    return {"object": "list", "data": [
+        {"id": model_id, "object": "model", "created": 0, "owned_by": "diffserve", "family": entry.family,
+         "description": entry.description, "builtin": bool(entry.builtin), "limits": entry.limits.model_dump(),
+         "default": model_id == ds.settings.default_model,
+         "schedulers": sorted(SCHEDULERS) if family_controls(entry.family).schedulers else []}
+        for model_id, entry in models]}

@@ -1,0 +1,72 @@
+"""What an operator watches: /health (alive), /ready (can serve), /metrics (Prometheus), and the HTTP
+metrics middleware. The metric definitions are in diffserve/metrics.py."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from diffserve.api.state import app_state
+
+log = logging.getLogger(__name__)
+
+
+def install(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        ds = getattr(request.app.state, "ds", None)
+        if ds is not None and ds.metrics is not None:
+            route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+            ds.metrics.http.labels(route, request.method, str(response.status_code)).inc()
+            ds.metrics.http_time.labels(route, request.method).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/health", tags=["server"], summary="Alive: 200 as soon as the API answers (see /ready)")
+    async def health(request: Request) -> Any:
+        ds = app_state(request)
+        live = await anyio.to_thread.run_sync(ds.workers.live)
+        ready = [w for w in live if w.state in ("idle", "busy")]
+        return {
+            "status": "ok" if (ready or not ds.supervisor) else "starting",
+            "workers": len(ready),
+            "models_loaded": sorted({m for w in live for m in w.models}),
+        }
+
+    @app.get("/ready", tags=["server"], summary="200 once requests can be served: store reachable, a worker up")
+    async def ready(request: Request) -> Any:
+        ds = app_state(request)
+        try:
+            live = await anyio.to_thread.run_sync(ds.workers.live)
+        except Exception:  # noqa: BLE001 - the store is down: not ready, and say so
+            log.warning("readiness: the job store is unreachable", exc_info=True)
+            return JSONResponse({"status": "unavailable", "store": "unreachable", "workers": 0}, status_code=503)
+        up = [w for w in live if w.state in ("idle", "busy")]
+        body = {"status": "ready" if up else "starting", "store": "ok", "workers": len(up),
+                "models_loaded": sorted({m for w in live for m in w.models})}
+        return JSONResponse(body, status_code=200 if up else 503)
+
+    @app.get("/metrics", tags=["server"], summary="Prometheus metrics of the API and every worker process")
+    async def metrics(request: Request) -> Response:
+        from diffserve.metrics import exposition
+
+        ds = app_state(request)
+
+        def gauges() -> Iterable[tuple[str, str, dict[str, str], float]]:
+            for model, label, state, count in (ds.queue.depth() if ds.queue else []):
+                yield ("diffserve_queue_depth", "Jobs in the queue", {"model": model or "", "label": label or "",
+                                                                      "state": state}, count)
+            states: dict[str, int] = {}
+            for worker in ds.workers.live():
+                states[worker.state] = states.get(worker.state, 0) + 1
+            for state in ("starting", "idle", "busy"):
+                yield "diffserve_workers", "Live workers by state", {"state": state}, states.get(state, 0)
+
+        body, content_type = await anyio.to_thread.run_sync(exposition, gauges)
+        return Response(body, media_type=content_type)

@@ -1,0 +1,68 @@
+"""Live progress of running jobs, and cancel requests, in the shared database (any process reads them).
+
+The worker writes a job's step (throttled: engine progress reports come every step, the row every
+`interval`), the measured time per step and the latest preview; the API reads them for status, ETA and
+the events stream. A client's cancel of a running job sets `cancel_requested`; the worker reads it
+at its next write and stops the job between two steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.orm import Session
+
+from diffserve.store.db import ProgressRow, utcnow
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    step_s: float | None
+    has_preview: bool
+
+
+class ProgressStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def report(self, job_id: int, step: int, total: int, step_s: float | None,
+               preview: bytes | None = None) -> bool:
+        """Record progress; True when a client asked to cancel the job."""
+        with Session(self._engine) as s, s.begin():
+            row = s.get(ProgressRow, job_id)
+            if row is None:
+                row = ProgressRow(job_id=job_id, cancel_requested=False)
+                s.add(row)
+            row.step, row.total, row.step_s, row.updated_at = step, total, step_s, utcnow()
+            if preview is not None:
+                row.preview = preview
+            return bool(row.cancel_requested)
+
+    def get(self, job_id: int) -> Progress | None:
+        with Session(self._engine) as s:
+            row = s.execute(select(ProgressRow.step, ProgressRow.total, ProgressRow.step_s,
+                                   ProgressRow.preview.is_not(None)).where(ProgressRow.job_id == job_id)).first()
+            return Progress(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def preview(self, job_id: int) -> bytes | None:
+        with Session(self._engine) as s:
+            return s.scalar(select(ProgressRow.preview).where(ProgressRow.job_id == job_id))
+
+    def request_cancel(self, job_id: int) -> None:
+        with Session(self._engine) as s, s.begin():
+            updated = s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id)
+                                .values(cancel_requested=True)).rowcount
+            if not updated:
+                s.add(ProgressRow(job_id=job_id, step=0, total=0, cancel_requested=True, updated_at=utcnow()))
+
+    def cancel_requested(self, job_id: int) -> bool:
+        with Session(self._engine) as s:
+            return bool(s.scalar(select(ProgressRow.cancel_requested).where(ProgressRow.job_id == job_id)))
+
+    def clear(self, job_id: int) -> None:
+        """Drop a finished job's row (its preview is no use once the images exist)."""
+        with Session(self._engine) as s, s.begin():
+            s.execute(delete(ProgressRow).where(ProgressRow.job_id == job_id))

@@ -1,0 +1,46 @@
+"""A running job's progress, as the worker reports it: throttled writes, previews, and the cancel check.
+
+The engine calls the reporter after every denoising step; it writes to the store at most every
+`interval_s` (and at the last step), with a preview of the latents when it writes, and reads back
+whether a client asked to cancel: then it raises Cancelled and the pipeline call stops between two steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from diffserve.core.errors import Cancelled
+from diffserve.store.progress import ProgressStore
+
+if TYPE_CHECKING:  # imported where it runs: the worker process (the API process never imports torch)
+    import torch
+
+CANCEL_REASON = "Cancelled by the client"
+
+
+@dataclass
+class ProgressReporter:
+    job_id: int
+    store: ProgressStore
+    interval_s: float = 0.25
+    _started: float = field(default_factory=time.monotonic)
+    _last_write: float = 0.0
+    steps: int = 0
+
+    def check_cancelled(self) -> None:
+        if self.store.cancel_requested(self.job_id):
+            raise Cancelled(CANCEL_REASON)
+
+    def __call__(self, step: int, total: int, latents: torch.Tensor | None) -> None:
+        from diffserve.engine.progress import preview_jpeg
+
+        self.steps += 1
+        now = time.monotonic()
+        if now - self._last_write < self.interval_s and step < total:
+            return
+        self._last_write = now
+        step_s = (now - self._started) / step if step else None
+        if self.store.report(self.job_id, step, total, step_s, preview_jpeg(latents)):
+            raise Cancelled(CANCEL_REASON)

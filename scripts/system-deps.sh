@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# System packages the test suite needs, from Debian: Chromium for the playground's browser tests
+# (driven by Playwright with executable_path=/usr/bin/chromium; Playwright never downloads a browser).
+# Idempotent: does nothing when they are present. Needs root (or sudo) the first time.
+set -euo pipefail
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ ${#missing[@]} -eq 0 ] && exit 0
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then as_root=(sudo); else
+    echo "system-deps: need root to install: ${missing[*]} (apt-get install ${missing[*]})" >&2; exit 1
+  fi
+fi
+echo "system-deps: installing ${missing[*]}"
+"${as_root[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
