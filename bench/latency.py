@@ -1,4 +1,5 @@
-"""Serving-layer cost: one 64x64 v6 request end to end vs. the bare pipeline call, and time to /health.
+"""Serving-layer cost: one 64x64 v6 request end to end vs. the bare pipeline call, time to /health and to
+/ready, and what per-step progress reporting (throttled store writes, previews, the cancel check) adds to a job.
 
 Prints figures; asserts nothing. Run: `make bench` (or .venv/bin/python bench/latency.py).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline  # noqa: E402
 from diffserve.engine.tiny.sd import build_tiny_sd  # noqa: E402
-from tests.servers import DiffserveServer  # noqa: E402
+from tests.servers import DiffserveServer, free_port  # noqa: E402
 
 RUNS = 15
 STEPS = 31
@@ -46,12 +48,57 @@ def bare(models_root: Path) -> list[float]:
     return times[1:]
 
 
-def served(models_root: Path, data_dir: Path) -> tuple[float, list[float], list[float]]:
-    srv = DiffserveServer(data_dir, models_root)
-    srv.port = 0
+def start_timed(srv: DiffserveServer) -> tuple[float, float]:
+    """Start the server; seconds until /health answers 200 and until /ready does."""
+    srv.port = free_port()
+    srv.data_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    srv.start()
-    to_health = time.monotonic() - t0
+    srv.proc = subprocess.Popen([sys.executable, "-m", "diffserve.cli.main", "serve", "--port", str(srv.port)],
+                                env=srv.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    to_health = None
+    while True:
+        try:
+            if to_health is None and httpx.get(f"{srv.url}/health", timeout=1).status_code == 200:
+                to_health = time.monotonic() - t0
+            if to_health is not None and httpx.get(f"{srv.url}/ready", timeout=1).status_code == 200:
+                return to_health, time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+
+
+def progress_cost(models_root: Path, data_dir: Path) -> tuple[list[float], list[float]]:
+    """The same tiny-sd job through the engine without and with the worker's progress reporter, interleaved."""
+    from diffserve.core.request import GenerationRequest
+    from diffserve.engine.generate import Engine
+    from diffserve.engine.models.registry import ModelRegistry
+    from diffserve.store.db import create_schema, make_engine
+    from diffserve.store.progress import ProgressStore
+    from diffserve.workers.progress import ProgressReporter
+
+    torch.set_num_threads(1)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = make_engine(f"sqlite:///{data_dir / 'progress.db'}")
+    create_schema(db)
+    store = ProgressStore(db)
+    engine = Engine(ModelRegistry.load(data_dir / "none.json", models_root), safety_checker="tiny",
+                    models_dir=models_root)
+    img = Image.open(io.BytesIO(init_png())).convert("RGB")
+    plain, reported = [], []
+    for i in range(2 * RUNS + 2):
+        req = GenerationRequest(model_id="tiny-sd", prompt="women playing tennis", init_image_key="", width=64,
+                                height=64, steps=STEPS, guidance_scale=7.5, strength=0.7, seed=i)
+        reporter = ProgressReporter(i + 1, store) if i % 2 else None
+        t = time.perf_counter()
+        engine.generate(req, img, progress=reporter)
+        (reported if reporter else plain).append(time.perf_counter() - t)
+    return plain[1:], reported[1:]
+
+
+def served(models_root: Path, data_dir: Path) -> tuple[float, float, list[float], list[float]]:
+    srv = DiffserveServer(data_dir, models_root)
+    to_health, to_ready = start_timed(srv)
     key = srv.create_key()
     body = {"key": key, "model_id": "tiny-sd", "prompt": "women playing tennis",
             "init_image": base64.b64encode(init_png()).decode(), "num_inference_steps": STEPS, "seed": None}
@@ -65,22 +112,28 @@ def served(models_root: Path, data_dir: Path) -> tuple[float, list[float], list[
                 gen.append(out["generationTime"])
     finally:
         srv.stop()
-    return to_health, wall[1:], gen[1:]
+    return to_health, to_ready, wall[1:], gen[1:]
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_tiny_sd(root / "models" / "tiny-sd")  # built once, outside every timing
-        to_health, wall, gen = served(root / "models", root / "data")
+        to_health, to_ready, wall, gen = served(root / "models", root / "data")
         pipe = bare(root / "models")
+        plain, reported = progress_cost(root / "models", root / "progress")
     med = statistics.median
-    print(f"time to /health 200 (server start, worker start, model preload): {to_health:.2f} s")
+    print(f"time to /health 200 (the API answers): {to_health:.2f} s")
+    print(f"time to /ready 200 (worker started, torch imported, tiny-sd loaded): {to_ready:.2f} s")
     print(f"64x64, {STEPS} steps x strength 0.7, 1 torch thread, median of {RUNS}:")
     print(f"  bare pipeline call          {med(pipe) * 1000:8.1f} ms")
     print(f"  job run time in the worker  {med(gen) * 1000:8.1f} ms   (generationTime: load init, generate, PNG, store)")
     print(f"  end to end over HTTP        {med(wall) * 1000:8.1f} ms")
     print(f"  serving overhead            {(med(wall) - med(pipe)) * 1000:8.1f} ms   (end to end - bare)")
+    extra = med(reported) - med(plain)
+    print(f"progress reporting, same job through the engine, median of {RUNS} each (interleaved):")
+    print(f"  without {med(plain) * 1000:8.1f} ms   with {med(reported) * 1000:8.1f} ms   "
+          f"extra {extra * 1000:+.1f} ms ({100 * extra / med(plain):+.2f}% of the job)")
 
 
 if __name__ == "__main__":

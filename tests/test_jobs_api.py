@@ -66,6 +66,11 @@ def test_errors_are_in_the_native_shape(jobs, jobs_server, key):
     assert r.status_code == 400 and r.json()["error"]["message"] == "Model not found: nope"
     assert jobs.http.get("/v1/jobs/999999").json()["error"]["code"] == "not_found"
     assert jobs.http.get("/v1/jobs/abc").status_code == 404
+    assert jobs.http.get("/v1/jobs/\u00b2").status_code == 404  # a unicode digit is not an id
+    r = jobs.http.get("/v1/jobs", params={"limit": 0})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "limit"
+    r = jobs.http.get("/v1/jobs/1/events", params={"previews": "maybe"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "previews"
 
 
 def test_a_key_sees_only_its_own_jobs(jobs, jobs_server):
@@ -222,3 +227,23 @@ def test_health_answers_before_the_worker_is_ready(tmp_path, models_root):
         assert seen_ready_503  # /health was up while the worker was still loading
     finally:
         srv.stop()
+
+
+def test_qolaba_status_shows_progress_and_a_cancel(jobs, jobs_server, key):
+    first = jobs.submit(**LONG)
+    jobs.wait(first["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 1)
+    auth = {"Authorization": f"Bearer {key}"}
+    pending = httpx.post(f"{jobs_server.url}/getImagetoImage", headers=auth, timeout=60, json={
+        "app_id": "ap-fGhKl3mfkdlpqrshuwwabc", "image": data_uri(), "prompt": "watercolor", "batch": 1,
+        "strength": 0.6, "celery": True}).json()
+    assert pending["status"] == "PENDING"
+    task = pending["task_id"]
+    status = httpx.post(f"{jobs_server.url}/getImage", headers=auth, json={"id": task}).json()
+    assert status["status"] == "PENDING" and status["progress"]["step"] == 0 and status["eta"] > 0
+    running = httpx.post(f"{jobs_server.url}/getImage", headers=auth, json={"id": str(first["id"])}).json()
+    assert running["progress"]["step"] >= 1 and running["progress"]["total"] == 50
+    jobs.http.post(f"/v1/jobs/{task}/cancel")
+    jobs.http.post(f"/v1/jobs/{first['id']}/cancel")
+    done = httpx.post(f"{jobs_server.url}/getImage", headers=auth, json={"id": task}).json()
+    assert done["status"] == "FAILED" and done["error_data"] == "Cancelled by the client"
+    jobs.done(first["id"], timeout=30)

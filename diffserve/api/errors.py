@@ -11,9 +11,10 @@ import logging
 from typing import Callable
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from diffserve.core.errors import DiffserveError
+from diffserve.core.errors import DiffserveError, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ def guarded_route(render_error: ErrorRenderer, name: str) -> type[APIRoute]:
                     return await handler(request)
                 except DiffserveError as e:
                     return render_error(request, e)
+                except RequestValidationError as e:  # a typed path/query parameter: a 400 naming it
+                    return render_error(request, _invalid(e))
                 except Exception:
                     log.exception("unhandled error on %s", request.url.path)
                     return render_error(request, None)
@@ -39,3 +42,10 @@ def guarded_route(render_error: ErrorRenderer, name: str) -> type[APIRoute]:
 
     GuardedRoute.__name__ = GuardedRoute.__qualname__ = name
     return GuardedRoute
+
+
+def _invalid(exc: RequestValidationError) -> InvalidInput:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("query", "path", "body")]
+    field = ".".join(loc) or "request"
+    return InvalidInput(f"{field}: {first.get('msg', 'invalid value')}", field=field)

@@ -1,8 +1,10 @@
 """A running job's progress, as the worker reports it: throttled writes, previews, and the cancel check.
 
-The engine calls the reporter after every denoising step; it writes to the store at most every
-`interval_s` (and at the last step), with a preview of the latents when it writes, and reads back
-whether a client asked to cancel: then it raises Cancelled and the pipeline call stops between two steps.
+The engine calls the reporter after every denoising step; it writes to the store once every
+`interval_s` (the first write after `interval_s`: a job shorter than that costs one read, the cancel check
+before it starts), with a preview of the latents, and reads back whether a client asked to cancel: then
+it raises Cancelled and the pipeline call stops between two steps. A finished job needs no last write:
+its status says all steps ran.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class ProgressReporter:
     store: ProgressStore
     interval_s: float = 0.25
     _started: float = field(default_factory=time.monotonic)
-    _last_write: float = 0.0
+    _last_write: float | None = None
     steps: int = 0
 
     def check_cancelled(self) -> None:
@@ -38,7 +40,7 @@ class ProgressReporter:
 
         self.steps += 1
         now = time.monotonic()
-        if now - self._last_write < self.interval_s and step < total:
+        if now - (self._last_write or self._started) < self.interval_s:
             return
         self._last_write = now
         step_s = (now - self._started) / step if step else None

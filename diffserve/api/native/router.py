@@ -36,7 +36,8 @@ async def _key(request: Request) -> tuple[AppState, ApiKey]:
 
 
 async def _job(ds: AppState, key: ApiKey, job_id: str) -> Job:
-    return await ds.service.get_for_key(int(job_id) if job_id.isdigit() else None, key)
+    valid = job_id.isascii() and job_id.isdigit() and len(job_id) < 20
+    return await ds.service.get_for_key(int(job_id) if valid else None, key)
 
 
 async def _render(ds: AppState, request: Request, job: Job) -> dict[str, Any]:
