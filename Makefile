@@ -19,7 +19,7 @@ OPEN_CLIP        := open_clip_torch==3.3.0
 OPEN_CLIP_SHA256 := $(shell cat requirements/open-clip-wheel.sha256)
 CLIP_VOCAB       := $(VENV)/share/diffserve/bpe_simple_vocab_16e6.txt.gz
 
-.PHONY: serve test install install-test lock bench clean
+.PHONY: serve test install install-test system-deps lock bench clean
 
 # --no-deps: the lock is the whole set (pip check runs after, and tests/test_install.py checks the venv
 # against the lock); --require-hashes: every file is the one the lock names.
@@ -54,6 +54,10 @@ install-test: $(VENV)/.installed-test
 
 serve: install
 	$(VENV)/bin/diffserve serve $(ARGS)
+
+# Debian packages the tests need (Chromium for the playground's browser tests); idempotent, root the first time
+system-deps:
+	bash scripts/system-deps.sh
 
 test: install-test system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)

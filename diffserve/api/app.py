@@ -18,11 +18,13 @@ from diffserve.api.enterprise_storage import router as storage_router
 from diffserve.api.management.router import router as management_router
 from diffserve.api.modelslab.processing import router as processing_router
 from diffserve.api.native.router import router as native_router
+from diffserve.api.modelslab.v7 import router as modelslab_v7_router
 from diffserve.api.modelslab.router import router as modelslab_router
 from diffserve.api.pony.router import router as pony_router
 from diffserve.api.qolaba.router import router as qolaba_router
 from diffserve.api.realtime.router import router as realtime_router
 from diffserve.api.observability import install as install_observability
+from diffserve.api.unknown_paths import install as install_unknown_paths
 from diffserve.api.state import build_state
 from diffserve.metrics import Metrics, use_multiprocess_dir
 
@@ -60,8 +62,9 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     install_observability(app)
+    install_unknown_paths(app)
     for router in (modelslab_router, processing_router, realtime_router, pony_router, qolaba_router,
-                   management_router, storage_router, native_router):
+                   management_router, storage_router, native_router, modelslab_v7_router):
         app.include_router(router)
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")  # the playground: plain static files
 

@@ -135,6 +135,7 @@ class RequestDraft(RequestOptions):
 
     init_image: str = Field(description="what the client sent: URL, base64 or data URI")
     extra_images: list[str] = Field(default_factory=list, description="reference images: URL/base64 each")
+    extra_images_field: str = Field("file_urls", description="the dialect's name for extra_images, in errors")
     width: int | None = None
     height: int | None = None
     samples: int | None = None

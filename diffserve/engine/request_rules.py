@@ -50,8 +50,8 @@ def resolve_controls(draft: RequestDraft, entry: ModelEntry) -> RequestDraft:
             f"(the scheduler is {scheduler or 'the model default'})", field="algorithm_type")
     if draft.extra_images and not controls.reference_images:
         raise InvalidInput(
-            f"file_urls: model {draft.model_id} ({entry.family} models) takes no reference images besides "
-            f"the init image", field="file_urls")
+            f"{draft.extra_images_field}: model {draft.model_id} ({entry.family} models) takes no reference "
+            f"images besides the init image", field=draft.extra_images_field)
     if draft.clip_skip is not None and draft.clip_skip > 1:
         _check_clip_skip(draft.clip_skip, draft.model_id, entry, controls.clip_skip_offset)
     style = style_name(draft.enhance_style)

@@ -41,7 +41,9 @@ from diffserve.api.management.protocol import (
 
 router = APIRouter(route_class=ModelsLabRoute, tags=["ModelsLab enterprise: server"])
 
-PREFIXES = ("/api/v1/enterprise", "/api/v1/enterprise/realtime", "/api/v1/enterprise/pony")
+# /images: where ModelsLab's SDK (`Community(client, enterprise=True)`) sends its management calls
+PREFIXES = ("/api/v1/enterprise", "/api/v1/enterprise/realtime", "/api/v1/enterprise/pony",
+            "/api/v1/enterprise/images")
 IMAGE_TYPES = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "MPO": ("jpg", "image/jpeg"),
                "WEBP": ("webp", "image/webp"), "GIF": ("gif", "image/gif"), "BMP": ("bmp", "image/bmp")}
 
@@ -151,6 +153,16 @@ async def clear_queue(request: Request) -> dict[str, Any]:
     cancelled = await anyio.to_thread.run_sync(_server(ds).clear_queue)
     return {"status": "success", "message": f"Queue cleared: {len(cancelled)} queued requests cancelled",
             "cancelled": cancelled}
+
+
+@management("update", KeyOnly, "Update the server software (diffserve: the operator upgrades it)")
+async def update(request: Request) -> dict[str, Any]:
+    await _admin_request(request)
+    from importlib.metadata import version
+
+    return {"status": "success", "version": version("diffserve"),
+            "message": "Nothing was changed: diffserve is upgraded by its operator (git pull, then make serve, "
+                       "which installs from the lock and restarts); running servers keep their version"}
 
 
 @management("restart_server", KeyOnly, "Restart the workers (no job is lost)")

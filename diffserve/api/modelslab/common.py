@@ -20,10 +20,12 @@ from diffserve.api.modelslab.render import Links, render_job
 
 
 def key_text(request: Request, body: dict[str, Any]) -> str | None:
-    """The body's `key` (the vendor's way); a Bearer token is accepted too."""
+    """The body's `key` (the vendor's way); a `Key` header (v7, ModelsLab's CLI) or a Bearer token too."""
     key = body.get("key")
     if isinstance(key, str) and key.strip():
         return key
+    if request.headers.get("key", "").strip():
+        return request.headers["key"]
     auth = request.headers.get("authorization", "")
     return auth[7:] if auth.lower().startswith("bearer ") else None
 
