@@ -7,6 +7,8 @@ knows which vendor asked.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.core.errors import InvalidInput
@@ -61,6 +63,9 @@ class RequestOptions(BaseModel):
     webhook: str | None = None
     track_id: str | None = None
     worker_label: str | None = None  # run only on workers with this label (GPU class); None: any worker
+    mode: Literal["img2img", "txt2img", "inpaint"] = Field(
+        "img2img", description="img2img (init image + strength), txt2img (no init image) or inpaint (init image + "
+                               "mask: white is repainted)")
 
 
 class GenerationRequest(RequestOptions):
@@ -68,7 +73,9 @@ class GenerationRequest(RequestOptions):
 
     model_config = ConfigDict(frozen=True)
 
-    init_image_key: str = Field(description="storage key of the decoded init image (PNG, already width x height)")
+    init_image_key: str = Field(description="storage key of the decoded init image (PNG, already width x height); "
+                                            "empty for txt2img")
+    mask_image_key: str | None = Field(None, description="inpaint: storage key of the mask (PNG, width x height)")
     extra_image_keys: list[str] = Field(default_factory=list, description="reference images (PNG), as sent")
     ip_adapter_image_key: str | None = None
     width: int
@@ -133,9 +140,11 @@ class RequestDraft(RequestOptions):
     Unset numbers are None: the model's defaults fill them in `resolve`.
     """
 
-    init_image: str = Field(description="what the client sent: URL, base64 or data URI")
+    init_image: str = Field("", description="what the client sent: URL, base64 or data URI (empty for txt2img)")
     extra_images: list[str] = Field(default_factory=list, description="reference images: URL/base64 each")
     extra_images_field: str = Field("file_urls", description="the dialect's name for extra_images, in errors")
+    mask_image: str | None = Field(None, description="inpaint: the mask (URL/base64; white = repaint)")
+    mask_field: str = Field("mask_image", description="the dialect's name for the mask, in errors")
     width: int | None = None
     height: int | None = None
     samples: int | None = None
@@ -183,6 +192,7 @@ class RequestDraft(RequestOptions):
     def resolve(
         self, limits: ModelLimits, *, init_image_key: str, width: int, height: int, seed: int,
         extra_image_keys: list[str] | None = None, ip_adapter_image_key: str | None = None,
+        mask_image_key: str | None = None,
     ) -> GenerationRequest:
         fields = self.model_dump(include=set(RequestOptions.model_fields))
         return GenerationRequest(
@@ -190,6 +200,7 @@ class RequestDraft(RequestOptions):
             init_image_key=init_image_key,
             extra_image_keys=extra_image_keys or [],
             ip_adapter_image_key=ip_adapter_image_key,
+            mask_image_key=mask_image_key,
             width=width,
             height=height,
             samples=self.samples or 1,
@@ -216,7 +227,7 @@ IP_ADAPTER_IDS = (
 ALGORITHM_TYPES = ("dpmsolver+++", "dpmsolver++", "sde-dpmsolver++")  # the vendor's, then diffusers' own names
 
 
-_IMAGE_FIELDS = frozenset({"init_image", "extra_images", "ip_adapter_image"})
+_IMAGE_FIELDS = frozenset({"init_image", "extra_images", "ip_adapter_image", "mask_image"})
 _PROMPT_FIELDS = frozenset({"prompt", "negative_prompt"})
 _VENDOR_NAMES = {"lora_models": "lora_model", "steps": "num_inference_steps"}
 

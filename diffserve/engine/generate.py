@@ -156,16 +156,21 @@ class Engine:
         log.info("warming up %s (%s) at %dx%d", model_id, ", ".join(loaded.speedups), width, height)
         self._run(req, loaded, Image.new("RGB", (width, height), "gray"), [], None)
 
-    def generate(self, req: GenerationRequest, init_image: Image.Image,
+    def generate(self, req: GenerationRequest, init_image: Image.Image | None,
                  extra_images: list[Image.Image] | None = None,
-                 ip_adapter_image: Image.Image | None = None, progress: Report | None = None) -> GenerationResult:
-        """progress(step, total, latents): called after every denoising step; may raise to stop the call."""
+                 ip_adapter_image: Image.Image | None = None, progress: Report | None = None,
+                 mask_image: Image.Image | None = None) -> GenerationResult:
+        """init_image: None for txt2img. mask_image: inpaint's mask (white = repaint).
+        progress(step, total, latents): called after every denoising step; may raise to stop the call."""
         loaded = self.pipelines.get(req.model_id)
-        if init_image.size != (req.width, req.height):
-            init_image = init_image.resize((req.width, req.height), Image.Resampling.LANCZOS)
+        size = (req.width, req.height)
+        if init_image is not None and init_image.size != size:
+            init_image = init_image.resize(size, Image.Resampling.LANCZOS)
+        if mask_image is not None and mask_image.size != size:
+            mask_image = mask_image.resize(size, Image.Resampling.LANCZOS)
         self._check_activations(req, loaded)
         try:
-            images, nsfw = self._run(req, loaded, init_image, extra_images, ip_adapter_image, progress)
+            images, nsfw = self._run(req, loaded, init_image, extra_images, ip_adapter_image, progress, mask_image)
         except torch.OutOfMemoryError:
             log.warning("out of memory on %s for %s (%d x %dx%d)", self._device, req.model_id, req.samples,
                         req.width, req.height)
@@ -187,9 +192,10 @@ class Engine:
         if needed > self._activation_budget:
             raise OutOfDeviceMemory(self._oom_message(req, loaded))
 
-    def _run(self, req: GenerationRequest, loaded: _Loaded, init_image: Image.Image,
+    def _run(self, req: GenerationRequest, loaded: _Loaded, init_image: Image.Image | None,
              extra_images: list[Image.Image] | None, ip_adapter_image: Image.Image | None,
-             progress: Report | None = None) -> tuple[list[Image.Image], list[bool]]:
+             progress: Report | None = None, mask_image: Image.Image | None = None
+             ) -> tuple[list[Image.Image], list[bool]]:
         entry = self._registry.get(req.model_id)
         inputs = RunInputs(
             request=req,
@@ -200,12 +206,13 @@ class Engine:
             prompt=req.prompt,
             negative_prompt=req.negative_prompt,
             ip_adapter_image=ip_adapter_image,
+            mask_image=mask_image,
         )
         if progress is not None:
             inputs.call_kwargs.update(step_kwargs(progress))
         ctx = ControlContext(req.model_id, entry, self._registry, self._device, loaded.state, self.shared)
         with torch.inference_mode():
-            if int(req.steps * req.strength) < 1:
+            if req.mode != "txt2img" and int(req.steps * req.strength) < 1:
                 # strength 0 (or so low that no step runs) means "no change": the init image itself
                 images = [init_image.copy() for _ in range(req.samples)]
             else:

@@ -48,6 +48,7 @@ def resolve_controls(draft: RequestDraft, entry: ModelEntry) -> RequestDraft:
         raise InvalidInput(
             f"algorithm_type applies only to DPMSolverMultistepScheduler and DPMSolverSinglestepScheduler "
             f"(the scheduler is {scheduler or 'the model default'})", field="algorithm_type")
+    _check_mode(draft, entry, controls)
     if draft.extra_images and not controls.reference_images:
         raise InvalidInput(
             f"{draft.extra_images_field}: model {draft.model_id} ({entry.family} models) takes no reference "
@@ -119,3 +120,19 @@ def check_init_image(entry: ModelEntry, image: Image.Image, faces: SubmitFaceChe
                            "from its face)", field="init_image") from None
     except (OSError, ValueError):
         return  # an unreadable PuLID folder: the worker refuses the model with the reason when it loads
+
+
+def _check_mode(draft: RequestDraft, entry: ModelEntry, controls) -> None:
+    """Text to image and inpainting run on the families that have them (capabilities), with what they need."""
+    family = f"{entry.family} models"
+    if draft.mode == "txt2img" and not controls.txt2img:
+        raise InvalidInput(f"model {draft.model_id} ({family}) cannot generate from text alone: it needs an init "
+                           f"image", field="model_id")
+    if draft.mode == "inpaint":
+        if not controls.inpaint:
+            raise InvalidInput(f"{draft.mask_field}: model {draft.model_id} ({family}) cannot inpaint",
+                               field=draft.mask_field)
+        if not draft.mask_image:
+            raise InvalidInput(f"{draft.mask_field} is required for inpainting", field=draft.mask_field)
+    if draft.mode != "txt2img" and not draft.init_image.strip():
+        raise InvalidInput("init_image is required", field="init_image")

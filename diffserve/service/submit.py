@@ -76,12 +76,24 @@ class GenerationService:
         if draft.webhook:  # the same network rules as image URLs, refused before anything is fetched
             policy = UrlPolicy(allow_private=self.settings.allow_private_urls)
             await anyio.to_thread.run_sync(check_webhook_url, draft.webhook, policy)
-        init = await anyio.to_thread.run_sync(self._load_image, draft.init_image, "init_image")
-        await anyio.to_thread.run_sync(check_init_image, entry, init, self.faces)  # e.g. PuLID needs a face
-        width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
-        check_batch_pixels(draft.samples or 1, width, height, self.settings.limits.max_batch_pixels)
         token = new_output_token()
-        await self._store_image(input_key(token, temp=draft.temp), init, (width, height))
+        if draft.mode == "txt2img":  # no init image: the size asked for, else the model's default
+            side = min(512, limits.max_size) // limits.size_multiple * limits.size_multiple
+            width, height = draft.width or limits.default_width or side, draft.height or limits.default_height or side
+            init_key = ""
+        else:
+            init = await anyio.to_thread.run_sync(self._load_image, draft.init_image, "init_image")
+            await anyio.to_thread.run_sync(check_init_image, entry, init, self.faces)  # e.g. PuLID needs a face
+            width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
+            init_key = input_key(token, temp=draft.temp)
+        check_batch_pixels(draft.samples or 1, width, height, self.settings.limits.max_batch_pixels)
+        if init_key:
+            await self._store_image(init_key, init, (width, height))
+        mask_key = None
+        if draft.mode == "inpaint" and draft.mask_image:
+            mask_key = input_key(token, "mask", temp=draft.temp)
+            mask = await anyio.to_thread.run_sync(self._load_image, draft.mask_image, draft.mask_field)
+            await self._store_image(mask_key, mask.convert("L"), (width, height))
         extra_keys = []
         for i, ref in enumerate(draft.extra_images):
             extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
@@ -93,8 +105,8 @@ class GenerationService:
             img = await anyio.to_thread.run_sync(self._load_image, draft.ip_adapter_image, "ip_adapter_image")
             await self._store_image(ip_key, img)
         seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
-        request = draft.resolve(limits, init_image_key=input_key(token, temp=draft.temp), width=width,
-                                height=height, seed=seed, extra_image_keys=extra_keys, ip_adapter_image_key=ip_key)
+        request = draft.resolve(limits, init_image_key=init_key, width=width, height=height, seed=seed,
+                                extra_image_keys=extra_keys, ip_adapter_image_key=ip_key, mask_image_key=mask_key)
         job = await anyio.to_thread.run_sync(
             lambda: self.jobs.create(key_id=key.key_id, dialect=dialect, request=request,
                                      output_token=token, dialect_params=dialect_params))

@@ -128,8 +128,10 @@ class Worker:
         if reporter:
             reporter.check_cancelled()
         result = self.engine.generate(
-            req, self._image(req.init_image_key), [self._image(k) for k in req.extra_image_keys],
-            self._image(req.ip_adapter_image_key) if req.ip_adapter_image_key else None, progress=reporter)
+            req, self._image(req.init_image_key) if req.init_image_key else None,
+            [self._image(k) for k in req.extra_image_keys],
+            self._image(req.ip_adapter_image_key) if req.ip_adapter_image_key else None, progress=reporter,
+            mask_image=self._image(req.mask_image_key).convert("L") if req.mask_image_key else None)
         keys = job.output_keys()
         for key, png in zip(keys, result.png_bytes()):
             self.storage.put(key, png)

@@ -54,10 +54,11 @@ class V6Img2ImgRequest(BaseModel):
     height: LooseInt = None
     instant_response: LooseBool = None
 
-    def to_draft(self, default_model: str) -> RequestDraft:
+    def to_draft(self, default_model: str, mode: str = "img2img", mask_image: str | None = None) -> RequestDraft:
+        """mode: img2img (this page), txt2img (the text2img page: no init image) or inpaint (+ mask_image)."""
         if not self.prompt or not self.prompt.strip():
             raise InvalidInput("prompt is required", field="prompt")
-        if not self.init_image or not self.init_image.strip():
+        if mode != "txt2img" and (not self.init_image or not self.init_image.strip()):
             raise InvalidInput("init_image is required", field="init_image")
         check_range("samples", self.samples, 1, MAX_SAMPLES)
         check_range("guidance_scale", self.guidance_scale, MIN_GUIDANCE, MAX_GUIDANCE)
@@ -65,7 +66,9 @@ class V6Img2ImgRequest(BaseModel):
         return RequestDraft(
             model_id=(self.model_id or "").strip() or default_model,
             prompt=self.prompt,
-            init_image=self.init_image.strip(),
+            init_image=(self.init_image or "").strip() if mode != "txt2img" else "",
+            mode=mode,
+            mask_image=mask_image,
             negative_prompt=self.negative_prompt,
             width=self.width,
             height=self.height,

@@ -15,4 +15,4 @@ class JobCreate(RequestDraft):
     model_config = ConfigDict(extra="forbid")
 
     model_id: str = Field("", description="registry id; empty: the server's default model")
-    init_image: str = Field(description="http(s) URL, base64 or a data: URI")
+    init_image: str = Field("", description="http(s) URL, base64 or a data: URI (not for mode txt2img)")

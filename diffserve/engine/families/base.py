@@ -19,13 +19,14 @@ class RunInputs:
     """Everything one pipeline call needs, after the controls had their say."""
 
     request: GenerationRequest
-    init_image: Image.Image  # already width x height
+    init_image: Image.Image | None  # already width x height; None for txt2img
     extra_images: list[Image.Image]  # reference images (Qolaba file_urls, Kontext inputs...)
     generators: list[torch.Generator]  # one per sample, seeded seed+i
     prompt: str
     negative_prompt: str | None
     ip_adapter_image: Image.Image | None = None
     call_kwargs: dict[str, Any] = field(default_factory=dict)  # added by controls (clip_skip, ip_adapter_image...)
+    mask_image: Image.Image | None = None  # inpaint: white = repaint, already width x height
 
 
 class Family(Protocol):
@@ -39,3 +40,30 @@ class Family(Protocol):
 
 
 TinyBuilder = Callable[[Path], Path]
+
+
+def call_in_mode(pipe: Any, inputs: RunInputs, kwargs: dict[str, Any]) -> list[Image.Image]:
+    """Call the loaded img2img pipeline -- or, for text to image and inpainting, diffusers' pipeline of that
+    task built `from_pipe` on the same components at call time (no second copy of any weight; the controls'
+    scheduler, VAE and LoRA changes are seen). `kwargs` is the family's img2img call."""
+    req = inputs.request
+    if req.mode == "txt2img":
+        from diffusers import AutoPipelineForText2Image
+
+        pipe = _quiet(AutoPipelineForText2Image.from_pipe(pipe))
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("image", "strength")}
+        kwargs.update(width=req.width, height=req.height)
+    elif req.mode == "inpaint":
+        from diffusers import AutoPipelineForInpainting
+
+        pipe = _quiet(AutoPipelineForInpainting.from_pipe(pipe))
+        kwargs.update(mask_image=[inputs.mask_image] * req.samples, width=req.width, height=req.height)
+        # outside the mask the init image is kept exactly (as A1111 overlays it): the VAE round trip of the
+        # kept area would otherwise blur it slightly
+        return [Image.composite(image, inputs.init_image, inputs.mask_image) for image in pipe(**kwargs).images]
+    return list(pipe(**kwargs).images)
+
+
+def _quiet(pipe: Any) -> Any:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

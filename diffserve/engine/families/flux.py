@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
-from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.base import RunInputs, call_in_mode
 from diffserve.engine.families.checks import require_pipeline
 
 FLUX_PIPELINES = ("FluxImg2ImgPipeline",)
@@ -39,7 +39,7 @@ class FluxFamily:
 
     def run(self, pipe: Any, inputs: RunInputs) -> list[Image.Image]:
         req = inputs.request
-        out = pipe(
+        return call_in_mode(pipe, inputs, dict(
             prompt=inputs.prompt,
             image=[inputs.init_image] * req.samples,  # one per sample, each encoded with its own generator
             height=req.height,
@@ -52,5 +52,4 @@ class FluxFamily:
             output_type="pil",
             **negative_prompt_kwargs(inputs),
             **inputs.call_kwargs,
-        )
-        return list(out.images)
+        ))

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
-from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.base import RunInputs, call_in_mode
 
 
 class StableDiffusionFamily:
@@ -19,7 +19,7 @@ class StableDiffusionFamily:
 
     def run(self, pipe: Any, inputs: RunInputs) -> list[Image.Image]:
         req = inputs.request
-        out = pipe(
+        return call_in_mode(pipe, inputs, dict(
             prompt=inputs.prompt,
             negative_prompt=inputs.negative_prompt or None,
             image=[inputs.init_image] * req.samples,  # one per sample: diffusers deprecates duplicating one
@@ -30,5 +30,4 @@ class StableDiffusionFamily:
             generator=inputs.generators,
             output_type="pil",
             **inputs.call_kwargs,
-        )
-        return list(out.images)
+        ))

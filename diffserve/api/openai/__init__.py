@@ -1,0 +1,1 @@
+"""OpenAI's images API (edits, generations) on diffserve's models."""

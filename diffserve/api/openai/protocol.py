@@ -1,0 +1,129 @@
+"""OpenAI's images API, as diffserve reads it: sizes, qualities, formats, masks, and its error shape.
+
+- `model`: a registry id (absent: the server's default model); an unknown id is 404 `model_not_found`.
+- `size`: `auto` (edits: the input image's size; generations: the model's default) or `WxH` within the
+  model's limits.
+- `quality` -> denoising steps: `low` half the model's default steps, `medium`, `auto` and `standard` the
+  default, `high` one and a half times it (each within the model's step limits).
+- `n`: 1-10, and at most the model's samples per request.
+- `output_format`: png | jpeg | webp, `output_compression` 0-100 for jpeg / webp.
+- `background`: `transparent` is refused (the models make opaque images); `opaque` and `auto` are fine.
+- `mask` (edits): a PNG whose alpha is 0 where the image is to be repainted (OpenAI's convention); it
+  becomes a white-is-repaint inpainting mask.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from diffserve.core.errors import (DiffserveError, Forbidden, InvalidInput, ModelNotFound, NotFound, RateLimited,
+                                   Unauthorized, Unavailable)
+from diffserve.core.request import ModelLimits
+
+QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "auto": 1.0, "standard": 1.0, "high": 1.5}
+FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+MAX_N = 10
+
+
+def steps_for(quality: str | None, limits: ModelLimits) -> int:
+    quality = (quality or "auto").lower()
+    if quality not in QUALITY_STEPS:
+        raise InvalidInput(f"quality must be one of {', '.join(QUALITY_STEPS)} (got {quality!r})", field="quality")
+    steps = round(limits.default_steps * QUALITY_STEPS[quality])
+    return max(limits.min_steps, min(limits.max_steps, steps))
+
+
+def size_for(size: str | None, limits: ModelLimits) -> tuple[int, int] | None:
+    """(width, height), or None for `auto`."""
+    if size is None or size.strip().lower() == "auto":
+        return None
+    try:
+        width, height = (int(part) for part in size.lower().split("x"))
+    except ValueError:
+        raise InvalidInput(f"size must be 'auto' or WIDTHxHEIGHT, e.g. 512x512 (got {size!r})", field="size") from None
+    for value in (width, height):
+        if not limits.min_size <= value <= limits.max_size or value % limits.size_multiple:
+            raise InvalidInput(f"size {size}: each side must be {limits.min_size}-{limits.max_size} and a multiple "
+                               f"of {limits.size_multiple} for this model", field="size")
+    return width, height
+
+
+def check_n(n: int | None, limits: ModelLimits, model_id: str) -> int:
+    n = 1 if n is None else n
+    top = min(MAX_N, limits.max_samples)
+    if not 1 <= n <= top:
+        raise InvalidInput(f"n must be between 1 and {top} for model {model_id}", field="n")
+    return n
+
+
+def check_output(output_format: str | None, compression: int | None, background: str | None) -> str:
+    fmt = (output_format or "png").lower()
+    if fmt not in FORMATS:
+        raise InvalidInput(f"output_format must be one of png, jpeg, webp (got {fmt!r})", field="output_format")
+    if compression is not None and not 0 <= compression <= 100:
+        raise InvalidInput("output_compression must be between 0 and 100", field="output_compression")
+    if (background or "auto").lower() == "transparent":
+        raise InvalidInput("background 'transparent' is not supported: diffserve's models make opaque images; "
+                           "use 'opaque' or 'auto'", field="background")
+    if (background or "auto").lower() not in ("auto", "opaque"):
+        raise InvalidInput(f"background must be auto, opaque or transparent (got {background!r})", field="background")
+    return fmt
+
+
+def mask_from_alpha(data: bytes) -> str:
+    """OpenAI's mask (alpha 0 = edit) as a white-is-repaint PNG, base64."""
+    try:
+        mask = Image.open(io.BytesIO(data))
+        mask.load()
+    except Exception:  # noqa: BLE001 - any decoding failure is the client's file
+        raise InvalidInput("mask must be a PNG image", field="mask") from None
+    if "A" not in mask.getbands():
+        raise InvalidInput("mask must have an alpha channel: transparent pixels mark the area to edit", field="mask")
+    repaint = mask.getchannel("A").point(lambda a: 255 if a == 0 else 0)
+    buf = io.BytesIO()
+    repaint.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def encode(png: bytes, fmt: str, compression: int | None) -> bytes:
+    if fmt == "png":
+        return png
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, format=FORMATS[fmt], quality=100 - (compression if compression is not None else 0) or 1)
+    return buf.getvalue()
+
+
+def error_response(exc: DiffserveError | None) -> JSONResponse:
+    """OpenAI's error shape and the status codes its client maps; deterministic failures say not to retry."""
+    if exc is None:
+        return _error(500, "Internal server error", "server_error", None, None, retry=True)
+    if isinstance(exc, ModelNotFound):
+        return _error(404, exc.message, "invalid_request_error", "model", "model_not_found")
+    if isinstance(exc, Unauthorized):
+        return _error(401, exc.message, "invalid_request_error", None, "invalid_api_key")
+    if isinstance(exc, Forbidden):
+        return _error(403, exc.message, "invalid_request_error", None, None)
+    if isinstance(exc, NotFound):
+        return _error(404, exc.message, "invalid_request_error", None, "not_found")
+    if isinstance(exc, RateLimited):
+        response = _error(429, exc.message, "requests", None, "rate_limit_exceeded", retry=True)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    if isinstance(exc, Unavailable):
+        return _error(503, exc.message, "server_error", None, None, retry=True)
+    if isinstance(exc, InvalidInput):
+        return _error(400, exc.message, "invalid_request_error", exc.field, None)
+    return _error(500, exc.message, "server_error", None, None)
+
+
+def _error(status: int, message: str, kind: str, param: str | None, code: str | None,
+           retry: bool = False) -> JSONResponse:
+    body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    headers = {} if retry else {"x-should-retry": "false"}
+    return JSONResponse(body, status_code=status, headers=headers)
