@@ -17,6 +17,7 @@ from diffserve.storage.configured import build_storage
 from diffserve.store.control import ControlLog
 from diffserve.store.db import create_schema, make_engine
 from diffserve.store.jobs import JobStore
+from diffserve.store.key_options import KeyOptions
 from diffserve.store.keys import KeyStore
 from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
@@ -37,6 +38,7 @@ class AppState:
     control: ControlLog | None = None  # orders to every worker (clear_cache, restart...): api/management
     metrics: Metrics | None = None  # this process's Prometheus samples (diffserve/metrics.py)
     queue: LocalQueue | None = None  # read for the queue-depth gauges
+    key_options: KeyOptions | None = None  # per-key client settings (the A1111 API's /options)
 
     def base_url(self, request: Request) -> str:
         """This server as the client reached it, unless the operator fixed a public URL."""
@@ -69,7 +71,7 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
                                 progress=progress)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
     return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor, delivery=delivery,
-                    control=ControlLog(db), metrics=metrics, queue=queue)
+                    control=ControlLog(db), metrics=metrics, queue=queue, key_options=KeyOptions(db))
 
 
 def app_state(request: Request) -> AppState:

@@ -152,6 +152,15 @@ class ProgressRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 
+class KeyOptionsRow(Base):
+    """Settings a client keeps per key (the A1111 API's /options: sd_model_checkpoint)."""
+
+    __tablename__ = "key_options"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
 class WorkerDeviceRow(Base):
     """The hardware a live worker runs on (a table of its own, so data dirs of older releases gain it
     without a migration): its torch device, the dtype setting it resolved, its model-cache budget."""

@@ -1,0 +1,1 @@
+"""The AUTOMATIC1111 web UI API (/sdapi/v1) on diffserve's models."""

@@ -1,0 +1,291 @@
+"""The AUTOMATIC1111 web UI API (/sdapi/v1), as its clients (webuiapi, scripts, front ends) call it.
+
+Auth: HTTP Basic with the diffserve key as the password (any user name), or `Authorization: Bearer`.
+img2img / txt2img answer `{images, parameters, info}`: base64 PNGs (the grid first when several images are
+made, as A1111 does; then the init images with `include_init_images`), `info` a JSON string with the
+seeds and A1111's infotexts. `batch_size` x `n_iter` images, image i with seed + i. `/progress` and
+`/interrupt` act on the caller's own jobs. `/options` keeps `sd_model_checkpoint` per key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from PIL import Image, ImageOps
+from pydantic import BaseModel, ConfigDict, Field
+
+from diffserve.api.a1111.samplers import SAMPLERS, SCHEDULE_TYPES, choose
+from diffserve.api.auth import authenticate
+from diffserve.api.body import parse_model, read_json_object
+from diffserve.api.errors import guarded_route
+from diffserve.api.state import AppState, app_state
+from diffserve.core.errors import DiffserveError, GenerationFailed, InvalidInput
+from diffserve.core.job import Job, JobStatus
+from diffserve.core.request import RequestDraft
+from diffserve.store.keys import ApiKey
+
+WAIT_S = 3600.0
+
+
+def error_response(_request: Request, exc: DiffserveError | None) -> JSONResponse:
+    """A1111's own error answer: {error, detail, body, errors} with the status."""
+    if exc is None:
+        return JSONResponse({"error": "RuntimeError", "detail": "Internal server error", "body": "",
+                             "errors": "Internal server error"}, status_code=500)
+    return JSONResponse({"error": type(exc).__name__, "detail": exc.message, "body": "", "errors": exc.message},
+                        status_code=exc.http_status)
+
+
+A1111Route = guarded_route(error_response, "A1111Route")
+router = APIRouter(prefix="/sdapi/v1", route_class=A1111Route, tags=["AUTOMATIC1111"])
+
+
+class Txt2ImgRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # the older field
+    scheduler: str | None = None
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = Field(default_factory=list)
+    denoising_strength: float = 0.75
+    resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)
+    mask: str | None = None
+    inpainting_mask_invert: int = 0
+    include_init_images: bool = False
+
+
+async def _key(request: Request) -> tuple[AppState, ApiKey]:
+    ds = app_state(request)
+    auth = request.headers.get("authorization", "")
+    secret = None
+    if auth.lower().startswith("basic "):
+        try:
+            secret = base64.b64decode(auth[6:].strip()).decode().split(":", 1)[-1]
+        except (binascii.Error, UnicodeDecodeError):
+            secret = None
+    elif auth.lower().startswith("bearer "):
+        secret = auth[7:].strip()
+    return ds, await authenticate(ds.keys, secret)
+
+
+def _decode(value: str, field: str) -> Image.Image:
+    text = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(text, validate=False)))
+        image.load()
+    except Exception:  # noqa: BLE001 - any decoding failure is the client's data
+        raise InvalidInput(f"{field}: not a base64 image", field=field) from None
+    return image
+
+
+def _b64png(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _resize(image: Image.Image, mode: int, width: int, height: int) -> Image.Image:
+    """A1111's resize modes (the engine then has an image of exactly width x height)."""
+    image = image.convert("RGB")
+    if mode == 1:  # crop and resize: fill the frame, crop the overflow
+        return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
+    if mode == 2:  # resize and fill: fit inside, pad with the stretched edges' average
+        fitted = ImageOps.contain(image, (width, height), Image.Resampling.LANCZOS)
+        canvas = Image.new("RGB", (width, height), tuple(int(c) for c in fitted.resize((1, 1)).getpixel((0, 0))))
+        canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
+        return canvas
+    if mode not in (0, 3):
+        raise InvalidInput("resize_mode must be 0, 1, 2 or 3", field="resize_mode")
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+async def _model(ds: AppState, key: ApiKey, req: Txt2ImgRequest) -> str:
+    chosen = req.override_settings.get("sd_model_checkpoint")
+    if not chosen:
+        chosen = (await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)).get("sd_model_checkpoint")
+    model_id = str(chosen or ds.settings.default_model)
+    ds.registry.get(model_id)  # ModelNotFound names it
+    return model_id
+
+
+async def _generate(request: Request, req: Txt2ImgRequest, mode: str) -> dict[str, Any]:
+    ds, key = await _key(request)
+    model_id = await _model(ds, key, req)
+    choice = choose(req.sampler_name or req.sampler_index, req.scheduler)
+    samples = req.batch_size * req.n_iter
+    fields: dict[str, Any] = dict(
+        model_id=model_id, prompt=req.prompt, negative_prompt=req.negative_prompt or None, width=req.width,
+        height=req.height, samples=samples, steps=req.steps, guidance_scale=req.cfg_scale,
+        seed=None if req.seed < 0 else req.seed, scheduler=choice.scheduler, use_karras_sigmas=choice.karras,
+        algorithm_type=choice.algorithm_type, mode=mode, mask_field="mask", extra_images_field="init_images")
+    init = None
+    if isinstance(req, Img2ImgRequest):
+        if not req.init_images:
+            raise InvalidInput("init_images is required", field="init_images")
+        init = _resize(_decode(req.init_images[0], "init_images"), req.resize_mode, req.width, req.height)
+        fields.update(init_image=_b64png(init), strength=req.denoising_strength,
+                      extra_images=[_b64png(_decode(i, "init_images")) for i in req.init_images[1:]])
+        if req.mask:
+            mask = _decode(req.mask, "mask").convert("L").resize((req.width, req.height))
+            if req.inpainting_mask_invert:
+                mask = ImageOps.invert(mask)
+            fields.update(mode="inpaint", mask_image=_b64png(mask))
+    job = await ds.service.submit(key, "a1111", RequestDraft(**fields), {"sampler_name": choice.sampler_name,
+                                                                          "schedule": choice.schedule})
+    job = await ds.service.wait(job.id, WAIT_S)
+    if job.status is not JobStatus.SUCCEEDED:
+        raise GenerationFailed(job.error or f"the job ended {job.status.value}")
+    images = [Image.open(io.BytesIO(await anyio.to_thread.run_sync(ds.service.storage.get, k))) for k in job.outputs]
+    out = ([_grid(images)] if len(images) > 1 else []) + images
+    if isinstance(req, Img2ImgRequest) and req.include_init_images and init is not None:
+        out.append(init)
+    return {"images": [_b64png(i) for i in out], "parameters": req.model_dump(),
+            "info": json.dumps(_info(job, len(images) > 1))}
+
+
+def _grid(images: list[Image.Image]) -> Image.Image:
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def _info(job: Job, grid: bool) -> dict[str, Any]:
+    r, p = job.request, job.dialect_params
+    seeds = [(r.seed + i) % 2**64 for i in range(r.samples)]
+
+    def infotext(seed: int) -> str:
+        parts = [f"Steps: {r.steps}", f"Sampler: {p.get('sampler_name')}",
+                 f"Schedule type: {SCHEDULE_TYPES.get(p.get('schedule'), 'Automatic')}", f"CFG scale: {r.guidance_scale:g}",
+                 f"Seed: {seed}", f"Size: {r.width}x{r.height}", f"Model: {r.model_id}"]
+        if r.mode != "txt2img":
+            parts.append(f"Denoising strength: {r.strength:g}")
+        negative = f"\nNegative prompt: {r.negative_prompt}" if r.negative_prompt else ""
+        return f"{r.prompt}{negative}\n{', '.join(parts)}"
+
+    return {"prompt": r.prompt, "all_prompts": [r.prompt] * r.samples, "negative_prompt": r.negative_prompt or "",
+            "all_negative_prompts": [r.negative_prompt or ""] * r.samples, "seed": r.seed, "all_seeds": seeds,
+            "subseed": -1, "all_subseeds": [-1] * r.samples, "width": r.width, "height": r.height,
+            "sampler_name": p.get("sampler_name"), "cfg_scale": r.guidance_scale, "steps": r.steps,
+            "batch_size": r.samples, "denoising_strength": r.strength if r.mode != "txt2img" else None,
+            "sd_model_name": r.model_id, "index_of_first_image": 1 if grid else 0,
+            "infotexts": [infotext(s) for s in seeds], "job_timestamp": f"{job.created_at:%Y%m%d%H%M%S}"}
+
+
+@router.post("/img2img", summary="Image to image (A1111)")
+async def img2img(request: Request) -> dict[str, Any]:
+    return await _generate(request, parse_model(Img2ImgRequest, await read_json_object(request)), "img2img")
+
+
+@router.post("/txt2img", summary="Text to image (A1111)")
+async def txt2img(request: Request) -> dict[str, Any]:
+    return await _generate(request, parse_model(Txt2ImgRequest, await read_json_object(request)), "txt2img")
+
+
+async def _active(ds: AppState, key: ApiKey) -> list[Job]:
+    jobs = await anyio.to_thread.run_sync(lambda: ds.service.jobs.list_for_key(key.key_id, limit=50))
+    return [j for j in jobs if not j.status.is_terminal()]
+
+
+@router.get("/progress", summary="Progress of the caller's running job")
+async def progress(request: Request, skip_current_image: bool = False) -> dict[str, Any]:
+    ds, key = await _key(request)
+    active = await _active(ds, key)
+    running = next((j for j in active if j.status is JobStatus.RUNNING), None)
+    step, total, eta, image = 0, 0, 0.0, None
+    if running is not None:
+        info = await ds.service.progress_of(running)
+        total = info.total if info and info.total else int(running.request.steps * running.request.strength)
+        step = info.step if info else 0
+        eta = await ds.service.eta(running)
+        if not skip_current_image and info and info.has_preview and ds.service.progress is not None:
+            data = await anyio.to_thread.run_sync(ds.service.progress.preview, running.id)
+            image = base64.b64encode(data).decode() if data else None
+    return {"progress": step / total if total else 0.0, "eta_relative": eta,
+            "state": {"skipped": False, "interrupted": False, "stopping_generation": False,
+                      "job": f"task({running.id})" if running else "", "job_count": len(active),
+                      "job_timestamp": f"{running.created_at:%Y%m%d%H%M%S}" if running else "0", "job_no": 0,
+                      "sampling_step": step, "sampling_steps": total},
+            "current_image": image, "textinfo": None, "current_task": f"task({running.id})" if running else None}
+
+
+@router.post("/interrupt", summary="Stop the caller's running job (at its next step)")
+async def interrupt(request: Request) -> dict[str, Any]:
+    ds, key = await _key(request)
+    for job in await _active(ds, key):
+        if job.status is JobStatus.RUNNING:
+            await ds.service.cancel(job)
+    return {}
+
+
+@router.get("/sd-models", summary="The registry's models")
+async def sd_models(request: Request) -> list[dict[str, Any]]:
+    ds, _ = await _key(request)
+    return [{"title": model_id, "model_name": model_id, "hash": None, "sha256": None, "filename": entry.location,
+             "config": None} for model_id, entry in await anyio.to_thread.run_sync(ds.registry.items)]
+
+
+@router.get("/samplers", summary="Samplers with a diffusers equivalent")
+async def samplers(request: Request) -> list[dict[str, Any]]:
+    await _key(request)
+    return [{"name": name, "aliases": list(s.aliases), "options": {"scheduler": s.scheduler}}
+            for name, s in SAMPLERS.items()]
+
+
+@router.get("/schedulers", summary="Schedule types")
+async def schedulers(request: Request) -> list[dict[str, Any]]:
+    await _key(request)
+    return [{"name": name, "label": label, "aliases": None, "default_rho": None, "need_inner_model": False}
+            for name, label in SCHEDULE_TYPES.items()]
+
+
+@router.get("/scripts", summary="Scripts (none)")
+async def scripts(request: Request) -> dict[str, list]:
+    await _key(request)
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/options", summary="This key's options (sd_model_checkpoint)")
+async def get_options(request: Request) -> dict[str, Any]:
+    ds, key = await _key(request)
+    options = await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)
+    return {"sd_model_checkpoint": options.get("sd_model_checkpoint", ds.settings.default_model),
+            "sd_checkpoint_hash": None, "samples_format": "png"}
+
+
+@router.post("/options", summary="Set this key's options (sd_model_checkpoint)")
+async def set_options(request: Request) -> Any:
+    ds, key = await _key(request)
+    body = await read_json_object(request)
+    checkpoint = body.get("sd_model_checkpoint")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str):
+            raise InvalidInput("sd_model_checkpoint must be a model id", field="sd_model_checkpoint")
+        ds.registry.get(checkpoint)  # ModelNotFound
+        await anyio.to_thread.run_sync(ds.key_options.update, key.key_id, {"sd_model_checkpoint": checkpoint})
+    return None
+
