@@ -148,3 +148,18 @@ def test_modelslab_text2img_and_inpaint_pages(jobs_server, key):
     refused = jobs_server.post("/api/v6/images/inpaint", {"key": key, "prompt": "x", "init_image": data_uri(),
                                                           "mask_image": data_uri(), "model_id": "tiny-hidream"})
     assert refused.status_code == 400 and "cannot inpaint" in refused.json()["message"]
+
+
+@pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-flux"])
+def test_text_to_image_and_inpainting_on_sdxl_and_flux(client, model):
+    generated = client.images.generate(prompt="a lighthouse", model=model, size="64x64", quality="low")
+    assert decode(generated.data[0].b64_json).size == (64, 64)
+    edited = client.images.edit(image=png_file(64, 64, (200, 30, 30)), mask=mask_file(), prompt="blue",
+                                model=model, response_format="b64_json", quality="low")
+    pixels = np.asarray(decode(edited.data[0].b64_json).convert("RGB")).astype(int)
+    assert (pixels[:16] == np.asarray(Image.open(io.BytesIO(png_bytes(64, 64, (200, 30, 30)))))[:16]).all()
+
+
+def test_models_list_through_the_client(client):
+    ids = {m.id for m in client.models.list()}
+    assert {"tiny-sd", "tiny-sdxl", "tiny-flux"} <= ids
