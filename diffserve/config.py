@@ -141,6 +141,8 @@ class Settings(BaseSettings):
     pony_model: str = Field("tiny-sdxl", description="model for pony requests that name no model_id (an SDXL model)")
     worker_labels: str = Field("", description="GPU class of each local worker, comma-separated in worker order "
                                                "(e.g. a10g,h100); a single value labels every worker")
+    worker_stale_s: float = Field(15.0, gt=0, description="a standalone worker (`diffserve worker`) whose heartbeat "
+                                                          "is older than this is gone: its job runs elsewhere")
     affinity_wait_s: float = Field(2.0, ge=0, description="how long a queued job waits for a worker that already "
                                                           "has its model loaded before any free worker takes it")
     qolaba_apps: dict[str, QolabaApp] = Field(

@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
                    "engine.tiny"},
     "api": {"core", "config", "store", "queue", "storage", "media", "webhooks", "service", "management", "metrics",
             "engine.models", "workers.placement", "workers.supervisor"},
-    "cli": {"core", "config", "store", "engine.models", "api", "workers.placement"},
+    "cli": {"core", "config", "store", "engine.models", "api", "workers.placement", "workers.worker"},
 }
 
 

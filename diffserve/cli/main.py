@@ -51,6 +51,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from diffserve.workers.worker import standalone_main
+
+    extra = {"preload_models": args.preload} if args.preload else {}
+    settings = _settings(args, **extra)
+    return standalone_main(settings, labels=tuple(label.strip().lower() for label in args.label), gpu=args.gpu)
+
+
 def _key_store(args: argparse.Namespace):
     from diffserve.store.db import create_schema, make_engine
     from diffserve.store.keys import KeyStore
@@ -125,6 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", parents=[common], help="revoke by key, key id or name")
     revoke.add_argument("key")
     revoke.set_defaults(func=_keys_revoke)
+
+    worker = sub.add_parser("worker", parents=[common], help="one worker process of its own, beside a server on "
+                                                               "the same store (e.g. one per GPU)")
+    worker.add_argument("--label", action="append", default=[], help="GPU class it serves (Qolaba inference_type); "
+                                                                     "repeatable")
+    worker.add_argument("--preload", action="append", metavar="MODEL", help="models to load before taking jobs "
+                                                                            "(repeatable; default DIFFSERVE_PRELOAD_MODELS)")
+    worker.add_argument("--gpu", type=_non_negative, metavar="N", help="run on cuda:N")
+    worker.set_defaults(func=_worker)
 
     models = sub.add_parser("models", help="the model registry: models, LoRAs, embeddings, VAEs, IP-Adapters")
     add_models_commands(models.add_subparsers(dest="models_command"), common, _settings)

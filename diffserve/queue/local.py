@@ -156,6 +156,12 @@ class LocalQueue:
         with Session(self._engine) as s:
             return list(s.scalars(select(QueueRow.job_id).where(QueueRow.claimed_by == worker_id)))
 
+    def claims(self) -> list[tuple[int, str]]:
+        """(job id, worker id) of every claimed job."""
+        with Session(self._engine) as s:
+            return [(j, w) for j, w in s.execute(select(QueueRow.job_id, QueueRow.claimed_by)
+                                                 .where(QueueRow.claimed_by.is_not(None)))]
+
     def claimed_by_any(self) -> list[int]:
         with Session(self._engine) as s:
             return list(s.scalars(select(QueueRow.job_id).where(QueueRow.claimed_by.is_not(None))))

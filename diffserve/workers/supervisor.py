@@ -22,17 +22,40 @@ log = logging.getLogger(__name__)
 CRASH_REASON = "Worker stopped while generating this image"
 
 
-def recover_jobs(jobs: JobStore, queue: LocalQueue, max_attempts: int) -> int:
-    """At start-up no local worker is alive: every claimed job goes back to the queue (or fails after
-    too many attempts), and every unfinished job that lost its queue entry is queued again."""
-    for job_id in queue.claimed_by_any():
-        release(jobs, queue, job_id, max_attempts)
+def recover_jobs(jobs: JobStore, queue: LocalQueue, max_attempts: int, workers: WorkerStore | None = None,
+                 stale_s: float = 15.0) -> int:
+    """At start-up no local worker is alive: every job they claimed goes back to the queue (or fails after
+    too many attempts) -- and so does every job of a standalone worker (`diffserve worker`) whose heartbeat is
+    stale; every unfinished job that lost its queue entry is queued again."""
+    live = {w.worker_id for w in workers.live(stale_s)} if workers is not None else set()
+    for job_id, worker_id in queue.claims():
+        if worker_id not in live or is_local(worker_id):
+            release(jobs, queue, job_id, max_attempts)
     waiting = set(queue.pending())
     missing = [j for j in jobs.unfinished_ids() if j not in waiting]
     for job_id in missing:
         if jobs.requeue(job_id, max_attempts, CRASH_REASON):
             queue.enqueue(job_id)
     return len(missing)
+
+
+def is_local(worker_id: str) -> bool:
+    """The supervisor's own workers are worker-<i>; standalone ones are <host>-<pid>."""
+    prefix, _, number = worker_id.rpartition("-")
+    return prefix == "worker" and number.isdigit()
+
+
+def recover_stale(jobs: JobStore, queue: LocalQueue, workers: WorkerStore, max_attempts: int,
+                  stale_s: float) -> list[int]:
+    """Jobs claimed by a standalone worker that stopped beating (killed, machine gone): run them elsewhere."""
+    live = {w.worker_id for w in workers.live(stale_s)}
+    released = []
+    for job_id, worker_id in queue.claims():
+        if not is_local(worker_id) and worker_id not in live:
+            log.warning("worker %s stopped beating; job %s goes back to the queue", worker_id, job_id)
+            release(jobs, queue, job_id, max_attempts)
+            released.append(job_id)
+    return released
 
 
 def release(jobs: JobStore, queue: LocalQueue, job_id: int, max_attempts: int) -> None:
@@ -54,7 +77,7 @@ class Supervisor:
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
-        recover_jobs(self.jobs, self.queue, self.settings.max_attempts)
+        recover_jobs(self.jobs, self.queue, self.settings.max_attempts, self.workers, self.settings.worker_stale_s)
         for i in range(worker_count(self.settings)):
             self._spawn(f"worker-{i}")
         self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
@@ -90,7 +113,15 @@ class Supervisor:
         log.info("started %s (pid %s)", worker_id, proc.pid)
 
     def _watch(self) -> None:
+        ticks = 0
         while not self._halt.wait(0.5):
+            ticks += 1
+            if ticks % 4 == 0:  # every 2 s: standalone workers that stopped beating
+                try:
+                    recover_stale(self.jobs, self.queue, self.workers, self.settings.max_attempts,
+                                  self.settings.worker_stale_s)
+                except Exception:  # noqa: BLE001 - a store hiccup: the next round retries
+                    log.warning("stale-worker check failed", exc_info=True)
             for worker_id, proc in list(self._procs.items()):
                 if proc.is_alive() or self._halt.is_set():
                     continue

@@ -177,7 +177,9 @@ def model_cache_budget(settings: Settings, device: str) -> int:
     return default_budget_bytes(device)
 
 
-def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None) -> Worker:
+def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None, *,
+                 labels: tuple[str, ...] | None = None, device: str | None = None) -> Worker:
+    """labels / device: a standalone worker's own (`diffserve worker --label --gpu`); else from its index."""
     from diffserve.engine.generate import Engine
     from diffserve.metrics import Metrics
 
@@ -185,7 +187,7 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
 
     db = make_engine(settings.db_url)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
-    device = worker_device(settings, worker_id)
+    device = device or worker_device(settings, worker_id)
     budget = model_cache_budget(settings, device)
     activations = int(settings.activation_budget_gb * 1024**3) if settings.activation_budget_gb else None
     return Worker(
@@ -201,7 +203,7 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
         workers=WorkerStore(db),
         preload=tuple(settings.preload_models),
         pipes=pipes,
-        labels=worker_labels(settings, worker_id),
+        labels=labels if labels is not None else worker_labels(settings, worker_id),
         orders=WorkerOrders(ControlLog(db)),
         progress=ProgressStore(db),
         metrics=metrics,
@@ -218,3 +220,25 @@ def worker_main(settings: Settings, worker_id: str, pipes: WorkerPipes | None = 
 
     torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
     build_worker(settings, worker_id, pipes).run(stop)
+
+
+def standalone_main(settings: Settings, *, labels: tuple[str, ...], gpu: int | None) -> int:
+    """`diffserve worker`: one worker process of its own, beside a server on the same store (not spawned by it).
+    It claims jobs like the server's workers; if it dies, the server gives its job to another worker once its
+    heartbeat is older than DIFFSERVE_WORKER_STALE_S. SIGTERM or Ctrl-C: it finishes the current job first."""
+    import socket
+
+    import torch
+
+    from diffserve.metrics import use_multiprocess_dir
+
+    worker_id = f"{socket.gethostname()}-{os.getpid()}"
+    use_multiprocess_dir(settings.data_dir / "metrics", wipe=False)  # the server's /metrics includes it
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {worker_id} %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+    device = f"cuda:{gpu}" if gpu is not None else settings.device
+    build_worker(settings, worker_id, labels=labels, device=device).run(stop)
+    return 0

@@ -46,6 +46,7 @@ def render_job(job: Job, storage: Storage, base_url: str, progress: Progress | N
         "status": job.status.value,
         "dialect": job.dialect,
         "model_id": r.model_id,
+        "worker": job.worker_id,  # the worker that ran (or runs) it
         "progress": progress_of(job, progress),
         "eta": eta,
         "preview_url": f"{base_url}/v1/jobs/{job.id}/preview" if progress and progress.has_preview
