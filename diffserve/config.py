@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="base URL clients use to reach this server; default http://host:port"
     )
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the store, e.g. postgresql+psycopg://"
+                                                       "user:pw@host/db; default: SQLite in the data dir")
     models_file: Path | None = Field(None, description="models config; default <data_dir>/models.json")
     models_root: Path | None = Field(None, description="where built-in models are built; default <data_dir>/models")
     workers: int = Field(1, ge=1, le=64)
@@ -154,7 +156,7 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'diffserve.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'diffserve.db'}"
 
     @property
     def models_dir(self) -> Path:

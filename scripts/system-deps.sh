@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # System packages the test suite needs, from Debian: Chromium for the playground's browser tests
-# (driven by Playwright with executable_path=/usr/bin/chromium; Playwright never downloads a browser).
+# (driven by Playwright with executable_path=/usr/bin/chromium; Playwright never downloads a browser) and
+# PostgreSQL's server binaries (tests/pgserver.py runs initdb + pg_ctl in a temp dir; no service is started).
 # Idempotent: does nothing when they are present. Needs root (or sudo) the first time.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 as_root=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -133,12 +133,13 @@ def test_claim_order_rules(tmp_path):
     that may not take it is not left waiting, and once overdue any worker takes the oldest job."""
     from diffserve.core.request import GenerationRequest
     from diffserve.queue.local import LocalQueue
-    from diffserve.store.db import create_schema, make_engine
+    from diffserve.store.db import make_engine
+    from diffserve.store.schema import ensure_schema
     from diffserve.store.jobs import JobStore
     from diffserve.store.workers import WorkerStore
 
     db = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
-    create_schema(db)
+    ensure_schema(db)
     jobs, workers = JobStore(db), WorkerStore(db)
     queue = LocalQueue(db, affinity_wait_s=60)
 

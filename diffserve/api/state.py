@@ -15,7 +15,8 @@ from diffserve.queue.signals import CompletionBroadcaster, LocalSignals
 from diffserve.service.submit import GenerationService
 from diffserve.storage.configured import build_storage
 from diffserve.store.control import ControlLog
-from diffserve.store.db import create_schema, make_engine
+from diffserve.store.db import make_engine
+from diffserve.store.schema import ensure_schema
 from diffserve.store.jobs import JobStore
 from diffserve.store.key_options import KeyOptions
 from diffserve.store.keys import KeyStore
@@ -57,7 +58,7 @@ class AppState:
 def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | None = None) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.db_url)
-    create_schema(db)
+    ensure_schema(db)
     signals = LocalSignals() if run_workers else None
     jobs, workers = JobStore(db), WorkerStore(db)
     queue = LocalQueue(db, notify=signals.job_ready if signals else None)

@@ -31,10 +31,37 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
     return Settings(**overrides)
 
 
+def _schema_error(error: Exception) -> int:
+    print(f"diffserve: {error}", file=sys.stderr)
+    return 2
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from diffserve.store.db import make_engine
+    from diffserve.store.schema import upgrade
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    before, after = upgrade(make_engine(settings.db_url))
+    print(f"database at revision {after}" + (f" (was {before})" if before != after else " (already there)"))
+    return 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    from diffserve.store.db import make_engine
+    from diffserve.store.schema import current, head
+
+    revision = current(make_engine(_settings(args).db_url))
+    print(f"database revision: {revision or 'none'}; this release: {head()}")
+    return 0 if revision == head() else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from diffserve.api.app import create_app
+    from diffserve.store.db import make_engine
+    from diffserve.store.schema import SchemaOutOfDate, ensure_schema
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers, gpus=args.gpus,
                          dtype=args.dtype, device=args.device)
@@ -45,6 +72,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"diffserve serve: {exc}", file=sys.stderr)
         return 2
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_schema(make_engine(settings.db_url))
+    except SchemaOutOfDate as e:
+        return _schema_error(e)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
@@ -60,18 +92,25 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _key_store(args: argparse.Namespace):
-    from diffserve.store.db import create_schema, make_engine
+    from diffserve.store.db import make_engine
+    from diffserve.store.schema import ensure_schema
     from diffserve.store.keys import KeyStore
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.db_url)
-    create_schema(db)
+    ensure_schema(db)
     return KeyStore(db)
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    key, full = _key_store(args).create(args.name, role="admin" if args.admin else "user",
+    from diffserve.store.schema import SchemaOutOfDate
+
+    try:
+        store = _key_store(args)
+    except SchemaOutOfDate as e:
+        return _schema_error(e)
+    key, full = store.create(args.name, role="admin" if args.admin else "user",
                                         max_queued=args.max_queued)
     print(f"created {key.role} key {key.name!r} (id {key.key_id}); it is shown only once:")
     print(full)
@@ -133,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", parents=[common], help="revoke by key, key id or name")
     revoke.add_argument("key")
     revoke.set_defaults(func=_keys_revoke)
+
+    db = sub.add_parser("db", help="the database schema").add_subparsers(dest="db_command")
+    db.add_parser("upgrade", parents=[common], help="migrate the store to this release's schema (in place)"
+                  ).set_defaults(func=_db_upgrade)
+    db.add_parser("current", parents=[common], help="the store's schema revision").set_defaults(func=_db_current)
 
     worker = sub.add_parser("worker", parents=[common], help="one worker process of its own, beside a server on "
                                                                "the same store (e.g. one per GPU)")

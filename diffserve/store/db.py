@@ -138,8 +138,7 @@ class WorkerRow(Base):
 
 class ProgressRow(Base):
     """A running job's denoising progress (written by its worker, throttled), its latest step preview, and
-    whether a client asked to cancel it (read by the worker between steps). A table of its own: older data
-    dirs gain it without a migration."""
+    whether a client asked to cancel it (read by the worker between steps)."""
 
     __tablename__ = "job_progress"
 
@@ -162,8 +161,7 @@ class KeyOptionsRow(Base):
 
 
 class WorkerDeviceRow(Base):
-    """The hardware a live worker runs on (a table of its own, so data dirs of older releases gain it
-    without a migration): its torch device, the dtype setting it resolved, its model-cache budget."""
+    """The hardware a live worker runs on: its torch device, the dtype it resolved, its model-cache budget."""
 
     __tablename__ = "worker_devices"
 
@@ -191,6 +189,3 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     return engine
 
-
-def create_schema(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
