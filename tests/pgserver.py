@@ -46,6 +46,14 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/postgres"
 
+    def pause(self) -> None:
+        """Stop the server, keeping its data (a database outage)."""
+        self._run(_bin("pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._run(_bin("pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"), "-w", "-o",
+                  f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}", "start")
+
     def stop(self) -> None:
         try:
             self._run(_bin("pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")

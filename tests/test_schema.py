@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+
+import httpx
 
 import pytest
 from sqlalchemy import text
 
+from diffserve.api.errors import STORE_DOWN
 from diffserve.store.db import Base, make_engine
 from diffserve.store.schema import current, ensure_schema, head, upgrade
 
@@ -95,5 +99,20 @@ def test_the_server_runs_on_postgresql(postgres, tmp_path, models_root):
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 2
         assert not (srv.data_dir / "diffserve.db").exists()  # nothing in SQLite
+
+        postgres.pause()  # the database goes down: clear 503s in each dialect's shape, no hang
+        body = {"key": key, "prompt": "x", "init_image": data_uri(), "num_inference_steps": 4}
+        started = time.monotonic()
+        down = srv.post("/api/v6/images/img2img", body, timeout=30)
+        assert down.status_code == 503 and down.json() == {"status": "error", "message": STORE_DOWN}
+        qolaba = httpx.post(f"{srv.url}/getImage", headers={"Authorization": f"Bearer {key}"}, json={"id": "1"},
+                            timeout=30)
+        assert qolaba.status_code == 503 and qolaba.json()["status"] == "FAILED"
+        assert jobs.http.get("/v1/jobs").status_code == 503
+        assert httpx.get(f"{srv.url}/ready", timeout=30).status_code == 503
+        assert time.monotonic() - started < 30
+        postgres.resume()  # and back: requests succeed again
+        again = srv.post("/api/v6/images/img2img", body, timeout=120).json()
+        assert again["status"] == "success", again
     finally:
         srv.stop()

@@ -13,8 +13,9 @@ from typing import Callable
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from diffserve.core.errors import DiffserveError, InvalidInput
+from diffserve.core.errors import DiffserveError, InvalidInput, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ def guarded_route(render_error: ErrorRenderer, name: str) -> type[APIRoute]:
                     return render_error(request, e)
                 except RequestValidationError as e:  # a typed path/query parameter: a 400 naming it
                     return render_error(request, _invalid(e))
+                except (OperationalError, DBAPIError) as e:
+                    if not _store_down(e):
+                        log.exception("database error on %s", request.url.path)
+                        return render_error(request, None)
+                    log.warning("job store unreachable on %s: %s", request.url.path, e.orig)
+                    return render_error(request, Unavailable(STORE_DOWN))
                 except Exception:
                     log.exception("unhandled error on %s", request.url.path)
                     return render_error(request, None)
@@ -42,6 +49,14 @@ def guarded_route(render_error: ErrorRenderer, name: str) -> type[APIRoute]:
 
     GuardedRoute.__name__ = GuardedRoute.__qualname__ = name
     return GuardedRoute
+
+
+STORE_DOWN = "The job store is unreachable; try again shortly"
+
+
+def _store_down(exc: DBAPIError) -> bool:
+    """A lost or refused database connection (PostgreSQL down, network gone), not a bug in a query."""
+    return exc.connection_invalidated or isinstance(exc, OperationalError)
 
 
 def _invalid(exc: RequestValidationError) -> InvalidInput:

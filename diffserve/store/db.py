@@ -185,7 +185,8 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
+    else:  # a server: a dead connection is noticed before use, and a down server fails fast (no hang)
+        connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+        engine = create_engine(url, pool_pre_ping=True, pool_timeout=10, connect_args=connect_args)
     return engine
 
