@@ -83,7 +83,7 @@ def test_a_key_sees_only_its_own_jobs(jobs, jobs_server):
 
 
 def test_the_events_stream_reports_steps_previews_and_the_end(jobs, jobs_server, key):
-    job = jobs.submit(steps=40, strength=1.0, init_image=data_uri(128, 128))
+    job = jobs.submit(steps=40, strength=1.0, init_image=data_uri(256, 256))  # long enough for previews
     seen = events(jobs_server, key, job["id"], previews="true")
     kinds = [event for event, _ in seen]
     assert kinds[-1] == "succeeded" and "running" in kinds
