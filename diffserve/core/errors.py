@@ -74,5 +74,11 @@ class GenerationFailed(DiffserveError):
     """The engine could not produce images for a job (recorded on the job, not raised at the edge)."""
 
 
+CANCELLED_BY_CLIENT = "Cancelled by the client"
+
+
 class Cancelled(DiffserveError):
     """A client cancelled the job: raised between denoising steps, the job ends `cancelled`."""
+
+    def __init__(self, message: str = CANCELLED_BY_CLIENT) -> None:
+        super().__init__(message)

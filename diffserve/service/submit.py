@@ -18,7 +18,7 @@ from PIL import Image
 
 from diffserve.service.admission import QueueCaps
 from diffserve.config import Settings
-from diffserve.core.errors import NotFound
+from diffserve.core.errors import CANCELLED_BY_CLIENT, NotFound
 from diffserve.core.job import Job, JobStatus, input_key
 from diffserve.core.request import RequestDraft, check_batch_pixels, output_size
 from diffserve.engine.identity.faces import SubmitFaceCheck
@@ -37,7 +37,6 @@ from diffserve.webhooks.dispatcher import check_webhook_url
 _WAIT_MIN_S = 0.01
 _WAIT_MAX_S = 0.25
 DEFAULT_ETA_S = 10.0
-CANCEL_REASON = "Cancelled by the client"  # the worker says the same (workers/progress.py)
 
 
 @dataclass
@@ -154,7 +153,7 @@ class GenerationService:
             return None
         return await anyio.to_thread.run_sync(self.progress.get, job.id)
 
-    async def cancel(self, job: Job, reason: str = CANCEL_REASON) -> Job:
+    async def cancel(self, job: Job, reason: str = CANCELLED_BY_CLIENT) -> Job:
         """A queued job is dropped at once; a running one is asked to stop (its worker sees it between two
         steps and ends it `cancelled`). The job as it is now."""
         if not job.status.is_terminal():

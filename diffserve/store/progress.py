@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from diffserve.store.db import ProgressRow, utcnow
@@ -62,7 +62,7 @@ class ProgressStore:
         with Session(self._engine) as s:
             return bool(s.scalar(select(ProgressRow.cancel_requested).where(ProgressRow.job_id == job_id)))
 
-    def clear(self, job_id: int) -> None:
-        """Drop a finished job's row (its preview is no use once the images exist)."""
+    def finish(self, job_id: int) -> None:
+        """A job ended: drop its preview (no use once the images exist); its step counts stay."""
         with Session(self._engine) as s, s.begin():
-            s.execute(delete(ProgressRow).where(ProgressRow.job_id == job_id))
+            s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id).values(preview=None))

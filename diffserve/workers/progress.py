@@ -19,9 +19,6 @@ from diffserve.store.progress import ProgressStore
 if TYPE_CHECKING:  # imported where it runs: the worker process (the API process never imports torch)
     import torch
 
-CANCEL_REASON = "Cancelled by the client"
-
-
 @dataclass
 class ProgressReporter:
     job_id: int
@@ -33,7 +30,7 @@ class ProgressReporter:
 
     def check_cancelled(self) -> None:
         if self.store.cancel_requested(self.job_id):
-            raise Cancelled(CANCEL_REASON)
+            raise Cancelled()
 
     def __call__(self, step: int, total: int, latents: torch.Tensor | None) -> None:
         from diffserve.engine.progress import preview_jpeg
@@ -45,4 +42,4 @@ class ProgressReporter:
         self._last_write = now
         step_s = (now - self._started) / step if step else None
         if self.store.report(self.job_id, step, total, step_s, preview_jpeg(latents)):
-            raise Cancelled(CANCEL_REASON)
+            raise Cancelled()

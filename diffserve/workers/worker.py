@@ -105,6 +105,8 @@ class Worker:
             self.jobs.succeed(job_id, keys, nsfw, run=run)
             status = JobStatus.SUCCEEDED
         finally:
+            if self.progress is not None:
+                self.progress.finish(job_id)
             if self.metrics is not None:
                 self._count(job, status, time.monotonic() - started, reporter.steps if reporter else 0)
             self.queue.ack(job_id)
