@@ -116,3 +116,30 @@ def test_the_server_runs_on_postgresql(postgres, tmp_path, models_root):
         assert again["status"] == "success", again
     finally:
         srv.stop()
+
+
+def test_a_finished_job_is_announced_to_listeners_on_postgresql(postgres):
+    """API processes learn that a job finished anywhere through LISTEN/NOTIFY (no polling of the store)."""
+    import threading
+
+    from diffserve.core.request import GenerationRequest
+    from diffserve.store.jobs import JobStore, new_output_token
+    from diffserve.store.notify import JobDoneListener
+
+    engine = make_engine(postgres.url)
+    upgrade(engine)
+    heard, event = [], threading.Event()
+    listener = JobDoneListener(postgres.url, lambda job_id: (heard.append(job_id), event.set()))
+    listener.start()
+    try:
+        jobs = JobStore(engine)
+        request = GenerationRequest(model_id="tiny-sd", prompt="x", init_image_key="k", width=64, height=64,
+                                    steps=4, guidance_scale=7.5, strength=0.7, seed=1)
+        job = jobs.create(key_id="k", dialect="native", request=request, output_token=new_output_token())
+        assert listener.listening.wait(10)
+        jobs.start(job.id, "worker-x")
+        assert not heard  # starting is not finishing
+        jobs.succeed(job.id, [], [])
+        assert event.wait(10) and heard == [job.id]
+    finally:
+        listener.stop()

@@ -48,6 +48,8 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
                                                                    metrics=metrics))
         if state.service.completions:
             state.service.completions.start(asyncio.get_running_loop())
+        if state.listener:
+            state.listener.start()
         if state.supervisor:
             await anyio.to_thread.run_sync(state.supervisor.start)
         if state.delivery:  # webhook deliveries (resumed after a restart) and temp cleanup

@@ -20,6 +20,7 @@ from diffserve.store.schema import ensure_schema
 from diffserve.store.jobs import JobStore
 from diffserve.store.key_options import KeyOptions
 from diffserve.store.keys import KeyStore
+from diffserve.store.notify import JobDoneListener, listens
 from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
 from diffserve.workers.supervisor import Supervisor
@@ -40,6 +41,7 @@ class AppState:
     metrics: Metrics | None = None  # this process's Prometheus samples (diffserve/metrics.py)
     queue: LocalQueue | None = None  # read for the queue-depth gauges
     key_options: KeyOptions | None = None  # per-key client settings (the A1111 API's /options)
+    listener: JobDoneListener | None = None  # PostgreSQL: jobs finished by workers anywhere wake waiters here
 
     def base_url(self, request: Request) -> str:
         """This server as the client reached it, unless the operator fixed a public URL."""
@@ -50,6 +52,8 @@ class AppState:
             self.delivery.stop()
         if self.supervisor:
             self.supervisor.stop()
+        if self.listener:
+            self.listener.stop()
         if self.service.completions:
             self.service.completions.stop()
         self.http.close()
@@ -64,7 +68,9 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
     queue = LocalQueue(db, notify=signals.job_ready if signals else None)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     http = httpx.Client(timeout=settings.images.fetch_timeout_s, follow_redirects=False)
-    completions = CompletionBroadcaster(signals) if signals else None
+    completions = CompletionBroadcaster(signals) if signals or listens(settings.db_url) else None
+    listener = JobDoneListener(settings.db_url, completions.job_done_elsewhere) \
+        if completions and listens(settings.db_url) else None
     storage = build_storage(settings, db)
     delivery = build_delivery(settings, db, jobs, storage, metrics=metrics)
     progress = ProgressStore(db)
@@ -72,7 +78,8 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
                                 progress=progress)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
     return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor, delivery=delivery,
-                    control=ControlLog(db), metrics=metrics, queue=queue, key_options=KeyOptions(db))
+                    control=ControlLog(db), metrics=metrics, queue=queue, key_options=KeyOptions(db),
+                    listener=listener)
 
 
 def app_state(request: Request) -> AppState:

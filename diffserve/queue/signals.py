@@ -109,9 +109,10 @@ class LocalSignals:
 
 
 class CompletionBroadcaster:
-    """One thread turns workers' `done` pokes into an asyncio wake-up for every request waiting here."""
+    """One thread turns workers' `done` pokes into an asyncio wake-up for every request waiting here;
+    `job_done_elsewhere` does the same for a job another process reports (store/notify.py)."""
 
-    def __init__(self, signals: LocalSignals) -> None:
+    def __init__(self, signals: LocalSignals | None) -> None:
         self._signals = signals
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
@@ -138,9 +139,16 @@ class CompletionBroadcaster:
         except asyncio.TimeoutError:
             pass
 
+    def job_done_elsewhere(self, _job_id: int) -> None:
+        """Thread-safe: a job finished on a worker this process did not spawn."""
+        if self._loop and not self._halt.is_set():
+            self._loop.call_soon_threadsafe(self._notify)
+
     def _run(self) -> None:
         while not self._halt.is_set():
-            if self._signals.wait_done(0.5) and self._loop and not self._halt.is_set():
+            if self._signals is None:
+                self._halt.wait(0.5)
+            elif self._signals.wait_done(0.5) and self._loop and not self._halt.is_set():
                 self._loop.call_soon_threadsafe(self._notify)
 
     def _notify(self) -> None:

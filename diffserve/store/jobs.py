@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from diffserve.core.job import Job, JobStatus
 from diffserve.core.request import GenerationRequest
 from diffserve.store.db import JobRow, utcnow
+from diffserve.store.notify import notify_done
 
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
@@ -100,6 +101,7 @@ class JobStore:
                 row.status = JobStatus.FAILED.value
                 row.error = f"{reason} ({row.attempts} attempts)"
                 row.finished_at = utcnow()
+                notify_done(s, job_id)
                 return False
             row.status = JobStatus.QUEUED.value
             row.worker_id = None
@@ -162,6 +164,8 @@ class JobStore:
             result = s.execute(
                 update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(only_if)).values(**values)
             )
+            if result.rowcount == 1:
+                notify_done(s, job_id)  # PostgreSQL: wakes requests waiting on any API process
             return result.rowcount == 1
 
 
