@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+from fastapi import Request
 
 from diffserve.core.errors import Forbidden, Unauthorized
 from diffserve.store.keys import ApiKey, KeyStore
@@ -20,3 +21,9 @@ async def authenticate(keys: KeyStore, key_text: str | None) -> ApiKey:
 def require_admin(key: ApiKey) -> None:
     if not key.is_admin:
         raise Forbidden("This endpoint needs an admin API key")
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
+    auth = request.headers.get("authorization", "").strip()
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.api.a1111.samplers import SAMPLERS, SCHEDULE_TYPES, choose
-from diffserve.api.auth import authenticate
+from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import parse_model, read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.state import AppState, app_state
@@ -78,14 +78,13 @@ class Img2ImgRequest(Txt2ImgRequest):
 async def _key(request: Request) -> tuple[AppState, ApiKey]:
     ds = app_state(request)
     auth = request.headers.get("authorization", "")
-    secret = None
     if auth.lower().startswith("basic "):
         try:
             secret = base64.b64decode(auth[6:].strip()).decode().split(":", 1)[-1]
         except (binascii.Error, UnicodeDecodeError):
             secret = None
-    elif auth.lower().startswith("bearer "):
-        secret = auth[7:].strip()
+    else:
+        secret = bearer_token(request)
     return ds, await authenticate(ds.keys, secret)
 
 

@@ -12,7 +12,7 @@ from diffserve.core.job import Job
 from diffserve.core.request import RequestDraft
 from diffserve.media.inputs import is_base64_image
 from diffserve.store.keys import ApiKey
-from diffserve.api.auth import authenticate
+from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import parse_model, read_json_object
 from diffserve.api.state import AppState, app_state
 from diffserve.api.modelslab.protocol import FetchRequest
@@ -26,8 +26,7 @@ def key_text(request: Request, body: dict[str, Any]) -> str | None:
         return key
     if request.headers.get("key", "").strip():
         return request.headers["key"]
-    auth = request.headers.get("authorization", "")
-    return auth[7:] if auth.lower().startswith("bearer ") else None
+    return bearer_token(request)
 
 
 async def read_and_authenticate(request: Request) -> tuple[AppState, dict[str, Any], ApiKey]:

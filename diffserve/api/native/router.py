@@ -12,7 +12,7 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from diffserve.api.auth import authenticate
+from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import json_body_doc, parse_model, read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.native.protocol import JobCreate
@@ -31,8 +31,7 @@ EVENT_POLL_S = 0.2  # how often an events stream looks at its job
 
 async def _key(request: Request) -> tuple[AppState, ApiKey]:
     ds = app_state(request)
-    auth = request.headers.get("authorization", "")
-    return ds, await authenticate(ds.keys, auth[7:] if auth.lower().startswith("bearer ") else None)
+    return ds, await authenticate(ds.keys, bearer_token(request))
 
 
 async def _job(ds: AppState, key: ApiKey, job_id: str) -> Job:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from diffserve.api.auth import authenticate
+from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.native.render import sse
@@ -36,8 +36,7 @@ POLL_S = 0.1
 
 async def _key(request: Request):
     ds = app_state(request)
-    auth = request.headers.get("authorization", "")
-    return ds, await authenticate(ds.keys, auth[7:].strip() if auth.lower().startswith("bearer ") else None)
+    return ds, await authenticate(ds.keys, bearer_token(request))
 
 
 def _int(value: Any, field: str) -> int | None:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from diffserve.core.errors import InvalidInput, ModelNotFound, NotFound
 from diffserve.core.job import Job, JobStatus
 from diffserve.workers.placement import configured_labels
-from diffserve.api.auth import authenticate
+from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import json_body_doc, parse_model, read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.state import AppState, app_state
@@ -35,7 +35,7 @@ router = APIRouter(route_class=QolabaRoute, tags=["Qolaba"])
 @router.post("/getImagetoImage", openapi_extra=json_body_doc(QolabaImg2ImgRequest), summary="Image to image (Qolaba)")
 async def get_image_to_image(request: Request) -> JSONResponse:
     ds = app_state(request)
-    key = await authenticate(ds.keys, _bearer(request))
+    key = await authenticate(ds.keys, bearer_token(request))
     req = parse_model(QolabaImg2ImgRequest, await read_json_object(request))
     request.state.qolaba = {"app_id": req.app_id or "", "input": req.echo()}
     app = resolve_app(req.required_app_id(), ds.settings.qolaba_apps)
@@ -63,7 +63,7 @@ router.add_api_route("/getImageToImage", get_image_to_image, methods=["POST"],
 @router.post("/getImage", openapi_extra=json_body_doc(GetImageRequest), summary="Task status (Qolaba)")
 async def get_image(request: Request) -> JSONResponse:
     ds = app_state(request)
-    key = await authenticate(ds.keys, _bearer(request))
+    key = await authenticate(ds.keys, bearer_token(request))
     req = parse_model(GetImageRequest, await read_json_object(request))
     if not req.id or not req.id.strip():
         raise InvalidInput("id is required", field="id")
@@ -93,11 +93,6 @@ async def _labels(ds: AppState) -> set[str]:
     """GPU classes this server has: its configured local workers' and any live worker's."""
     live = await anyio.to_thread.run_sync(ds.workers.live)
     return configured_labels(ds.settings) | {label for w in live for label in w.labels}
-
-
-def _bearer(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "").strip()
-    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
 
 def _echo(request: Request) -> dict[str, Any]:
