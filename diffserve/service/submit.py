@@ -39,6 +39,14 @@ _WAIT_MAX_S = 0.25
 DEFAULT_ETA_S = 10.0
 
 
+@dataclass(frozen=True)
+class LiveState:
+    step: int
+    total: int
+    eta: float | None
+    has_preview: bool
+
+
 @dataclass
 class GenerationService:
     settings: Settings
@@ -137,9 +145,12 @@ class GenerationService:
         return job
 
     async def eta(self, job: Job) -> float:
-        """Seconds until the job should be done. Running with progress: its remaining steps times its own
-        measured time per step. Otherwise: jobs ahead of it times the recent median run time."""
-        progress = await self.progress_of(job)
+        """Seconds until the job should be done (see live_state)."""
+        return await self._eta(job, await self.progress_of(job))
+
+    async def _eta(self, job: Job, progress: Progress | None) -> float:
+        """Running with progress: its remaining steps times its own measured time per step. Otherwise: jobs
+        ahead of it times the recent median run time."""
         if job.status is JobStatus.RUNNING and progress and progress.step_s and progress.total:
             return round(max(0, progress.total - progress.step) * progress.step_s, 2)
         durations = await anyio.to_thread.run_sync(self.jobs.recent_durations)
@@ -152,6 +163,15 @@ class GenerationService:
         if self.progress is None:
             return None
         return await anyio.to_thread.run_sync(self.progress.get, job.id)
+
+    async def live_state(self, job: Job) -> LiveState:
+        """How far the job is, read once: steps done of the steps the call runs (num_inference_steps x
+        strength until the worker reports the real count), eta (None once it ended), whether a preview exists."""
+        progress = await self.progress_of(job)
+        total = progress.total if progress and progress.total else int(job.request.steps * job.request.strength)
+        step = total if job.status is JobStatus.SUCCEEDED else (progress.step if progress else 0)
+        eta = None if job.status.is_terminal() else await self._eta(job, progress)
+        return LiveState(step, total, eta, bool(progress and progress.has_preview))
 
     async def cancel(self, job: Job, reason: str = CANCELLED_BY_CLIENT) -> Job:
         """A queued job is dropped at once; a running one is asked to stop (its worker sees it between two

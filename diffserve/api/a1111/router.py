@@ -217,11 +217,9 @@ async def progress(request: Request, skip_current_image: bool = False) -> dict[s
     running = next((j for j in active if j.status is JobStatus.RUNNING), None)
     step, total, eta, image = 0, 0, 0.0, None
     if running is not None:
-        info = await ds.service.progress_of(running)
-        total = info.total if info and info.total else int(running.request.steps * running.request.strength)
-        step = info.step if info else 0
-        eta = await ds.service.eta(running)
-        if not skip_current_image and info and info.has_preview and ds.service.progress is not None:
+        live = await ds.service.live_state(running)
+        step, total, eta = live.step, live.total, live.eta
+        if not skip_current_image and live.has_preview and ds.service.progress is not None:
             data = await anyio.to_thread.run_sync(ds.service.progress.preview, running.id)
             image = base64.b64encode(data).decode() if data else None
     return {"progress": step / total if total else 0.0, "eta_relative": eta,

@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 
 from diffserve.core.errors import (DiffserveError, Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized,
                                    Unavailable)
-from diffserve.core.job import Job, JobStatus
+from diffserve.core.job import Job
 from diffserve.storage.base import Storage
-from diffserve.store.progress import Progress
+from diffserve.service.submit import LiveState
 
 _CODES = [(Unauthorized, "unauthorized"), (Forbidden, "forbidden"), (NotFound, "not_found"),
           (RateLimited, "rate_limited"), (Unavailable, "unavailable"), (InvalidInput, "invalid_input")]
@@ -29,16 +29,7 @@ def error_response(_request: Request, exc: DiffserveError | None) -> JSONRespons
     return JSONResponse({"error": body}, status_code=exc.http_status, headers=headers)
 
 
-def progress_of(job: Job, progress: Progress | None) -> dict[str, int]:
-    """{step, total}: total is the steps the img2img call runs (num_inference_steps x strength)."""
-    total = progress.total if progress and progress.total else int(job.request.steps * job.request.strength)
-    if job.status is JobStatus.SUCCEEDED:
-        return {"step": total, "total": total}
-    return {"step": progress.step if progress else 0, "total": total}
-
-
-def render_job(job: Job, storage: Storage, base_url: str, progress: Progress | None,
-               eta: float | None) -> dict[str, Any]:
+def render_job(job: Job, storage: Storage, base_url: str, live: LiveState) -> dict[str, Any]:
     r = job.request
     run = job.dialect_params.get("run") or {}
     return {
@@ -47,9 +38,9 @@ def render_job(job: Job, storage: Storage, base_url: str, progress: Progress | N
         "dialect": job.dialect,
         "model_id": r.model_id,
         "worker": job.worker_id,  # the worker that ran (or runs) it
-        "progress": progress_of(job, progress),
-        "eta": eta,
-        "preview_url": f"{base_url}/v1/jobs/{job.id}/preview" if progress and progress.has_preview
+        "progress": {"step": live.step, "total": live.total},
+        "eta": live.eta,
+        "preview_url": f"{base_url}/v1/jobs/{job.id}/preview" if live.has_preview
         and not job.status.is_terminal() else None,
         "outputs": [storage.url(key, base_url) for key in job.outputs],
         "nsfw": job.nsfw,

@@ -40,9 +40,7 @@ async def _job(ds: AppState, key: ApiKey, job_id: str) -> Job:
 
 
 async def _render(ds: AppState, request: Request, job: Job) -> dict[str, Any]:
-    progress = await ds.service.progress_of(job)
-    eta = None if job.status.is_terminal() else await ds.service.eta(job)
-    return render_job(job, ds.service.storage, ds.base_url(request), progress, eta)
+    return render_job(job, ds.service.storage, ds.base_url(request), await ds.service.live_state(job))
 
 
 @router.post("/v1/jobs", status_code=202, openapi_extra=json_body_doc(JobCreate),

@@ -80,11 +80,8 @@ async def get_image(request: Request) -> JSONResponse:
 async def _answer(ds: AppState, request: Request, job: Job, status_for_failure: int = 500) -> JSONResponse:
     body = await anyio.to_thread.run_sync(render_job, job, ds.service.storage, ds.base_url(request))
     if not job.status.is_terminal():  # PENDING: how far it is (diffserve's own fields beside the envelope's)
-        progress = await ds.service.progress_of(job)
-        body["progress"] = {"step": progress.step if progress else 0,
-                            "total": progress.total if progress and progress.total
-                            else int(job.request.steps * job.request.strength)}
-        body["eta"] = await ds.service.eta(job)
+        live = await ds.service.live_state(job)
+        body["progress"], body["eta"] = {"step": live.step, "total": live.total}, live.eta
     failed = job.status.is_terminal() and job.status is not JobStatus.SUCCEEDED
     return JSONResponse(body, status_code=status_for_failure if failed else 200)
 
