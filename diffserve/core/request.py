@@ -35,6 +35,12 @@ class ModelLimits(BaseModel):
     default_width: int | None = None  # output size when the request gives none; None: follow the init image
     default_height: int | None = None
 
+    def default_size(self) -> tuple[int, int]:
+        """The size with no init image to follow (text to image, warm-up): the defaults, else 512 px (or the
+        largest allowed) on the model's multiple."""
+        side = min(512, self.max_size) // self.size_multiple * self.size_multiple
+        return self.default_width or side, self.default_height or side
+
 
 class RequestOptions(BaseModel):
     """The fields a draft carries unchanged into the resolved request: controls, assets, delivery."""

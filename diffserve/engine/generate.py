@@ -149,8 +149,7 @@ class Engine:
     def _warm_up(self, model_id: str, loaded: _Loaded) -> None:
         """One short generation at the model's default size, so the first request does not compile."""
         limits = self._registry.get(model_id).limits
-        side = min(512, limits.max_size) // limits.size_multiple * limits.size_multiple
-        width, height = limits.default_width or side, limits.default_height or side
+        width, height = limits.default_size()
         req = GenerationRequest(model_id=model_id, prompt="warm-up", init_image_key="", width=width, height=height,
                                 steps=2, guidance_scale=limits.default_guidance, strength=1.0, seed=0)
         log.info("warming up %s (%s) at %dx%d", model_id, ", ".join(loaded.speedups), width, height)

@@ -85,8 +85,8 @@ class GenerationService:
             await anyio.to_thread.run_sync(check_webhook_url, draft.webhook, policy)
         token = new_output_token()
         if draft.mode == "txt2img":  # no init image: the size asked for, else the model's default
-            side = min(512, limits.max_size) // limits.size_multiple * limits.size_multiple
-            width, height = draft.width or limits.default_width or side, draft.height or limits.default_height or side
+            default_width, default_height = limits.default_size()
+            width, height = draft.width or default_width, draft.height or default_height
             init_key = ""
         else:
             init = await anyio.to_thread.run_sync(self._load_image, draft.init_image, "init_image")
