@@ -28,6 +28,7 @@ from diffserve.core.request import ModelLimits
 QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "auto": 1.0, "standard": 1.0, "high": 1.5}
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MAX_N = 10
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def steps_for(quality: str | None, limits: ModelLimits) -> int:
@@ -90,12 +91,14 @@ def mask_from_alpha(data: bytes) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def encode(png: bytes, fmt: str, compression: int | None) -> bytes:
-    if fmt == "png":
-        return png
-    image = Image.open(io.BytesIO(png)).convert("RGB")
+def encode(data: bytes, fmt: str, compression: int | None) -> bytes:
+    """An image (stored PNG, step-preview JPEG...) in the output format asked for; a PNG asked as png is as is."""
+    if fmt == "png" and data.startswith(PNG_SIGNATURE):
+        return data
+    image = Image.open(io.BytesIO(data)).convert("RGB")
     buf = io.BytesIO()
-    image.save(buf, format=FORMATS[fmt], quality=100 - (compression if compression is not None else 0) or 1)
+    options = {} if fmt == "png" else {"quality": 100 - (compression if compression is not None else 0) or 1}
+    image.save(buf, format=FORMATS[fmt], **options)
     return buf.getvalue()
 
 

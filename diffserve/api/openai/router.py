@@ -6,14 +6,12 @@
 from __future__ import annotations
 
 import base64
-import io
 import time
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from PIL import Image
 from starlette.datastructures import UploadFile
 
 from diffserve.api.auth import authenticate, bearer_token
@@ -167,7 +165,7 @@ async def _events(ds: AppState, request: Request, job: Job, options: Options):
             preview = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id)
             if preview and preview != last:
                 last = preview
-                data = await anyio.to_thread.run_sync(encode_preview, preview, options)
+                data = await anyio.to_thread.run_sync(encode, preview, options.output_format, options.compression)
                 yield sse(f"{options.kind}.partial_image", {
                     "type": f"{options.kind}.partial_image", "b64_json": base64.b64encode(data).decode(),
                     "partial_image_index": sent, **_common(job, options), "created_at": int(time.time())})
@@ -185,9 +183,3 @@ async def _events(ds: AppState, request: Request, job: Job, options: Options):
             "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
                       "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}}})
 
-
-def encode_preview(jpeg: bytes, options: Options) -> bytes:
-    """A step preview (JPEG) in the output format asked for."""
-    buf = io.BytesIO()
-    Image.open(io.BytesIO(jpeg)).convert("RGB").save(buf, format="PNG")
-    return encode(buf.getvalue(), options.output_format, options.compression)
