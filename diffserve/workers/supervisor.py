@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from diffserve.config import Settings
@@ -28,9 +29,7 @@ def recover_jobs(jobs: JobStore, queue: LocalQueue, max_attempts: int, workers: 
     too many attempts) -- and so does every job of a standalone worker (`diffserve worker`) whose heartbeat is
     stale; every unfinished job that lost its queue entry is queued again."""
     live = {w.worker_id for w in workers.live(stale_s)} if workers is not None else set()
-    for job_id, worker_id in queue.claims():
-        if worker_id not in live or is_local(worker_id):
-            release(jobs, queue, job_id, max_attempts)
+    release_claims(jobs, queue, max_attempts, lambda worker_id: is_local(worker_id) or worker_id not in live)
     waiting = set(queue.pending())
     missing = [j for j in jobs.unfinished_ids() if j not in waiting]
     for job_id in missing:
@@ -49,10 +48,16 @@ def recover_stale(jobs: JobStore, queue: LocalQueue, workers: WorkerStore, max_a
                   stale_s: float) -> list[int]:
     """Jobs claimed by a standalone worker that stopped beating (killed, machine gone): run them elsewhere."""
     live = {w.worker_id for w in workers.live(stale_s)}
+    return release_claims(jobs, queue, max_attempts,
+                          lambda worker_id: not is_local(worker_id) and worker_id not in live)
+
+
+def release_claims(jobs: JobStore, queue: LocalQueue, max_attempts: int, gone: Callable[[str], bool]) -> list[int]:
+    """Give back (or fail) every claimed job whose worker `gone(worker_id)` says is not coming back."""
     released = []
     for job_id, worker_id in queue.claims():
-        if not is_local(worker_id) and worker_id not in live:
-            log.warning("worker %s stopped beating; job %s goes back to the queue", worker_id, job_id)
+        if gone(worker_id):
+            log.warning("worker %s is gone; job %s goes back to the queue", worker_id, job_id)
             release(jobs, queue, job_id, max_attempts)
             released.append(job_id)
     return released
