@@ -51,8 +51,9 @@ def worker_device(settings: Settings, worker_id: str) -> str:
     index = worker_index(worker_id) or 0
     if gpus is not None:
         return f"cuda:{gpus[index % len(gpus)]}"
-    if settings.device == "cuda" and settings.workers > 1 and len(visible_gpus()) > 1:
-        return f"cuda:{index % len(visible_gpus())}"
+    count = len(visible_gpus()) if settings.device == "cuda" and settings.workers > 1 else 0
+    if count > 1:
+        return f"cuda:{index % count}"
     return settings.device
 
 
