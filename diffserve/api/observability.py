@@ -16,6 +16,11 @@ from diffserve.api.state import app_state
 log = logging.getLogger(__name__)
 
 
+def _workers(live: list) -> tuple[int, list[str]]:
+    """(workers up -- idle or busy --, every model a live worker holds)."""
+    return sum(w.state in ("idle", "busy") for w in live), sorted({m for w in live for m in w.models})
+
+
 def install(app: FastAPI) -> None:
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -31,13 +36,8 @@ def install(app: FastAPI) -> None:
     @app.get("/health", tags=["server"], summary="Alive: 200 as soon as the API answers (see /ready)")
     async def health(request: Request) -> Any:
         ds = app_state(request)
-        live = await anyio.to_thread.run_sync(ds.workers.live)
-        ready = [w for w in live if w.state in ("idle", "busy")]
-        return {
-            "status": "ok" if (ready or not ds.supervisor) else "starting",
-            "workers": len(ready),
-            "models_loaded": sorted({m for w in live for m in w.models}),
-        }
+        up, models = _workers(await anyio.to_thread.run_sync(ds.workers.live))
+        return {"status": "ok" if (up or not ds.supervisor) else "starting", "workers": up, "models_loaded": models}
 
     @app.get("/ready", tags=["server"], summary="200 once requests can be served: store reachable, a worker up")
     async def ready(request: Request) -> Any:
@@ -47,9 +47,8 @@ def install(app: FastAPI) -> None:
         except Exception:  # noqa: BLE001 - the store is down: not ready, and say so
             log.warning("readiness: the job store is unreachable", exc_info=True)
             return JSONResponse({"status": "unavailable", "store": "unreachable", "workers": 0}, status_code=503)
-        up = [w for w in live if w.state in ("idle", "busy")]
-        body = {"status": "ready" if up else "starting", "store": "ok", "workers": len(up),
-                "models_loaded": sorted({m for w in live for m in w.models})}
+        up, models = _workers(live)
+        body = {"status": "ready" if up else "starting", "store": "ok", "workers": up, "models_loaded": models}
         return JSONResponse(body, status_code=200 if up else 503)
 
     @app.get("/metrics", tags=["server"], summary="Prometheus metrics of the API and every worker process")
