@@ -64,6 +64,23 @@ class StorageSettings(BaseModel):
     cleanup_interval_s: float = Field(600.0, gt=0, description="how often expired temp objects are looked for")
 
 
+class QueueSettings(BaseModel):
+    """How jobs reach workers. `local`: a table in the store, wake-ups through pipes (one machine). `celery`: the
+    same claims in the store, with Celery 5 messages on a Redis broker waking workers on any machine
+    (queue/celery.py; README "Fleet")."""
+
+    backend: Literal["local", "celery"] = "local"
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis) for backend=celery")
+    visibility_timeout_s: float = Field(
+        3600.0, gt=0, description="an unacknowledged message is delivered again after this long (Redis "
+                                  "transport); must exceed the longest job. A dead worker's job is re-run much "
+                                  "sooner through its stale heartbeat (worker_stale_s)")
+    resend_interval_s: float = Field(5.0, gt=0, description="how often the API compares the jobs waiting in the "
+                                                            "store with the broker's messages and re-sends missing ones")
+    broker_timeout_s: float = Field(2.0, gt=0, description="longest wait for the broker when sending; past it "
+                                                           "the job stays queued in the store and is re-sent later")
+
+
 class QolabaApp(BaseModel):
     """An operator's mapping of one Qolaba app_id: the local model, and optionally its allowed sizes
     ("HEIGHTxWIDTH"; an empty list lets the output follow the input image)."""
@@ -101,7 +118,8 @@ class Settings(BaseSettings):
                                                        "user:pw@host/db; default: SQLite in the data dir")
     models_file: Path | None = Field(None, description="models config; default <data_dir>/models.json")
     models_root: Path | None = Field(None, description="where built-in models are built; default <data_dir>/models")
-    workers: int = Field(1, ge=1, le=64)
+    workers: int = Field(1, ge=0, le=64, description="local worker processes; 0: an API process only (a fleet's "
+                                                     "workers run `diffserve worker` elsewhere)")
     device: str = Field("cpu", description="torch device of the workers: cpu, cuda, cuda:1...")
     gpus: str | None = Field(None, description="one worker per listed GPU: 'all' (every visible GPU) or indices "
                                                "'0,2'; each worker is pinned to cuda:<index>")
@@ -153,6 +171,7 @@ class Settings(BaseSettings):
     limits: RequestLimits = RequestLimits()
     webhooks: WebhookSettings = WebhookSettings()
     storage: StorageSettings = StorageSettings()
+    queue: QueueSettings = QueueSettings()
 
     @property
     def db_url(self) -> str:

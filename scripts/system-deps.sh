@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # System packages the test suite needs, from Debian: Chromium for the playground's browser tests
 # (driven by Playwright with executable_path=/usr/bin/chromium; Playwright never downloads a browser) and
-# PostgreSQL's server binaries (tests/pgserver.py runs initdb + pg_ctl in a temp dir; no service is started).
+# PostgreSQL's server binaries (tests/pgserver.py runs initdb + pg_ctl in a temp dir; no service is started),
+# Redis (the fleet's Celery broker: tests/redisserver.py runs redis-server on a free loopback port) and iproute2
+# (`ip netns`: the fleet test runs its workers as other hosts in network namespaces).
 # Idempotent: does nothing when they are present. Needs root (or sudo) the first time.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [ ${#missing[@]} -eq 0 ] && exit 0
 as_root=()
 if [ "$(id -u)" -ne 0 ]; then
