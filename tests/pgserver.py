@@ -21,10 +21,15 @@ def _bin(name: str) -> str:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    """`also_listen`: more addresses to accept connections on (the fleet test's network namespaces), each
+    trusted for its /24."""
+
+    def __init__(self, also_listen: tuple[str, ...] = ()) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="diffserve-pg-"))
         self.port = free_port()
         self.user = "diffserve"
+        self.listen = ",".join(("127.0.0.1", *also_listen))
+        self.also_listen = also_listen
 
     def _run(self, *cmd: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -38,8 +43,10 @@ class PostgresServer:
             shutil.chown(self.root, "postgres")
             shutil.chown(data, "postgres")
         self._run(_bin("initdb"), "-D", str(data), "-A", "trust", "-U", self.user, "-E", "UTF8")
-        self._run(_bin("pg_ctl"), "-D", str(data), "-l", str(self.root / "log"), "-w", "-o",
-                  f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}", "start")
+        with open(data / "pg_hba.conf", "a") as hba:
+            for address in self.also_listen:
+                hba.write(f"host all all {address.rsplit('.', 1)[0]}.0/24 trust\n")
+        self.resume()
         return self
 
     @property
@@ -52,7 +59,10 @@ class PostgresServer:
 
     def resume(self) -> None:
         self._run(_bin("pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"), "-w", "-o",
-                  f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}", "start")
+                  f"-p {self.port} -c listen_addresses='{self.listen}' -k {self.root}", "start")
+
+    def url_at(self, address: str) -> str:
+        return self.url.replace("@127.0.0.1:", f"@{address}:")
 
     def stop(self) -> None:
         try:

@@ -34,6 +34,7 @@ def weed_binary() -> str:
 @dataclass
 class SeaweedS3:
     root: Path
+    bind: str = "127.0.0.1"  # 0.0.0.0: also reachable from the fleet test's network namespaces
     port: int = 0
     proc: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -54,7 +55,7 @@ class SeaweedS3:
                  "admin", "admin.grpc"]
         self.ports = {n: free_port() for n in names}
         self.port = self.ports["s3"]
-        args = [weed_binary(), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        args = [weed_binary(), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", f"-ip.bind={self.bind}",
                 "-webdav=false", "-admin.ui=false", "-master.telemetry=false", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", f"-s3.config={config}", f"-bucket={PRIVATE_BUCKET},{PUBLIC_BUCKET}"]
         args += [f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={port}"

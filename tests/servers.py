@@ -114,7 +114,8 @@ class DiffserveServer:
     def create_key(self, *extra: str) -> str:
         return self.cli("keys", "create", *extra).strip().splitlines()[-1]
 
-    def start(self, timeout: float = 180.0) -> "DiffserveServer":
+    def start(self, timeout: float = 180.0, *, until: str = "/ready") -> "DiffserveServer":
+        """until: /ready (a worker is up) or /health (the API answers: `--workers 0`, workers come later)."""
         self.port = self.port or free_port()
         self.log_path = self.data_dir / f"server-{self.port}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -123,16 +124,16 @@ class DiffserveServer:
             [sys.executable, "-m", "diffserve.cli.main", "serve", "--port", str(self.port)],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        self.wait_healthy(timeout)
+        self.wait_healthy(timeout, until)
         return self
 
-    def wait_healthy(self, timeout: float) -> float:
+    def wait_healthy(self, timeout: float, until: str = "/ready") -> float:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{until}", timeout=2).status_code == 200:
                     return time.monotonic() - t0
             except httpx.HTTPError:
                 pass

@@ -18,7 +18,7 @@ from diffserve.store.db import make_engine
 from diffserve.store.schema import ensure_schema
 from diffserve.store.jobs import JobStore, new_output_token
 from diffserve.store.keys import KeyStore
-from diffserve.workers.supervisor import recover_jobs
+from diffserve.workers.recovery import recover_jobs
 
 
 class Loose(BaseModel):

@@ -10,6 +10,7 @@ from fastapi import Request
 from diffserve.config import Settings
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.metrics import Metrics
+from diffserve.queue.configured import build_queue
 from diffserve.queue.local import LocalQueue
 from diffserve.queue.signals import CompletionBroadcaster, LocalSignals
 from diffserve.service.submit import GenerationService
@@ -65,7 +66,7 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
     ensure_schema(db)
     signals = LocalSignals() if run_workers else None
     jobs, workers = JobStore(db), WorkerStore(db)
-    queue = LocalQueue(db, notify=signals.job_ready if signals else None)
+    queue = build_queue(settings, db, notify=signals.job_ready if signals else None)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     http = httpx.Client(timeout=settings.images.fetch_timeout_s, follow_redirects=False)
     completions = CompletionBroadcaster(signals) if signals or listens(settings.db_url) else None

@@ -47,7 +47,7 @@ class ServerAdmin:
             "queue_time": round(per_job * len(pending) / busy_workers, 2),
             "worker_count": len(live),
             "workers": [{
-                "worker_id": w.worker_id, "pid": w.pid, "state": w.state, "current_job": w.current_job,
+                "worker_id": w.worker_id, "machine": w.machine, "pid": w.pid, "state": w.state, "current_job": w.current_job,
                 "models": w.models, "labels": list(w.labels), "device": w.device, "dtype": w.dtype,
                 "model_cache_gb": round(w.cache_budget_bytes / 1024**3, 2) if w.cache_budget_bytes else None,
                 "started_at": w.started_at.isoformat() + "Z" if w.started_at else None,

@@ -34,6 +34,7 @@ _POLL_MAX_S = 0.1
 SCAN_LIMIT = 200
 _LOCKED_RETRIES = 20
 LIVE_WORKER_S = 15.0  # a worker whose heartbeat is older is not counted as holding its models
+ANY_LABEL = object()  # _try_claim: jobs of every class this worker may take (else: only jobs with this label)
 
 
 class LocalQueue:
@@ -50,13 +51,24 @@ class LocalQueue:
 
     def enqueue(self, job_id: int) -> None:
         """Queue the job, with its routing (model id, worker label) read from the job row."""
-        with Session(self._engine) as s, s.begin():
-            if s.get(QueueRow, job_id) is None:
-                request = s.scalar(select(JobRow.request).where(JobRow.id == job_id)) or {}
-                s.execute(insert(QueueRow).values(job_id=job_id, model_id=request.get("model_id"),
-                                                  label=request.get("worker_label"), enqueued_at=utcnow()))
+        self._insert(job_id)
         if self._notify is not None:
             self._notify()
+
+    def _insert(self, job_id: int) -> str | None:
+        """The queue row (once: enqueueing twice is a no-op); returns the job's worker label."""
+        with Session(self._engine) as s, s.begin():
+            row = s.get(QueueRow, job_id)
+            if row is not None:
+                return row.label
+            request = s.scalar(select(JobRow.request).where(JobRow.id == job_id)) or {}
+            s.execute(insert(QueueRow).values(job_id=job_id, model_id=request.get("model_id"),
+                                              label=request.get("worker_label"), enqueued_at=utcnow()))
+            return request.get("worker_label")
+
+    def resend_missing(self) -> int:
+        """Nothing to re-send: this table is the whole queue (the Celery backend re-sends lost messages)."""
+        return 0
 
     def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
               labels: Sequence[str] = ()) -> int | None:
@@ -76,10 +88,11 @@ class LocalQueue:
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, _POLL_MAX_S)
 
-    def _try_claim(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str]) -> int | None:
+    def _try_claim(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
+                   label_class: object = ANY_LABEL) -> int | None:
         for attempt in range(_LOCKED_RETRIES):
             try:
-                return self._claim_one(worker_id, loaded, labels)
+                return self._claim_one(worker_id, loaded, labels, label_class)
             except OperationalError as e:
                 # SQLite (WAL): another process wrote after this transaction read, so it cannot upgrade to
                 # a write ("database is locked" at once, whatever the busy timeout). Nothing was claimed.
@@ -88,12 +101,16 @@ class LocalQueue:
                 time.sleep(_POLL_MIN_S)
         return None
 
-    def _claim_one(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str]) -> int | None:
+    def _claim_one(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
+                   label_class: object = ANY_LABEL) -> int | None:
         now = utcnow()
         with Session(self._engine) as s, s.begin():
-            label_ok = QueueRow.label.is_(None)
-            if labels:
-                label_ok = or_(label_ok, QueueRow.label.in_(list(labels)))
+            if label_class is not ANY_LABEL:
+                label_ok = QueueRow.label.is_(None) if label_class is None else QueueRow.label == label_class
+            else:
+                label_ok = QueueRow.label.is_(None)
+                if labels:
+                    label_ok = or_(label_ok, QueueRow.label.in_(list(labels)))
             waiting = s.execute(
                 select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
                 .where(QueueRow.claimed_by.is_(None), label_ok)

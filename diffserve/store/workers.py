@@ -25,6 +25,12 @@ class WorkerInfo:
     dtype: str | None = None
     cache_budget_bytes: int | None = None
 
+    @property
+    def machine(self) -> str | None:
+        """The host of a standalone worker (`diffserve worker` is <host>-<pid>); None for an API's own."""
+        suffix = f"-{self.pid}"
+        return self.worker_id[:-len(suffix)] if self.worker_id.endswith(suffix) else None
+
 
 class WorkerStore:
     def __init__(self, engine: Engine) -> None:

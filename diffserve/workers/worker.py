@@ -11,6 +11,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from diffserve.core.errors import Cancelled, DiffserveError
 from diffserve.core.job import Job, JobStatus
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.queue.base import JobQueue
-from diffserve.queue.local import LocalQueue
+from diffserve.queue.configured import build_queue
 from diffserve.queue.signals import WorkerPipes
 from diffserve.storage.base import Storage
 from diffserve.storage.configured import build_storage
@@ -35,6 +36,7 @@ from diffserve.store.workers import WorkerStore
 from diffserve.workers.placement import worker_device, worker_labels
 from diffserve.workers.orders import WorkerOrders
 from diffserve.workers.progress import ProgressReporter
+from diffserve.workers.recovery import release
 
 if TYPE_CHECKING:  # the model stack is imported by the worker process only (build_worker), never by the API
     from diffserve.engine.generate import Engine
@@ -61,8 +63,10 @@ class Worker:
     progress: ProgressStore | None = None  # step progress out, client cancels in (store/progress.py)
     metrics: Metrics | None = None  # Prometheus samples of this process (diffserve/metrics.py)
 
-    def run(self, stop: threading.Event | None = None) -> None:
+    def run(self, stop: threading.Event | None = None) -> bool:
+        """Take jobs until `stop`; True when it ended for a restart order (the process should start afresh)."""
         stop = stop or threading.Event()
+        restart = False
         self.workers.register(self.worker_id, os.getpid(), self.labels)
         self.workers.set_device(self.worker_id, self.engine.device, self.engine.default_dtype(),
                                 self.engine.pipelines.budget_bytes)
@@ -75,13 +79,15 @@ class Worker:
         try:
             while not stop.is_set():
                 if self.orders and not self.orders.apply(self.engine, self.workers, self.worker_id):
-                    break  # restart: exit cleanly between jobs; the supervisor starts a fresh process
+                    restart = True  # exit cleanly between jobs; a fresh process takes over
+                    break
                 job_id = self.queue.claim(self.worker_id, timeout=0.5, loaded=self.engine.loaded_models(),
                                           labels=self.labels)
                 if job_id is not None:
                     self.run_job(job_id)
         finally:
             self.workers.remove(self.worker_id)
+        return restart
 
     def run_job(self, job_id: int) -> None:
         job = self.jobs.start(job_id, self.worker_id)
@@ -192,10 +198,12 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
     device = device or worker_device(settings, worker_id)
     budget = model_cache_budget(settings, device)
     activations = int(settings.activation_budget_gb * 1024**3) if settings.activation_budget_gb else None
+    jobs = JobStore(db)
     return Worker(
         worker_id=worker_id,
-        jobs=JobStore(db),
-        queue=LocalQueue(db, wake=pipes, affinity_wait_s=settings.affinity_wait_s),
+        jobs=jobs,
+        queue=build_queue(settings, db, wake=pipes,
+                          on_orphan=lambda queue, job_id: release(jobs, queue, job_id, settings.max_attempts)),
         storage=build_storage(settings, db),  # local or S3, following update_s3 without a restart
         engine=Engine(registry, device=device, dtype=settings.dtype, safety_checker=settings.safety_checker,
                       models_dir=settings.models_dir, max_models=settings.max_loaded_models,
@@ -242,5 +250,10 @@ def standalone_main(settings: Settings, *, labels: tuple[str, ...], gpu: int | N
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {worker_id} %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
     device = f"cuda:{gpu}" if gpu is not None else settings.device
-    build_worker(settings, worker_id, labels=labels, device=device).run(stop)
+    if build_worker(settings, worker_id, labels=labels, device=device).run(stop):
+        # restart_server: this machine's worker starts afresh in the same process slot (same arguments, new
+        # pid), so a fleet restarts without a process manager on each machine
+        log.info("restarting")
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, "-m", "diffserve.cli.main", *sys.argv[1:]])
     return 0

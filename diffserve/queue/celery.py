@@ -1,0 +1,232 @@
+"""Fleet queue backend: the claims stay in the job store, Celery 5 messages on Redis carry the wake-ups.
+
+The store is the single source of truth (queue/local.py's table and its affinity, label and fairness rules,
+now across machines: every worker's loaded models are in the shared database). The broker adds what a fleet
+needs: a worker on another machine hears of a job at once, and delivery is at least once.
+
+- enqueue: the queue row in the store (idempotent), then a Celery task message `diffserve.job` with the job id
+  on its class's queue: `diffserve` (any worker) or `diffserve.<label>` (a GPU class; workers with that label
+  consume it). A broker that is down does not fail the request: the job is queued in the store, and
+  `resend_missing` sends its message once the broker is back.
+- claim: first the store (so a batch, or a worker that just finished, takes waiting jobs without a message);
+  else wait for a message, prefetch 1. On a message: if its job is claimed by a worker that is gone (the
+  message came back after its visibility timeout), that claim is released first (`on_orphan`). Then the
+  worker claims the best waiting job of the message's class for itself (its own model first...). It got one:
+  the message stays unacknowledged until that job is acked (acks_late: a worker killed mid-job leaves it to be
+  delivered again). No job of that class waits: the message was a duplicate, acked and dropped (a job id
+  delivered twice runs once). Jobs wait, but another worker is better placed: the message goes back to the
+  broker and this worker pauses a moment.
+- resend_missing (API side, every resend_interval_s): per class, jobs waiting in the store beyond the messages
+  in the broker's list get a message again (Redis restarted without its data, a message lost).
+
+The worker's own loop stays in charge of the process (heartbeats, orders between jobs, batching ticks), so
+messages are consumed through Celery's connection (kombu) rather than run by a Celery worker pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import defaultdict
+from datetime import timedelta
+from typing import Callable, Sequence
+
+from celery import Celery
+from kombu import Consumer, Queue
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from diffserve.config import QueueSettings
+from diffserve.queue.local import LocalQueue
+from diffserve.store.db import QueueRow, WorkerRow, utcnow
+
+log = logging.getLogger(__name__)
+
+TASK = "diffserve.job"
+QUEUE_PREFIX = "diffserve"
+_BACK_OFF_S = 0.2  # after giving a message back because another worker is better placed for its jobs
+
+
+def queue_name(label: str | None) -> str:
+    return QUEUE_PREFIX if label is None else f"{QUEUE_PREFIX}.{label}"
+
+
+def celery_app(settings: QueueSettings) -> Celery:
+    """The Celery app both sides share: JSON messages, late acks, one message in flight per worker."""
+    app = Celery("diffserve", broker=settings.broker_url, set_as_current=False)
+    timeout = settings.broker_timeout_s
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], task_default_queue=QUEUE_PREFIX,
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        broker_connection_timeout=timeout, broker_connection_retry=False, broker_connection_max_retries=0,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_timeout": timeout, "socket_connect_timeout": timeout,
+            "unacked_restore_interval": 1, "unacked_restore_throttle": 1,
+        },
+    )
+    return app
+
+
+class CeleryQueue(LocalQueue):
+    def __init__(self, engine: Engine, settings: QueueSettings, *, affinity_wait_s: float = 2.0,
+                 live_worker_s: float = 15.0, on_orphan: Callable[["CeleryQueue", int], None] | None = None) -> None:
+        super().__init__(engine, affinity_wait_s=affinity_wait_s)
+        self._settings = settings
+        self._live_worker_s = live_worker_s
+        self._on_orphan = on_orphan  # gives a dead worker's job back (workers/recovery.py)
+        self._app = celery_app(settings)
+        self._conn = None
+        self._consuming: tuple[str, ...] = ()
+        self._inbox: list = []
+        self._held: dict[int, object] = {}  # job id -> the message that got it, acked with the job
+        self._redis = None
+
+    # -- the API side ---------------------------------------------------------------------------------------
+    def enqueue(self, job_id: int) -> None:
+        self._send(job_id, self._insert(job_id))
+
+    def release(self, job_id: int) -> None:
+        super().release(job_id)
+        self._ack_message(job_id)
+        with Session(self._engine) as s:
+            label = s.scalar(select(QueueRow.label).where(QueueRow.job_id == job_id))
+        self._send(job_id, label)
+
+    def resend_missing(self) -> int:
+        """Send a message again for every waiting job the broker's queues do not account for."""
+        with Session(self._engine) as s:
+            rows = s.execute(select(QueueRow.job_id, QueueRow.label).where(QueueRow.claimed_by.is_(None))
+                             .order_by(QueueRow.job_id)).all()
+        waiting: dict[str | None, list[int]] = defaultdict(list)
+        for job_id, label in rows:
+            waiting[label].append(job_id)
+        sent = 0
+        for label, ids in waiting.items():
+            missing = len(ids) - self._broker().llen(queue_name(label))
+            for job_id in ids[:max(0, missing)]:
+                sent += self._send(job_id, label)
+        if sent:
+            log.warning("re-sent %d job message(s) missing from the broker", sent)
+        return sent
+
+    def _send(self, job_id: int, label: str | None) -> bool:
+        try:
+            self._app.send_task(TASK, args=[job_id], kwargs={"label": label}, queue=queue_name(label),
+                                retry=False)
+            return True
+        except Exception as e:  # noqa: BLE001 - the broker is away; the job waits in the store, re-sent later
+            log.warning("broker unreachable (%s): job %s stays queued and is re-sent later", e, job_id)
+            return False
+
+    def _broker(self):
+        if self._redis is None:
+            import redis
+
+            timeout = self._settings.broker_timeout_s
+            self._redis = redis.Redis.from_url(self._settings.broker_url, socket_timeout=timeout,
+                                               socket_connect_timeout=timeout)
+        return self._redis
+
+    # -- the worker side ------------------------------------------------------------------------------------
+    def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
+              labels: Sequence[str] = ()) -> int | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            job_id = self._try_claim(worker_id, loaded, labels)
+            if job_id is not None:
+                return job_id
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            message = self._receive(labels, remaining)
+            if message is not None:
+                job_id = self._on_message(message, worker_id, loaded, labels, deadline)
+                if job_id is not None:
+                    return job_id
+
+    def ack(self, job_id: int) -> None:
+        super().ack(job_id)
+        self._ack_message(job_id)
+
+    def _ack_message(self, job_id: int) -> None:
+        message = self._held.pop(job_id, None)
+        if message is None:
+            return
+        try:
+            message.ack()
+        except Exception:  # noqa: BLE001 - the broker is away: it delivers the message again, a no-op then
+            log.warning("could not acknowledge the message of job %s", job_id, exc_info=True)
+            self._disconnect()
+
+    def _on_message(self, message, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
+                    deadline: float) -> int | None:
+        try:
+            (job_id,), kwargs = message.payload[0], message.payload[1]
+            label = kwargs.get("label")
+        except (TypeError, ValueError, IndexError, AttributeError):
+            log.warning("dropping a malformed message: %r", message.payload)
+            message.ack()
+            return None
+        self._take_over_if_orphaned(int(job_id), worker_id)
+        won = self._try_claim(worker_id, loaded, labels, label_class=label)
+        if won is not None:
+            self._held[won] = message
+            return won
+        if self._waiting(label):
+            message.requeue()  # another worker is better placed now; someone takes it soon
+            time.sleep(max(0.0, min(_BACK_OFF_S, deadline - time.monotonic())))
+        else:
+            message.ack()  # a duplicate: its job ran already (or is running)
+        return None
+
+    def _take_over_if_orphaned(self, job_id: int, worker_id: str) -> None:
+        with Session(self._engine) as s:
+            holder = s.scalar(select(QueueRow.claimed_by).where(QueueRow.job_id == job_id))
+            if holder is None or holder == worker_id:
+                return
+            beat = s.scalar(select(WorkerRow.heartbeat_at).where(WorkerRow.worker_id == holder))
+        if beat is not None and beat >= utcnow() - timedelta(seconds=self._live_worker_s):
+            return  # its worker is alive and running it: this message is a duplicate
+        log.warning("job %s was claimed by %s, which is gone: running it again", job_id, holder)
+        if self._on_orphan is not None:
+            self._on_orphan(self, job_id)
+
+    def _waiting(self, label: str | None) -> bool:
+        cond = QueueRow.label.is_(None) if label is None else QueueRow.label == label
+        with Session(self._engine) as s:
+            return s.scalar(select(QueueRow.job_id).where(QueueRow.claimed_by.is_(None), cond).limit(1)) is not None
+
+    def _receive(self, labels: Sequence[str], timeout: float):
+        names = tuple(queue_name(label) for label in (None, *sorted(labels)))
+        try:
+            if self._conn is None or self._consuming != names:
+                self._connect(names)
+            if not self._inbox:
+                self._conn.drain_events(timeout=timeout)
+        except socket.timeout:
+            pass
+        except Exception as e:  # noqa: BLE001 - the broker is away: claims from the store go on meanwhile
+            log.warning("broker unreachable (%s); taking jobs from the store until it is back", e)
+            self._disconnect()
+            time.sleep(min(timeout, 1.0))
+        return self._inbox.pop(0) if self._inbox else None
+
+    def _connect(self, names: tuple[str, ...]) -> None:
+        self._disconnect()
+        conn = self._app.connection_for_read()
+        conn.ensure_connection(max_retries=1)
+        consumer = Consumer(conn.default_channel, [Queue(n, routing_key=n) for n in names], accept=["json"],
+                            callbacks=[lambda _body, message: self._inbox.append(message)], prefetch_count=1)
+        consumer.consume()
+        self._conn, self._consuming = conn, names
+
+    def _disconnect(self) -> None:
+        conn, self._conn, self._consuming, self._inbox = self._conn, None, (), []
+        self._held.clear()  # unacknowledged messages come back from the broker by themselves
+        if conn is not None:
+            try:
+                conn.release()
+            except Exception:  # noqa: BLE001 - already gone
+                pass

@@ -1,0 +1,190 @@
+"""Fleet mode on real parts: PostgreSQL store, Celery messages on Redis, outputs in SeaweedFS, an API process
+with no workers of its own and two `diffserve worker` processes, each on a host of its own (a network
+namespace reaching the servers only across its link). Model affinity fleet-wide, duplicate and redelivered
+messages, a worker killed mid-job, a Redis restart, an API process killed, PostgreSQL down, management."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from .fleet import Fleet, can_make_hosts
+from .jobs_helpers import Jobs, data_uri
+from .s3server import PRIVATE_BUCKET
+from .webhook_receiver import Receiver
+
+V6 = "/api/v6/images/img2img"
+pytestmark = pytest.mark.timeout(600)
+
+
+def models_json(models_root) -> str:
+    # tiny-sd-b: the same weights under another id, so "has this model loaded" differs between workers
+    return json.dumps({"models": {"tiny-sd-b": {"kind": "folder", "location": str(models_root / "tiny-sd"),
+                                                "builtin": "tiny-sd", "limits": {"min_size": 32, "max_size": 512}}}})
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, models_root):
+    root = tmp_path_factory.mktemp("fleet")
+    f = Fleet(root, models_root, hosts=2 if can_make_hosts() else 0, env_overrides={
+        "DIFFSERVE_AFFINITY_WAIT_S": "30",  # 40 queued jobs must not all be overdue (oldest-first) in the test
+        "DIFFSERVE_MAX_LOADED_MODELS": "1",  # a worker switching models loads one: loads are countable
+    }, models_json=models_json)
+    try:
+        f.start(apis=1, workers=2)
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(fleet):
+    return fleet.api.create_key("--admin")
+
+
+@pytest.fixture(scope="module")
+def jobs(fleet):
+    return Jobs(fleet.api, fleet.api.create_key("--max-queued", "0"))
+
+
+def rows(fleet, sql: str, *args) -> list[tuple]:
+    with psycopg.connect(fleet.pg.url.replace("postgresql+psycopg", "postgresql")) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def test_the_workers_are_other_hosts_and_serve_a_synchronous_request(fleet, admin, jobs):
+    workers = fleet.worker_rows(admin)
+    assert sorted(w["labels"][0] for w in workers) == ["host0", "host1"]
+    assert all(w["state"] == "idle" and w["models"] == ["tiny-sd"] for w in workers), workers
+    out = fleet.api.post(V6, {"key": jobs.key, "prompt": "a harbour", "init_image": data_uri(64, 64),
+                              "num_inference_steps": 2, "strength": 0.5, "base64": "no"}).json()
+    assert out["status"] == "success", out
+    assert out["output"][0].startswith(f"{fleet.s3.endpoint}/{PRIVATE_BUCKET}/")
+    assert httpx.get(out["output"][0]).status_code == 200  # the worker wrote it to S3 across its link
+
+
+def test_a_job_goes_to_the_worker_that_has_its_model_loaded(fleet, jobs):
+    """2 workers, 2 models, 40 interleaved jobs: each worker keeps one model (at most 1 loaded) -> ~2 loads."""
+    submitted = [jobs.submit(model_id=("tiny-sd", "tiny-sd-b")[i % 2], steps=2, strength=0.5, seed=i)["id"]
+                 for i in range(40)]
+    done = [jobs.done(j) for j in submitted]
+    assert all(j["status"] == "succeeded" for j in done), [j for j in done if j["status"] != "succeeded"]
+    ran = rows(fleet, "select worker_id, request->>'model_id' from jobs where id = any(%s) order by started_at",
+               submitted)
+    loads, holding = 0, {}
+    for worker, model in ran:
+        if holding.setdefault(worker, "tiny-sd") != model:  # both workers preload tiny-sd
+            loads += 1
+            holding[worker] = model
+    assert len(holding) == 2 and loads <= 3, (loads, ran)
+
+
+def test_a_message_delivered_twice_runs_its_job_once(fleet, jobs):
+    from diffserve.config import QueueSettings
+    from diffserve.queue.celery import TASK, celery_app, queue_name
+
+    app = celery_app(QueueSettings(broker_url=fleet.redis.url))
+    finished = jobs.done(jobs.submit(steps=2)["id"])
+    queued = [jobs.submit(steps=4, seed=s)["id"] for s in range(3)]
+    for job_id in (finished["id"], *queued, *queued):
+        app.send_task(TASK, args=[job_id], kwargs={"label": None}, queue=queue_name(None))
+    for job_id in queued:
+        assert jobs.done(job_id)["status"] == "succeeded"
+    time.sleep(1.5)  # the duplicates are consumed meanwhile
+    attempts = rows(fleet, "select id, attempts, status from jobs where id = any(%s)", [finished["id"], *queued])
+    assert all(a == 1 and st == "succeeded" for _, a, st in attempts), attempts
+    assert fleet.redis_llen() == 0
+
+
+def test_a_worker_killed_mid_job_its_job_finishes_on_the_other(fleet, admin, jobs):
+    job = jobs.submit(init_image=data_uri(256, 256), steps=40, strength=1.0)
+    running = jobs.wait(job["id"], lambda j: j["status"] == "running" and j["worker"])
+    victim = next(w for w in fleet.worker_rows(admin) if w["worker_id"] == running["worker"])
+    index = int(victim["labels"][0].removeprefix("host"))
+    fleet.kill_worker(index)
+    killed_at = time.monotonic()
+    again = jobs.wait(job["id"], lambda j: j["status"] == "running" and j["worker"] not in (None, running["worker"]))
+    rerun_s = time.monotonic() - killed_at
+    done = jobs.done(job["id"], timeout=300)
+    assert done["status"] == "succeeded" and done["worker"] == again["worker"], done
+    token, attempts = rows(fleet, "select output_token, attempts from jobs where id = %s", job["id"])[0]
+    assert attempts == 2
+    outputs = [k for k in fleet.s3.keys(PRIVATE_BUCKET) if k.endswith(f"generations/{token}-0.png")]
+    assert len(outputs) == 1, outputs
+    print(f"killed worker's job running again on the other worker {rerun_s:.1f} s after the kill")
+    assert rerun_s < 30  # stale after DIFFSERVE_WORKER_STALE_S=3, released within the next 2 s check
+    fleet.start_worker(index)
+    fleet.wait_workers(2)
+
+
+def test_a_redis_restart_loses_no_job(fleet, jobs):
+    fleet.redis.kill()
+    while_down = [jobs.submit(steps=2, seed=s)["id"] for s in range(3)]  # messages cannot be sent
+    fleet.redis.restart()  # empty: no persistence
+    after = [jobs.submit(steps=2, seed=s)["id"] for s in range(3)]
+    for job_id in (*while_down, *after):
+        assert jobs.done(job_id, timeout=120)["status"] == "succeeded"
+
+
+def test_killing_an_api_process_loses_no_job_and_its_webhooks_still_go_out(fleet, jobs):
+    receiver = Receiver().start()
+    second = fleet.start_api(1)
+    try:
+        on_second = Jobs(second, jobs.key)
+        submitted = [on_second.submit(steps=6, seed=s, webhook=f"http://127.0.0.1:{receiver.port}/hook")["id"]
+                     for s in range(4)]
+        second.stop(sig=signal.SIGKILL)
+        for job_id in submitted:
+            assert jobs.done(job_id, timeout=120)["status"] == "succeeded"  # read through the first API
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len({r.payload["id"] for r in receiver.received}) < 4:
+            time.sleep(0.2)
+        delivered = [r.payload["id"] for r in receiver.received]
+        assert sorted(delivered) == sorted(submitted), delivered  # each once, by the API still alive
+    finally:
+        receiver.stop()
+
+
+def test_management_reaches_every_worker(fleet, admin, jobs):
+    assert jobs.done(jobs.submit(model_id="tiny-sd-b", steps=2)["id"])["status"] == "succeeded"
+    assert any(w["models"] for w in fleet.worker_rows(admin))
+    r = fleet.api.post("/api/v1/enterprise/clear_cache", {"key": admin}).json()
+    assert r["status"] == "success", r
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(w["models"] for w in fleet.worker_rows(admin)):
+        time.sleep(0.2)
+    assert not any(w["models"] for w in fleet.worker_rows(admin))
+    before = {w["worker_id"]: w["started_at"] for w in fleet.worker_rows(admin)}
+    assert all(w["machine"] for w in fleet.worker_rows(admin))  # standalone workers: <machine>-<pid>
+    assert fleet.api.post("/api/v1/enterprise/restart_server", {"key": admin}).json()["status"] == "success"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = {w["worker_id"]: w["started_at"] for w in fleet.worker_rows(admin) if w["state"] == "idle"}
+        if len(now) == 2 and all(now[w] != before.get(w) for w in now):
+            break
+        time.sleep(0.3)
+    assert len(now) == 2 and all(now[w] != before.get(w) for w in now), (before, now)  # each started afresh
+    assert jobs.done(jobs.submit(steps=2)["id"])["status"] == "succeeded"
+
+
+def test_postgres_down_answers_503_in_the_dialect_shape_and_recovers(fleet, jobs):
+    fleet.pg.pause()
+    try:
+        r = fleet.api.post(V6, {"key": jobs.key, "prompt": "p", "init_image": data_uri(), "num_inference_steps": 2},
+                           timeout=30)
+        assert r.status_code == 503 and r.json()["status"] == "error", r.text
+    finally:
+        fleet.pg.resume()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = fleet.api.post(V6, {"key": jobs.key, "prompt": "p", "init_image": data_uri(), "num_inference_steps": 2},
+                           timeout=60)
+        if r.status_code == 200 and r.json()["status"] == "success":
+            return
+        time.sleep(1)
+    raise AssertionError(f"no recovery: {r.status_code} {r.text}")
