@@ -19,7 +19,7 @@ OPEN_CLIP        := open_clip_torch==3.3.0
 OPEN_CLIP_SHA256 := $(shell cat requirements/open-clip-wheel.sha256)
 CLIP_VOCAB       := $(VENV)/share/diffserve/bpe_simple_vocab_16e6.txt.gz
 
-.PHONY: serve test install install-test system-deps lock bench clean
+.PHONY: serve test install install-test system-deps lock bench clean fleet-demo
 
 # --no-deps: the lock is the whole set (pip check runs after, and tests/test_install.py checks the venv
 # against the lock); --require-hashes: every file is the one the lock names.
@@ -74,6 +74,10 @@ lock:
 	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --upgrade -o $(LOCK_RUNTIME) pyproject.toml requirements/runtime.in
 	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --constraint $(LOCK_RUNTIME) --extra test -o $(LOCK_TEST) \
 		pyproject.toml requirements/runtime.in
+
+# The fleet on loopback: real PostgreSQL, Redis and SeaweedFS, one API, two workers (README "Fleet"). Ctrl-C stops it.
+fleet-demo: install-test system-deps
+	$(PY) scripts/fleet_demo.py
 
 bench: install
 	$(PY) bench/latency.py

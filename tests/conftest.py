@@ -78,3 +78,37 @@ def jobs_server(tmp_path_factory, models_root):
     srv = DiffserveServer(tmp_path_factory.mktemp("jobs"), models_root).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory, models_root):
+    """The fleet (tests/fleet.py): PostgreSQL, Redis, SeaweedFS, one API with no workers of its own, two
+    `diffserve worker` processes on hosts of their own. Shared by test_fleet.py and test_fleet_dialects.py."""
+    import json
+
+    from .dialects import QOLABA_APPS, models_file
+    from .fleet import Fleet, can_make_hosts
+
+    def models_json(root):
+        models = models_file(root)["models"]
+        # tiny-sd-b: the same weights under another id, so "has this model loaded" differs between workers
+        models["tiny-sd-b"] = {"kind": "folder", "location": str(root / "tiny-sd"), "builtin": "tiny-sd",
+                               "limits": {"min_size": 32, "max_size": 512}}
+        return json.dumps({"models": models})
+
+    f = Fleet(tmp_path_factory.mktemp("fleet"), models_root, hosts=2 if can_make_hosts() else 0, env_overrides={
+        "DIFFSERVE_AFFINITY_WAIT_S": "30",  # 40 queued jobs must not all be overdue (oldest first) in the test
+        "DIFFSERVE_MAX_LOADED_MODELS": "1",  # a worker switching models loads one: loads are countable
+        "DIFFSERVE_QOLABA_APPS": json.dumps(QOLABA_APPS),
+        "DIFFSERVE_REALTIME_STEPS": "2",
+    }, models_json=models_json)
+    try:
+        f.start(apis=1, workers=2)
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture(scope="session")
+def fleet_admin(fleet):
+    return fleet.api.create_key("--admin")

@@ -6,6 +6,7 @@ namespaces (root + iproute2), on a host of its own: a namespace joined to this o
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,16 @@ from .redisserver import RedisServer
 from .s3server import ACCESS_KEY, PRIVATE_BUCKET, SECRET_KEY, SeaweedS3
 from .servers import DiffserveServer
 
-SUBNET = "10.231"  # 10.231.<n>.1 here, 10.231.<n>.2 in host n's namespace
+
+def free_subnet() -> str:
+    """A 10.<x> block no interface here uses (a run killed before its clean-up leaves its links behind):
+    10.<x>.<n>.1 here, 10.<x>.<n>.2 in host n's namespace."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, timeout=30).stdout
+    for _ in range(100):
+        block = f"10.{random.randint(100, 250)}"
+        if f" {block}." not in used:
+            return block
+    raise RuntimeError("no free 10.x block for the fleet's hosts")
 
 
 def can_make_hosts() -> bool:
@@ -35,15 +45,16 @@ class Host:
     """Another machine: a network namespace with one link to this one."""
 
     index: int
+    subnet: str
     name: str = ""
 
     @property
     def here(self) -> str:  # this machine's address on the link (where the servers listen)
-        return f"{SUBNET}.{self.index}.1"
+        return f"{self.subnet}.{self.index}.1"
 
     @property
     def there(self) -> str:
-        return f"{SUBNET}.{self.index}.2"
+        return f"{self.subnet}.{self.index}.2"
 
     def create(self) -> "Host":
         self.name = f"dsfleet-{uuid.uuid4().hex[:6]}-{self.index}"
@@ -83,7 +94,8 @@ class Fleet:
     host_list: list[Host] = field(default_factory=list)
 
     def start(self, apis: int = 1, workers: int = 2) -> "Fleet":
-        self.host_list = [Host(i + 1).create() for i in range(self.hosts)]
+        subnet = free_subnet() if self.hosts else ""
+        self.host_list = [Host(i + 1, subnet).create() for i in range(self.hosts)]
         links = tuple(h.here for h in self.host_list)
         self.pg = PostgresServer(also_listen=links).start()
         self.redis = RedisServer(bind=" ".join(("127.0.0.1", *links))).start()

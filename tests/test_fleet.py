@@ -13,38 +13,12 @@ import httpx
 import psycopg
 import pytest
 
-from .fleet import Fleet, can_make_hosts
 from .jobs_helpers import Jobs, data_uri
 from .s3server import PRIVATE_BUCKET
 from .webhook_receiver import Receiver
 
 V6 = "/api/v6/images/img2img"
 pytestmark = pytest.mark.timeout(600)
-
-
-def models_json(models_root) -> str:
-    # tiny-sd-b: the same weights under another id, so "has this model loaded" differs between workers
-    return json.dumps({"models": {"tiny-sd-b": {"kind": "folder", "location": str(models_root / "tiny-sd"),
-                                                "builtin": "tiny-sd", "limits": {"min_size": 32, "max_size": 512}}}})
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory, models_root):
-    root = tmp_path_factory.mktemp("fleet")
-    f = Fleet(root, models_root, hosts=2 if can_make_hosts() else 0, env_overrides={
-        "DIFFSERVE_AFFINITY_WAIT_S": "30",  # 40 queued jobs must not all be overdue (oldest-first) in the test
-        "DIFFSERVE_MAX_LOADED_MODELS": "1",  # a worker switching models loads one: loads are countable
-    }, models_json=models_json)
-    try:
-        f.start(apis=1, workers=2)
-        yield f
-    finally:
-        f.stop()
-
-
-@pytest.fixture(scope="module")
-def admin(fleet):
-    return fleet.api.create_key("--admin")
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +31,8 @@ def rows(fleet, sql: str, *args) -> list[tuple]:
         return conn.execute(sql, args).fetchall()
 
 
-def test_the_workers_are_other_hosts_and_serve_a_synchronous_request(fleet, admin, jobs):
-    workers = fleet.worker_rows(admin)
+def test_the_workers_are_other_hosts_and_serve_a_synchronous_request(fleet, fleet_admin, jobs):
+    workers = fleet.worker_rows(fleet_admin)
     assert sorted(w["labels"][0] for w in workers) == ["host0", "host1"]
     assert all(w["state"] == "idle" and w["models"] == ["tiny-sd"] for w in workers), workers
     out = fleet.api.post(V6, {"key": jobs.key, "prompt": "a harbour", "init_image": data_uri(64, 64),
@@ -101,10 +75,10 @@ def test_a_message_delivered_twice_runs_its_job_once(fleet, jobs):
     assert fleet.redis_llen() == 0
 
 
-def test_a_worker_killed_mid_job_its_job_finishes_on_the_other(fleet, admin, jobs):
+def test_a_worker_killed_mid_job_its_job_finishes_on_the_other(fleet, fleet_admin, jobs):
     job = jobs.submit(init_image=data_uri(256, 256), steps=40, strength=1.0)
     running = jobs.wait(job["id"], lambda j: j["status"] == "running" and j["worker"])
-    victim = next(w for w in fleet.worker_rows(admin) if w["worker_id"] == running["worker"])
+    victim = next(w for w in fleet.worker_rows(fleet_admin) if w["worker_id"] == running["worker"])
     index = int(victim["labels"][0].removeprefix("host"))
     fleet.kill_worker(index)
     killed_at = time.monotonic()
@@ -150,21 +124,21 @@ def test_killing_an_api_process_loses_no_job_and_its_webhooks_still_go_out(fleet
         receiver.stop()
 
 
-def test_management_reaches_every_worker(fleet, admin, jobs):
+def test_management_reaches_every_worker(fleet, fleet_admin, jobs):
     assert jobs.done(jobs.submit(model_id="tiny-sd-b", steps=2)["id"])["status"] == "succeeded"
-    assert any(w["models"] for w in fleet.worker_rows(admin))
-    r = fleet.api.post("/api/v1/enterprise/clear_cache", {"key": admin}).json()
+    assert any(w["models"] for w in fleet.worker_rows(fleet_admin))
+    r = fleet.api.post("/api/v1/enterprise/clear_cache", {"key": fleet_admin}).json()
     assert r["status"] == "success", r
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(w["models"] for w in fleet.worker_rows(admin)):
+    while time.monotonic() < deadline and any(w["models"] for w in fleet.worker_rows(fleet_admin)):
         time.sleep(0.2)
-    assert not any(w["models"] for w in fleet.worker_rows(admin))
-    before = {w["worker_id"]: w["started_at"] for w in fleet.worker_rows(admin)}
-    assert all(w["machine"] for w in fleet.worker_rows(admin))  # standalone workers: <machine>-<pid>
-    assert fleet.api.post("/api/v1/enterprise/restart_server", {"key": admin}).json()["status"] == "success"
+    assert not any(w["models"] for w in fleet.worker_rows(fleet_admin))
+    before = {w["worker_id"]: w["started_at"] for w in fleet.worker_rows(fleet_admin)}
+    assert all(w["machine"] for w in fleet.worker_rows(fleet_admin))  # standalone workers: <machine>-<pid>
+    assert fleet.api.post("/api/v1/enterprise/restart_server", {"key": fleet_admin}).json()["status"] == "success"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        now = {w["worker_id"]: w["started_at"] for w in fleet.worker_rows(admin) if w["state"] == "idle"}
+        now = {w["worker_id"]: w["started_at"] for w in fleet.worker_rows(fleet_admin) if w["state"] == "idle"}
         if len(now) == 2 and all(now[w] != before.get(w) for w in now):
             break
         time.sleep(0.3)

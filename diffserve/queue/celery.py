@@ -72,9 +72,8 @@ def celery_app(settings: QueueSettings) -> Celery:
 class CeleryQueue(LocalQueue):
     def __init__(self, engine: Engine, settings: QueueSettings, *, affinity_wait_s: float = 2.0,
                  live_worker_s: float = 15.0, on_orphan: Callable[["CeleryQueue", int], None] | None = None) -> None:
-        super().__init__(engine, affinity_wait_s=affinity_wait_s)
+        super().__init__(engine, affinity_wait_s=affinity_wait_s, live_worker_s=live_worker_s)
         self._settings = settings
-        self._live_worker_s = live_worker_s
         self._on_orphan = on_orphan  # gives a dead worker's job back (workers/recovery.py)
         self._app = celery_app(settings)
         self._conn = None

@@ -21,4 +21,5 @@ def build_queue(settings: Settings, engine: Engine, *, notify: Callable[[], None
 
         return CeleryQueue(engine, settings.queue, affinity_wait_s=settings.affinity_wait_s,
                            live_worker_s=settings.worker_stale_s, on_orphan=on_orphan)
-    return LocalQueue(engine, notify=notify, wake=wake, affinity_wait_s=settings.affinity_wait_s)
+    return LocalQueue(engine, notify=notify, wake=wake, affinity_wait_s=settings.affinity_wait_s,
+                      live_worker_s=settings.worker_stale_s)

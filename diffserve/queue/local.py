@@ -33,7 +33,7 @@ _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.1
 SCAN_LIMIT = 200
 _LOCKED_RETRIES = 20
-LIVE_WORKER_S = 15.0  # a worker whose heartbeat is older is not counted as holding its models
+LIVE_WORKER_S = 15.0  # default: a worker whose heartbeat is older is not counted as holding its models
 ANY_LABEL = object()  # _try_claim: jobs of every class this worker may take (else: only jobs with this label)
 
 
@@ -43,8 +43,11 @@ class LocalQueue:
     end of its `ready` pipe (the worker side waits on it)."""
 
     def __init__(self, engine: Engine, *, notify: Callable[[], None] | None = None,
-                 wake: WorkerPipes | None = None, affinity_wait_s: float = 2.0) -> None:
+                 wake: WorkerPipes | None = None, affinity_wait_s: float = 2.0,
+                 live_worker_s: float = LIVE_WORKER_S) -> None:
+        """live_worker_s: a worker silent longer is gone (DIFFSERVE_WORKER_STALE_S): its models hold no job back."""
         self._engine = engine
+        self._live_worker_s = live_worker_s
         self._notify = notify
         self._wake = wake
         self._affinity_wait_s = affinity_wait_s
@@ -144,11 +147,10 @@ class LocalQueue:
                 return job_id
         return None
 
-    @staticmethod
-    def _other_workers(s: Session, worker_id: str, now) -> list[tuple[set[str], set[str]]]:
+    def _other_workers(self, s: Session, worker_id: str, now) -> list[tuple[set[str], set[str]]]:
         """(models loaded, labels) of every other live worker."""
         rows = s.execute(select(WorkerRow.models, WorkerRow.labels).where(
-            WorkerRow.worker_id != worker_id, WorkerRow.heartbeat_at >= now - timedelta(seconds=LIVE_WORKER_S),
+            WorkerRow.worker_id != worker_id, WorkerRow.heartbeat_at >= now - timedelta(seconds=self._live_worker_s),
             WorkerRow.state != "stopped")).all()
         return [(set(models or ()), set(labels or ())) for models, labels in rows]
 

@@ -13,11 +13,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from diffserve.core.errors import Cancelled
 from diffserve.store.progress import ProgressStore
 
 if TYPE_CHECKING:  # imported where it runs: the worker process (the API process never imports torch)
     import torch
+
 
 @dataclass
 class ProgressReporter:
@@ -41,5 +44,9 @@ class ProgressReporter:
             return
         self._last_write = now
         step_s = (now - self._started) / step if step else None
-        if self.store.report(self.job_id, step, total, step_s, preview_jpeg(latents)):
+        try:
+            cancel = self.store.report(self.job_id, step, total, step_s, preview_jpeg(latents))
+        except SQLAlchemyError:  # the store is away for a moment: the image goes on, the next write catches up
+            return
+        if cancel:
             raise Cancelled()

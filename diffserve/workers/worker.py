@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PIL import Image
+from sqlalchemy.exc import SQLAlchemyError
 
 from diffserve.config import Settings
 from diffserve.core.errors import Cancelled, DiffserveError
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
 WATCHDOG_S = 0.5
+STORE_RETRY_S = 1.0  # while the job store is unreachable, try again this often
+STORE_OUTAGE_S = 300.0  # a job's end is retried this long before the process gives up
 
 
 @dataclass
@@ -78,48 +81,66 @@ class Worker:
         self.workers.update(self.worker_id, state="idle", models=self.engine.loaded_models())
         try:
             while not stop.is_set():
-                if self.orders and not self.orders.apply(self.engine, self.workers, self.worker_id):
-                    restart = True  # exit cleanly between jobs; a fresh process takes over
-                    break
-                job_id = self.queue.claim(self.worker_id, timeout=0.5, loaded=self.engine.loaded_models(),
-                                          labels=self.labels)
+                try:
+                    if self.orders and not self.orders.apply(self.engine, self.workers, self.worker_id):
+                        restart = True  # exit cleanly between jobs; a fresh process takes over
+                        break
+                    job_id = self.queue.claim(self.worker_id, timeout=0.5, loaded=self.engine.loaded_models(),
+                                              labels=self.labels)
+                except SQLAlchemyError as e:  # the store is away (a database restart): wait for it
+                    log.warning("job store unreachable (%s); retrying", type(e).__name__)
+                    stop.wait(STORE_RETRY_S)
+                    continue
                 if job_id is not None:
                     self.run_job(job_id)
         finally:
-            self.workers.remove(self.worker_id)
+            self._stored(self.workers.remove, self.worker_id)
         return restart
 
+    def _stored(self, write, *args, **kwargs):
+        """A store write that must happen (a job's end, its claim): retried while the database is away, up
+        to STORE_OUTAGE_S; past that the error stands and the process exits (its jobs then run elsewhere)."""
+        deadline = time.monotonic() + STORE_OUTAGE_S
+        while True:
+            try:
+                return write(*args, **kwargs)
+            except SQLAlchemyError as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("job store unreachable (%s); retrying %s", type(e).__name__, write.__name__)
+                time.sleep(STORE_RETRY_S)
+
     def run_job(self, job_id: int) -> None:
-        job = self.jobs.start(job_id, self.worker_id)
+        job = self._stored(self.jobs.start, job_id, self.worker_id)
         if job is None:  # cancelled or finished meanwhile
-            self.queue.ack(job_id)
+            self._stored(self.queue.ack, job_id)
             return
-        self.workers.update(self.worker_id, state="busy", current_job=job_id)
+        self._stored(self.workers.update, self.worker_id, state="busy", current_job=job_id)
         started, status = time.monotonic(), JobStatus.FAILED
         reporter = ProgressReporter(job.id, self.progress) if self.progress else None
         try:
             keys, nsfw, run = self._generate(job, reporter)
         except Cancelled as e:  # a client's cancel, seen between two steps (or before the first)
-            if self.jobs.cancel(job_id, e.message, running=True):
+            if self._stored(self.jobs.cancel, job_id, e.message, running=True):
                 status = JobStatus.CANCELLED
         except DiffserveError as e:
-            self.jobs.fail(job_id, e.message)
+            self._stored(self.jobs.fail, job_id, e.message)
         except Exception as e:  # the client gets a reason, the log gets the traceback
             log.exception("job %s failed", job_id)
-            self.jobs.fail(job_id, f"Image generation failed: {type(e).__name__}")
+            self._stored(self.jobs.fail, job_id, f"Image generation failed: {type(e).__name__}")
         else:
-            self.jobs.succeed(job_id, keys, nsfw, run=run)
+            self._stored(self.jobs.succeed, job_id, keys, nsfw, run=run)
             status = JobStatus.SUCCEEDED
         finally:
             if self.progress is not None:
-                self.progress.finish(job_id)
+                self._stored(self.progress.finish, job_id)
             if self.metrics is not None:
                 self._count(job, status, time.monotonic() - started, reporter.steps if reporter else 0)
-            self.queue.ack(job_id)
+            self._stored(self.queue.ack, job_id)
             if self.pipes is not None:
                 self.pipes.job_done()
-            self.workers.update(self.worker_id, state="idle", current_job=None,
-                                models=self.engine.loaded_models())
+            self._stored(self.workers.update, self.worker_id, state="idle", current_job=None,
+                         models=self.engine.loaded_models())
 
     def _count(self, job: Job, status: JobStatus, run_s: float, steps: int) -> None:
         model = job.request.model_id
