@@ -6,8 +6,10 @@ messages, a worker killed mid-job, a Redis restart, an API process killed, Postg
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -144,6 +146,58 @@ def test_management_reaches_every_worker(fleet, fleet_admin, jobs):
         time.sleep(0.3)
     assert len(now) == 2 and all(now[w] != before.get(w) for w in now), (before, now)  # each started afresh
     assert jobs.done(jobs.submit(steps=2)["id"])["status"] == "succeeded"
+
+
+def test_load_model_and_delete_model_reach_every_machine(fleet, fleet_admin, jobs, image_host, tmp_path):
+    """The API downloads the checkpoint, puts it in S3 and posts the registration; each worker fetches the weights
+    from S3 into its own models folder and its own models file; another API process learns the entry too."""
+    from safetensors.torch import save_file
+
+    from .test_engine_loading import diffusers_to_ldm_checkpoint
+
+    tiny = fleet.root / "worker-0" / "models" / "tiny-sd"  # built by that worker's preload
+    checkpoint = tmp_path / "fleet.safetensors"
+    save_file(diffusers_to_ldm_checkpoint(tiny), str(checkpoint))
+    config = tmp_path / "config"  # a diffusers config folder every machine has (offline single-file loading)
+    shutil.copytree(tiny, config, ignore=shutil.ignore_patterns("*.safetensors"))
+    url = image_host.add("/models/fleet-ckpt", checkpoint.read_bytes(), "application/octet-stream")
+    out = fleet.api.post("/api/v1/enterprise/load_model", {
+        "key": fleet_admin, "url": url, "model_id": "fleet-ckpt", "model_type": "custom_ckpt",
+        "from_safetensors": "yes", "config": str(config)}).json()
+    assert out["status"] == "success", out
+
+    def registered(i: int) -> bool:
+        models = json.loads((fleet.root / f"worker-{i}" / "models.json").read_text())["models"]
+        return "fleet-ckpt" in models and Path(models["fleet-ckpt"]["location"]).is_file()
+
+    wait_for(lambda: registered(0) and registered(1))
+    for i in (0, 1):  # the weights came from S3 into each worker's own folder
+        location = json.loads((fleet.root / f"worker-{i}" / "models.json").read_text())["models"]["fleet-ckpt"]
+        assert str(fleet.root / f"worker-{i}") in location["location"]
+    wait_for(lambda: fleet.api.post("/api/v1/enterprise/verify_model", {"key": fleet_admin, "model_id": "fleet-ckpt"})
+             .json().get("model_status") == "loaded")
+    body = {"key": jobs.key, "model_id": "fleet-ckpt", "prompt": "p", "init_image": data_uri(), "strength": 0.5,
+            "num_inference_steps": 2, "safety_checker": "no"}  # the model is not built in: no offline checker
+    assert fleet.api.post(V6, body).json()["status"] == "success"
+    other = fleet.start_api(1)
+    try:
+        out = other.post(V6, body).json()
+        assert out["status"] == "success", out  # the second API learnt the model from the store
+        assert fleet.api.post("/api/v1/enterprise/delete_model",
+                              {"key": fleet_admin, "model_id": "fleet-ckpt"}).json()["status"] == "success"
+        wait_for(lambda: not registered(0) and not registered(1))
+        wait_for(lambda: other.post(V6, body).json().get("message") == "Model not found: fleet-ckpt")
+    finally:
+        other.stop()
+
+
+def wait_for(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(predicate)
 
 
 def test_postgres_down_answers_503_in_the_dialect_shape_and_recovers(fleet, jobs):

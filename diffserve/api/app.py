@@ -50,6 +50,9 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
             state.service.completions.start(asyncio.get_running_loop())
         if state.listener:
             state.listener.start()
+        if state.registrations:  # models added through another API process of the fleet
+            await anyio.to_thread.run_sync(state.registrations.catch_up)
+            state.registrations.start()
         if state.supervisor:
             await anyio.to_thread.run_sync(state.supervisor.start)
         if state.delivery:  # webhook deliveries (resumed after a restart) and temp cleanup

@@ -9,6 +9,7 @@ from fastapi import Request
 
 from diffserve.config import Settings
 from diffserve.engine.models.registry import ModelRegistry
+from diffserve.management.registrations import RegistrationFollower
 from diffserve.metrics import Metrics
 from diffserve.queue.configured import build_queue
 from diffserve.queue.local import LocalQueue
@@ -43,6 +44,7 @@ class AppState:
     queue: LocalQueue | None = None  # read for the queue-depth gauges
     key_options: KeyOptions | None = None  # per-key client settings (the A1111 API's /options)
     listener: JobDoneListener | None = None  # PostgreSQL: jobs finished by workers anywhere wake waiters here
+    registrations: RegistrationFollower | None = None  # models other API processes add or delete
 
     def base_url(self, request: Request) -> str:
         """This server as the client reached it, unless the operator fixed a public URL."""
@@ -55,6 +57,8 @@ class AppState:
             self.supervisor.stop()
         if self.listener:
             self.listener.stop()
+        if self.registrations:
+            self.registrations.stop()
         if self.service.completions:
             self.service.completions.stop()
         self.http.close()
@@ -78,9 +82,10 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
     service = GenerationService(settings, jobs, queue, storage, registry, http, completions, caps=delivery.caps,
                                 progress=progress)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
+    control = ControlLog(db)
     return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor, delivery=delivery,
-                    control=ControlLog(db), metrics=metrics, queue=queue, key_options=KeyOptions(db),
-                    listener=listener)
+                    control=control, metrics=metrics, queue=queue, key_options=KeyOptions(db),
+                    listener=listener, registrations=RegistrationFollower(control, registry))
 
 
 def app_state(request: Request) -> AppState:

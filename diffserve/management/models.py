@@ -37,6 +37,7 @@ from diffserve.engine.tiny.flux import FLUX_LIMITS
 from diffserve.engine.tiny.sdxl import SDXL_LIMITS
 from diffserve.media.fetch import check_url
 from diffserve.service.submit import GenerationService
+from diffserve.store.control import REGISTER_MODEL, UNREGISTER_MODEL
 from diffserve.store.keys import ApiKey
 from diffserve.store.workers import WorkerStore
 
@@ -125,11 +126,13 @@ class ModelAdmin:
         if section is not None:
             entry = _asset_entry(spec, path)
             await anyio.to_thread.run_sync(lambda: self.registry.add_asset(section, spec.model_id, entry))
+            await self._share(section, spec.model_id, entry, path)
             self.loads[spec.model_id] = LoadState("registered")
             return None
         spec_entry = _model_entry(spec, path)
         entry = await anyio.to_thread.run_sync(lambda: self.registry.add_model(spec.model_id, spec_entry))
         self.server.drop_models([spec.model_id])  # a worker may hold an older model of that id
+        await self._share("models", spec.model_id, spec_entry, path)  # before the warm-up job: workers know it
         job = await self.service.submit(key, "load_model", warm_up_draft(spec.model_id, entry.limits, spec.webhook),
                                         {"load_model": spec.model_id, "init_image": "base64"})
         self.loads[spec.model_id] = LoadState("registered", job_id=job.id)
@@ -137,6 +140,18 @@ class ModelAdmin:
 
     def download_dir(self, model_id: str) -> Path:
         return self.settings.models_dir / "downloads" / model_id
+
+    async def _share(self, section: str, entry_id: str, entry: dict[str, Any], path: Path | None) -> None:
+        """Every other process of the fleet registers it too (engine/models/registrations.py). Weights this
+        process downloaded go to the shared storage when workers may be on other machines (the celery queue)."""
+        obj = None
+        if path is not None and path.is_file() and self.settings.queue.backend == "celery" \
+                and path.is_relative_to(self.download_dir(entry_id)):
+            obj = f"models/{entry_id}/{path.name}"
+            await anyio.to_thread.run_sync(lambda: self.service.storage.put(obj, path.read_bytes(),
+                                                                            "application/octet-stream"))
+        payload = {"section": section, "id": entry_id, "entry": entry, "object": obj}
+        await anyio.to_thread.run_sync(lambda: self.server.control.post(REGISTER_MODEL, payload))
 
     def _download(self, url: str, dest_dir: Path, field: str = "url") -> Path:
         """Stream `url` to `dest_dir/<file name>` (each redirect checked against the URL rules)."""
@@ -191,6 +206,7 @@ class ModelAdmin:
 
     def delete(self, model_id: str) -> None:
         self.registry.remove_model(model_id)  # ModelNotFound / built in -> InvalidInput
+        self.server.control.post(UNREGISTER_MODEL, {"section": "models", "id": model_id})  # the whole fleet
         self.server.drop_models([model_id])
         self.loads.pop(model_id, None)
         downloads = self.download_dir(model_id)
@@ -217,6 +233,7 @@ class ModelAdmin:
         if config and entry["kind"] == "file":
             entry["config"] = config
         await anyio.to_thread.run_sync(lambda: self.registry.add_asset("vaes", vae_id, entry))
+        await self._share("vaes", vae_id, entry, path if _is_http(vae_url) else None)
         return {"status": "success", "message": "VAE loaded", "vae_id": vae_id}
 
 

@@ -18,7 +18,12 @@ from diffserve.store.db import ControlEventRow, utcnow
 
 CLEAR_CACHE = "clear_cache"  # payload {"models": null (all) | [model_id, ...]}
 RESTART = "restart"  # exit cleanly after the current job; the supervisor starts a fresh process
-KINDS = (CLEAR_CACHE, RESTART)
+# A model or asset added / deleted through the API (engine/models/registrations.py): payload {"section":
+# "models" | "loras" | ..., "id", "entry" (register only), "object": storage key of its weights or null}
+REGISTER_MODEL = "register_model"
+UNREGISTER_MODEL = "unregister_model"
+REGISTRATIONS = (REGISTER_MODEL, UNREGISTER_MODEL)
+KINDS = (CLEAR_CACHE, RESTART, *REGISTRATIONS)
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,23 @@ class ControlLog:
             s.flush()
             return row.id
 
+    def registrations(self, up_to: int) -> list[ControlEvent]:
+        """The last register/unregister event of every model or asset id, up to event `up_to`: what a process
+        that starts now must apply to know every model added through the API (and none deleted since)."""
+        last: dict[tuple[str, str], ControlEvent] = {}
+        for event in self.since(0, REGISTRATIONS):
+            if event.id <= up_to:
+                last[(event.payload.get("section", ""), event.payload.get("id", ""))] = event
+        return sorted(last.values(), key=lambda e: e.id)
+
     def latest_id(self) -> int:
         with Session(self._engine) as s:
             return int(s.scalar(select(func.max(ControlEventRow.id))) or 0)
 
-    def since(self, after_id: int) -> list[ControlEvent]:
+    def since(self, after_id: int, kinds: tuple[str, ...] | None = None) -> list[ControlEvent]:
+        q = select(ControlEventRow).where(ControlEventRow.id > after_id)
+        if kinds is not None:
+            q = q.where(ControlEventRow.kind.in_(kinds))
         with Session(self._engine) as s:
-            rows = s.scalars(select(ControlEventRow).where(ControlEventRow.id > after_id)
-                             .order_by(ControlEventRow.id)).all()
+            rows = s.scalars(q.order_by(ControlEventRow.id)).all()
             return [ControlEvent(r.id, r.kind, dict(r.payload or {})) for r in rows]

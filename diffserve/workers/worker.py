@@ -74,7 +74,7 @@ class Worker:
         self.workers.set_device(self.worker_id, self.engine.device, self.engine.default_dtype(),
                                 self.engine.pipelines.budget_bytes)
         if self.orders:
-            self.orders.start()
+            self.orders.start(self.engine)
         beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
         beat.start()
         self._preload()
@@ -91,11 +91,22 @@ class Worker:
                     log.warning("job store unreachable (%s); retrying", type(e).__name__)
                     stop.wait(STORE_RETRY_S)
                     continue
+                if job_id is not None and not self._orders_before(job_id):
+                    restart = True
+                    break
                 if job_id is not None:
                     self.run_job(job_id)
         finally:
             self._stored(self.workers.remove, self.worker_id)
         return restart
+
+    def _orders_before(self, job_id: int) -> bool:
+        """Orders posted while this worker waited for the job (its model registered a moment ago...) apply
+        before it runs. False: a restart order came; the job goes back to the queue for the next worker."""
+        if self.orders is None or self._stored(self.orders.apply, self.engine, self.workers, self.worker_id):
+            return True
+        self._stored(self.queue.release, job_id)
+        return False
 
     def _stored(self, write, *args, **kwargs):
         """A store write that must happen (a job's end, its claim): retried while the database is away, up
@@ -220,12 +231,13 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
     budget = model_cache_budget(settings, device)
     activations = int(settings.activation_budget_gb * 1024**3) if settings.activation_budget_gb else None
     jobs = JobStore(db)
+    storage = build_storage(settings, db)  # local or S3, following update_s3 without a restart
     return Worker(
         worker_id=worker_id,
         jobs=jobs,
         queue=build_queue(settings, db, wake=pipes,
                           on_orphan=lambda queue, job_id: release(jobs, queue, job_id, settings.max_attempts)),
-        storage=build_storage(settings, db),  # local or S3, following update_s3 without a restart
+        storage=storage,
         engine=Engine(registry, device=device, dtype=settings.dtype, safety_checker=settings.safety_checker,
                       models_dir=settings.models_dir, max_models=settings.max_loaded_models,
                       cache_budget_bytes=budget, activation_budget_bytes=activations,
@@ -235,7 +247,8 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
         preload=tuple(settings.preload_models),
         pipes=pipes,
         labels=labels if labels is not None else worker_labels(settings, worker_id),
-        orders=WorkerOrders(ControlLog(db)),
+        orders=WorkerOrders(ControlLog(db), registry=registry, storage=storage,
+                            downloads=settings.models_dir / "downloads"),
         progress=ProgressStore(db),
         metrics=metrics,
     )
