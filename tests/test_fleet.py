@@ -6,6 +6,7 @@ messages, a worker killed mid-job, a Redis restart, an API process killed, Postg
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -216,3 +217,15 @@ def test_postgres_down_answers_503_in_the_dialect_shape_and_recovers(fleet, jobs
             return
         time.sleep(1)
     raise AssertionError(f"no recovery: {r.status_code} {r.text}")
+
+
+def test_an_api_process_s_own_workers_are_named_apart_in_a_fleet():
+    """Two API processes with local workers on one store: neither may take the other's workers for its own."""
+    from diffserve.config import Settings
+    from diffserve.workers.placement import local_worker_id, worker_index
+    from diffserve.workers.recovery import is_local
+
+    assert local_worker_id(Settings(), 1) == "worker-1" and is_local("worker-1")
+    fleet_name = local_worker_id(Settings(queue={"backend": "celery"}), 1)
+    assert fleet_name.endswith(f"-api{os.getpid()}-worker-1") and not is_local(fleet_name)
+    assert worker_index(fleet_name) == 1  # its device and label follow its index as before

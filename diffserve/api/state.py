@@ -80,7 +80,7 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
     delivery = build_delivery(settings, db, jobs, storage, metrics=metrics)
     progress = ProgressStore(db)
     service = GenerationService(settings, jobs, queue, storage, registry, http, completions, caps=delivery.caps,
-                                progress=progress)
+                                progress=progress, workers=workers)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
     control = ControlLog(db)
     return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor, delivery=delivery,

@@ -32,6 +32,7 @@ from diffserve.storage.base import Storage
 from diffserve.store.jobs import JobStore, new_output_token
 from diffserve.store.keys import ApiKey
 from diffserve.store.progress import Progress, ProgressStore
+from diffserve.store.workers import WorkerStore
 from diffserve.webhooks.dispatcher import check_webhook_url
 
 _WAIT_MIN_S = 0.01
@@ -59,6 +60,7 @@ class GenerationService:
     caps: QueueCaps | None = None  # per-key cap on queued+running jobs (None: no cap)
     faces: SubmitFaceCheck = field(default_factory=SubmitFaceCheck)  # PuLID's face check at submit
     progress: ProgressStore | None = None  # running jobs' steps, client cancels (store/progress.py)
+    workers: WorkerStore | None = None  # live workers anywhere (ETA: the jobs ahead are shared among them)
 
     async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
                      dialect_params: dict[str, Any] | None = None) -> Job:
@@ -156,7 +158,8 @@ class GenerationService:
         durations = await anyio.to_thread.run_sync(self.jobs.recent_durations)
         per_job = statistics.median(durations) if durations else DEFAULT_ETA_S
         ahead = await anyio.to_thread.run_sync(self.jobs.position, job.id)
-        workers = max(1, self.settings.workers)
+        live = len(await anyio.to_thread.run_sync(self.workers.live)) if self.workers else self.settings.workers
+        workers = max(1, live)
         return round(per_job * (1 + ahead / workers), 2)
 
     async def progress_of(self, job: Job) -> Progress | None:

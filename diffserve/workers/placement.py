@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from diffserve.config import Settings
@@ -72,6 +73,15 @@ def worker_labels(settings: Settings, worker_id: str) -> tuple[str, ...]:
 def configured_labels(settings: Settings) -> set[str]:
     """Every label a local worker of this server carries."""
     return {label for i in range(worker_count(settings)) for label in worker_labels(settings, f"worker-{i}")}
+
+
+def local_worker_id(settings: Settings, index: int) -> str:
+    """worker-<i> on one machine. In a fleet (the celery queue) several API processes may run local workers on one
+    store: <host>-api<pid>-worker-<i> keeps them apart, so an API's start-up never takes another's workers for its
+    own dead ones (they are then judged by their heartbeat, like `diffserve worker`)."""
+    if settings.queue.backend == "celery":
+        return f"{socket.gethostname()}-api{os.getpid()}-worker-{index}"
+    return f"worker-{index}"
 
 
 def worker_index(worker_id: str) -> int | None:

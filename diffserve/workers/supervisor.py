@@ -14,7 +14,7 @@ from diffserve.queue.local import LocalQueue
 from diffserve.queue.signals import LocalSignals
 from diffserve.store.jobs import JobStore
 from diffserve.store.workers import WorkerStore
-from diffserve.workers.placement import worker_count
+from diffserve.workers.placement import local_worker_id, worker_count
 from diffserve.workers.recovery import recover_jobs, recover_stale, release
 from diffserve.workers.worker import worker_main
 
@@ -35,7 +35,7 @@ class Supervisor:
     def start(self) -> None:
         recover_jobs(self.jobs, self.queue, self.settings.max_attempts, self.workers, self.settings.worker_stale_s)
         for i in range(worker_count(self.settings)):
-            self._spawn(f"worker-{i}")
+            self._spawn(local_worker_id(self.settings, i))
         self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
         self._thread.start()
 
