@@ -61,6 +61,20 @@ def test_a_job_goes_to_the_worker_that_has_its_model_loaded(fleet, jobs):
     assert len(holding) == 2 and loads <= 3, (loads, ran)
 
 
+def test_a_gpu_label_routes_to_the_workers_with_it_and_clear_queue_reaches_the_fleet(fleet, fleet_admin, jobs):
+    workers = {w["labels"][0]: w["worker_id"] for w in fleet.worker_rows(fleet_admin)}
+    for label in ("host0", "host1"):
+        done = jobs.done(jobs.submit(steps=2, worker_label=label)["id"])
+        assert done["status"] == "succeeded" and done["worker"] == workers[label], (label, done)
+    long = jobs.submit(init_image=data_uri(256, 256), steps=40, strength=1.0, worker_label="host0")
+    jobs.wait(long["id"], lambda j: j["status"] == "running")
+    waiting = [jobs.submit(steps=2, worker_label="host0")["id"] for _ in range(2)]  # only host0 may run them
+    out = fleet.api.post("/api/v1/enterprise/clear_queue", {"key": fleet_admin}).json()
+    assert out["status"] == "success", out
+    assert [jobs.done(j)["status"] for j in waiting] == ["cancelled", "cancelled"]
+    assert jobs.done(long["id"], timeout=300)["status"] == "succeeded"  # a running job finishes
+
+
 def test_a_message_delivered_twice_runs_its_job_once(fleet, jobs):
     from diffserve.config import QueueSettings
     from diffserve.queue.celery import TASK, celery_app, queue_name
