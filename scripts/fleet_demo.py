@@ -36,7 +36,7 @@ The fleet is up: API {fleet.api.url} (workers 0), two `diffserve worker` process
   logs    {root}/api-0/server-*.log, {root}/worker-*.log
 
 Send a request (ModelsLab v6; the answer's output URL is a presigned S3 link):
-  python3 -c "import base64,io;from PIL import Image;b=io.BytesIO();Image.new('RGB',(128,128),(200,80,40)).save(b,'PNG');print(base64.b64encode(b.getvalue()).decode())" > /tmp/in.b64
+  .venv/bin/python -c "import base64,io;from PIL import Image;b=io.BytesIO();Image.new('RGB',(128,128),(200,80,40)).save(b,'PNG');print(base64.b64encode(b.getvalue()).decode())" > /tmp/in.b64
   curl -s {fleet.api.url}/api/v6/images/img2img -H 'Content-Type: application/json' \\
     -d '{{"key":"{key}","prompt":"a harbour","init_image":"'$(cat /tmp/in.b64)'","num_inference_steps":"4","base64":"no"}}'
 

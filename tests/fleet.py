@@ -141,8 +141,8 @@ class Fleet:
         host = self.host_list[i % len(self.host_list)] if self.host_list else None
         data = self.root / f"worker-{i}"
         models = data / "models"
-        if not models.exists():  # its own copy of the built models: nothing shared by a file with the API
-            shutil.copytree(self.models_root, models, symlinks=True)
+        if not models.exists() and self.models_root.is_dir():  # its own copy of the built models
+            shutil.copytree(self.models_root, models, symlinks=True)  # (none yet: it builds its own)
         self._write_models(data, models)
         env = {k: v for k, v in self.api.env().items() if not k.startswith("DIFFSERVE_")}
         env.update(self.common_env(host.here if host else "127.0.0.1"))
