@@ -67,19 +67,16 @@ class WorkerOrders:
         return True
 
     def _registration(self, engine: Engine, event: ControlEvent) -> None:
-        fetch = None
-        if self.storage is not None:
-            storage = self.storage
-
-            def fetch(key: str, path: Path) -> None:
-                path.write_bytes(storage.get(key))
-
         if self.registry is None:
             return
         try:
             if event.kind == REGISTER_MODEL:
-                register(self.registry, event.payload, fetch=fetch, downloads=self.downloads or Path("downloads"))
+                register(self.registry, event.payload, fetch=self._fetch if self.storage else None,
+                         downloads=self.downloads or Path("downloads"))
             elif unregister(self.registry, event.payload) and event.payload.get("section") == "models":
                 engine.pipelines.evict(event.payload["id"])
         except Exception:  # noqa: BLE001 - a bad registration must not stop the worker; its jobs fail clearly
             log.exception("could not apply %s (event %s)", event.kind, event.id)
+
+    def _fetch(self, key: str, path: Path) -> None:
+        path.write_bytes(self.storage.get(key))
