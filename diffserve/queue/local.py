@@ -176,9 +176,10 @@ class LocalQueue:
                         return []  # an overdue job of another kind goes first: stop topping up
                     continue
                 samples = int(request.get("samples") or 1)
-                if samples <= left:
-                    chosen.append(job_id)
-                    left -= samples
+                if samples > left:
+                    break  # no overtaking: a job of several samples joins once there is room for it
+                chosen.append(job_id)
+                left -= samples
             if not chosen:
                 return []
             claimed = s.execute(

@@ -13,6 +13,7 @@ from diffserve.engine.families.hidream import HiDreamFamily
 from diffserve.engine.families.sd import StableDiffusionFamily
 from diffserve.engine.families.sd_batch import StableDiffusionBatchLoop
 from diffserve.engine.families.sdxl import StableDiffusionXLFamily
+from diffserve.engine.families.sdxl_batch import StableDiffusionXLBatchLoop
 
 
 def family(name: str) -> Family:
@@ -45,4 +46,5 @@ def batch_loop(name: str) -> BatchLoop | None:
 # run each request alone through their pipeline call.
 _BATCH_LOOPS: dict[str, type] = {
     "sd": StableDiffusionBatchLoop,
+    "sdxl": StableDiffusionXLBatchLoop,
 }
