@@ -29,7 +29,7 @@ from diffserve.engine.models.registry import ModelRegistry
 from .servers import DiffserveServer, png_bytes
 
 TOLERANCE = 1  # per pixel channel, out of 255
-FAMILY_MODELS = ("tiny-sd", "tiny-sdxl")
+FAMILY_MODELS = ("tiny-sd", "tiny-sdxl", "tiny-flux")
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_families_without_a_batched_loop_run_alone(engine):
     from diffserve.engine.families import batch_loop
 
     assert [name for name in ("sd", "sdxl", "flux", "flux-kontext", "flux-redux", "flux-canny", "flux-depth",
-                              "flux-pulid", "hidream") if batch_loop(name) is not None] == ["sd", "sdxl"]
+                              "flux-pulid", "hidream") if batch_loop(name) is not None] == ["sd", "sdxl", "flux"]
 
 
 def test_claim_batch_rules(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from diffserve.engine.families.base import Family
 from diffserve.engine.families.batched import BatchLoop
 from diffserve.engine.families.flux import FluxFamily
+from diffserve.engine.families.flux_batch import FluxBatchLoop
 from diffserve.engine.families.flux_control import FluxCannyFamily, FluxDepthFamily
 from diffserve.engine.families.flux_kontext import FluxKontextFamily
 from diffserve.engine.families.flux_pulid import FluxPuLIDFamily
@@ -47,4 +48,5 @@ def batch_loop(name: str) -> BatchLoop | None:
 _BATCH_LOOPS: dict[str, type] = {
     "sd": StableDiffusionBatchLoop,
     "sdxl": StableDiffusionXLBatchLoop,
+    "flux": FluxBatchLoop,
 }

@@ -33,6 +33,7 @@ class Row:
     guidance: float
     cfg: bool  # classifier-free guidance: an unconditional row per sample in the forward
     cond: dict[str, torch.Tensor] = field(default_factory=dict)  # family-specific, already (forward rows, ...)
+    fixed: dict[str, Any] = field(default_factory=dict)  # the same for every row of a batch (Flux's position ids)
     step_kwargs: dict[str, Any] = field(default_factory=dict)
     report: StepReport | None = None
     index: int = 0
