@@ -6,7 +6,7 @@ Two servers run side by side (DIFFSERVE_BATCHING__MODE=off and on, one worker ea
 each cell runs on the off server then on the on server, so both see the same machine load. Every client
 sends its requests one after another (ModelsLab v6 img2img, answered synchronously). Prints figures;
 asserts nothing. Run: .venv/bin/python bench/batching.py [--sizes 64,128,256] [--clients 1,2,4,8]
-[--rounds 2] [--threads 2] [--model tiny-sd].
+[--rounds 2] [--threads 1] [--model tiny-sd].
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,128,256")
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--rounds", type=int, default=2, help="requests per client (1 client: 4x this)")
-    ap.add_argument("--threads", default="2", help="DIFFSERVE_TORCH_THREADS of each worker")
+    ap.add_argument("--threads", default="1", help="DIFFSERVE_TORCH_THREADS of each worker (1: on a shared "
+                    "2-core machine, 2 OpenMP threads under other load run 20-30x slower)")
     ap.add_argument("--model", default="tiny-sd")
     ap.add_argument("--kinds", default="identical,mixed")
     args = ap.parse_args()

@@ -249,3 +249,21 @@ def test_tomesd_requests_run_alone(batching_server):
         outs = list(pool.map(lambda i: v6(batching_server, key, seed=i, tomesd="yes"), range(2)))
     assert [o["status"] for o in outs] == ["success"] * 2
     assert [o["meta"].get("batch_size") for o in outs] == [None, None]
+
+
+def test_progress_and_cancel_inside_a_batch(batching_server):
+    """Three jobs run in one batch, each reporting its own steps; the cancelled one leaves at a step and the
+    other two finish."""
+    from .jobs_helpers import Jobs, data_uri
+
+    jobs = Jobs(batching_server, batching_server.create_key())
+    long = dict(init_image=data_uri(64, 64), steps=50, strength=1.0, scheduler="DDIMScheduler")
+    ids = [jobs.submit(seed=i, **long)["id"] for i in range(3)]
+    for job_id in ids:
+        jobs.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["step"] >= 1)
+    assert jobs.http.post(f"/v1/jobs/{ids[1]}/cancel").json()["status"] in ("running", "cancelled")
+    done = [jobs.done(job_id, timeout=120) for job_id in ids]
+    assert [d["status"] for d in done] == ["succeeded", "cancelled", "succeeded"]
+    assert done[1]["progress"]["step"] < 50 and done[1]["outputs"] == []
+    assert [d["progress"]["step"] for d in (done[0], done[2])] == [50, 50]
+    assert done[0]["meta"]["batch_size"] == done[2]["meta"]["batch_size"] == 3

@@ -24,7 +24,7 @@ from diffserve.engine.families.base import RunInputs
 StepReport = Callable[[int, int, torch.Tensor | None], None]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Row:
     inputs: RunInputs
     scheduler: Any

@@ -49,8 +49,8 @@ class FluxBatchLoop:
         cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
         if pipe.transformer.config.guidance_embeds:
             cond["guidance"] = torch.full([embeds.shape[0]], req.guidance_scale, device=device, dtype=torch.float32)
-        return Row(inputs, scheduler, timesteps, latents, TRUE_CFG_SCALE, cfg, cond,
-                   fixed={"txt_ids": text_ids, "img_ids": image_ids})
+        return Row(inputs=inputs, scheduler=scheduler, timesteps=timesteps, latents=latents, guidance=TRUE_CFG_SCALE,
+                   cfg=cfg, cond=cond, fixed={"txt_ids": text_ids, "img_ids": image_ids})
 
     def forward(self, pipe: Any, rows: list[Row]) -> list[torch.Tensor]:
         hidden, timesteps = [], []

@@ -46,8 +46,8 @@ class StableDiffusionBatchLoop:
                 scale, embedding_dim=pipe.unet.config.time_cond_proj_dim).to(device=device, dtype=positive.dtype)
         timesteps = timesteps_for(pipe, scheduler, req.steps, req.strength, device)
         latents = init_latents(pipe, inputs, scheduler, timesteps, positive.dtype, device)
-        return Row(inputs, scheduler, timesteps, latents, req.guidance_scale, cfg, cond,
-                   step_kwargs(scheduler, inputs.generators))
+        return Row(inputs=inputs, scheduler=scheduler, timesteps=timesteps, latents=latents,
+                   guidance=req.guidance_scale, cfg=cfg, cond=cond, step_kwargs=step_kwargs(scheduler, inputs.generators))
 
     def forward(self, pipe: Any, rows: list[Row]) -> list[torch.Tensor]:
         samples, timesteps = [], []

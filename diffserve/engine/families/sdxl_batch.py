@@ -45,8 +45,8 @@ class StableDiffusionXLBatchLoop(StableDiffusionBatchLoop):
             scale = torch.tensor(req.guidance_scale - 1).repeat(n)
             cond["timestep_cond"] = pipe.get_guidance_scale_embedding(
                 scale, embedding_dim=pipe.unet.config.time_cond_proj_dim).to(device=device, dtype=latents.dtype)
-        return Row(inputs, scheduler, timesteps, latents, req.guidance_scale, cfg, cond,
-                   step_kwargs(scheduler, inputs.generators))
+        return Row(inputs=inputs, scheduler=scheduler, timesteps=timesteps, latents=latents,
+                   guidance=req.guidance_scale, cfg=cfg, cond=cond, step_kwargs=step_kwargs(scheduler, inputs.generators))
 
     @staticmethod
     def conditioning(pipe: Any, rows: list[Row]) -> dict[str, Any]:
