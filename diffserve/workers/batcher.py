@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _COMPANY_POLL_S = 0.005
+ORDERS_CHECK_S = 0.5  # how often a running batch looks for the API's orders
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Batcher:
     worker: Any  # the workers/worker.py Worker it runs for: its store, queue, storage, engine, reporters
     settings: BatchingSettings
     stop: threading.Event = field(default_factory=threading.Event)  # the worker's: take no new jobs once set
+    _orders_checked: float = field(default=0.0, init=False)
+    _orders_seen: bool = field(default=False, init=False)  # an order waits: this batch takes no new jobs
 
     def run(self, job: Job) -> bool:
         """Run the started `job` in a batch, with whatever joins it; False (nothing done) when it cannot batch."""
@@ -61,6 +64,7 @@ class Batcher:
         if batch is None:
             return False
         key = batch_key(job.request.model_dump(mode="json"))
+        self._orders_seen = False
         with batch:
             active: dict[int, _Active] = {}
             self._join(batch, job, active)
@@ -93,8 +97,9 @@ class Batcher:
                 time.sleep(_COMPANY_POLL_S)
 
     def _top_up(self, batch: Batch, key: BatchKey, active: dict[int, _Active]) -> int:
-        """Claim and join what fits; how many jobs joined."""
-        if self.stop.is_set() or not active:
+        """Claim and join what fits; how many jobs joined. Nothing once the worker is stopping or the API posted
+        an order (clear_cache, restart: applied between jobs), so the batch drains and the worker applies it."""
+        if self.stop.is_set() or not active or self._orders_pending():
             return 0
         first = next(iter(active.values())).job
         room = self._rows_limit(first) - batch.size
@@ -109,6 +114,15 @@ class Batcher:
                 continue
             joined += self._join(batch, job, active)
         return joined
+
+    def _orders_pending(self) -> bool:
+        orders, now = self.worker.orders, time.monotonic()
+        if orders is None or self._orders_seen:
+            return self._orders_seen
+        if now - self._orders_checked >= ORDERS_CHECK_S:
+            self._orders_checked = now
+            self._orders_seen = orders.control.latest_id() > orders.seen
+        return self._orders_seen
 
     def _join(self, batch: Batch, job: Job, active: dict[int, _Active]) -> int:
         w = self.worker
