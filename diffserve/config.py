@@ -71,7 +71,8 @@ class BatchingSettings(BaseModel):
     mode: Literal["on", "off"] = Field("on", description="on: batch what may share a tick; off: one job at a time")
     max_batch: int = Field(8, ge=1, description="most rows (samples; a request of 4 samples is 4) in one batch")
     max_pixels: int = Field(8 * 512 * 512, ge=1, description="most rows x width x height in one batch (memory)")
-    max_wait_ms: float = Field(20.0, ge=0, description="how long a lone job waits for company before its first step")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a lone job waits for company before its first step "
+                                                      "(later ones join between two steps anyway)")
 
 
 class QolabaApp(BaseModel):

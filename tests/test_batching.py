@@ -267,3 +267,29 @@ def test_progress_and_cancel_inside_a_batch(batching_server):
     assert done[1]["progress"]["step"] < 50 and done[1]["outputs"] == []
     assert [d["progress"]["step"] for d in (done[0], done[2])] == [50, 50]
     assert done[0]["meta"]["batch_size"] == done[2]["meta"]["batch_size"] == 3
+
+
+def test_a_worker_killed_mid_batch_gives_back_every_job_of_its_batch(batching_server):
+    """SIGKILL the worker while three jobs share its batch: the supervisor releases all three claims, the new
+    worker runs them again (a batch again), and each succeeds on its second attempt."""
+    import os
+    import signal
+    import sqlite3
+
+    from .jobs_helpers import Jobs, data_uri
+    from .test_restart import wait_for_new_worker, worker_pids
+
+    jobs = Jobs(batching_server, batching_server.create_key())
+    long = dict(init_image=data_uri(64, 64), steps=50, strength=1.0, scheduler="DDIMScheduler")
+    ids = [jobs.submit(seed=10 + i, **long)["id"] for i in range(3)]
+    for job_id in ids:
+        jobs.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["step"] >= 1)
+    (pid,) = worker_pids(batching_server).values()
+    os.kill(pid, signal.SIGKILL)
+    wait_for_new_worker(batching_server, pid)
+    done = [jobs.done(job_id, timeout=180) for job_id in ids]
+    assert [d["status"] for d in done] == ["succeeded"] * 3
+    with sqlite3.connect(batching_server.data_dir / "diffserve.db") as db:
+        attempts = [db.execute("select attempts from jobs where id = ?", (i,)).fetchone()[0] for i in ids]
+    assert attempts == [2, 2, 2]
+    assert max(d["meta"]["batch_size"] for d in done) > 1
