@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -274,7 +275,6 @@ def test_a_worker_killed_mid_batch_gives_back_every_job_of_its_batch(batching_se
     worker runs them again (a batch again), and each succeeds on its second attempt."""
     import os
     import signal
-    import sqlite3
 
     from .jobs_helpers import Jobs, data_uri
     from .test_restart import wait_for_new_worker, worker_pids
@@ -293,3 +293,24 @@ def test_a_worker_killed_mid_batch_gives_back_every_job_of_its_batch(batching_se
         attempts = [db.execute("select attempts from jobs where id = ?", (i,)).fetchone()[0] for i in ids]
     assert attempts == [2, 2, 2]
     assert max(d["meta"]["batch_size"] for d in done) > 1
+
+
+def test_batching_off_runs_one_job_at_a_time_byte_identical(tmp_path_factory, models_root, batching_server):
+    """MODE=off: concurrent jobs run one at a time through today's path (no batch_size in meta), and the image
+    is byte-identical to the same request run alone with batching on (a row alone is the pipeline's call)."""
+    off = DiffserveServer(tmp_path_factory.mktemp("batching-off"), models_root,
+                          env_overrides={"DIFFSERVE_BATCHING__MODE": "off"}).start()
+    try:
+        key = off.create_key()
+        with ThreadPoolExecutor(3) as pool:
+            outs = list(pool.map(lambda i: v6(off, key, seed=20 + i), range(3)))
+        assert [o["status"] for o in outs] == ["success"] * 3
+        assert [o["meta"].get("batch_size") for o in outs] == [None] * 3
+        with sqlite3.connect(off.data_dir / "diffserve.db") as db:
+            spans = sorted(db.execute("select started_at, finished_at from jobs").fetchall())
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # never two at once
+        alone = v6(batching_server, batching_server.create_key(), seed=20)
+        assert alone["meta"]["batch_size"] == 1
+        assert httpx.get(outs[0]["output"][0]).content == httpx.get(alone["output"][0]).content
+    finally:
+        off.stop()
