@@ -314,3 +314,13 @@ def test_batching_off_runs_one_job_at_a_time_byte_identical(tmp_path_factory, mo
         assert httpx.get(outs[0]["output"][0]).content == httpx.get(alone["output"][0]).content
     finally:
         off.stop()
+
+
+@pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-flux"])
+def test_sdxl_and_flux_requests_share_a_batch_through_the_worker(batching_server, model):
+    key = batching_server.create_key()
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda i: v6(batching_server, key, model_id=model, seed=30 + i, num_inference_steps=10,
+                                          negative_prompt="blurry" if i else None), range(2)))
+    assert [o["status"] for o in outs] == ["success"] * 2, outs
+    assert [o["meta"]["batch_size"] for o in outs] == [2, 2]
