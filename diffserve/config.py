@@ -81,6 +81,17 @@ class QueueSettings(BaseModel):
                                                            "the job stays queued in the store and is re-sent later")
 
 
+class BatchingSettings(BaseModel):
+    """Step-level batching in each worker (workers/batcher.py): concurrent img2img requests that may share a
+    denoising tick (core/batching.py) run one UNet / transformer forward per step together."""
+
+    mode: Literal["on", "off"] = Field("on", description="on: batch what may share a tick; off: one job at a time")
+    max_batch: int = Field(8, ge=1, description="most rows (samples; a request of 4 samples is 4) in one batch")
+    max_pixels: int = Field(8 * 512 * 512, ge=1, description="most rows x width x height in one batch (memory)")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a lone job waits for company before its first step "
+                                                      "(later ones join between two steps anyway)")
+
+
 class QolabaApp(BaseModel):
     """An operator's mapping of one Qolaba app_id: the local model, and optionally its allowed sizes
     ("HEIGHTxWIDTH"; an empty list lets the output follow the input image)."""
@@ -169,6 +180,7 @@ class Settings(BaseSettings):
         default_factory=dict, description='Qolaba app_id -> local model, e.g. {"ap-...": "my-flux"} or '
                                           '{"ap-...": {"model": "my-flux", "sizes": ["1024x1024"]}}')
     limits: RequestLimits = RequestLimits()
+    batching: BatchingSettings = BatchingSettings()
     webhooks: WebhookSettings = WebhookSettings()
     storage: StorageSettings = StorageSettings()
     queue: QueueSettings = QueueSettings()

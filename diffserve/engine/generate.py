@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from diffserve.core.batching import batch_key
 from diffserve.core.errors import DiffserveError
 from diffserve.core.request import GenerationRequest
 from diffserve.engine.models.cache import (PipelineCache, modules_bytes, reachable_modules, release_memory,
@@ -29,7 +30,8 @@ from diffserve.engine.models.speedups import apply_speedups
 from diffserve.engine.progress import Report, step_kwargs
 from diffserve.engine.controls.base import ControlContext
 from diffserve.engine.controls.chain import CONTROLS, POSTPROCESSORS
-from diffserve.engine.families import family
+from diffserve.engine.batching import Batch
+from diffserve.engine.families import batch_loop, family
 from diffserve.engine.families.base import RunInputs
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.engine.controls.safety import SHARED_KEY, SafetyCheckers
@@ -196,17 +198,8 @@ class Engine:
              progress: Report | None = None, mask_image: Image.Image | None = None
              ) -> tuple[list[Image.Image], list[bool]]:
         entry = self._registry.get(req.model_id)
-        inputs = RunInputs(
-            request=req,
-            init_image=init_image,
-            extra_images=list(extra_images or []),
-            generators=[torch.Generator(device="cpu").manual_seed((req.seed + i) % 2**64)
-                        for i in range(req.samples)],
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt,
-            ip_adapter_image=ip_adapter_image,
-            mask_image=mask_image,
-        )
+        inputs = RunInputs.for_request(req, init_image, extra_images=extra_images, ip_adapter_image=ip_adapter_image,
+                                       mask_image=mask_image)
         if progress is not None:
             inputs.call_kwargs.update(step_kwargs(progress))
         ctx = ControlContext(req.model_id, entry, self._registry, self._device, loaded.state, self.shared)
@@ -243,6 +236,20 @@ class Engine:
                 vae.disable_tiling()
             if slicing:
                 vae.disable_slicing()
+
+    def open_batch(self, req: GenerationRequest) -> Batch | None:
+        """A batch (engine/batching.py) opened for `req`, which then joins it; None when `req` cannot be batched
+        (its family has no batched loop, or core/batching.py says it runs alone)."""
+        entry = self._registry.get(req.model_id)
+        loop = batch_loop(entry.family)
+        if loop is None or batch_key(req.model_dump()) is None:
+            return None
+        loaded = self.pipelines.get(req.model_id)
+        ctx = ControlContext(req.model_id, entry, self._registry, self._device, loaded.state, self.shared)
+        return Batch(loop, loaded.pipe, ctx, RunInputs.for_request(req, None),
+                     check=lambda r: self._check_activations(r, loaded),
+                     vae_memory=lambda r: self._vae_memory(loaded.pipe, r), device=self._device,
+                     dtype=loaded.dtype)
 
     def loaded_models(self) -> list[str]:
         return self.pipelines.loaded()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+from diffserve.core.batching import BatchKey
+
 
 class JobQueue(Protocol):
     def enqueue(self, job_id: int) -> None:
@@ -18,6 +20,13 @@ class JobQueue(Protocol):
               labels: Sequence[str] = ()) -> int | None:
         """Take a job id for this worker, waiting up to `timeout` seconds: the oldest one, preferring
         jobs for the models it has `loaded` and taking only jobs its `labels` allow (see local.py)."""
+
+    def claim_batch(self, worker_id: str, key: BatchKey, rows: int, *, labels: Sequence[str] = ()) -> list[int]:
+        """Without waiting, for a batch this worker runs: take waiting jobs whose core.batching.batch_key equals
+        `key`, oldest first, while they fit in `rows` (a job counts its samples; a later job never overtakes
+        one that does not fit yet). Nothing while a job this worker may take that cannot join has waited
+        past the affinity wait: the batch drains and the worker's next `claim` takes that job, so a batch
+        never starves another model's jobs."""
 
     def ack(self, job_id: int) -> None:
         """The job reached a terminal state: forget it."""

@@ -14,6 +14,10 @@ worker takes, in this order:
    when it is free, or any worker does once they have waited `affinity_wait_s`.
 
 Only the oldest `SCAN_LIMIT` waiting rows are considered per claim.
+
+A worker running a batch (workers/batcher.py) tops it up between two steps with `claim_batch`: waiting jobs
+of the batch's key (core/batching.py), oldest first -- rule 2 above, for one model and size -- but none at
+all once a job it may take that cannot join is overdue (rule 1), so that job is next.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy import Engine, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from diffserve.core.batching import BatchKey, batch_key
 from diffserve.store.db import JobRow, QueueRow, WorkerRow, utcnow
 from diffserve.queue.signals import WorkerPipes
 
@@ -35,6 +40,15 @@ SCAN_LIMIT = 200
 _LOCKED_RETRIES = 20
 LIVE_WORKER_S = 15.0  # default: a worker whose heartbeat is older is not counted as holding its models
 ANY_LABEL = object()  # _try_claim: jobs of every class this worker may take (else: only jobs with this label)
+
+
+def _label_ok(labels: Sequence[str], label_class: object = ANY_LABEL):
+    """The rows a worker with these labels may take: unlabelled ones, and those of its labels; with a
+    `label_class`, only the rows of that one class (None: the unlabelled ones)."""
+    if label_class is not ANY_LABEL:
+        return QueueRow.label.is_(None) if label_class is None else QueueRow.label == label_class
+    label_ok = QueueRow.label.is_(None)
+    return or_(label_ok, QueueRow.label.in_(list(labels))) if labels else label_ok
 
 
 class LocalQueue:
@@ -108,15 +122,9 @@ class LocalQueue:
                    label_class: object = ANY_LABEL) -> int | None:
         now = utcnow()
         with Session(self._engine) as s, s.begin():
-            if label_class is not ANY_LABEL:
-                label_ok = QueueRow.label.is_(None) if label_class is None else QueueRow.label == label_class
-            else:
-                label_ok = QueueRow.label.is_(None)
-                if labels:
-                    label_ok = or_(label_ok, QueueRow.label.in_(list(labels)))
             waiting = s.execute(
                 select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
-                .where(QueueRow.claimed_by.is_(None), label_ok)
+                .where(QueueRow.claimed_by.is_(None), _label_ok(labels, label_class))
                 .order_by(QueueRow.job_id)
                 .limit(SCAN_LIMIT)
             ).all()
@@ -153,6 +161,52 @@ class LocalQueue:
             WorkerRow.worker_id != worker_id, WorkerRow.heartbeat_at >= now - timedelta(seconds=self._live_worker_s),
             WorkerRow.state != "stopped")).all()
         return [(set(models or ()), set(labels or ())) for models, labels in rows]
+
+    def claim_batch(self, worker_id: str, key: BatchKey, rows: int, *, labels: Sequence[str] = ()) -> list[int]:
+        for attempt in range(_LOCKED_RETRIES):
+            try:
+                return self._claim_batch(worker_id, key, rows, labels)
+            except OperationalError as e:  # as in _try_claim: nothing was claimed
+                if "locked" not in str(e) or attempt == _LOCKED_RETRIES - 1:
+                    raise
+                time.sleep(_POLL_MIN_S)
+        return []
+
+    def _claim_batch(self, worker_id: str, key: BatchKey, rows: int, labels: Sequence[str]) -> list[int]:
+        if rows < 1:
+            return []
+        now = utcnow()
+        overdue = now - timedelta(seconds=self._affinity_wait_s)
+        model_id = key[0]
+        with Session(self._engine) as s, s.begin():
+            waiting = s.execute(
+                select(QueueRow.job_id, QueueRow.model_id, QueueRow.enqueued_at)
+                .where(QueueRow.claimed_by.is_(None), _label_ok(labels))
+                .order_by(QueueRow.job_id).limit(SCAN_LIMIT)).all()
+            same_model = [job_id for job_id, model, _ in waiting if model == model_id]
+            requests = dict(s.execute(select(JobRow.id, JobRow.request).where(JobRow.id.in_(same_model))).all()) \
+                if same_model else {}
+            chosen, left = [], rows
+            for job_id, _, enqueued_at in waiting:
+                request = requests.get(job_id)
+                fits = request is not None and batch_key(request) == key
+                if not fits:
+                    if enqueued_at is None or enqueued_at <= overdue:
+                        return []  # an overdue job of another kind goes first: stop topping up
+                    continue
+                samples = int(request.get("samples") or 1)
+                if samples > left:
+                    break  # no overtaking: a job of several samples joins once there is room for it
+                chosen.append(job_id)
+                left -= samples
+            if not chosen:
+                return []
+            claimed = s.execute(
+                update(QueueRow)
+                .where(QueueRow.job_id.in_(chosen), QueueRow.claimed_by.is_(None))
+                .values(claimed_by=worker_id, claimed_at=now)
+                .returning(QueueRow.job_id)).scalars().all()
+            return sorted(claimed)
 
     def ack(self, job_id: int) -> None:
         with Session(self._engine) as s, s.begin():

@@ -14,13 +14,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
-from diffserve.config import Settings
+from diffserve.config import BatchingSettings, Settings
 from diffserve.core.errors import Cancelled, DiffserveError
 from diffserve.core.job import Job, JobStatus
 from diffserve.engine.models.registry import ModelRegistry
@@ -34,6 +34,7 @@ from diffserve.store.db import make_engine
 from diffserve.store.jobs import JobStore
 from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
+from diffserve.workers.batcher import Batcher
 from diffserve.workers.placement import worker_device, worker_labels
 from diffserve.workers.orders import WorkerOrders
 from diffserve.workers.progress import ProgressReporter
@@ -65,11 +66,19 @@ class Worker:
     orders: WorkerOrders | None = None  # the API's control events (clear_cache, restart...)
     progress: ProgressStore | None = None  # step progress out, client cancels in (store/progress.py)
     metrics: Metrics | None = None  # Prometheus samples of this process (diffserve/metrics.py)
+    batching: BatchingSettings | None = None  # step-level batching (workers/batcher.py); None or mode off: none
+    _batcher: Batcher | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.batching is not None and self.batching.mode == "on":
+            self._batcher = Batcher(self, self.batching)
 
     def run(self, stop: threading.Event | None = None) -> bool:
         """Take jobs until `stop`; True when it ended for a restart order (the process should start afresh)."""
         stop = stop or threading.Event()
         restart = False
+        if self._batcher is not None:
+            self._batcher.stop = stop  # a stopping worker lets its batch drain, taking no new jobs
         self.workers.register(self.worker_id, os.getpid(), self.labels)
         self.workers.set_device(self.worker_id, self.engine.device, self.engine.default_dtype(),
                                 self.engine.pipelines.budget_bytes)
@@ -126,6 +135,8 @@ class Worker:
         if job is None:  # cancelled or finished meanwhile
             self._stored(self.queue.ack, job_id)
             return
+        if self._batcher is not None and self._batcher.run(job):
+            return  # it ran in a batch, with what joined it
         self._stored(self.workers.update, self.worker_id, state="busy", current_job=job_id)
         started, status = time.monotonic(), JobStatus.FAILED
         reporter = ProgressReporter(job.id, self.progress) if self.progress else None
@@ -153,13 +164,15 @@ class Worker:
             self._stored(self.workers.update, self.worker_id, state="idle", current_job=None,
                          models=self.engine.loaded_models())
 
-    def _count(self, job: Job, status: JobStatus, run_s: float, steps: int) -> None:
+    def _count(self, job: Job, status: JobStatus, run_s: float, steps: int, rows: int | None = None) -> None:
+        """rows: image rows per denoising call (default the job's samples; 0: observed elsewhere, the batcher)."""
         model = job.request.model_id
         self.metrics.jobs.labels(job.dialect, model, status.value).inc()
         self.metrics.run_time.labels(model).observe(run_s)
         if job.started_at and job.created_at:
             self.metrics.queue_wait.labels(model).observe((job.started_at - job.created_at).total_seconds())
-        self.metrics.batch_rows.labels(model).observe(job.request.samples)
+        if rows != 0:
+            self.metrics.batch_rows.labels(model).observe(rows or job.request.samples)
         if steps:
             self.metrics.steps.labels(model).inc(steps)
 
@@ -251,6 +264,7 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
                             downloads=settings.models_dir / "downloads"),
         progress=ProgressStore(db),
         metrics=metrics,
+        batching=settings.batching,
     )
 
 

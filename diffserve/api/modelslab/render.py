@@ -82,6 +82,8 @@ def meta(job: Job) -> dict[str, Any]:
     run = p.get("run") or {}
     if run:  # how the job ran: the worker's torch device and the model's dtype
         out["device"], out["dtype"] = run.get("device"), run.get("dtype")
+        if run.get("batch_size"):  # step-level batching: the most images it shared a denoising step with
+            out["batch_size"] = run["batch_size"]
     return out
 
 

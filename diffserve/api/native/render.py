@@ -50,6 +50,7 @@ def render_job(job: Job, storage: Storage, base_url: str, live: LiveState) -> di
             "samples": r.samples, "steps": r.steps, "guidance_scale": r.guidance_scale, "strength": r.strength,
             "seed": r.seed, "scheduler": r.scheduler, "lora_models": r.lora_models, "vae": r.vae,
             "enhance_style": r.enhance_style, "device": run.get("device"), "dtype": run.get("dtype"),
+            "batch_size": run.get("batch_size"),
         },
         "created_at": _time(job.created_at),
         "started_at": _time(job.started_at),

@@ -20,3 +20,9 @@ from diffserve.engine.families.flux_control import control_image_control
 CONTROLS: list[Control] = [scheduler_control, use_vae, apply_loras, use_embedding, tomesd_control,
                            clip_skip_control, use_ip_adapter, control_image_control]
 POSTPROCESSORS: list[PostProcessor] = [safety_postprocessor]
+
+# Step-level batching (engine/batching.py): the controls that act on one request's own objects (its scheduler
+# copy, its prompt encoding) are entered per row; the others change the shared model and are entered once per
+# batch, whose rows all ask for the same ones (core/batching.py's key; IP-Adapter and tomesd are never batched).
+ROW_CONTROLS: list[Control] = [scheduler_control, clip_skip_control]
+BATCH_CONTROLS: list[Control] = [control for control in CONTROLS if control not in ROW_CONTROLS]

@@ -28,6 +28,16 @@ class RunInputs:
     call_kwargs: dict[str, Any] = field(default_factory=dict)  # added by controls (clip_skip, ip_adapter_image...)
     mask_image: Image.Image | None = None  # inpaint: white = repaint, already width x height
 
+    @classmethod
+    def for_request(cls, req: GenerationRequest, init_image: Image.Image | None, *,
+                    extra_images: list[Image.Image] | None = None, ip_adapter_image: Image.Image | None = None,
+                    mask_image: Image.Image | None = None) -> RunInputs:
+        """The request's inputs before the controls: one CPU generator per sample, seeded seed + i."""
+        return cls(request=req, init_image=init_image, extra_images=list(extra_images or []),
+                   generators=[torch.Generator(device="cpu").manual_seed((req.seed + i) % 2**64)
+                               for i in range(req.samples)],
+                   prompt=req.prompt, negative_prompt=req.negative_prompt, ip_adapter_image=ip_adapter_image,
+                   mask_image=mask_image)
 
 class Family(Protocol):
     name: str

@@ -1,0 +1,164 @@
+"""Step-level batching through the HTTP API: images/s and p50/p95 latency for 1, 2, 4, 8 concurrent clients,
+batching off vs on, for (a) identical parameters and (b) mixed ones (strength 0.3-0.9, steps 10-30, different
+prompts and seeds), at 64, 128 and 256 px, tiny-sd, one worker.
+
+Two servers run side by side (DIFFSERVE_BATCHING__MODE=off and on, one worker each, the same torch threads);
+each cell runs on the off server then on the on server, so both see the same machine load. Every client
+sends its requests one after another (ModelsLab v6 img2img, answered synchronously). Prints figures;
+asserts nothing. Run: .venv/bin/python bench/batching.py [--sizes 64,128,256] [--clients 1,2,4,8]
+[--rounds 2] [--threads 1] [--model tiny-sd] [--models-file models.json --device cuda].
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import random
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffserve.engine.generate import TINY_BUILDERS  # noqa: E402
+from tests.servers import DiffserveServer  # noqa: E402
+
+PROMPTS = ["a cat on a sofa", "a lighthouse at dusk", "women playing tennis", "a bowl of fruit", "a red car",
+           "mountains in fog", "a city street at night", "an old oak tree"]
+
+
+def init_image(side: int) -> str:
+    buf = io.BytesIO()
+    Image.effect_noise((side, side), 64).convert("RGB").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def bodies(kind: str, n: int, side: int, key: str, model: str, rng: random.Random) -> list[dict]:
+    image = init_image(side)
+    out = []
+    for i in range(n):
+        body = {"key": key, "model_id": model, "init_image": image, "width": side, "height": side, "samples": 1,
+                "guidance_scale": 7.5, "seed": 1000 + i, "safety_checker": "no",
+                "tomesd": "no"}  # v6 defaults tomesd to yes, and tomesd requests run alone (core/batching.py)
+        if kind == "identical":
+            body.update(prompt=PROMPTS[0], strength=0.7, num_inference_steps=20)
+        else:
+            body.update(prompt=rng.choice(PROMPTS), strength=round(rng.uniform(0.3, 0.9), 2),
+                        num_inference_steps=rng.randint(10, 30), seed=rng.randrange(2**31))
+        out.append(body)
+    return out
+
+
+def run_cell(url: str, work: list[dict], clients: int) -> tuple[float, list[float], list[int]]:
+    """(images/s, latencies, batch sizes from meta) for `work` split over `clients` concurrent clients."""
+    per_client = [work[i::clients] for i in range(clients)]
+
+    def client(items: list[dict]) -> list[tuple[float, int]]:
+        done = []
+        with httpx.Client(timeout=600) as http:
+            for body in items:
+                t = time.perf_counter()
+                out = http.post(f"{url}/api/v6/images/img2img", json=body).json()
+                if out.get("status") != "success":
+                    raise RuntimeError(f"request failed: {str(out)[:300]}")
+                done.append((time.perf_counter() - t, int((out.get("meta") or {}).get("batch_size") or 1)))
+        return done
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for part in pool.map(client, per_client) for r in part]
+    wall = time.perf_counter() - t0
+    return len(work) / wall, [r[0] for r in results], [r[1] for r in results]
+
+
+def bare_ceiling(models_root: Path, model: str, sizes: list[int], threads: int) -> None:
+    """The bare diffusers pipeline on this machine now: 8 images in one batched call vs 8 single calls (identical
+    parameters, 20 steps x strength 0.7): what batching can gain at best, before any serving."""
+    import torch
+
+    from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
+
+    torch.set_num_threads(threads)
+    pipe = load_img2img_pipeline(ModelSource("folder", str(TINY_BUILDERS[model](models_root / model))))
+    pipe.set_progress_bar_config(disable=True)
+    print(f"bare {model} pipeline, {threads} torch thread(s): 8 single calls vs one call of 8")
+    for side in sizes:
+        image = Image.open(io.BytesIO(base64.b64decode(init_image(side)))).convert("RGB")
+
+        def call(n: int) -> float:
+            t = time.perf_counter()
+            with torch.inference_mode():
+                pipe(prompt=PROMPTS[0], image=[image] * n, strength=0.7, num_inference_steps=20, guidance_scale=7.5,
+                     generator=[torch.Generator().manual_seed(i) for i in range(n)], num_images_per_prompt=n)
+            return time.perf_counter() - t
+
+        call(1)
+        singles = sum(call(1) for _ in range(8))
+        batched = call(8)
+        print(f"  {side:>4} px: 8 single {singles:6.2f} s, batched {batched:6.2f} s: {singles / batched:.2f}x", flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="64,128,256")
+    ap.add_argument("--clients", default="1,2,4,8")
+    ap.add_argument("--rounds", type=int, default=2, help="requests per client (1 client: 4x this)")
+    ap.add_argument("--threads", default="1", help="DIFFSERVE_TORCH_THREADS of each worker (1: on a shared "
+                    "2-core machine, 2 OpenMP threads under other load run 20-30x slower)")
+    ap.add_argument("--model", default="tiny-sd")
+    ap.add_argument("--models-file", default=None, help="a models.json naming --model (real weights, GPU)")
+    ap.add_argument("--device", default="cpu", help="DIFFSERVE_DEVICE of the workers (cuda on a GPU)")
+    ap.add_argument("--kinds", default="identical,mixed")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    counts = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if args.model in TINY_BUILDERS:  # the bare pipeline's ceiling, for the built-in models
+            bare_ceiling(root / "models", args.model, sizes, int(args.threads))
+        servers = {}
+        for mode in ("off", "on"):
+            servers[mode] = DiffserveServer(root / mode, root / "models", env_overrides={
+                "DIFFSERVE_BATCHING__MODE": mode, "DIFFSERVE_TORCH_THREADS": args.threads,
+                "DIFFSERVE_PRELOAD_MODELS": f'["{args.model}"]', "DIFFSERVE_SYNC_WAIT_S": "600",
+                "DIFFSERVE_LIMITS__MAX_QUEUED_PER_KEY": "0", "DIFFSERVE_DEVICE": args.device,
+                **({"DIFFSERVE_MODELS_FILE": args.models_file} if args.models_file else {})}).start(timeout=600)
+        try:
+            keys = {mode: srv.create_key() for mode, srv in servers.items()}
+            for mode, srv in servers.items():  # warm-up: first call costs
+                run_cell(srv.url, bodies("identical", 2, 64, keys[mode], args.model, random.Random(0)), 2)
+            print(f"{args.model}, 1 worker, {args.threads} torch threads; images/s and latency (s) over HTTP")
+            print(f"{'kind':9} {'px':>4} {'clients':>7} | {'off img/s':>9} {'p50':>6} {'p95':>6} | "
+                  f"{'on img/s':>8} {'p50':>6} {'p95':>6} {'batch':>5} | {'speed-up':>8} {'p50 on/off':>10}")
+            for kind in args.kinds.split(","):
+                for side in sizes:
+                    for clients in counts:
+                        n = clients * args.rounds if clients > 1 else 4 * args.rounds
+                        cell = {}
+                        for mode, srv in servers.items():
+                            work = bodies(kind, n, side, keys[mode], args.model, random.Random(side * 100 + clients))
+                            cell[mode] = run_cell(srv.url, work, clients)
+                        (off_rate, off_lat, _), (on_rate, on_lat, batch) = cell["off"], cell["on"]
+                        print(f"{kind:9} {side:>4} {clients:>7} | {off_rate:9.2f} {pct(off_lat, .5):6.2f} "
+                              f"{pct(off_lat, .95):6.2f} | {on_rate:8.2f} {pct(on_lat, .5):6.2f} {pct(on_lat, .95):6.2f} "
+                              f"{statistics.mean(batch):5.1f} | {on_rate / off_rate:7.2f}x "
+                              f"{pct(on_lat, .5) / pct(off_lat, .5):9.2f}x", flush=True)
+        finally:
+            for srv in servers.values():
+                srv.stop()
+
+
+if __name__ == "__main__":
+    main()
