@@ -83,7 +83,10 @@ def test_ctrl_c_cancels_the_job_on_the_server(jobs_server, key, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "diffserve.cli.main", "generate", str(big), "--prompt", "slow",
                              "--steps", "50", "--strength", "1", "--server", jobs_server.url,
                              "-o", str(tmp_path / "never.png")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # a shell's background job starts with SIGINT ignored, and Python keeps it so:
+                            # give the CLI the default a user's terminal gives it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     jobs = Jobs(jobs_server, key)
     deadline = time.monotonic() + 60
     job = None
