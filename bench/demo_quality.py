@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffserve.engine.demo import edits, quality  # noqa: E402
-from diffserve.engine.demo.build import build_demo_sd  # noqa: E402
+from diffserve.engine.demo.build import WEIGHTS, build_demo_sd  # noqa: E402
 
 NEUTRAL = ("", "women playing tennis", "a photo of a cat")
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=1.5)
     parser.add_argument("--quick", action="store_true", help="strength 0.5 only, no variants")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS, help="a weights folder (default: the package's)")
     parser.add_argument("--save", type=Path, help="also write the README's example pictures (input, sepia, sketch)")
     args = parser.parse_args(argv)
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     images = quality.held_out_images(args.side)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        folder = build_demo_sd(Path(tmp) / "demo-sd")
+        folder = build_demo_sd(Path(tmp) / "demo-sd", args.weights)
         built = time.perf_counter() - t0
         t0 = time.perf_counter()
         pipe = quality.load_pipeline(folder)
@@ -107,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
               "of the neutral prompt 'women playing tennis'")
         variants = [("guidance 1.0", {"guidance": 1.0}), ("guidance 1.5", {"guidance": 1.5}),
                     ("guidance 3.0", {"guidance": 3.0}), ("guidance 7.5", {"guidance": 7.5}),
-                    ("steps 8", {"steps": 8}), ("steps 40", {"steps": 40})]
+                    ("steps 8", {"steps": 8}), ("steps 40", {"steps": 40}),
+                    ("DPM++ 2M", {"scheduler": "DPMSolverMultistepScheduler"}),
+                    ("Euler a", {"scheduler": "EulerAncestralDiscreteScheduler"}),
+                    ("realtime: LCM 4 steps, guidance 1", {"scheduler": "LCMScheduler", "steps": 4, "guidance": 1.0})]
         for label, change in variants:
             options = {"steps": args.steps, "guidance": args.guidance, **change}
             gains, kept = [], []
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                     gains.append(quality.target_gain(word, image, out))
                 out = quality.generate(pipe, image, "women playing tennis", strength=0.6, **options)
                 kept.append(edits.psnr(out, image))
-            print(f"   {label:14s} gain {np.mean(gains):+.2f} dB (min {np.min(gains):+.2f})   "
+            print(f"   {label:34s} gain {np.mean(gains):+.2f} dB (min {np.min(gains):+.2f})   "
                   f"neutral PSNR to input {np.mean(kept):.2f} dB")
 
     print(f"\n4. {len(timings)} generations: {np.mean(timings):.2f} s each on average "

@@ -98,12 +98,20 @@ def load_pipeline(folder: Path):
 
 
 def generate(pipe, image: np.ndarray, prompt: str, *, strength: float, steps: int = 20, guidance: float = 1.5,
-             seed: int = 0) -> np.ndarray:
+             seed: int = 0, scheduler: str | None = None) -> np.ndarray:
+    """One img2img output (the folder's PNDM scheduler unless `scheduler` names another diffusers class)."""
+    import diffusers
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
-    out = pipe(prompt=prompt, image=edits.to_pil(image), strength=strength, num_inference_steps=steps,
-               guidance_scale=guidance, generator=generator).images[0]
+    own = pipe.scheduler
+    if scheduler:
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(own.config)
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        out = pipe(prompt=prompt, image=edits.to_pil(image), strength=strength, num_inference_steps=steps,
+                   guidance_scale=guidance, generator=generator).images[0]
+    finally:
+        pipe.scheduler = own
     return edits.from_pil(out)
 
 
