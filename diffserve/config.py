@@ -120,10 +120,8 @@ class Settings(BaseSettings):
         60.0, ge=0, description="how long an img2img request waits for its result before answering 'processing'"
     )
     max_attempts: int = Field(3, ge=1, description="runs of one job (restarts/crashes included) before it fails")
-    # demo-sd: the small model trained in this repository (engine/demo), the one built-in model whose images are
-    # real; the tiny-* models (random weights) stay for fast tests
-    default_model: str = "demo-sd"
-    preload_models: list[str] = Field(["demo-sd"], description="models each worker loads before it reports ready")
+    default_model: str = "tiny-sd"
+    preload_models: list[str] = Field(["tiny-sd"], description="models each worker loads before it reports ready")
     model_cache_gb: float | None = Field(
         None, gt=0, description="memory budget of each worker's loaded models (GiB, parameters + buffers); least "
                                 "recently used models are evicted past it. Default: 80% of the CUDA device's memory, "
@@ -138,7 +136,7 @@ class Settings(BaseSettings):
         False, description="let image/webhook URLs reach loopback, private and link-local addresses (LAN, tests)"
     )
     # Dialects (see api/realtime, api/pony, api/qolaba) and the load balancer (queue/local.py).
-    realtime_model: str = Field("demo-sd", description="model serving the realtime endpoints (a few-step model)")
+    realtime_model: str = Field("tiny-sd", description="model serving the realtime endpoints (a few-step model)")
     realtime_scheduler: str | None = Field("LCMScheduler", description="scheduler for realtime requests; none: the model's")
     realtime_steps: int = Field(4, ge=1, le=50, description="denoising steps of a realtime request")
     realtime_guidance: float = Field(1.0, ge=0, le=20, description="guidance scale of a realtime request")

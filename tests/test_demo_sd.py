@@ -20,11 +20,14 @@ import numpy as np
 import pytest
 
 from diffserve.config import Settings
-from diffserve.engine.demo import DEMO_SD_FOLDER, data, edits, quality
+from diffserve.engine.demo import DEMO_SD_FOLDER, WEIGHT_FILES, data, edits, quality, weights_present
 from diffserve.engine.demo.build import WEIGHTS, build_demo_sd
 from diffserve.engine.models.registry import builtin_models
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tests of the trained model run once its weights are committed (issue 16); the data, the measures and
+# the training script's determinism are tested now.
+needs_weights = pytest.mark.skipif(not weights_present(), reason="demo-sd's weights are not committed yet")
 
 # The margins: about half of what bench/demo_quality.py measured for the committed weights (model card).
 GAIN_DB = {"grayscale": 2.0, "sepia": 2.0, "invert": 2.0, "blur": 0.5, "sharpen": 0.3, "posterize": 0.3,
@@ -46,16 +49,19 @@ def images():
     return quality.held_out_images(256)
 
 
-def test_demo_sd_is_the_default_and_built_in():
-    settings = Settings()
-    assert settings.default_model == "demo-sd"
-    assert settings.preload_models == ["demo-sd"]
-    assert settings.realtime_model == "demo-sd"
-    entry = builtin_models(Path("/models"))["demo-sd"]
+def test_demo_sd_is_built_in_only_once_its_weights_are_there(tmp_path):
+    weights = tmp_path / "weights"
+    assert "demo-sd" not in builtin_models(Path("/models"), weights)
+    for name in WEIGHT_FILES:
+        (weights / name).parent.mkdir(parents=True, exist_ok=True)
+        (weights / name).write_text("{}")
+    entry = builtin_models(Path("/models"), weights)["demo-sd"]
     assert entry.family == "sd" and entry.builtin == "demo-sd" and entry.kind == "folder"
     assert entry.location == f"/models/{DEMO_SD_FOLDER}"
+    assert Settings().default_model == ("demo-sd" if weights_present() else "tiny-sd")
 
 
+@needs_weights
 def test_weights_are_small_fp16_safetensors_with_a_card():
     from safetensors import safe_open
 
@@ -79,6 +85,7 @@ def test_held_out_images_are_not_training_images_and_every_licence_is_stated():
     assert all(licence in ("CC0", "CC0 1.0", "public domain") for licence, _ in data.LICENCES.values())
 
 
+@needs_weights
 def test_the_built_folder_uses_the_real_clip_tokenizer_and_loads_fast(tmp_path):
     from transformers import CLIPTokenizer
 
@@ -95,6 +102,7 @@ def test_the_built_folder_uses_the_real_clip_tokenizer_and_loads_fast(tmp_path):
     assert build_demo_sd(folder) == folder  # a complete folder is kept
 
 
+@needs_weights
 @pytest.mark.parametrize("word", list(edits.EDITS))
 def test_each_edit_word_has_its_effect_on_held_out_photos(pipe, images, word):
     effect = quality.EFFECTS[word]
@@ -106,6 +114,7 @@ def test_each_edit_word_has_its_effect_on_held_out_photos(pipe, images, word):
         assert moved > EFFECT_MARGIN[word], f"{word} on {name}: {effect.name} moved {moved:+.4f}"
 
 
+@needs_weights
 def test_a_prompt_outside_the_vocabulary_keeps_the_image(pipe, images):
     for name, image in images.items():
         neutral = quality.generate(pipe, image, "women playing tennis", strength=0.6)
@@ -116,6 +125,7 @@ def test_a_prompt_outside_the_vocabulary_keeps_the_image(pipe, images):
         assert edits.saturation(neutral) > 0.6 * edits.saturation(image)  # not silently an edit
 
 
+@needs_weights
 def test_strength_low_keeps_the_input_high_changes_more(pipe, images):
     for name, image in images.items():
         low = quality.generate(pipe, image, "sepia", strength=0.3)
@@ -124,6 +134,7 @@ def test_strength_low_keeps_the_input_high_changes_more(pipe, images):
         assert quality.target_gain("sepia", image, high) > quality.target_gain("sepia", image, low), name
 
 
+@needs_weights
 def test_synonym_cartoon_posterizes(pipe, images):
     image = images["chelsea"]
     out = quality.generate(pipe, image, "cartoon", strength=0.6)
@@ -185,6 +196,7 @@ def _answer_image(answer: dict) -> np.ndarray:
     return edits.from_pil(Image.open(io.BytesIO(httpx.get(answer["output"][0], timeout=30).content)))
 
 
+@needs_weights
 def test_default_server_preloads_demo_sd_as_fast_as_tiny_sd(default_server, tmp_path_factory, models_root):
     import httpx
 
@@ -207,6 +219,7 @@ def test_default_server_preloads_demo_sd_as_fast_as_tiny_sd(default_server, tmp_
     assert demo_s < tiny_s + 3.0, f"ready in {demo_s:.1f} s with demo-sd, {tiny_s:.1f} s with tiny-sd"
 
 
+@needs_weights
 def test_the_readme_request_through_the_server_gives_the_edit(default_server, images):
     image = images["chelsea"]
     key = default_server.create_key("--name", "demo")

@@ -1,9 +1,24 @@
 """demo-sd: the small SD 1.x model trained in this repository (scripts/train_demo_sd.py) on scikit-image's
 bundled photos, to follow a few edit words (edits.py). `weights/` holds its committed fp16 weights and model
 card; build.py assembles them with the CLIP tokenizer into a diffusers folder under the models folder.
-This module is torch-free: the API process reads the limits below."""
+This module is torch-free: the API process reads the limits below.
+
+Until trained weights are committed in `weights/` (issue 16: the recipe does not yet give pictures good
+enough to ship), demo-sd is not a built-in model and the defaults stay tiny-sd."""
+
+from pathlib import Path
 
 from diffserve.core.request import ModelLimits
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+WEIGHT_FILES = ("model_index.json", "README.md", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+                "text_encoder/model.safetensors", "scheduler/scheduler_config.json")
+
+
+def weights_present(weights: Path = WEIGHTS) -> bool:
+    """True when `weights` holds trained weights and a model card (scripts/train_demo_sd.py writes them)."""
+    return all((weights / name).is_file() for name in WEIGHT_FILES)
 
 # Bump with every retraining that changes weights/: the built folder's name carries it, so a new
 # version is built beside an old one instead of being mistaken for it.

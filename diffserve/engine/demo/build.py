@@ -11,26 +11,13 @@ import json
 import shutil
 from pathlib import Path
 
-from diffserve.engine.demo import DEMO_SD_VERSION
+from diffserve.engine.demo import DEMO_SD_VERSION, WEIGHT_FILES, WEIGHTS, weights_present
 from diffserve.engine.tiny.build import MARKER_FILE, build_atomically
 from diffserve.engine.tiny.sd import write_clip_tokenizer
 
-WEIGHTS = Path(__file__).resolve().parent / "weights"
 _PARTS = ("unet", "vae", "text_encoder", "scheduler")
-REQUIRED = (
-    "model_index.json", "README.md", MARKER_FILE,
-    "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-    "text_encoder/config.json", "text_encoder/model.safetensors",
-    "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
-    "scheduler/scheduler_config.json",
-)
-
-
-def weights_present(weights: Path = WEIGHTS) -> bool:
-    """True when the package holds the trained weights (the training script writes them)."""
-    return all((weights / name).is_file() for name in REQUIRED if not name.startswith("tokenizer/")
-               and name != MARKER_FILE)
+REQUIRED = (*WEIGHT_FILES, MARKER_FILE, "tokenizer/vocab.json", "tokenizer/merges.txt",
+            "tokenizer/tokenizer_config.json")
 
 
 def _write(folder: Path, weights: Path) -> None:
