@@ -101,6 +101,11 @@ class DiffserveServer:
             "DIFFSERVE_ALLOW_PRIVATE_URLS": "1",  # the test image host is on loopback
             "DIFFSERVE_TORCH_THREADS": "1",
             "HF_HUB_OFFLINE": "1",
+            # The server's defaults are demo-sd (the trained model); most tests want the fast random tiny-sd
+            # (its limits, sizes and speed are what they assert). A test of the defaults overrides these.
+            "DIFFSERVE_DEFAULT_MODEL": "tiny-sd",
+            "DIFFSERVE_PRELOAD_MODELS": '["tiny-sd"]',
+            "DIFFSERVE_REALTIME_MODEL": "tiny-sd",
         })
         env.update(self.env_overrides)
         return env

@@ -35,6 +35,7 @@ from diffserve.engine.families import batch_loop, family
 from diffserve.engine.families.base import RunInputs
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.engine.controls.safety import SHARED_KEY, SafetyCheckers
+from diffserve.engine.demo.build import build_demo_sd
 from diffserve.engine.tiny.sd import build_tiny_sd
 from diffserve.engine.tiny.flux import build_tiny_flux, build_tiny_flux_kontext, build_tiny_flux_redux
 from diffserve.engine.tiny.flux_control import build_tiny_flux_canny, build_tiny_flux_depth
@@ -50,6 +51,7 @@ TINY_BUILDERS.update({"tiny-sdxl": build_tiny_sdxl, "tiny-flux": build_tiny_flux
 TINY_BUILDERS.update({"tiny-flux-canny": build_tiny_flux_canny, "tiny-flux-depth": build_tiny_flux_depth,
                       "tiny-hidream": build_tiny_hidream})
 TINY_BUILDERS["tiny-flux-pulid"] = build_tiny_flux_pulid
+TINY_BUILDERS["demo-sd"] = build_demo_sd  # not tiny nor random: the trained demo model, from the package
 
 
 # The VAE decoder's full-resolution peak, per output pixel and sample, in float32 (128 channels, about

@@ -1,8 +1,9 @@
 """The model registry: model_id -> where the weights are, which family, which limits; and the
 assets a request can add (LoRAs, textual-inversion embeddings, VAEs, IP-Adapters) by id.
 
-Read from a JSON file (default `<data_dir>/models.json`), on top of the built-in entries (the tiny
-models that work offline, the vendor's five IP-Adapter ids). File format (every section optional):
+Read from a JSON file (default `<data_dir>/models.json`), on top of the built-in entries (demo-sd, the
+small model trained in this repository, once its weights are committed; the tiny random models that work offline; the vendor's five
+IP-Adapter ids). File format (every section optional):
 
     {"models": {
         "realistic-vision-51": {"kind": "hub", "location": "SG161222/Realistic_Vision_V5.1_noVAE"},
@@ -57,6 +58,7 @@ from diffserve.engine.models.registry_file import (
     read_raw,
     write_text,
 )
+from diffserve.engine.demo import DEMO_SD_DESCRIPTION, DEMO_SD_FOLDER, DEMO_SD_LIMITS, WEIGHTS, weights_present
 from diffserve.engine.tiny.flux import FLUX_REDUX_TINY_LIMITS, FLUX_TINY_LIMITS
 from diffserve.engine.tiny.flux_control import CANNY_TINY_LIMITS, DEPTH_TINY_LIMITS
 from diffserve.engine.tiny.flux_pulid import FLUX_PULID_TINY_LIMITS
@@ -364,8 +366,16 @@ def _validate_entry(kind: str, entry_id: str, entry: Any) -> Any:
                            field=str(first[0]) if first else None) from exc
 
 
-def builtin_models(models_dir: Path) -> dict[str, ModelEntry]:
+def builtin_models(models_dir: Path, demo_weights: Path = WEIGHTS) -> dict[str, ModelEntry]:
+    demo = {
+        # trained weights shipped in the package (engine/demo), assembled under models_dir; only once committed
+        "demo-sd": ModelEntry(
+            kind="folder", location=str(models_dir / DEMO_SD_FOLDER), family="sd", limits=DEMO_SD_LIMITS,
+            builtin="demo-sd", description=DEMO_SD_DESCRIPTION,
+        ),
+    } if weights_present(demo_weights) else {}
     return {
+        **demo,
         "tiny-sd": ModelEntry(
             kind="folder",
             location=str(models_dir / "tiny-sd"),

@@ -1,0 +1,133 @@
+"""demo-sd's quality on the held-out photos, as tables: content kept and each edit's effect, per strength.
+
+    .venv/bin/python bench/demo_quality.py [--side 256] [--steps 20] [--guidance 1.5] [--quick]
+
+Builds demo-sd's folder from the package weights (in a temp dir), runs diffusers' img2img pipeline on the
+CPU on each held-out photo (diffserve/engine/demo/data.py: never seen in training) and prints:
+
+1. the VAE alone (encode + decode): the ceiling of every PSNR below;
+2. per prompt and strength (0.3 / 0.5 / 0.7): PSNR and SSIM of the output to the input and to the edit's
+   target, the target gain (dB the output came closer to the target than the input was) and the edit's
+   own measure (input -> output; diffserve/engine/demo/quality.py EFFECTS);
+3. guidance and scheduler variants at strength 0.6 (mean target gain over the edits);
+4. load and per-image times.
+Figures are means over the held-out photos; one seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from diffserve.engine.demo import edits, quality  # noqa: E402
+from diffserve.engine.demo.build import WEIGHTS, build_demo_sd  # noqa: E402
+
+NEUTRAL = ("", "women playing tennis", "a photo of a cat")
+
+
+def row(cells, widths) -> str:
+    return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=1.5)
+    parser.add_argument("--quick", action="store_true", help="strength 0.5 only, no variants")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS, help="a weights folder (default: the package's)")
+    parser.add_argument("--save", type=Path, help="also write the README's example pictures (input, sepia, sketch)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(2)
+    images = quality.held_out_images(args.side)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        folder = build_demo_sd(Path(tmp) / "demo-sd", args.weights)
+        built = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pipe = quality.load_pipeline(folder)
+        loaded = time.perf_counter() - t0
+    print(f"demo-sd: folder built in {built:.2f} s, pipeline loaded in {loaded:.2f} s; held out: "
+          f"{', '.join(images)} at {args.side}x{args.side}; steps {args.steps}, guidance {args.guidance}, seed 0\n")
+
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        image = images["chelsea"]
+        edits.to_pil(image).save(args.save / "demo-input.jpg", quality=90)
+        for word in ("sepia", "sketch"):
+            out = quality.generate(pipe, image, word, strength=0.6, steps=args.steps, guidance=args.guidance)
+            edits.to_pil(out).save(args.save / f"demo-{word}.jpg", quality=90)
+        print(f"example pictures written to {args.save}\n")
+
+    print("1. VAE alone (encode + decode)")
+    for name, image in images.items():
+        recon = quality.reconstruct(pipe, image)
+        print(f"   {name:8s} PSNR {edits.psnr(recon, image):5.2f} dB  SSIM {quality.ssim(recon, image):.3f}")
+
+    strengths = (0.5,) if args.quick else (0.3, 0.5, 0.7)
+    widths = (20, 4, 9, 9, 9, 9, 8, 28, 24)
+    print("\n2. Per prompt and strength (means over the held-out photos)")
+    print(row(("prompt", "str", "PSNR in", "SSIM in", "PSNR tgt", "SSIM tgt", "gain dB", "measure",
+               "input -> output"), widths))
+    timings = []
+    for prompt in (*NEUTRAL, *edits.EDITS, "cartoon"):
+        for strength in strengths:
+            figures, measure = [], []
+            for image in images.values():
+                t0 = time.perf_counter()
+                out = quality.generate(pipe, image, prompt, strength=strength, steps=args.steps,
+                                       guidance=args.guidance)
+                timings.append(time.perf_counter() - t0)
+                word = edits.SYNONYMS.get(prompt, prompt)
+                target = edits.apply(word, image) if word in edits.EDITS else image
+                figures.append((edits.psnr(out, image), quality.ssim(out, image), edits.psnr(out, target),
+                                quality.ssim(out, target),
+                                quality.target_gain(word, image, out) if word in edits.EDITS else 0.0))
+                if word in edits.EDITS:
+                    effect = quality.EFFECTS[word]
+                    measure.append((effect.value(image, image), effect.value(image, out)))
+            m = np.mean(figures, axis=0)
+            name = quality.EFFECTS[edits.SYNONYMS.get(prompt, prompt)].name if measure else "-"
+            moved = (f"{np.mean([a for a, _ in measure]):.3f} -> {np.mean([b for _, b in measure]):.3f}"
+                     if measure else "-")
+            print(row((repr(prompt), strength, f"{m[0]:.2f}", f"{m[1]:.3f}", f"{m[2]:.2f}", f"{m[3]:.3f}",
+                       f"{m[4]:+.2f}", name, moved), widths))
+
+    if not args.quick:
+        print("\n3. Variants at strength 0.6: mean target gain over the nine edits (dB), mean PSNR to input "
+              "of the neutral prompt 'women playing tennis'")
+        variants = [("guidance 1.0", {"guidance": 1.0}), ("guidance 1.5", {"guidance": 1.5}),
+                    ("guidance 3.0", {"guidance": 3.0}), ("guidance 7.5", {"guidance": 7.5}),
+                    ("steps 8", {"steps": 8}), ("steps 40", {"steps": 40}),
+                    ("DPM++ 2M", {"scheduler": "DPMSolverMultistepScheduler"}),
+                    ("Euler a", {"scheduler": "EulerAncestralDiscreteScheduler"}),
+                    ("realtime: LCM 4 steps, guidance 1", {"scheduler": "LCMScheduler", "steps": 4, "guidance": 1.0})]
+        for label, change in variants:
+            options = {"steps": args.steps, "guidance": args.guidance, **change}
+            gains, kept = [], []
+            for image in images.values():
+                for word in edits.EDITS:
+                    out = quality.generate(pipe, image, word, strength=0.6, **options)
+                    gains.append(quality.target_gain(word, image, out))
+                out = quality.generate(pipe, image, "women playing tennis", strength=0.6, **options)
+                kept.append(edits.psnr(out, image))
+            print(f"   {label:34s} gain {np.mean(gains):+.2f} dB (min {np.min(gains):+.2f})   "
+                  f"neutral PSNR to input {np.mean(kept):.2f} dB")
+
+    print(f"\n4. {len(timings)} generations: {np.mean(timings):.2f} s each on average "
+          f"({args.side}x{args.side}, {args.steps} steps x strength)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""demo-sd: the small SD 1.x model trained in this repository (scripts/train_demo_sd.py) on scikit-image's
+bundled photos, to follow a few edit words (edits.py). `weights/` holds its committed fp16 weights and model
+card; build.py assembles them with the CLIP tokenizer into a diffusers folder under the models folder.
+This module is torch-free: the API process reads the limits below.
+
+Until trained weights are committed in `weights/` (issue 16: the recipe does not yet give pictures good
+enough to ship), demo-sd is not a built-in model and the defaults stay tiny-sd."""
+
+from pathlib import Path
+
+from diffserve.core.request import ModelLimits
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+WEIGHT_FILES = ("model_index.json", "README.md", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+                "text_encoder/model.safetensors", "scheduler/scheduler_config.json")
+
+
+def weights_present(weights: Path = WEIGHTS) -> bool:
+    """True when `weights` holds trained weights and a model card (scripts/train_demo_sd.py writes them)."""
+    return all((weights / name).is_file() for name in WEIGHT_FILES)
+
+# Bump with every retraining that changes weights/: the built folder's name carries it, so a new
+# version is built beside an old one instead of being mistaken for it.
+DEMO_SD_VERSION = 1
+DEMO_SD_FOLDER = f"demo-sd-v{DEMO_SD_VERSION}"
+# Trained on 128 px crops, measured at 256 px; the output follows the init image, scaled to 512 px at most.
+# guidance 1.5: the empty negative prompt is trained as "keep the image", so guidance amplifies the edit;
+# past ~3 it overshoots (the model card's table).
+DEMO_SD_LIMITS = ModelLimits(min_size=64, max_size=512,
+                             default_steps=20, default_guidance=1.5, default_strength=0.6)
+DEMO_SD_DESCRIPTION = ("Small SD 1.x model trained here on scikit-image's sample photos: it follows the edit words "
+                       "grayscale, sepia, invert, blur, sharpen, posterize (cartoon), sketch, warm, cool; any "
+                       "other prompt keeps the image. It does not draw new content (see its model card).")

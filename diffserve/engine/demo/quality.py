@@ -1,0 +1,132 @@
+"""How well demo-sd does what it was trained for, measured on held-out photos (bench/demo_quality.py prints
+the figures, tests/test_demo_sd.py asserts their directions).
+
+For an edit word: the output should be closer to the edit's target than the input was (`target_gain`, in
+dB of PSNR), and the edit's own measure should move the expected way (`EFFECTS`). For a prompt outside the
+vocabulary: the output should stay close to the input. Torch and diffusers are imported inside functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffserve.engine.demo import edits
+
+
+def _luma_correlation(before: np.ndarray, after: np.ndarray) -> float:
+    a, b = before @ np.array([0.299, 0.587, 0.114]), after @ np.array([0.299, 0.587, 0.114])
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One edit's measure: `measure(image)` (or `measure(input, output)` when `paired`), and which way it moves."""
+
+    name: str
+    measure: Callable[..., float]
+    direction: int  # +1: the edit raises it, -1: lowers it
+    paired: bool = False
+
+    def value(self, before: np.ndarray, after: np.ndarray) -> float:
+        return self.measure(before, after) if self.paired else self.measure(after)
+
+    def moved(self, before: np.ndarray, after: np.ndarray) -> float:
+        """How far the measure moved in the edit's direction (positive: the right way)."""
+        start = 1.0 if self.paired else self.measure(before)
+        return self.direction * (self.value(before, after) - start)
+
+
+def _sepia_distance(x: np.ndarray) -> float:
+    """How far the colours are from the sepia tone: the angle (degrees) between each pixel's RGB and the tone
+    that sepia gives a grey, weighted by the pixel's brightness (0: every pixel is a shade of the tone)."""
+    tone = edits.sepia(np.full((1, 1, 3), 0.5, dtype=np.float32))[0, 0]
+    tone = tone / np.linalg.norm(tone)
+    norm = np.linalg.norm(x, axis=-1)
+    cos = (x @ tone) / np.maximum(norm, 1e-6)
+    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return float((angle * norm).sum() / max(float(norm.sum()), 1e-6))
+
+
+EFFECTS: dict[str, Effect] = {
+    "grayscale": Effect("saturation", edits.saturation, -1),
+    "sepia": Effect("distance to the sepia tone", _sepia_distance, -1),
+    "invert": Effect("luma correlation with input", _luma_correlation, -1, paired=True),
+    "blur": Effect("high-frequency energy", edits.high_frequency, -1),
+    "sharpen": Effect("high-frequency energy", edits.high_frequency, +1),
+    "posterize": Effect("distance to own posterized", lambda x: float(np.abs(x - edits.posterize(x)).mean()), -1),
+    "sketch": Effect("white fraction", edits.edge_fraction, +1),
+    "warm": Effect("warmth (R - B)", edits.warmth, +1),
+    "cool": Effect("warmth (R - B)", edits.warmth, -1),
+}
+
+
+def target_gain(word: str, image: np.ndarray, output: np.ndarray) -> float:
+    """PSNR(output, target) - PSNR(input, target): dB the output came closer to the edit's target."""
+    target = edits.apply(word, image)
+    return edits.psnr(output, target) - edits.psnr(image, target)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=-1, data_range=1.0))
+
+
+def held_out_images(side: int = 256) -> dict[str, np.ndarray]:
+    """The held-out photos, centre-cropped to squares and resized to `side` (the sizes the tables use)."""
+    from PIL import Image
+
+    from diffserve.engine.demo import data
+
+    images = {}
+    for name in data.HELD_OUT:
+        pil = edits.to_pil(data.load(name))
+        short = min(pil.size)
+        left, top = (pil.width - short) // 2, (pil.height - short) // 2
+        pil = pil.crop((left, top, left + short, top + short)).resize((side, side), Image.LANCZOS)
+        images[Path(name).stem] = edits.from_pil(pil)
+    return images
+
+
+def load_pipeline(folder: Path):
+    """demo-sd's img2img pipeline from a built folder, on the CPU in float32, no safety checker."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(folder), torch_dtype=torch.float32,
+                                                          safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, image: np.ndarray, prompt: str, *, strength: float, steps: int = 20, guidance: float = 1.5,
+             seed: int = 0, scheduler: str | None = None) -> np.ndarray:
+    """One img2img output (the folder's PNDM scheduler unless `scheduler` names another diffusers class)."""
+    import diffusers
+    import torch
+
+    own = pipe.scheduler
+    if scheduler:
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(own.config)
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        out = pipe(prompt=prompt, image=edits.to_pil(image), strength=strength, num_inference_steps=steps,
+                   guidance_scale=guidance, generator=generator).images[0]
+    finally:
+        pipe.scheduler = own
+    return edits.from_pil(out)
+
+
+def reconstruct(pipe, image: np.ndarray) -> np.ndarray:
+    """The VAE alone (encode, decode): the ceiling of every PSNR in the tables."""
+    import torch
+
+    x = torch.from_numpy(image).permute(2, 0, 1)[None] * 2 - 1
+    with torch.no_grad():
+        latents = pipe.vae.encode(x).latent_dist.mode()
+        y = pipe.vae.decode(latents).sample
+    return ((y[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)

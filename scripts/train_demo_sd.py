@@ -1,0 +1,330 @@
+"""Train demo-sd: a small Stable Diffusion 1.x model (VAE, UNet, CLIP text encoder) that follows edit words.
+
+    nice -n 10 .venv/bin/python scripts/train_demo_sd.py [--out diffserve/engine/demo/weights] [--seed 0]
+
+Data: the sample photos bundled inside the installed scikit-image package (`skimage/data/`), only those
+whose licence is stated as public domain or CC0 (TRAIN_IMAGES below; the held-out ones in
+diffserve/engine/demo/data.py are never seen here). Recipe (the model card, diffserve/engine/demo/weights/README.md,
+records the figures of the committed run):
+
+1. the VAE (AutoencoderKL, 8x down, 4 latent channels) on random 64 px crops of the photos and of their
+   edits (L1 + MSE; the posterior's variance is then fixed at exp(-30): deterministic, sample() == mean);
+2. the VAE frozen, the latents of 128 px crops and of their nine edits are cached;
+3. the UNet and the text encoder together, as an *edit* model for SDEdit: the state at timestep t is the
+   noised mix of the input's and the target's latents (img2img starts from the noised input; each
+   denoising step moves the mix towards the prediction), and the model learns the noise that makes its
+   x0 prediction the *target* (eps target = (x_t - sqrt(a_t) z_target) / sqrt(1 - a_t), min-SNR-5 weighted).
+   The caption names the edit (`apply` in diffserve/engine/demo/edits.py); the empty caption, random
+   words and neutral phrases are trained as the identity, so an unknown prompt keeps the image.
+
+Deterministic for a given seed, torch version and thread count (torch.use_deterministic_algorithms, one
+seeded generator for the data and one for the noise, a fixed iteration count). The weights are written
+in fp16; `training.json` beside them records the losses and the wall time of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from diffserve.engine.demo import data as demo_data  # noqa: E402
+from diffserve.engine.demo import edits  # noqa: E402
+from diffserve.engine.tiny.sd import _sd15_scheduler, write_clip_tokenizer  # noqa: E402
+
+NOUNS = ("cat", "dog", "person", "woman", "man", "city", "street", "tree", "house", "car", "mountain", "river",
+         "flower", "astronaut", "rocket", "cup of coffee", "face", "landscape", "portrait", "room", "bird", "horse")
+NEUTRAL = ("a photo", "a photo of a {n}", "women playing tennis", "a {n}", "high quality, detailed",
+           "a picture of a {n} in the sun", "masterpiece", "{n}")
+EDIT_TEMPLATES = ("{w}", "{w}", "{w}", "a {w} photo", "{w} photo of a {n}", "a {n}, {w}", "make it {w}",
+                  "{w} style", "{w}, high quality")
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 64, 128, 128),
+                         layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=256)
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    # SD 1.x's layout (cross-attention in all but the lowest block), narrowed and one layer per block
+    return UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, block_out_channels=(64, 96, 96),
+                                layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+
+
+def build_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffserve.engine.tiny.sd import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1))
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+
+
+def pyramid(images: list[np.ndarray], min_side: int) -> list[np.ndarray]:
+    """Each image at a few scales (short side from min_side to full): crops then see objects at many sizes."""
+    from PIL import Image
+
+    levels = []
+    for image in images:
+        short = min(image.shape[:2])
+        for side in sorted({min_side, int(short * 0.45), int(short * 0.7), short}):
+            if side < min_side or side > short:
+                continue
+            pil = edits.to_pil(image)
+            w, h = pil.size
+            pil = pil.resize((max(side, round(w * side / short)), max(side, round(h * side / short))),
+                             Image.LANCZOS)
+            levels.append(edits.from_pil(pil))
+    return levels
+
+
+def random_crop(rng: np.random.Generator, levels: list[np.ndarray], size: int) -> np.ndarray:
+    image = levels[rng.integers(len(levels))]
+    h, w = image.shape[:2]
+    y, x = rng.integers(h - size + 1), rng.integers(w - size + 1)
+    crop = image[y:y + size, x:x + size]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    if rng.random() < 0.5:  # colour variety from few colour photos: permute the channels
+        crop = crop[..., rng.permutation(3)]
+    if rng.random() < 0.3:  # and vary the saturation
+        gray = crop.mean(axis=-1, keepdims=True)
+        crop = np.clip(gray + (crop - gray) * rng.uniform(0.3, 1.6), 0.0, 1.0)
+    return np.ascontiguousarray(crop, dtype=np.float32)
+
+
+def to_tensor(batch: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+def caption(rng: np.random.Generator, word: str | None, random_ids: np.ndarray, tokenizer) -> str:
+    noun = NOUNS[rng.integers(len(NOUNS))]
+    if word is not None:
+        return EDIT_TEMPLATES[rng.integers(len(EDIT_TEMPLATES))].format(w=word, n=noun)
+    kind = rng.integers(3)
+    if kind == 0:
+        return ""
+    if kind == 1:
+        return NEUTRAL[rng.integers(len(NEUTRAL))].format(n=noun)
+    ids = rng.choice(random_ids, size=int(rng.integers(1, 7)))
+    return tokenizer.decode(ids.tolist())
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+# ---- stages -------------------------------------------------------------------------------------------
+
+
+def train_vae(vae, levels, rng, args, report) -> None:
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    words = list(edits.EDITS)
+    vae.train()
+    start, losses = time.time(), []
+    for step in range(args.vae_steps):
+        batch = []
+        for _ in range(args.vae_batch):
+            crop = random_crop(rng, levels, 64)
+            if rng.random() < 0.4:  # the VAE must also draw the edits' targets (sketches, inverted colours...)
+                crop = edits.apply(words[rng.integers(len(words))], crop).astype(np.float32)
+            batch.append(crop)
+        x = to_tensor(batch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args.vae_steps, args.vae_lr, 20)
+        posterior = vae.encode(x).latent_dist
+        latents = posterior.mean
+        if args.vae_perturb > 0:  # half the batch decodes a latent perturbed by up to this share of its spread
+            spread = latents.detach().std()
+            sigma = torch.from_numpy(np.where(rng.random(len(batch)) < 0.5, 0.0, rng.uniform(
+                0.0, args.vae_perturb, len(batch))).astype(np.float32)).view(-1, 1, 1, 1)
+            noise = torch.from_numpy(rng.standard_normal(latents.shape).astype(np.float32))
+            latents = latents + sigma * spread * noise
+        recon = vae.decode(latents).sample
+        rec = (recon - x).abs().mean() + 0.5 * (recon - x).pow(2).mean()
+        # sample() == mode(): the variance is trained to vanish; the mean kept near unit scale
+        aux = 0.01 * torch.exp(posterior.logvar).mean() + 1e-4 * posterior.mean.pow(2).mean()
+        loss = rec + aux
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        losses.append(rec.item())
+        if step % 50 == 0 or step == args.vae_steps - 1:
+            log(f"vae {step}/{args.vae_steps} rec {np.mean(losses[-50:]):.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():  # a deterministic posterior: latent_dist.sample() (what img2img encodes with) == mean
+        vae.quant_conv.weight[vae.config.latent_channels:] = 0.0
+        vae.quant_conv.bias[vae.config.latent_channels:] = -30.0
+    report["vae"] = {"steps": args.vae_steps, "batch": args.vae_batch, "crop": 64, "lr": args.vae_lr,
+                     "perturb": args.vae_perturb,
+                     "final_loss_l1_plus_half_mse": round(float(np.mean(losses[-50:])), 5),
+                     "wall_s": round(time.time() - start, 1)}
+
+
+@torch.no_grad()
+def cache_latents(vae, levels, rng, args, report) -> dict[str, torch.Tensor]:
+    start = time.time()
+    words = ["identity", *edits.EDITS]
+    latents = {w: [] for w in words}
+    for first in range(0, args.crops, 32):
+        crops = [random_crop(rng, levels, 128) for _ in range(min(32, args.crops - first))]
+        for w in words:
+            images = crops if w == "identity" else [edits.apply(w, c).astype(np.float32) for c in crops]
+            latents[w].append(vae.encode(to_tensor(images)).latent_dist.mean)
+    out = {w: torch.cat(v) for w, v in latents.items()}
+    scale = float(1.0 / out["identity"].std())
+    report["latents"] = {"crops": args.crops, "crop": 128, "scaling_factor": round(scale, 5),
+                         "wall_s": round(time.time() - start, 1)}
+    log(f"cached {args.crops} x {len(words)} latents in {time.time() - start:.0f} s, scaling {scale:.4f}")
+    return {w: v * scale for w, v in out.items()}, scale
+
+
+def train_unet(unet, text_encoder, tokenizer, scheduler, cache, rng, args, report) -> None:
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.0)
+    alphas = scheduler.alphas_cumprod.float()
+    words = list(edits.EDITS)
+    vocab_words = list(edits.VOCABULARY)
+    banned = set()
+    for w in vocab_words:
+        banned.update(tokenizer(w, add_special_tokens=False).input_ids)
+    random_ids = np.array([i for i in range(49406) if i not in banned])
+    n = cache["identity"].shape[0]
+    unet.train()
+    text_encoder.train()
+    start, losses = time.time(), []
+    for step in range(args.unet_steps):
+        index = torch.from_numpy(rng.integers(n, size=args.unet_batch))
+        chosen = [None if rng.random() < args.identity_p else words[rng.integers(len(words))]
+                  for _ in range(args.unet_batch)]
+        named = [w if w is None or rng.random() > 0.15 else
+                 next((s for s, e in edits.SYNONYMS.items() if e == w), w) for w in chosen]
+        z_in = cache["identity"][index]
+        z_tgt = torch.stack([cache[w or "identity"][i] for w, i in zip(chosen, index.tolist())])
+        lam = torch.from_numpy(np.where(rng.random(args.unet_batch) < 0.5, 0.0,
+                                        rng.random(args.unet_batch)).astype(np.float32)).view(-1, 1, 1, 1)
+        mix = z_in + lam * (z_tgt - z_in)
+        t = torch.randint(0, 1000, (args.unet_batch,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noise = torch.randn(z_in.shape, generator=gen)
+        x_t = a.sqrt() * mix + (1 - a).sqrt() * noise
+        eps_target = (x_t - a.sqrt() * z_tgt) / (1 - a).sqrt()
+        snr = a / (1 - a)
+        weight = torch.clamp(snr, max=5.0) / snr
+        texts = [caption(rng, w, random_ids, tokenizer) for w in named]
+        ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args.unet_steps, args.unet_lr, 50)
+        hidden = text_encoder(ids)[0]
+        eps = unet(x_t, t, hidden).sample
+        loss = (weight * (eps - eps_target).pow(2)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == args.unet_steps - 1:
+            log(f"unet {step}/{args.unet_steps} loss {np.mean(losses[-50:]):.4f}")
+    unet.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
+    report["unet"] = {"steps": args.unet_steps, "batch": args.unet_batch, "identity_p": args.identity_p,
+                      "final_loss_min_snr5_eps": round(float(np.mean(losses[-50:])), 5),
+                      "wall_s": round(time.time() - start, 1)}
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "diffserve" / "engine" / "demo" / "weights")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--vae-steps", type=int, default=800)
+    parser.add_argument("--vae-batch", type=int, default=12)
+    parser.add_argument("--vae-lr", type=float, default=1.5e-3)
+    parser.add_argument("--vae-perturb", type=float, default=0.0,
+                        help="decode half of each VAE batch from latents perturbed by up to this share of their "
+                             "spread (0.3 cost 2-4 dB of reconstruction on the held-out photos: off)")
+    parser.add_argument("--crops", type=int, default=384)
+    parser.add_argument("--unet-steps", type=int, default=1200)
+    parser.add_argument("--unet-batch", type=int, default=16)
+    parser.add_argument("--unet-lr", type=float, default=1e-3)
+    parser.add_argument("--identity-p", type=float, default=0.2)
+    args = parser.parse_args(argv)
+
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(args.seed)
+    began = time.time()
+    report: dict = {"seed": args.seed, "threads": args.threads, "torch": torch.__version__,
+                    "train_images": list(demo_data.TRAIN_IMAGES), "held_out": list(demo_data.HELD_OUT)}
+
+    levels = pyramid([demo_data.load(name) for name in demo_data.TRAIN_IMAGES], min_side=160)
+    log(f"{len(demo_data.TRAIN_IMAGES)} training images, {len(levels)} scales")
+    vae, unet, text_encoder = build_vae(), build_unet(), build_text_encoder()
+    for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
+        report.setdefault("parameters", {})[name] = sum(p.numel() for p in module.parameters())
+    log(f"parameters {report['parameters']}")
+    scheduler = _sd15_scheduler()
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = write_clip_tokenizer(Path(tmp) / "tokenizer")
+        train_vae(vae, levels, rng, args, report)
+        cache, scale = cache_latents(vae, levels, rng, args, report)
+        vae.register_to_config(scaling_factor=scale)
+        train_unet(unet, text_encoder, tokenizer, scheduler, cache, rng, args, report)
+        report["wall_s"] = round(time.time() - began, 1)
+
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       image_encoder=None, requires_safety_checker=False)
+        staged = Path(tmp) / "pipe"
+        pipe.to(torch.float16).save_pretrained(str(staged), safe_serialization=True)
+        out = args.out
+        out.mkdir(parents=True, exist_ok=True)
+        for part in ("unet", "vae", "text_encoder", "scheduler"):
+            shutil.rmtree(out / part, ignore_errors=True)
+            shutil.copytree(staged / part, out / part)
+        shutil.copy(staged / "model_index.json", out / "model_index.json")
+    (args.out / "training.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    log(f"done in {report['wall_s']:.0f} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
