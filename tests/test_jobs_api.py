@@ -69,6 +69,9 @@ def test_errors_are_in_the_native_shape(jobs, jobs_server, key):
     assert jobs.http.get("/v1/jobs/\u00b2").status_code == 404  # a unicode digit is not an id
     r = jobs.http.get("/v1/jobs", params={"limit": 0})
     assert r.status_code == 400 and r.json()["error"]["field"] == "limit"
+    r = jobs.http.get("/v1/jobs", params={"before": 2**70})  # past the database's integers (schemathesis found it)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "before"
+    assert jobs.http.get("/v1/jobs/9999999999999999999").status_code == 404  # 19 digits, past 2**63
     r = jobs.http.get("/v1/jobs/1/events", params={"previews": "maybe"})
     assert r.status_code == 400 and r.json()["error"]["field"] == "previews"
 

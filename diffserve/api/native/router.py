@@ -55,7 +55,7 @@ async def create_job(request: Request) -> JSONResponse:
 
 @router.get("/v1/jobs", summary="This key's jobs, newest first (paged with `before`)")
 async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=100),
-                    before: int | None = Query(None, ge=1)) -> dict[str, Any]:
+                    before: int | None = Query(None, ge=1, le=2**63 - 1)) -> dict[str, Any]:
     ds, key = await _key(request)
     jobs = await anyio.to_thread.run_sync(lambda: ds.service.jobs.list_for_key(key.key_id, limit=limit,
                                                                                before=before))
