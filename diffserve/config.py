@@ -149,8 +149,8 @@ class Settings(BaseSettings):
         60.0, ge=0, description="how long an img2img request waits for its result before answering 'processing'"
     )
     max_attempts: int = Field(3, ge=1, description="runs of one job (restarts/crashes included) before it fails")
-    default_model: str = "tiny-sd"
-    preload_models: list[str] = Field(["tiny-sd"], description="models each worker loads before it reports ready")
+    default_model: str = "demo-sd"  # the trained built-in model (engine/demo); tiny-sd is for fast tests
+    preload_models: list[str] = Field(["demo-sd"], description="models each worker loads before it reports ready")
     model_cache_gb: float | None = Field(
         None, gt=0, description="memory budget of each worker's loaded models (GiB, parameters + buffers); least "
                                 "recently used models are evicted past it. Default: 80% of the CUDA device's memory, "

@@ -43,3 +43,6 @@ class Jobs:
 
 
 LONG = dict(init_image=data_uri(512, 512), steps=50, strength=1.0, scheduler="DDIMScheduler")  # tiny-sd at 512 px: several seconds
+# a job that still runs a few seconds after it is seen running, at a quarter of LONG's pixels (for tests that
+# run it to the end, twice when a worker is killed under it)
+MEDIUM = dict(LONG, init_image=data_uri(256, 256))

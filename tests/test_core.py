@@ -182,3 +182,39 @@ def test_keys_are_stored_hashed_and_checked(db, tmp_path):
     assert [r.name for r in keys.revoke("alice")] == ["alice"]
     assert keys.verify(full) is None and keys.verify(admin_full) is not None
     assert keys.revoke(full[:5]) == []  # a bare prefix revokes nothing
+
+
+def test_a_periodic_round_that_fails_is_logged_and_the_next_round_runs(caplog):
+    import logging
+    import threading
+
+    from diffserve.core.threads import periodic
+
+    rounds, third = [], threading.Event()
+
+    def round_():
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            raise ConnectionError("the store is away")
+        if len(rounds) == 3:
+            third.set()
+
+    background = periodic("probe", round_, 0.01, failure="probe round failed; retrying")
+    with caplog.at_level(logging.WARNING, logger="diffserve.core.threads"):
+        background.start()
+        assert third.wait(5)
+        background.stop()
+    count = len(rounds)
+    assert "probe round failed; retrying" in caplog.text and "the store is away" in caplog.text
+    threading.Event().wait(0.05)
+    assert len(rounds) == count  # stopped: no round after stop()
+
+
+def test_a_periodic_round_can_wait_its_first_interval():
+    from diffserve.core.threads import periodic
+
+    rounds = []
+    background = periodic("probe", lambda: rounds.append(1), 30.0, first_now=False)
+    background.start()
+    background.stop()  # halted inside its first wait: no round ran, and stop did not wait 30 s
+    assert rounds == []

@@ -95,14 +95,14 @@ def test_generations_text_to_image(client):
 
 
 def test_streaming_sends_partial_images_then_the_result(client):
-    stream = client.images.edit(image=png_file(512, 512), prompt="slowly", model="tiny-sd", stream=True,
+    stream = client.images.edit(image=png_file(256, 256), prompt="slowly", model="tiny-sd", stream=True,
                                 partial_images=2, quality="high")
     events = list(stream)
     kinds = [e.type for e in events]
     assert kinds[-1] == "image_edit.completed" and "image_edit.partial_image" in kinds
     partial = next(e for e in events if e.type == "image_edit.partial_image")
     assert partial.partial_image_index == 0 and decode(partial.b64_json).format == "PNG"
-    assert decode(events[-1].b64_json).size == (512, 512)
+    assert decode(events[-1].b64_json).size == (256, 256)
 
 
 def test_errors_in_openais_shape(client, jobs_server):

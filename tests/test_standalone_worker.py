@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from .jobs_helpers import LONG, Jobs
+from .jobs_helpers import MEDIUM, Jobs
 from .servers import DiffserveServer
 
 
@@ -56,7 +56,7 @@ def test_a_standalone_worker_joins_takes_its_label_and_its_jobs_survive_a_kill(s
         labelled = jobs.done(jobs.submit(steps=4, worker_label="ext")["id"])
         assert labelled["status"] == "succeeded" and labelled["worker"] == ext["worker_id"]
 
-        slow = jobs.submit(**LONG, worker_label="ext")
+        slow = jobs.submit(**MEDIUM, worker_label="ext")
         jobs.wait(slow["id"], lambda j: j["status"] == "running" and j["worker"] == ext["worker_id"])
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(10)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from diffserve.core.batching import batch_key
-from diffserve.core.errors import DiffserveError
+from diffserve.core.errors import DiffserveError, ModelNotFound
 from diffserve.core.request import GenerationRequest
 from diffserve.engine.models.cache import (PipelineCache, modules_bytes, reachable_modules, release_memory,
                                            weights_bytes)
@@ -252,6 +252,13 @@ class Engine:
                      check=lambda r: self._check_activations(r, loaded),
                      vae_memory=lambda r: self._vae_memory(loaded.pipe, r), device=self._device,
                      dtype=loaded.dtype)
+
+    def preview_rgb(self, model_id: str) -> tuple[tuple[float, float, float], ...] | None:
+        """The model's own step-preview factors (its registry entry), None for SD 1.x's or an unknown model."""
+        try:
+            return self._registry.get(model_id).preview_rgb
+        except ModelNotFound:  # it fails where it is loaded, not in its previews
+            return None
 
     def loaded_models(self) -> list[str]:
         return self.pipelines.loaded()

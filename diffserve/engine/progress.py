@@ -6,12 +6,14 @@ every denoising step (step counts from 1; total is the steps this img2img call r
 
 `preview_jpeg(latents)` makes a small JPEG of SD / SDXL latents without the VAE: a linear map of the 4
 latent channels to RGB (the approximation A1111 and ComfyUI use for live previews; the factors below are
-SD 1.x's). Families whose latents are packed or have other channel counts (Flux, HiDream) give None.
+SD 1.x's; a model entry's `preview_rgb` gives its own). Families whose latents are packed or have other
+channel counts (Flux, HiDream) give None.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -35,11 +37,14 @@ def step_kwargs(report: Report) -> dict[str, Any]:
     return {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
 
 
-def preview_jpeg(latents: torch.Tensor | None, quality: int = 70) -> bytes | None:
-    """The first image of a (batch, 4, h, w) latent batch as a JPEG at most PREVIEW_SIDE px; else None."""
-    if latents is None or latents.ndim != 4 or latents.shape[1] != 4:
+def preview_jpeg(latents: torch.Tensor | None, quality: int = 70,
+                 latent_rgb: Sequence[Sequence[float]] | None = None) -> bytes | None:
+    """The first image of a (batch, channels, h, w) latent batch as a JPEG at most PREVIEW_SIDE px: each
+    channel adds its row of `latent_rgb` (default: SD 1.x's, for 4 channels); None if they do not fit."""
+    factors = LATENT_RGB if latent_rgb is None else torch.tensor(latent_rgb, dtype=torch.float32)
+    if latents is None or latents.ndim != 4 or latents.shape[1] != factors.shape[0]:
         return None
-    rgb = torch.einsum("chw,cr->hwr", latents[0].detach().float().cpu(), LATENT_RGB)
+    rgb = torch.einsum("chw,cr->hwr", latents[0].detach().float().cpu(), factors)
     pixels = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
     image = Image.fromarray(pixels)
     image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))

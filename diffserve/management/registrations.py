@@ -5,9 +5,9 @@ them. Only the entry is needed here (the weights go to the workers: workers/orde
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
+from diffserve.core.threads import periodic
 from diffserve.engine.models.registrations import register, unregister
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.store.control import REGISTER_MODEL, REGISTRATIONS, ControlEvent, ControlLog
@@ -17,19 +17,16 @@ log = logging.getLogger(__name__)
 
 class RegistrationFollower:
     def __init__(self, control: ControlLog, registry: ModelRegistry, *, interval_s: float = 1.0) -> None:
-        self._control, self._registry, self._interval_s = control, registry, interval_s
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._control, self._registry = control, registry
         self._seen = 0
+        self._rounds = periodic("model-registrations", self.catch_up, interval_s,
+                                failure="following model registrations failed; retrying")
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="model-registrations", daemon=True)
-        self._thread.start()
+        self._rounds.start()
 
     def stop(self) -> None:
-        self._halt.set()
-        if self._thread:
-            self._thread.join(3)
+        self._rounds.stop()
 
     def catch_up(self) -> None:
         """Apply what was registered or deleted elsewhere since the last call (the first: what still stands)."""
@@ -51,11 +48,3 @@ class RegistrationFollower:
                 unregister(self._registry, event.payload)
         except Exception:  # noqa: BLE001 - a bad entry is logged; the others still apply
             log.exception("could not apply %s (event %s)", event.kind, event.id)
-
-    def _run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                self.catch_up()
-            except Exception:  # noqa: BLE001 - the store is away: the next round catches up
-                log.warning("following model registrations failed; retrying", exc_info=True)
-            self._halt.wait(self._interval_s)

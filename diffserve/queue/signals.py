@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
+from diffserve.core.threads import Background
+
 _POKE = b"!"
 
 
@@ -116,18 +118,14 @@ class CompletionBroadcaster:
         self._signals = signals
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = Background("job-done", self._run, join_s=2)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop, self._changed = loop, asyncio.Event()
-        self._thread = threading.Thread(target=self._run, name="job-done", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._halt.set()
-        if self._thread:
-            self._thread.join(2)
+        self._thread.stop()
 
     async def wait(self, timeout: float) -> None:
         """Return when any job finished, or after `timeout`."""
@@ -141,14 +139,14 @@ class CompletionBroadcaster:
 
     def job_done_elsewhere(self, _job_id: int) -> None:
         """Thread-safe: a job finished on a worker this process did not spawn."""
-        if self._loop and not self._halt.is_set():
+        if self._loop and not self._thread.halt.is_set():
             self._loop.call_soon_threadsafe(self._notify)
 
-    def _run(self) -> None:
-        while not self._halt.is_set():
+    def _run(self, halt: threading.Event) -> None:
+        while not halt.is_set():
             if self._signals is None:
-                self._halt.wait(0.5)
-            elif self._signals.wait_done(0.5) and self._loop and not self._halt.is_set():
+                halt.wait(0.5)
+            elif self._signals.wait_done(0.5) and self._loop and not halt.is_set():
                 self._loop.call_soon_threadsafe(self._notify)
 
     def _notify(self) -> None:

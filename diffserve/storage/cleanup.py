@@ -10,10 +10,10 @@ may run it at once.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
 
 from diffserve.core.job import TEMP_PREFIX
+from diffserve.core.threads import periodic
 from diffserve.store.db import utcnow
 from diffserve.storage.configured import ConfiguredStorage
 
@@ -25,8 +25,7 @@ class TempCleaner:
         self.storage = storage
         self.ttl = timedelta(seconds=ttl_s)
         self.interval_s = interval_s
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._rounds = periodic("temp-cleanup", self.run_once, interval_s, join_s=5, failure="temp cleanup failed")
 
     def run_once(self, now: datetime | None = None) -> int:
         """Delete expired temp objects on every backend in use; returns how many."""
@@ -42,19 +41,7 @@ class TempCleaner:
         return deleted
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="temp-cleanup", daemon=True)
-        self._thread.start()
+        self._rounds.start()  # once at start, then every interval
 
     def stop(self) -> None:
-        self._halt.set()
-        if self._thread:
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        while True:  # once at start, then every interval
-            try:
-                self.run_once()
-            except Exception:  # an unreachable bucket now is no reason to stop cleaning later
-                log.exception("temp cleanup failed")
-            if self._halt.wait(self.interval_s):
-                return
+        self._rounds.stop()

@@ -16,6 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from diffserve.core.threads import Background
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "diffserve_job_done"
@@ -34,32 +36,28 @@ class JobDoneListener:
     def __init__(self, url: str, on_done: Callable[[int], None]) -> None:
         self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         self._on_done = on_done
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
         self.listening = threading.Event()  # set while connected and listening
+        self._thread = Background("job-done-listener", self._run)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="job-done-listener", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._halt.set()
-        if self._thread:
-            self._thread.join(3)
+        self._thread.stop()
 
-    def _run(self) -> None:
+    def _run(self, halt: threading.Event) -> None:
         import psycopg
 
-        while not self._halt.is_set():
+        while not halt.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
-                    while not self._halt.is_set():
+                    while not halt.is_set():
                         for note in conn.notifies(timeout=1.0):
                             self._on_done(int(note.payload))
             except Exception:  # noqa: BLE001 - the database went away: listen again once it is back
                 self.listening.clear()
-                if not self._halt.is_set():
+                if not halt.is_set():
                     log.warning("job-done listener lost its connection; retrying", exc_info=True)
-                    self._halt.wait(1.0)
+                    halt.wait(1.0)

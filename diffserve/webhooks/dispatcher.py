@@ -33,6 +33,7 @@ import httpx
 from diffserve.config import WebhookSettings
 from diffserve.core.errors import ImageInputError, InvalidInput
 from diffserve.core.job import Job
+from diffserve.core.threads import periodic
 from diffserve.media.fetch import Deadline, UrlPolicy, pinned_request
 from diffserve.store.db import utcnow
 from diffserve.store.deliveries import Delivery, DeliveryStore
@@ -116,8 +117,8 @@ class WebhookDispatcher:
         self.policy = policy
         self._on_outcome = on_outcome or (lambda _outcome: None)
         self._secret = settings.signing_secret.get_secret_value() if settings.signing_secret else None
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._rounds = periodic("webhooks", self.tick, settings.poll_interval_s, first_now=False, join_s=5,
+                                failure="webhook dispatcher round failed")
         self._todo: queue.Queue[Delivery] = queue.Queue()
         self._senders: list[threading.Thread] = []
         self._in_flight = 0
@@ -130,14 +131,11 @@ class WebhookDispatcher:
                          for i in range(self.settings.concurrency)]
         for sender in self._senders:
             sender.start()
-        self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
-        self._thread.start()
+        self._rounds.start()
 
     def stop(self) -> None:
         """Stop taking deliveries; attempts in flight are abandoned (their lease makes them due again)."""
-        self._halt.set()
-        if self._thread:
-            self._thread.join(5)
+        self._rounds.stop()
         self._http.close()
 
     def tick(self) -> None:
@@ -154,19 +152,12 @@ class WebhookDispatcher:
             self._todo.put(delivery)
 
     def _send_loop(self) -> None:
-        while not self._halt.is_set():
+        while not self._rounds.halt.is_set():
             try:
                 delivery = self._todo.get(timeout=0.5)
             except queue.Empty:
                 continue
             self._attempt(delivery)
-
-    def _run(self) -> None:
-        while not self._halt.wait(self.settings.poll_interval_s):
-            try:
-                self.tick()
-            except Exception:  # a database hiccup must not end deliveries for good
-                log.exception("webhook dispatcher round failed")
 
     def _create_deliveries(self) -> None:
         for job_id in self.deliveries.jobs_to_deliver():
@@ -183,7 +174,7 @@ class WebhookDispatcher:
 
     def _attempt(self, delivery: Delivery) -> None:
         try:
-            if self._halt.is_set():
+            if self._rounds.halt.is_set():
                 return  # leased: another round (or the next start) takes it
             if delivery.attempts > self.settings.max_attempts:  # a crash ate the last attempt's result
                 self.deliveries.failed(delivery, delivery.last_error or "no answer")

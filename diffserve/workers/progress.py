@@ -27,6 +27,7 @@ class ProgressReporter:
     job_id: int
     store: ProgressStore
     interval_s: float = 0.25
+    latent_rgb: tuple[tuple[float, float, float], ...] | None = None  # the model's preview factors, if its own
     _started: float = field(default_factory=time.monotonic)
     _last_write: float | None = None
     steps: int = 0
@@ -45,7 +46,7 @@ class ProgressReporter:
         self._last_write = now
         step_s = (now - self._started) / step if step else None
         try:
-            cancel = self.store.report(self.job_id, step, total, step_s, preview_jpeg(latents))
+            cancel = self.store.report(self.job_id, step, total, step_s, preview_jpeg(latents, latent_rgb=self.latent_rgb))
         except SQLAlchemyError:  # the store is away for a moment: the image goes on, the next write catches up
             return
         if cancel:

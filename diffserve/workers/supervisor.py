@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import threading
 from dataclasses import dataclass, field
 
 from diffserve.config import Settings
+from diffserve.core.threads import Background, periodic
 from diffserve.queue.local import LocalQueue
 from diffserve.queue.signals import LocalSignals
 from diffserve.store.jobs import JobStore
@@ -29,20 +29,21 @@ class Supervisor:
     workers: WorkerStore
     signals: LocalSignals
     _procs: dict[str, mp.process.BaseProcess] = field(default_factory=dict)
-    _halt: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _watcher: Background | None = None
+    _ticks: int = 0
 
     def start(self) -> None:
         recover_jobs(self.jobs, self.queue, self.settings.max_attempts, self.workers, self.settings.worker_stale_s)
         for i in range(worker_count(self.settings)):
             self._spawn(local_worker_id(self.settings, i))
-        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
-        self._thread.start()
+        self._watcher = periodic("supervisor", self._watch, 0.5, first_now=False)
+        self._watcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: each worker finishes its current job and exits; past `timeout` it is killed (its
         job is then run again at the next start)."""
-        self._halt.set()
+        if self._watcher:
+            self._watcher.halt.set()  # no restarts from here on; the round in progress ends on its own
         for p in self._procs.values():
             if p.is_alive():
                 p.terminate()
@@ -69,26 +70,27 @@ class Supervisor:
         log.info("started %s (pid %s)", worker_id, proc.pid)
 
     def _watch(self) -> None:
-        ticks = 0
+        """Every 0.5 s: restart workers that died; every 2 s the stale-worker check, every
+        resend_interval_s the broker check."""
+        self._ticks += 1
+        ticks = self._ticks
         resend_ticks = max(1, round(self.settings.queue.resend_interval_s / 0.5))
-        while not self._halt.wait(0.5):
-            ticks += 1
-            if ticks % 4 == 0:  # every 2 s: standalone workers that stopped beating
-                try:
-                    recover_stale(self.jobs, self.queue, self.workers, self.settings.max_attempts,
-                                  self.settings.worker_stale_s)
-                except Exception:  # noqa: BLE001 - a store hiccup: the next round retries
-                    log.warning("stale-worker check failed", exc_info=True)
-            if ticks % resend_ticks == 0:  # the fleet's broker lost messages (restarted without its data...)
-                try:
-                    self.queue.resend_missing()
-                except Exception:  # noqa: BLE001 - the broker or the store is away: the next round retries
-                    log.warning("re-sending missing job messages failed", exc_info=True)
-            for worker_id, proc in list(self._procs.items()):
-                if proc.is_alive() or self._halt.is_set():
-                    continue
-                log.warning("%s exited (code %s); restarting it", worker_id, proc.exitcode)
-                for job_id in self.queue.claimed_by(worker_id):
-                    release(self.jobs, self.queue, job_id, self.settings.max_attempts)
-                self.workers.remove(worker_id)
-                self._spawn(worker_id)
+        if ticks % 4 == 0:  # every 2 s: standalone workers that stopped beating
+            try:
+                recover_stale(self.jobs, self.queue, self.workers, self.settings.max_attempts,
+                              self.settings.worker_stale_s)
+            except Exception:  # noqa: BLE001 - a store hiccup: the next round retries
+                log.warning("stale-worker check failed", exc_info=True)
+        if ticks % resend_ticks == 0:  # the fleet's broker lost messages (restarted without its data...)
+            try:
+                self.queue.resend_missing()
+            except Exception:  # noqa: BLE001 - the broker or the store is away: the next round retries
+                log.warning("re-sending missing job messages failed", exc_info=True)
+        for worker_id, proc in list(self._procs.items()):
+            if proc.is_alive() or self._watcher.halt.is_set():
+                continue
+            log.warning("%s exited (code %s); restarting it", worker_id, proc.exitcode)
+            for job_id in self.queue.claimed_by(worker_id):
+                release(self.jobs, self.queue, job_id, self.settings.max_attempts)
+            self.workers.remove(worker_id)
+            self._spawn(worker_id)

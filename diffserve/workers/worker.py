@@ -139,7 +139,8 @@ class Worker:
             return  # it ran in a batch, with what joined it
         self._stored(self.workers.update, self.worker_id, state="busy", current_job=job_id)
         started, status = time.monotonic(), JobStatus.FAILED
-        reporter = ProgressReporter(job.id, self.progress) if self.progress else None
+        reporter = (ProgressReporter(job.id, self.progress, latent_rgb=self.engine.preview_rgb(job.request.model_id))
+                    if self.progress else None)
         try:
             keys, nsfw, run = self._generate(job, reporter)
         except Cancelled as e:  # a client's cancel, seen between two steps (or before the first)

@@ -6,6 +6,7 @@ This module is torch-free: the API process reads the limits below.
 Until trained weights are committed in `weights/` (issue 16: the recipe does not yet give pictures good
 enough to ship), demo-sd is not a built-in model and the defaults stay tiny-sd."""
 
+import json
 from pathlib import Path
 
 from diffserve.core.request import ModelLimits
@@ -19,6 +20,14 @@ WEIGHT_FILES = ("model_index.json", "README.md", "unet/config.json", "unet/diffu
 def weights_present(weights: Path = WEIGHTS) -> bool:
     """True when `weights` holds trained weights and a model card (scripts/train_demo_sd.py writes them)."""
     return all((weights / name).is_file() for name in WEIGHT_FILES)
+
+
+def preview_rgb(weights: Path = WEIGHTS) -> tuple[tuple[float, float, float], ...]:
+    """Step-preview factors: demo-sd's latents 0-2 are the picture's R, G, B times the VAE's scaling factor
+    (its autoencoder is an exact average-pool: scripts/train_demo_sd.py construct_vae), latent 3 is unused."""
+    config = json.loads((weights / "vae" / "config.json").read_text(encoding="utf-8"))
+    k = 1.0 / float(config.get("scaling_factor") or 1.0)
+    return ((k, 0.0, 0.0), (0.0, k, 0.0), (0.0, 0.0, k), (0.0, 0.0, 0.0))
 
 # Bump with every retraining that changes weights/: the built folder's name carries it, so a new
 # version is built beside an old one instead of being mistaken for it.

@@ -1,9 +1,10 @@
 """How well demo-sd does what it was trained for, measured on held-out photos (bench/demo_quality.py prints
 the figures, tests/test_demo_sd.py asserts their directions).
 
-For an edit word: the output should be closer to the edit's target than the input was (`target_gain`, in
-dB of PSNR), and the edit's own measure should move the expected way (`EFFECTS`). For a prompt outside the
-vocabulary: the output should stay close to the input. Torch and diffusers are imported inside functions.
+For an edit word: the output should be closer to the edit's target than a neutral prompt's output
+(`word_gain`, in dB of PSNR; `target_gain` compares with the input itself), and the edit's own measure
+should move the expected way from the neutral output (`EFFECTS`). For a prompt outside the vocabulary: the
+output should stay close to the input. Torch and diffusers are imported inside functions.
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ def target_gain(word: str, image: np.ndarray, output: np.ndarray) -> float:
     """PSNR(output, target) - PSNR(input, target): dB the output came closer to the edit's target."""
     target = edits.apply(word, image)
     return edits.psnr(output, target) - edits.psnr(image, target)
+
+
+def word_gain(word: str, image: np.ndarray, neutral: np.ndarray, output: np.ndarray) -> float:
+    """PSNR(output, target) - PSNR(neutral, target): dB the edit word brought the output closer to the
+    edit's target than a neutral prompt's output (same seed, strength and steps) is. This is the word's own
+    effect, without what the autoencoder and the denoising lose of the photo (both outputs lose it)."""
+    target = edits.apply(word, image)
+    return edits.psnr(output, target) - edits.psnr(neutral, target)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -58,7 +58,8 @@ from diffserve.engine.models.registry_file import (
     read_raw,
     write_text,
 )
-from diffserve.engine.demo import DEMO_SD_DESCRIPTION, DEMO_SD_FOLDER, DEMO_SD_LIMITS, WEIGHTS, weights_present
+from diffserve.engine.demo import (DEMO_SD_DESCRIPTION, DEMO_SD_FOLDER, DEMO_SD_LIMITS, WEIGHTS, preview_rgb,
+                                   weights_present)
 from diffserve.engine.tiny.flux import FLUX_REDUX_TINY_LIMITS, FLUX_TINY_LIMITS
 from diffserve.engine.tiny.flux_control import CANNY_TINY_LIMITS, DEPTH_TINY_LIMITS
 from diffserve.engine.tiny.flux_pulid import FLUX_PULID_TINY_LIMITS
@@ -92,6 +93,9 @@ class ModelEntry(BaseModel):
     dtype: DtypeSetting | None = None
     compile: bool = False
     channels_last: bool = False
+    # step previews (engine/progress.py): the RGB each latent channel maps to, one row per latent channel;
+    # None: SD 1.x's factors. demo-sd's latents are colours: its rows come from its VAE's scaling factor
+    preview_rgb: tuple[tuple[float, float, float], ...] | None = None
 
     @field_validator("location")
     @classmethod
@@ -371,7 +375,7 @@ def builtin_models(models_dir: Path, demo_weights: Path = WEIGHTS) -> dict[str, 
         # trained weights shipped in the package (engine/demo), assembled under models_dir; only once committed
         "demo-sd": ModelEntry(
             kind="folder", location=str(models_dir / DEMO_SD_FOLDER), family="sd", limits=DEMO_SD_LIMITS,
-            builtin="demo-sd", description=DEMO_SD_DESCRIPTION,
+            builtin="demo-sd", description=DEMO_SD_DESCRIPTION, preview_rgb=preview_rgb(demo_weights),
         ),
     } if weights_present(demo_weights) else {}
     return {
