@@ -3,8 +3,8 @@ bundled photos, to follow a few edit words (edits.py). `weights/` holds its comm
 card; build.py assembles them with the CLIP tokenizer into a diffusers folder under the models folder.
 This module is torch-free: the API process reads the limits below.
 
-Until trained weights are committed in `weights/` (issue 16: the recipe does not yet give pictures good
-enough to ship), demo-sd is not a built-in model and the defaults stay tiny-sd."""
+demo-sd is a built-in model (and the default) while `weights/` holds its weights and card (weights_present);
+a checkout without them lists tiny-sd only."""
 
 import json
 from pathlib import Path
@@ -33,11 +33,11 @@ def preview_rgb(weights: Path = WEIGHTS) -> tuple[tuple[float, float, float], ..
 # version is built beside an old one instead of being mistaken for it.
 DEMO_SD_VERSION = 1
 DEMO_SD_FOLDER = f"demo-sd-v{DEMO_SD_VERSION}"
-# Trained on 128 px crops, measured at 256 px; the output follows the init image, scaled to 512 px at most.
+# Trained on 64 px crops, measured at 256 px; the output follows the init image, scaled to 512 px at most.
 # guidance 1.5: the empty negative prompt is trained as "keep the image", so guidance amplifies the edit;
 # past ~3 it overshoots (the model card's table).
 DEMO_SD_LIMITS = ModelLimits(min_size=64, max_size=512,
                              default_steps=20, default_guidance=1.5, default_strength=0.6)
-DEMO_SD_DESCRIPTION = ("Small SD 1.x model trained here on scikit-image's sample photos: it follows the edit words "
-                       "grayscale, sepia, invert, blur, sharpen, posterize (cartoon), sketch, warm, cool; any "
-                       "other prompt keeps the image. It does not draw new content (see its model card).")
+DEMO_SD_DESCRIPTION = ("Small SD 1.x model trained here on scikit-image's sample photos to follow edit words: "
+                       "invert, sketch, cool (sepia, warm, grayscale partly; blur, sharpen, posterize not yet); "
+                       "any other prompt keeps the image, grainy. It draws no new content (see its model card).")
