@@ -147,7 +147,10 @@ class Fleet:
         env = {k: v for k, v in self.api.env().items() if not k.startswith("DIFFSERVE_")}
         env.update(self.common_env(host.here if host else "127.0.0.1"))
         env.update({"DIFFSERVE_DATA_DIR": str(data), "DIFFSERVE_MODELS_ROOT": str(models),
-                    "DIFFSERVE_ALLOW_PRIVATE_URLS": "1", "DIFFSERVE_TORCH_THREADS": "1"})
+                    "DIFFSERVE_ALLOW_PRIVATE_URLS": "1", "DIFFSERVE_TORCH_THREADS": "1",
+                    # the tests' fast random model, as tests/servers.py pins it (the shipped default is demo-sd)
+                    "DIFFSERVE_DEFAULT_MODEL": "tiny-sd", "DIFFSERVE_PRELOAD_MODELS": '["tiny-sd"]',
+                    "DIFFSERVE_REALTIME_MODEL": "tiny-sd"})
         argv = [sys.executable, "-m", "diffserve.cli.main", "worker", "--label", f"host{i}", *args]
         log = open(self.root / f"worker-{i}.log", "ab")
         proc = subprocess.Popen(host.command(argv) if host else argv, env=env, stdout=log, stderr=subprocess.STDOUT,
