@@ -112,6 +112,25 @@ def _pass_through(norm) -> None:
             norm.weight[c], norm.bias[c] = std, mean
 
 
+def _colour_to_pairs(conv) -> None:
+    """conv_in: RGB (or latents 0-2) into the pairs +-SIGNAL x colour, and the carriers."""
+    k = conv.weight.shape[-1] // 2
+    conv.weight.zero_()
+    conv.bias.zero_()
+    for c in range(3):
+        conv.weight[4 * c, c, k, k], conv.weight[4 * c + 1, c, k, k] = SIGNAL, -SIGNAL
+    _carriers(conv.bias)
+
+
+def _pairs_to_colour(conv) -> None:
+    """conv_out: each pair back to its colour (silu(x) - silu(-x) == x, divided by SIGNAL); the rest zero."""
+    k = conv.weight.shape[-1] // 2
+    conv.weight.zero_()
+    conv.bias.zero_()
+    for c in range(3):
+        conv.weight[c, 4 * c, k, k], conv.weight[c, 4 * c + 1, k, k] = 1 / SIGNAL, -1 / SIGNAL
+
+
 @torch.no_grad()
 def construct_vae(vae) -> None:
     """An exact 4x average-pool encoder (latents 0-2 = each 4x4 block's mean R, G, B; latent 3 = 0) and a
@@ -123,12 +142,7 @@ def construct_vae(vae) -> None:
         for block in [*getattr(module, "down_blocks", []), *getattr(module, "up_blocks", []), module.mid_block]:
             for resnet in block.resnets:
                 _identity_resnet(resnet)
-    k = enc.conv_in.weight.shape[-1] // 2
-    enc.conv_in.weight.zero_()
-    enc.conv_in.bias.zero_()
-    for c in range(3):
-        enc.conv_in.weight[4 * c, c, k, k], enc.conv_in.weight[4 * c + 1, c, k, k] = SIGNAL, -SIGNAL
-    _carriers(enc.conv_in.bias)
+    _colour_to_pairs(enc.conv_in)
     for block in enc.down_blocks:
         for down in block.downsamplers or []:  # padded (0, 1, 0, 1), stride 2: taps (0..1, 0..1) = the 2x2 block
             down.conv.weight.zero_()
@@ -136,19 +150,12 @@ def construct_vae(vae) -> None:
             for i in range(down.conv.out_channels):
                 down.conv.weight[i, i, :2, :2] = 0.25
     _pass_through(enc.conv_norm_out)
-    enc.conv_out.weight.zero_()
-    enc.conv_out.bias.zero_()
+    _pairs_to_colour(enc.conv_out)
     enc.conv_out.bias[4:] = -30.0  # log-variance: the posterior is deterministic, sample() == mean
-    for c in range(3):
-        enc.conv_out.weight[c, 4 * c, k, k], enc.conv_out.weight[c, 4 * c + 1, k, k] = 1 / SIGNAL, -1 / SIGNAL
     _centre_identity(vae.quant_conv, 4)
     vae.quant_conv.bias[4:] = -30.0
     _centre_identity(vae.post_quant_conv, 4)
-    dec.conv_in.weight.zero_()
-    dec.conv_in.bias.zero_()
-    for c in range(3):
-        dec.conv_in.weight[4 * c, c, k, k], dec.conv_in.weight[4 * c + 1, c, k, k] = SIGNAL, -SIGNAL
-    _carriers(dec.conv_in.bias)
+    _colour_to_pairs(dec.conv_in)
     smooth = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
     for block in dec.up_blocks:
         for up in block.upsamplers or []:
@@ -156,10 +163,7 @@ def construct_vae(vae) -> None:
             for i in range(12):
                 up.conv.weight[i, i] = smooth
     _pass_through(dec.conv_norm_out)
-    dec.conv_out.weight.zero_()
-    dec.conv_out.bias.zero_()
-    for c in range(3):
-        dec.conv_out.weight[c, 4 * c, k, k], dec.conv_out.weight[c, 4 * c + 1, k, k] = 1 / SIGNAL, -1 / SIGNAL
+    _pairs_to_colour(dec.conv_out)
 
 
 def build_unet():
