@@ -4,9 +4,10 @@ prompts and seeds), at 64, 128 and 256 px, tiny-sd, one worker.
 
 Two servers run side by side (DIFFSERVE_BATCHING__MODE=off and on, one worker each, the same torch threads);
 each cell runs on the off server then on the on server, so both see the same machine load. Every client
-sends its requests one after another (ModelsLab v6 img2img, answered synchronously). Prints figures;
-asserts nothing. Run: .venv/bin/python bench/batching.py [--sizes 64,128,256] [--clients 1,2,4,8]
-[--rounds 2] [--threads 1] [--model tiny-sd] [--models-file models.json --device cuda].
+sends its requests one after another (ModelsLab v6 img2img, answered synchronously), round and round; a cell
+counts the answers of its steady-state window only (run_cell). Prints figures; asserts nothing.
+Run: .venv/bin/python bench/batching.py [--sizes 64,128,256] [--clients 1,2,4,8] [--window-s 15]
+[--threads 1] [--model tiny-sd] [--models-file models.json --device cuda].
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,26 +58,64 @@ def bodies(kind: str, n: int, side: int, key: str, model: str, rng: random.Rando
     return out
 
 
-def run_cell(url: str, work: list[dict], clients: int) -> tuple[float, list[float], list[int]]:
-    """(images/s, latencies, batch sizes from meta) for `work` split over `clients` concurrent clients."""
-    per_client = [work[i::clients] for i in range(clients)]
+def rows_per_tick(url: str) -> tuple[float, float]:
+    """(sum, count) of the worker's diffserve_batch_rows histogram: image rows per denoising call."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    values = {name: float(value) for name, value in (line.rsplit(" ", 1) for line in text.splitlines()
+              if line.startswith("diffserve_batch_rows_sum") or line.startswith("diffserve_batch_rows_count"))
+              for name in [name.split("{")[0]]}
+    return values.get("diffserve_batch_rows_sum", 0.0), values.get("diffserve_batch_rows_count", 0.0)
 
-    def client(items: list[dict]) -> list[tuple[float, int]]:
-        done = []
+
+def run_cell(url: str, work: list[dict], clients: int, window_s: float
+             ) -> tuple[float, list[float], list[int], float]:
+    """(images/s, latencies, batch sizes from meta, mean rows per denoising call) with `clients` concurrent
+    clients, in steady state.
+
+    Each client sends its share of `work` one request after another, round and round. The window opens when
+    every client has had its first answer (the ramp, all first requests arriving at once, is over) and closes
+    once it has lasted `window_s` and held at least two answers per client; only the requests that end inside
+    it count. So neither the ramp nor a tail (the last clients alone once others have stopped) weighs in:
+    every client keeps sending until the window has closed. A request in flight then is finished, not counted."""
+    per_client = [work[i::clients] for i in range(clients)]
+    lock = threading.Lock()
+    first: set[int] = set()
+    window: dict[str, float] = {}  # "open", "close"
+    ticks: dict[str, tuple[float, float]] = {}  # rows_per_tick at the window's open and close
+    counted: list[tuple[float, int]] = []
+
+    def client(me: int) -> None:
+        items, i = per_client[me], 0
         with httpx.Client(timeout=600) as http:
-            for body in items:
+            while "close" not in window:
+                body = items[i % len(items)]
+                i += 1
                 t = time.perf_counter()
                 out = http.post(f"{url}/api/v6/images/img2img", json=body).json()
                 if out.get("status") != "success":
                     raise RuntimeError(f"request failed: {str(out)[:300]}")
-                done.append((time.perf_counter() - t, int((out.get("meta") or {}).get("batch_size") or 1)))
-        return done
+                now = time.perf_counter()
+                with lock:
+                    if "close" in window:
+                        break
+                    edge = None
+                    if "open" in window:
+                        counted.append((now - t, int((out.get("meta") or {}).get("batch_size") or 1)))
+                        if now - window["open"] >= window_s and len(counted) >= 2 * clients:
+                            window["close"] = now
+                            edge = "close"
+                    first.add(me)
+                    if len(first) == clients and "open" not in window:
+                        window["open"] = now
+                        edge = "open"
+                if edge:
+                    ticks[edge] = rows_per_tick(url)
 
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = [r for part in pool.map(client, per_client) for r in part]
-    wall = time.perf_counter() - t0
-    return len(work) / wall, [r[0] for r in results], [r[1] for r in results]
+        list(pool.map(client, range(clients)))
+    (s0, n0), (s1, n1) = ticks["open"], ticks["close"]
+    return (len(counted) / (window["close"] - window["open"]), [c[0] for c in counted], [c[1] for c in counted],
+            (s1 - s0) / max(n1 - n0, 1))
 
 
 def bare_ceiling(models_root: Path, model: str, sizes: list[int], threads: int) -> None:
@@ -114,7 +154,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="64,128,256")
     ap.add_argument("--clients", default="1,2,4,8")
-    ap.add_argument("--rounds", type=int, default=2, help="requests per client (1 client: 4x this)")
+    ap.add_argument("--window-s", type=float, default=15, help="steady-state window of a cell at 128 px, in "
+                    "seconds (scaled with the side: 64 px half, 256 px twice); at least two answers per client")
     ap.add_argument("--threads", default="1", help="DIFFSERVE_TORCH_THREADS of each worker (1: on a shared "
                     "2-core machine, 2 OpenMP threads under other load run 20-30x slower)")
     ap.add_argument("--model", default="tiny-sd")
@@ -138,22 +179,24 @@ def main() -> None:
         try:
             keys = {mode: srv.create_key() for mode, srv in servers.items()}
             for mode, srv in servers.items():  # warm-up: first call costs
-                run_cell(srv.url, bodies("identical", 2, 64, keys[mode], args.model, random.Random(0)), 2)
+                run_cell(srv.url, bodies("identical", 2, 64, keys[mode], args.model, random.Random(0)), 2, 0)
             print(f"{args.model}, 1 worker, {args.threads} torch threads; images/s and latency (s) over HTTP")
             print(f"{'kind':9} {'px':>4} {'clients':>7} | {'off img/s':>9} {'p50':>6} {'p95':>6} | "
-                  f"{'on img/s':>8} {'p50':>6} {'p95':>6} {'batch':>5} | {'speed-up':>8} {'p50 on/off':>10}")
+                  f"{'on img/s':>8} {'p50':>6} {'p95':>6} {'batch':>5} {'rows':>5} | {'speed-up':>8} {'p50 on/off':>10}")
+            print("  (batch: the mean of meta.batch_size, the most images a job shared a step with; rows: the mean "
+                  "images per denoising call in the window)")
             for kind in args.kinds.split(","):
                 for side in sizes:
                     for clients in counts:
-                        n = clients * args.rounds if clients > 1 else 4 * args.rounds
                         cell = {}
                         for mode, srv in servers.items():
-                            work = bodies(kind, n, side, keys[mode], args.model, random.Random(side * 100 + clients))
-                            cell[mode] = run_cell(srv.url, work, clients)
-                        (off_rate, off_lat, _), (on_rate, on_lat, batch) = cell["off"], cell["on"]
+                            work = bodies(kind, 8 * clients, side, keys[mode], args.model,
+                                          random.Random(side * 100 + clients))
+                            cell[mode] = run_cell(srv.url, work, clients, args.window_s * side / 128)
+                        (off_rate, off_lat, _, _), (on_rate, on_lat, batch, rows) = cell["off"], cell["on"]
                         print(f"{kind:9} {side:>4} {clients:>7} | {off_rate:9.2f} {pct(off_lat, .5):6.2f} "
                               f"{pct(off_lat, .95):6.2f} | {on_rate:8.2f} {pct(on_lat, .5):6.2f} {pct(on_lat, .95):6.2f} "
-                              f"{statistics.mean(batch):5.1f} | {on_rate / off_rate:7.2f}x "
+                              f"{statistics.mean(batch):5.1f} {rows:5.1f} | {on_rate / off_rate:7.2f}x "
                               f"{pct(on_lat, .5) / pct(off_lat, .5):9.2f}x", flush=True)
         finally:
             for srv in servers.values():
