@@ -165,7 +165,7 @@ class Settings(BaseSettings):
         False, description="let image/webhook URLs reach loopback, private and link-local addresses (LAN, tests)"
     )
     # Dialects (see api/realtime, api/pony, api/qolaba) and the load balancer (queue/local.py).
-    realtime_model: str = Field("tiny-sd", description="model serving the realtime endpoints (a few-step model)")
+    realtime_model: str = Field("demo-sd", description="model serving the realtime endpoints (a few-step model)")
     realtime_scheduler: str | None = Field("LCMScheduler", description="scheduler for realtime requests; none: the model's")
     realtime_steps: int = Field(4, ge=1, le=50, description="denoising steps of a realtime request")
     realtime_guidance: float = Field(1.0, ge=0, le=20, description="guidance scale of a realtime request")

@@ -30,20 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 needs_weights = pytest.mark.skipif(not weights_present(), reason="demo-sd's weights are not committed yet")
 
 # The margins (sepia in degrees), each about half of what bench/demo_quality.py measured for the committed
-# weights at strength 0.5 (the model card's table), against the neutral prompt's output; the exact edits
-# clear them too (test_measures_see_the_edits_they_measure).
+# weights, against the neutral prompt's output at the same seed and strength; the exact edits clear them too
+# (test_measures_see_the_edits_they_measure).
 NEUTRAL = "women playing tennis"
-# Learned (bench/demo_quality.py on the committed weights, against the neutral output): the words whose own
-# measure moves clearly on each held-out photo at strength 0.6. sepia, warm and grayscale move theirs on
-# average (the model card's table) but not on every photo and seed (measured: sepia on chelsea 1.2 degrees,
-# grayscale on rocket the wrong way, warm on rocket -1.4 dB); blur, sharpen and posterize (cartoon) are not
-# learned. Their effect is not asserted (issue 16 stays open for them).
-LEARNED = ("invert", "sketch", "cool")
-# dB closer to the target than the neutral output, where the word's output gains at all (cool moves its
-# measure but overshoots: -2.1 dB at strength 0.5)
-GAIN_DB = {"invert": 1.5, "sketch": 4.5}
-EFFECT_MARGIN = {"grayscale": 0.025, "sepia": 3.0, "invert": 0.25, "blur": 0.005, "sharpen": 0.003,
-                 "posterize": 0.002, "sketch": 0.4, "warm": 0.12, "cool": 0.15}
+# Learned: the words whose own measure moves clearly on each held-out photo and seed at strength 0.6 (measured
+# with the model's defaults, 8 Euler steps, no CFG: sepia 1.8 / 15 degrees on chelsea / rocket, invert 0.48-0.77,
+# sketch 0.71-0.85, warm 0.14-0.17, cool 0.14-0.28). grayscale moves its measure on chelsea but not on rocket
+# (-0.03); blur, sharpen and posterize (cartoon) are not learned. Those are not asserted (issue 16).
+LEARNED = ("sepia", "invert", "sketch", "warm", "cool")
+# dB closer to the target than the neutral output (measured at least: sepia 2.9, invert 5.3, sketch 9.6, warm
+# 1.2; cool overshoots a little on chelsea, -0.5 dB, so only its measure is asserted)
+GAIN_DB = {"sepia": 1.5, "invert": 2.5, "sketch": 4.5, "warm": 0.5}
+EFFECT_MARGIN = {"grayscale": 0.025, "sepia": 1.0, "invert": 0.25, "blur": 0.005, "sharpen": 0.003,
+                 "posterize": 0.002, "sketch": 0.4, "warm": 0.07, "cool": 0.07}
 KEPT_DB = 17.0  # a neutral prompt's output at strength 0.6 to the input (the bench: 20.4 dB at 0.5)
 
 
@@ -169,15 +168,23 @@ def test_a_prompt_outside_the_vocabulary_keeps_the_image(pipe, images):
 
 
 @needs_weights
-def test_strength_low_keeps_the_input_high_changes_more(pipe, images):
-    invert = quality.EFFECTS["invert"]
+def test_strength_sets_how_much_of_the_picture_is_redrawn(pipe, images):
+    """Low strength keeps more of the input than high, for a neutral prompt and for an edit word alike (the
+    edited output is closer to the exact edit of the input at low strength: less of it is redrawn). At its
+    default 8 steps demo-sd applies an edit word fully from low strengths on (it was trained to predict the
+    whole edit at every noise level; a run whose target grew with the noise level weakened every edit: the
+    model card), so the edit itself is present at both strengths."""
     for name, image in images.items():
         kept_low = quality.generate(pipe, image, NEUTRAL, strength=0.3)
         kept_high = quality.generate(pipe, image, NEUTRAL, strength=0.8)
         assert edits.psnr(kept_low, image) > edits.psnr(kept_high, image) + 1.0, name
-        low = quality.generate(pipe, image, "invert", strength=0.3)
-        high = quality.generate(pipe, image, "invert", strength=0.8)
-        assert invert.moved(image, high) > invert.moved(image, low) + EFFECT_MARGIN["invert"], name
+        for word in ("sepia", "invert"):
+            target = edits.apply(word, image)
+            low = quality.generate(pipe, image, word, strength=0.3)
+            high = quality.generate(pipe, image, word, strength=0.8)
+            assert edits.psnr(low, target) > edits.psnr(high, target) + 1.0, (name, word)
+            for edited, neutral in ((low, kept_low), (high, kept_high)):
+                assert quality.EFFECTS[word].moved(neutral, edited) > EFFECT_MARGIN[word], (name, word)
 
 
 @needs_weights
@@ -278,6 +285,42 @@ def test_the_readme_request_through_the_server_gives_the_edit(default_server, im
     assert answer["meta"]["model_id"] == "demo-sd" and out.shape == image.shape
     neutral = _answer_image(default_server.post("/api/v6/images/img2img", {
         "key": key, "prompt": NEUTRAL, "init_image": _b64_png(image), "strength": 0.6, "seed": 0}).json())
+    assert edits.psnr(neutral, image) > KEPT_DB
+    assert quality.EFFECTS["sketch"].moved(neutral, out) > EFFECT_MARGIN["sketch"]
+    assert quality.word_gain("sketch", image, neutral, out) > GAIN_DB["sketch"]
+
+
+@needs_weights
+def test_a_v6_clients_guidance_and_negative_prompt_do_not_overshoot_the_edit(default_server, images):
+    """demo-sd runs without classifier-free guidance (its UNet's guidance input has a zero projection): the
+    vendor page's usual guidance_scale 7.5 and a negative prompt give the image guidance 1 gives, so the
+    edit does not overshoot (with CFG at 7.5 every edit came out worse than the neutral prompt's output)."""
+    image = images["rocket"]
+    key = default_server.create_key("--name", "guidance")
+    body = {"key": key, "prompt": "invert", "init_image": _b64_png(image), "strength": 0.6, "seed": 3}
+    plain = _answer_image(default_server.post("/api/v6/images/img2img", {**body, "guidance_scale": 1}).json())
+    vendor = _answer_image(default_server.post("/api/v6/images/img2img", {
+        **body, "guidance_scale": 7.5, "negative_prompt": "blurry, low quality"}).json())
+    assert np.array_equal(plain, vendor)
+    neutral = _answer_image(default_server.post("/api/v6/images/img2img", {
+        **body, "prompt": NEUTRAL, "guidance_scale": 7.5}).json())
+    assert quality.word_gain("invert", image, neutral, vendor) > GAIN_DB["invert"]
+
+
+@needs_weights
+def test_the_realtime_endpoint_edits_on_the_default_model(default_server, images):
+    """The realtime model is demo-sd on the shipped defaults (LCM scheduler, 4 steps, guidance 1)."""
+    settings = Settings()
+    assert (settings.realtime_model, settings.realtime_scheduler, settings.realtime_steps) == (
+        "demo-sd", "LCMScheduler", 4)
+    image = images["chelsea"]
+    key = default_server.create_key("--name", "realtime")
+    body = {"key": key, "init_image": _b64_png(image), "strength": 0.6, "seed": 0, "safety_checker": False}
+    sketch = default_server.post("/api/v1/enterprise/realtime/img2img", {**body, "prompt": "sketch"}).json()
+    assert sketch["meta"]["model_id"] == "demo-sd", sketch["meta"]
+    out = _answer_image(sketch)
+    neutral = _answer_image(default_server.post("/api/v1/enterprise/realtime/img2img",
+                                                {**body, "prompt": NEUTRAL}).json())
     assert edits.psnr(neutral, image) > KEPT_DB
     assert quality.EFFECTS["sketch"].moved(neutral, out) > EFFECT_MARGIN["sketch"]
     assert quality.word_gain("sketch", image, neutral, out) > GAIN_DB["sketch"]

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffserve.engine.demo import edits
+from diffserve.engine.demo import DEMO_SD_LIMITS, edits
+
+DEFAULT_STEPS = DEMO_SD_LIMITS.default_steps
 
 
 def _luma_correlation(before: np.ndarray, after: np.ndarray) -> float:
@@ -112,9 +114,10 @@ def load_pipeline(folder: Path):
     return pipe
 
 
-def generate(pipe, image: np.ndarray, prompt: str, *, strength: float, steps: int = 20, guidance: float = 1.5,
-             seed: int = 0, scheduler: str | None = None) -> np.ndarray:
-    """One img2img output (the folder's PNDM scheduler unless `scheduler` names another diffusers class)."""
+def generate(pipe, image: np.ndarray, prompt: str, *, strength: float, steps: int = DEFAULT_STEPS,
+             guidance: float = 1.0, seed: int = 0, scheduler: str | None = None) -> np.ndarray:
+    """One img2img output, by default with the steps a request gets (the model's limits) and the folder's
+    scheduler (Euler) unless `scheduler` names another diffusers class."""
     import diffusers
     import torch
 
