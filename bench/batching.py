@@ -60,11 +60,12 @@ def bodies(kind: str, n: int, side: int, key: str, model: str, rng: random.Rando
 
 def rows_per_tick(url: str) -> tuple[float, float]:
     """(sum, count) of the worker's diffserve_batch_rows histogram: image rows per denoising call."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    values = {name: float(value) for name, value in (line.rsplit(" ", 1) for line in text.splitlines()
-              if line.startswith("diffserve_batch_rows_sum") or line.startswith("diffserve_batch_rows_count"))
-              for name in [name.split("{")[0]]}
-    return values.get("diffserve_batch_rows_sum", 0.0), values.get("diffserve_batch_rows_count", 0.0)
+    totals = {"diffserve_batch_rows_sum": 0.0, "diffserve_batch_rows_count": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, value = line.partition("{")[0].partition(" ")[0], line.rsplit(" ", 1)[-1]
+        if name in totals:  # one line per model label
+            totals[name] += float(value)
+    return totals["diffserve_batch_rows_sum"], totals["diffserve_batch_rows_count"]
 
 
 def run_cell(url: str, work: list[dict], clients: int, window_s: float
@@ -76,7 +77,8 @@ def run_cell(url: str, work: list[dict], clients: int, window_s: float
     every client has had its first answer (the ramp, all first requests arriving at once, is over) and closes
     once it has lasted `window_s` and held at least two answers per client; only the requests that end inside
     it count. So neither the ramp nor a tail (the last clients alone once others have stopped) weighs in:
-    every client keeps sending until the window has closed. A request in flight then is finished, not counted."""
+    every client keeps sending until the window has closed. A request in flight then is finished, not counted.
+    Each request asks for one image."""
     per_client = [work[i::clients] for i in range(clients)]
     lock = threading.Lock()
     first: set[int] = set()
@@ -114,8 +116,12 @@ def run_cell(url: str, work: list[dict], clients: int, window_s: float
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     (s0, n0), (s1, n1) = ticks["open"], ticks["close"]
-    return (len(counted) / (window["close"] - window["open"]), [c[0] for c in counted], [c[1] for c in counted],
-            (s1 - s0) / max(n1 - n0, 1))
+    latencies = [c[0] for c in counted]
+    # images/s by Little's law: `clients` requests always in flight (each client sends its next at once), so
+    # throughput = clients / mean latency. Counting the answers inside the window instead is biased when they
+    # come in bursts (a batch of identical requests answers all its rows at once, and the window then opens
+    # at a burst's end and closes at another's start: up to a burst's worth of answers off).
+    return (clients / statistics.mean(latencies), latencies, [c[1] for c in counted], (s1 - s0) / max(n1 - n0, 1))
 
 
 def bare_ceiling(models_root: Path, model: str, sizes: list[int], threads: int) -> None:
