@@ -131,8 +131,7 @@ class Batcher:
 
     def _join(self, batch: Batch, job: Job, active: dict[int, _Active]) -> int:
         w = self.worker
-        reporter = (ProgressReporter(job.id, w.progress, latent_rgb=w.engine.preview_rgb(job.request.model_id))
-                    if w.progress else None)
+        reporter = w._reporter(job)
         a = _Active(job, None, reporter)  # type: ignore[arg-type]
         try:
             if reporter:

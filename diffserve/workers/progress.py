@@ -45,8 +45,9 @@ class ProgressReporter:
             return
         self._last_write = now
         step_s = (now - self._started) / step if step else None
+        preview = preview_jpeg(latents, latent_rgb=self.latent_rgb)
         try:
-            cancel = self.store.report(self.job_id, step, total, step_s, preview_jpeg(latents, latent_rgb=self.latent_rgb))
+            cancel = self.store.report(self.job_id, step, total, step_s, preview)
         except SQLAlchemyError:  # the store is away for a moment: the image goes on, the next write catches up
             return
         if cancel:

@@ -139,8 +139,7 @@ class Worker:
             return  # it ran in a batch, with what joined it
         self._stored(self.workers.update, self.worker_id, state="busy", current_job=job_id)
         started, status = time.monotonic(), JobStatus.FAILED
-        reporter = (ProgressReporter(job.id, self.progress, latent_rgb=self.engine.preview_rgb(job.request.model_id))
-                    if self.progress else None)
+        reporter = self._reporter(job)
         try:
             keys, nsfw, run = self._generate(job, reporter)
         except Cancelled as e:  # a client's cancel, seen between two steps (or before the first)
@@ -190,6 +189,12 @@ class Worker:
         for key, png in zip(keys, result.png_bytes()):
             self.storage.put(key, png)
         return keys, result.nsfw, {"device": result.device, "dtype": result.dtype}
+
+    def _reporter(self, job: Job) -> ProgressReporter | None:
+        """The job's progress reporter (steps, step previews in its model's colours, cancel), if progress is kept."""
+        if self.progress is None:
+            return None
+        return ProgressReporter(job.id, self.progress, latent_rgb=self.engine.preview_rgb(job.request.model_id))
 
     def _image(self, key: str) -> Image.Image:
         img = Image.open(io.BytesIO(self.storage.get(key)))
