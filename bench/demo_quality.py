@@ -34,6 +34,12 @@ REFERENCE = "women playing tennis"  # the neutral prompt each edit is compared w
 NEUTRAL = (REFERENCE, "", "a photo of a cat")
 
 
+def figure(value: float) -> str:
+    """A measure with three decimals, four below 0.1 (blur and sharpen move the high-frequency energy
+    around 0.005)."""
+    return f"{value:.3f}" if abs(value) >= 0.1 else f"{value:.4f}"
+
+
 def row(cells, widths) -> str:
     return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
 
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     measure.append((effect.value(base, base), effect.value(base, out)))
             m = np.mean(figures, axis=0)
             label = quality.EFFECTS[edits.SYNONYMS.get(prompt, prompt)].name if measure else "-"
-            moved = (f"{np.mean([a for a, _ in measure]):.3f} -> {np.mean([b for _, b in measure]):.3f}"
+            moved = (f"{figure(np.mean([a for a, _ in measure]))} -> {figure(np.mean([b for _, b in measure]))}"
                      if measure else "-")
             print(row((repr(prompt), strength, f"{m[0]:.2f}", f"{m[1]:.3f}", f"{m[2]:.2f}", f"{m[3]:.3f}",
                        f"{m[4]:+.2f}", f"{m[5]:+.2f}", label, moved), widths))

@@ -34,16 +34,18 @@ needs_weights = pytest.mark.skipif(not weights_present(), reason="demo-sd's weig
 # (test_measures_see_the_edits_they_measure).
 NEUTRAL = "women playing tennis"
 # Learned: the words whose own measure moves clearly on each held-out photo and seed at strength 0.6 (measured
-# with the model's defaults, 8 Euler steps, no CFG: sepia 1.8 / 15 degrees on chelsea / rocket, invert 0.48-0.77,
-# sketch 0.71-0.85, warm 0.14-0.17, cool 0.14-0.28). grayscale moves its measure on chelsea but not on rocket
-# (-0.03); blur, sharpen and posterize (cartoon) are not learned. Those are not asserted (issue 16).
-LEARNED = ("sepia", "invert", "sketch", "warm", "cool")
-# dB closer to the target than the neutral output (measured at least: sepia 2.9, invert 5.3, sketch 9.6, warm
-# 1.2; cool overshoots a little on chelsea, -0.5 dB, so only its measure is asserted)
-GAIN_DB = {"sepia": 1.5, "invert": 2.5, "sketch": 4.5, "warm": 0.5}
-EFFECT_MARGIN = {"grayscale": 0.025, "sepia": 1.0, "invert": 0.25, "blur": 0.005, "sharpen": 0.003,
+# with the model's defaults, 8 Euler steps, no CFG: sepia 2.8 / 14 degrees on chelsea / rocket, invert 0.55-0.65,
+# blur 0.0017-0.0042 and sharpen 0.0032-0.0047 of high-frequency energy, sketch 0.74-0.93, warm 0.13-0.22, cool
+# 0.14-0.34). grayscale moves its measure on chelsea (0.21) but not on rocket (-0.07); posterize (cartoon) is not
+# learned. Those are not asserted (issue 16).
+LEARNED = ("sepia", "invert", "blur", "sharpen", "sketch", "warm", "cool")
+# dB closer to the target than the neutral output (measured at least: sepia 2.6, invert 5.4, blur 0.5, sketch
+# 8.6; sharpen +-0.1, warm and cool 0.0 / 0.1 on one photo each (they go a little past the target), so only
+# their measures are asserted)
+GAIN_DB = {"sepia": 1.5, "invert": 2.5, "blur": 0.25, "sketch": 4.5}
+EFFECT_MARGIN = {"grayscale": 0.025, "sepia": 1.0, "invert": 0.25, "blur": 0.0008, "sharpen": 0.0015,
                  "posterize": 0.002, "sketch": 0.4, "warm": 0.07, "cool": 0.07}
-KEPT_DB = 17.0  # a neutral prompt's output at strength 0.6 to the input (the bench: 22.3 dB at 0.5)
+KEPT_DB = 17.0  # a neutral prompt's output at strength 0.6 to the input (the bench: 22.5 dB at 0.5)
 
 
 @pytest.fixture(scope="module")
