@@ -72,7 +72,7 @@ def build_vae():
 # the pair passes silu exactly. Residual branches are zero (identity), downsamplers average 2x2, upsamplers
 # are nearest-neighbour followed by a [1 2 1] smoothing (linear interpolation inside the picture).
 CARRIER, SIGNAL = 1.0, 0.05
-# the loss weight of an edit is EDIT_REFERENCE / its mean squared latent change (sepia's), in [1, EDIT_WEIGHT_MAX]
+# an edit's loss weight: EDIT_REFERENCE (about sepia's change) / its mean squared latent change, in [1, EDIT_WEIGHT_MAX]
 EDIT_REFERENCE, EDIT_WEIGHT_MAX = 0.2, 4.0
 
 
