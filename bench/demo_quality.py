@@ -9,7 +9,8 @@ CPU on each held-out photo (diffserve/engine/demo/data.py: never seen in trainin
 2. per prompt and strength (0.3 / 0.5 / 0.7): PSNR and SSIM of the output to the input and to the edit's
    target, the gains (dB the output came closer to the target than the input was, and than the neutral
    prompt's output is: quality.word_gain) and the edit's own measure (neutral output -> output;
-   diffserve/engine/demo/quality.py EFFECTS);
+   diffserve/engine/demo/quality.py EFFECTS); then how much of each edit is applied per strength
+   (0.3 / 0.5 / 0.7 / 0.9: quality.edit_amount);
 3. guidance and scheduler variants at strength 0.6 (mean target gain over the edits);
 4. load and per-image times.
 Figures are means over the held-out photos; one seed.
@@ -118,6 +119,21 @@ def main(argv: list[str] | None = None) -> int:
                        f"{m[4]:+.2f}", f"{m[5]:+.2f}", label, moved), widths))
 
     if not args.quick:
+        amounts = (0.3, 0.5, 0.7, 0.9)
+        print("\n2b. How much of each edit is applied, per strength: the output's change from the neutral prompt's "
+              "output\n    projected on the exact edit's change (quality.edit_amount; 1 = all of it), means over "
+              "the held-out photos")
+        print(row(("prompt", *(f"str {a}" for a in amounts)), (22, *(9,) * len(amounts))))
+        base = {(name, a): quality.generate(pipe, image, REFERENCE, strength=a, steps=args.steps,
+                                            guidance=args.guidance) for name, image in images.items() for a in amounts}
+        for word in edits.EDITS:
+            cells = []
+            for a in amounts:
+                cells.append(np.mean([quality.edit_amount(word, image, base[name, a], quality.generate(
+                    pipe, image, word, strength=a, steps=args.steps, guidance=args.guidance))
+                    for name, image in images.items()]))
+            print(row((repr(word), *(f"{c:.2f}" for c in cells)), (22, *(9,) * len(amounts))))
+
         print("\n3. Variants at strength 0.6: mean gain over the neutral output of the nine edits (dB), and the "
               f"neutral prompt's ({REFERENCE!r}) PSNR to the input")
         # demo-sd runs without classifier-free guidance (its UNet's guidance input: the model card), so a

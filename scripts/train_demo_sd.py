@@ -307,9 +307,9 @@ def cache_latents(vae, levels, rng, args, report) -> dict[str, torch.Tensor]:
 
 def edit_weights(cache: dict[str, torch.Tensor], report: dict) -> dict[str, float]:
     """Each edit's loss weight: EDIT_REFERENCE over the mean squared latent change it makes, between 1 and
-    EDIT_WEIGHT_MAX. Unweighted, the edits that change the latents least (posterize 0.06, and blur and sharpen
-    at their former 2.5 / 1.5 px: 0.02 / 0.009, against sepia's 0.25 and invert's 4.4) were not learned at
-    all: their share of the loss was too small."""
+    EDIT_WEIGHT_MAX. Unweighted, the edits that change the latents least (posterize 0.06 before it had outlines,
+    and blur and sharpen at their former 2.5 / 1.5 px: 0.02 / 0.009, against sepia's 0.25 and invert's 4.4)
+    were not learned at all: their share of the loss was too small."""
     change = {w: float((cache[w] - cache["identity"]).pow(2).mean()) for w in edits.EDITS}
     weights = {w: min(EDIT_WEIGHT_MAX, max(1.0, EDIT_REFERENCE / max(c, 1e-6))) for w, c in change.items()}
     report["edit_weights"] = {w: {"latent_change": round(change[w], 4), "weight": round(weights[w], 3)}

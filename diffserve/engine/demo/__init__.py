@@ -31,7 +31,7 @@ def preview_rgb(weights: Path = WEIGHTS) -> tuple[tuple[float, float, float], ..
 
 # Bump with every retraining that changes weights/: the built folder's name carries it, so a new
 # version is built beside an old one instead of being mistaken for it.
-DEMO_SD_VERSION = 3
+DEMO_SD_VERSION = 4
 DEMO_SD_FOLDER = f"demo-sd-v{DEMO_SD_VERSION}"
 # Trained on 64 px crops, measured at 256 px; the output follows the init image, scaled to 512 px at most.
 # It runs without classifier-free guidance (its UNet has a guidance input with a zero projection, so diffusers
@@ -42,6 +42,6 @@ DEMO_SD_FOLDER = f"demo-sd-v{DEMO_SD_VERSION}"
 DEMO_SD_LIMITS = ModelLimits(min_size=64, max_size=512,
                              default_steps=8, default_guidance=1.0, default_strength=0.6)
 DEMO_SD_DESCRIPTION = ("Small SD 1.x model trained here on scikit-image's sample photos to follow edit words: "
-                       "sepia, invert, blur, sharpen, sketch, warm, cool (grayscale partly; posterize not yet); "
+                       "grayscale, sepia, invert, blur, sharpen, sketch, warm, cool (posterize / cartoon partly); "
                        "any other prompt keeps the image, grainy. No guidance: guidance_scale and negative_prompt "
                        "change nothing. It draws no new content (see its model card).")

@@ -60,7 +60,7 @@ EFFECTS: dict[str, Effect] = {
     "invert": Effect("luma correlation with input", _luma_correlation, -1, paired=True),
     "blur": Effect("high-frequency energy", edits.high_frequency, -1),
     "sharpen": Effect("high-frequency energy", edits.high_frequency, +1),
-    "posterize": Effect("distance to own posterized", lambda x: float(np.abs(x - edits.posterize(x)).mean()), -1),
+    "posterize": Effect("outline (near-black) fraction", edits.dark_fraction, +1),
     "sketch": Effect("white fraction", edits.edge_fraction, +1),
     "warm": Effect("warmth (R - B)", edits.warmth, +1),
     "cool": Effect("warmth (R - B)", edits.warmth, -1),
@@ -79,6 +79,14 @@ def word_gain(word: str, image: np.ndarray, neutral: np.ndarray, output: np.ndar
     effect, without what the autoencoder and the denoising lose of the photo (both outputs lose it)."""
     target = edits.apply(word, image)
     return edits.psnr(output, target) - edits.psnr(neutral, target)
+
+
+def edit_amount(word: str, image: np.ndarray, neutral: np.ndarray, output: np.ndarray) -> float:
+    """How much of the edit the word applied: the output's change from the neutral prompt's output (same seed,
+    strength and steps) projected on the exact edit's change of the input, as a fraction of that change
+    (0: none of it, 1: all of it; what the denoising loses of the photo is in both outputs and cancels)."""
+    change = edits.apply(word, image).astype(np.float64) - image
+    return float(((output - neutral) * change).sum() / max(float((change * change).sum()), 1e-12))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
