@@ -90,27 +90,25 @@ def main(argv: list[str] | None = None) -> int:
           f"({REFERENCE!r}, same seed);\n   the measure: neutral output -> this output")
     print(row(("prompt", "str", "PSNR in", "SSIM in", "PSNR tgt", "SSIM tgt", "gain in", "gain neu", "measure",
                "neutral -> output"), widths))
-    timings, neutral = [], {}
+    timings, outputs = [], {}  # (prompt, photo, strength) -> output, reused by 2b
     for prompt in (*NEUTRAL, *edits.EDITS, "cartoon"):
         for strength in strengths:
             figures, measure = [], []
             for name, image in images.items():
                 t0 = time.perf_counter()
-                out = quality.generate(pipe, image, prompt, strength=strength, steps=args.steps,
-                                       guidance=args.guidance)
+                out = outputs[prompt, name, strength] = quality.generate(
+                    pipe, image, prompt, strength=strength, steps=args.steps, guidance=args.guidance)
                 timings.append(time.perf_counter() - t0)
-                if prompt == REFERENCE:
-                    neutral[name, strength] = out
+                neutral = outputs[REFERENCE, name, strength]  # REFERENCE runs first
                 word = edits.SYNONYMS.get(prompt, prompt)
                 target = edits.apply(word, image) if word in edits.EDITS else image
                 edited = word in edits.EDITS
                 figures.append((edits.psnr(out, image), quality.ssim(out, image), edits.psnr(out, target),
                                 quality.ssim(out, target), quality.target_gain(word, image, out) if edited else 0.0,
-                                quality.word_gain(word, image, neutral[name, strength], out) if edited else 0.0))
+                                quality.word_gain(word, image, neutral, out) if edited else 0.0))
                 if edited:
                     effect = quality.EFFECTS[word]
-                    base = neutral[name, strength]
-                    measure.append((effect.value(base, base), effect.value(base, out)))
+                    measure.append((effect.value(neutral, neutral), effect.value(neutral, out)))
             m = np.mean(figures, axis=0)
             label = quality.EFFECTS[edits.SYNONYMS.get(prompt, prompt)].name if measure else "-"
             moved = (f"{figure(np.mean([a for a, _ in measure]))} -> {figure(np.mean([b for _, b in measure]))}"
@@ -124,14 +122,17 @@ def main(argv: list[str] | None = None) -> int:
               "output\n    projected on the exact edit's change (quality.edit_amount; 1 = all of it), means over "
               "the held-out photos")
         print(row(("prompt", *(f"str {a}" for a in amounts)), (22, *(9,) * len(amounts))))
-        base = {(name, a): quality.generate(pipe, image, REFERENCE, strength=a, steps=args.steps,
-                                            guidance=args.guidance) for name, image in images.items() for a in amounts}
+
+        def output(prompt: str, name: str, strength: float) -> np.ndarray:
+            """Section 2's output where it made one (same seed: the same image), else a new one."""
+            if (prompt, name, strength) not in outputs:
+                outputs[prompt, name, strength] = quality.generate(pipe, images[name], prompt, strength=strength,
+                                                                   steps=args.steps, guidance=args.guidance)
+            return outputs[prompt, name, strength]
+
         for word in edits.EDITS:
-            cells = []
-            for a in amounts:
-                cells.append(np.mean([quality.edit_amount(word, image, base[name, a], quality.generate(
-                    pipe, image, word, strength=a, steps=args.steps, guidance=args.guidance))
-                    for name, image in images.items()]))
+            cells = [np.mean([quality.edit_amount(word, image, output(REFERENCE, name, a), output(word, name, a))
+                              for name, image in images.items()]) for a in amounts]
             print(row((repr(word), *(f"{c:.2f}" for c in cells)), (22, *(9,) * len(amounts))))
 
         print("\n3. Variants at strength 0.6: mean gain over the neutral output of the nine edits (dB), and the "
