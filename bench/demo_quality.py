@@ -10,8 +10,8 @@ CPU on each held-out photo (diffserve/engine/demo/data.py: never seen in trainin
    target, the gains (dB the output came closer to the target than the input was, and than the neutral
    prompt's output is: quality.word_gain) and the edit's own measure (neutral output -> output;
    diffserve/engine/demo/quality.py EFFECTS); then how much of each edit is applied per strength
-   (0.3 / 0.5 / 0.7 / 0.9: quality.edit_amount);
-3. guidance and scheduler variants at strength 0.6 (mean target gain over the edits);
+   (0.3 / 0.5 / 0.7 / 0.9: quality.edit_amount), at the model's steps and at 20;
+3. guidance and scheduler variants at the model's default strength (mean target gain over the edits);
 4. load and per-image times.
 Figures are means over the held-out photos; one seed.
 """
@@ -45,6 +45,24 @@ def row(cells, widths) -> str:
     return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
 
 
+def save_pictures(pipe, image: np.ndarray, folder: Path, steps: int, guidance: float) -> None:
+    """The README's pictures: the input, sepia and sketch at the default strength, and a strip of both words
+    at strength 0.3 / 0.5 / 0.7 / 0.9 (a row each, 128 px cells)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    edits.to_pil(image).save(folder / "demo-input.jpg", quality=90)
+    strengths, words, cell = (0.3, 0.5, 0.7, 0.9), ("sepia", "sketch"), 128
+    strip = Image.new("RGB", (cell * len(strengths), cell * len(words)))
+    for row_index, word in enumerate(words):
+        for column, strength in enumerate(strengths):
+            out = edits.to_pil(quality.generate(pipe, image, word, strength=strength, steps=steps, guidance=guidance))
+            if strength == quality.DEFAULT_STRENGTH:
+                out.save(folder / f"demo-{word}.jpg", quality=90)
+            strip.paste(out.resize((cell, cell), Image.LANCZOS), (cell * column, cell * row_index))
+    strip.save(folder / "demo-strengths.jpg", quality=90)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--side", type=int, default=256)
@@ -52,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--quick", action="store_true", help="strength 0.5 only, no variants")
     parser.add_argument("--weights", type=Path, default=WEIGHTS, help="a weights folder (default: the package's)")
-    parser.add_argument("--save", type=Path, help="also write the README's example pictures (input, sepia, sketch)")
+    parser.add_argument("--save", type=Path, help="also write the README's example pictures (save_pictures)")
+    parser.add_argument("--pictures-only", action="store_true", help="with --save: write the pictures and stop")
     args = parser.parse_args(argv)
 
     import torch
@@ -70,13 +89,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(images)} at {args.side}x{args.side}; steps {args.steps}, guidance {args.guidance}, seed 0\n")
 
     if args.save:
-        args.save.mkdir(parents=True, exist_ok=True)
-        image = images["chelsea"]
-        edits.to_pil(image).save(args.save / "demo-input.jpg", quality=90)
-        for word in ("sepia", "sketch"):
-            out = quality.generate(pipe, image, word, strength=0.6, steps=args.steps, guidance=args.guidance)
-            edits.to_pil(out).save(args.save / f"demo-{word}.jpg", quality=90)
+        save_pictures(pipe, images["chelsea"], args.save, args.steps, args.guidance)
         print(f"example pictures written to {args.save}\n")
+        if args.pictures_only:
+            return 0
 
     print("1. VAE alone (encode + decode)")
     for name, image in images.items():
@@ -120,22 +136,26 @@ def main(argv: list[str] | None = None) -> int:
         amounts = (0.3, 0.5, 0.7, 0.9)
         print("\n2b. How much of each edit is applied, per strength: the output's change from the neutral prompt's "
               "output\n    projected on the exact edit's change (quality.edit_amount; 1 = all of it), means over "
-              "the held-out photos")
-        print(row(("prompt", *(f"str {a}" for a in amounts)), (22, *(9,) * len(amounts))))
+              f"the held-out photos; at {args.steps} steps and at 20")
+        print(row(("prompt", "steps", *(f"str {a}" for a in amounts)), (22, 6, *(9,) * len(amounts))))
 
-        def output(prompt: str, name: str, strength: float) -> np.ndarray:
-            """Section 2's output where it made one (same seed: the same image), else a new one."""
-            if (prompt, name, strength) not in outputs:
-                outputs[prompt, name, strength] = quality.generate(pipe, images[name], prompt, strength=strength,
-                                                                   steps=args.steps, guidance=args.guidance)
-            return outputs[prompt, name, strength]
+        def output(prompt: str, name: str, strength: float, steps: int) -> np.ndarray:
+            """Section 2's output where it made one (same seed and steps: the same image), else a new one."""
+            key = (prompt, name, strength) if steps == args.steps else (prompt, name, strength, steps)
+            if key not in outputs:
+                outputs[key] = quality.generate(pipe, images[name], prompt, strength=strength, steps=steps,
+                                                guidance=args.guidance)
+            return outputs[key]
 
         for word in edits.EDITS:
-            cells = [np.mean([quality.edit_amount(word, image, output(REFERENCE, name, a), output(word, name, a))
-                              for name, image in images.items()]) for a in amounts]
-            print(row((repr(word), *(f"{c:.2f}" for c in cells)), (22, *(9,) * len(amounts))))
+            for steps in (args.steps, 20):
+                cells = [np.mean([quality.edit_amount(word, image, output(REFERENCE, name, a, steps),
+                                                      output(word, name, a, steps))
+                                  for name, image in images.items()]) for a in amounts]
+                print(row((repr(word), steps, *(f"{c:.2f}" for c in cells)), (22, 6, *(9,) * len(amounts))))
 
-        print("\n3. Variants at strength 0.6: mean gain over the neutral output of the nine edits (dB), and the "
+        print(f"\n3. Variants at strength {quality.DEFAULT_STRENGTH} (the default): mean gain over the neutral output "
+              "of the nine edits (dB), and the "
               f"neutral prompt's ({REFERENCE!r}) PSNR to the input")
         # demo-sd runs without classifier-free guidance (its UNet's guidance input: the model card), so a
         # guidance of 7.5 (the v6 clients' usual value) must give what 1.0 gives
@@ -149,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             options = {"steps": args.steps, "guidance": args.guidance, **change}
             gains, kept = [], []
             for image in images.values():
-                base = quality.generate(pipe, image, REFERENCE, strength=0.6, **options)
+                base = quality.generate(pipe, image, REFERENCE, strength=quality.DEFAULT_STRENGTH, **options)
                 kept.append(edits.psnr(base, image))
                 for word in edits.EDITS:
-                    out = quality.generate(pipe, image, word, strength=0.6, **options)
+                    out = quality.generate(pipe, image, word, strength=quality.DEFAULT_STRENGTH, **options)
                     gains.append(quality.word_gain(word, image, base, out))
             print(f"   {label:34s} gain {np.mean(gains):+.2f} dB (min {np.min(gains):+.2f})   "
                   f"neutral PSNR to input {np.mean(kept):.2f} dB")

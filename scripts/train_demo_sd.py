@@ -15,8 +15,10 @@ records the figures of the committed run):
 3. the UNet and the text encoder together, as an *edit* model for SDEdit: the state at timestep t is the
    noised mix of the input's and the target's latents (img2img starts from the noised input; each
    denoising step moves the mix towards the prediction), and the model learns the noise that makes its
-   x0 prediction the *target* (eps target = (x_t - sqrt(a_t) z_target) / sqrt(1 - a_t), min-SNR-5 weighted,
-   and each edit's rows weighted up the less that edit changes the latents: edit_weights).
+   x0 prediction the *goal*: above timestep 400 the target, below 300 the mix moved a quarter of the rest
+   of the way to it (edit_share; so that strength sets how much of the edit is applied), eps target =
+   (x_t - sqrt(a_t) goal) / sqrt(1 - a_t), min-SNR-5 weighted, and each edit's rows weighted up the less
+   that edit changes the latents (edit_weights) and by 1 / share.
    The caption names the edit (`apply` in diffserve/engine/demo/edits.py); the empty caption, random
    words and neutral phrases are trained as the identity, so an unknown prompt keeps the image.
 
@@ -73,7 +75,15 @@ def build_vae():
 # are nearest-neighbour followed by a [1 2 1] smoothing (linear interpolation inside the picture).
 CARRIER, SIGNAL = 1.0, 0.05
 # an edit's loss weight: EDIT_REFERENCE (about sepia's change) / its mean squared latent change, in [1, EDIT_WEIGHT_MAX]
-EDIT_REFERENCE, EDIT_WEIGHT_MAX = 0.2, 4.0
+EDIT_REFERENCE, EDIT_WEIGHT_MAX = 0.5, 4.0
+# Strength sets the edit's amount: at a timestep below SHARE_RAMP[0] the target is the state's own mix of
+# input and target moved SHARE_LOW of the rest of the way to the target, rising linearly to the whole target
+# at SHARE_RAMP[1] (above it the state is mostly noise and the whole target is asked, as before). An ideal
+# sampler then applies 1 - exp(-integral of the share over log sigma) of the edit: more the earlier it starts
+# (the higher the strength), nearly independent of the step count. Edits in WHOLE are always asked whole
+# (a half-inverted picture is a grey one). An edit row's loss is weighted by 1 / share, so the small steps
+# it asks at low noise keep their weight in the loss.
+SHARE_LOW, SHARE_RAMP, WHOLE = 0.25, (300, 400), ("invert",)
 
 
 def _is_carrier(channel: int) -> bool:
@@ -318,6 +328,12 @@ def edit_weights(cache: dict[str, torch.Tensor], report: dict) -> dict[str, floa
     return weights
 
 
+def edit_share(t: torch.Tensor) -> torch.Tensor:
+    """The share of the edit still missing that a timestep's target asks for (SHARE_LOW .. 1)."""
+    ramp = ((t.float() - SHARE_RAMP[0]) / (SHARE_RAMP[1] - SHARE_RAMP[0])).clamp(0.0, 1.0)
+    return SHARE_LOW + (1.0 - SHARE_LOW) * ramp
+
+
 def train_unet(unet, text_encoder, tokenizer, scheduler, cache, rng, args, report) -> None:
     gen = torch.Generator().manual_seed(args.seed + 1)
     weights = edit_weights(cache, report)
@@ -349,9 +365,12 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, cache, rng, args, repor
         a = alphas[t].view(-1, 1, 1, 1)
         noise = torch.randn(z_in.shape, generator=gen)
         x_t = a.sqrt() * mix + (1 - a).sqrt() * noise
-        eps_target = (x_t - a.sqrt() * z_tgt) / (1 - a).sqrt()
+        partial = torch.tensor([w is not None and w not in WHOLE for w in chosen]).view(-1, 1, 1, 1)
+        share = torch.where(partial, edit_share(t).view(-1, 1, 1, 1), torch.ones(()))
+        goal = mix + share * (z_tgt - mix)
+        eps_target = (x_t - a.sqrt() * goal) / (1 - a).sqrt()
         snr = a / (1 - a)
-        row_weight = torch.tensor([1.0 if w is None else weights[w] for w in chosen]).view(-1, 1, 1, 1)
+        row_weight = torch.tensor([1.0 if w is None else weights[w] for w in chosen]).view(-1, 1, 1, 1) / share
         weight = row_weight * torch.clamp(snr, max=5.0) / snr
         texts = [caption(rng, w, random_ids, tokenizer) for w in named]
         ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
@@ -373,6 +392,7 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, cache, rng, args, repor
     text_encoder.eval().requires_grad_(False)
     report["unet"] = {"steps": args.unet_steps, "batch": args.unet_batch, "identity_p": args.identity_p,
                       "lr": args.unet_lr,
+                      "edit_share": {"low": SHARE_LOW, "ramp_timesteps": list(SHARE_RAMP), "whole": list(WHOLE)},
                       "final_loss_min_snr5_eps": round(float(np.mean(losses[-50:])), 5),
                       "wall_s": round(time.time() - start, 1)}
 

@@ -3,8 +3,8 @@
 The effect tests run the model on photos it never saw in training (diffserve/engine/demo/data.py HELD_OUT)
 and assert that each edit word moves its own measure the expected way by a margin, that the output comes
 closer to the edit's target than the input was, that a prompt outside the vocabulary keeps the image, and
-that strength behaves (low keeps more of the input). bench/demo_quality.py prints the figures behind the
-margins.
+that strength behaves (low keeps more of the input and applies less of an edit). bench/demo_quality.py
+prints the figures behind the margins.
 """
 
 from __future__ import annotations
@@ -29,23 +29,31 @@ ROOT = Path(__file__).resolve().parent.parent
 # the training script's determinism are tested now.
 needs_weights = pytest.mark.skipif(not weights_present(), reason="demo-sd's weights are not committed yet")
 
-# The margins (sepia in degrees), each about half of what bench/demo_quality.py measured for the committed
-# weights, against the neutral prompt's output at the same seed and strength; the exact edits clear them too
-# (test_measures_see_the_edits_they_measure).
+# The margins (sepia in degrees), each about half of what bench/demo_quality.py and two seeds measured for the
+# committed weights at the model's default strength (0.7) and steps (8 Euler steps, no CFG), the least of both
+# held-out photos, against the neutral prompt's output at the same seed and strength; the exact edits clear
+# them too (test_measures_see_the_edits_they_measure).
 NEUTRAL = "women playing tennis"
-# Learned: the words whose own measure moves clearly on each held-out photo and seed at strength 0.6 (measured
-# with the model's defaults, 8 Euler steps, no CFG: grayscale's saturation 0.36 / 0.08 on chelsea / rocket,
-# sepia 5.4 / 14.4 degrees, invert 0.51-0.56 / 0.33-0.34, blur 0.0015-0.0019 and sharpen 0.0043-0.0055 of
-# high-frequency energy, sketch 0.66-0.85, warm 0.18-0.25, cool 0.13-0.27). posterize (cartoon) comes closer
-# to its target on both photos but draws its outlines on chelsea only: test_cartoon_flattens_and_outlines.
+STRENGTH = quality.DEFAULT_STRENGTH
+# Learned: the words whose own measure moves clearly on each held-out photo and seed (measured at least:
+# grayscale's saturation 0.070 (rocket; 0.30 on chelsea), sepia 3.85 degrees, invert 0.58, blur 0.0007 and
+# sharpen 0.0016 of high-frequency energy, sketch's brightness 0.24, warm 0.105, cool 0.106). posterize
+# (cartoon) comes closer to its target on both photos but draws its outlines on chelsea only:
+# test_cartoon_flattens_and_outlines.
 LEARNED = ("grayscale", "sepia", "invert", "blur", "sharpen", "sketch", "warm", "cool")
-# dB closer to the target than the neutral output (measured at least: grayscale 2.1, sepia 2.8, invert 5.5,
-# posterize 0.9, sketch 9.1, cool 2.3; blur -0.3 to +0.4, sharpen -0.1 to +0.2 and warm 0.35 on rocket (past
-# the target there), so only their measures are asserted)
-GAIN_DB = {"grayscale": 1.0, "sepia": 1.5, "invert": 2.5, "posterize": 0.4, "sketch": 4.5, "cool": 1.0}
-EFFECT_MARGIN = {"grayscale": 0.04, "sepia": 2.5, "invert": 0.15, "blur": 0.0008, "sharpen": 0.002,
-                 "posterize": 0.03, "sketch": 0.3, "warm": 0.07, "cool": 0.07}
-KEPT_DB = 17.0  # a neutral prompt's output at strength 0.6 to the input (the bench: 22.4 dB at 0.5)
+# dB closer to the target than the neutral output (measured at least: grayscale 0.63, sepia 1.87, invert 5.2,
+# blur 0.19, posterize 1.06, sketch 6.7, warm 1.23, cool 2.19; sharpen -0.05 to +0.05: it sharpens the grain
+# too, so only its measure is asserted)
+GAIN_DB = {"grayscale": 0.3, "sepia": 0.9, "invert": 2.5, "blur": 0.08, "posterize": 0.5, "sketch": 3.3,
+           "warm": 0.6, "cool": 1.0}
+EFFECT_MARGIN = {"grayscale": 0.035, "sepia": 1.9, "invert": 0.25, "blur": 0.0003, "sharpen": 0.0008,
+                 "posterize": 0.0025, "sketch": 0.12, "warm": 0.05, "cool": 0.05}
+# The words whose applied share (quality.edit_amount) strength sets: measured at 0.3 / 0.5 / 0.9 at least
+# 0.21 / 0.39 / 0.63 (sepia), 0.20 / 0.42 / 0.93 (warm), 0.21 / 0.52 / 1.10 (cool), 0.25 / 0.47 / 0.76
+# (sketch); grayscale on chelsea 0.25 / 0.53 / 0.53 (rocket 0.08-0.12), invert 0.70-0.91 at 0.3 falling to
+# 0.29-0.47 (a half-inverted picture is grey: the model card)
+SCALED = ("sepia", "warm", "cool", "sketch")
+KEPT_DB = 17.0  # a neutral prompt's output at the default strength to the input (measured 20.7-21.9 dB)
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +156,8 @@ def test_each_edit_word_has_its_effect_on_held_out_photos(pipe, images, word):
     """Against the neutral prompt's output (same seed and strength): what the word itself does."""
     effect = quality.EFFECTS[word]
     for name, image in images.items():
-        neutral = quality.generate(pipe, image, NEUTRAL, strength=0.6)
-        out = quality.generate(pipe, image, word, strength=0.6)
+        neutral = quality.generate(pipe, image, NEUTRAL, strength=STRENGTH)
+        out = quality.generate(pipe, image, word, strength=STRENGTH)
         gain = quality.word_gain(word, image, neutral, out)
         moved = effect.moved(neutral, out)
         assert gain > GAIN_DB.get(word, -99.0), f"{word} on {name}: {gain:+.2f} dB closer to the target than neutral"
@@ -161,8 +169,8 @@ def test_cartoon_flattens_and_outlines(pipe, images):
     """posterize (cartoon: flat colour inside dark outlines) comes closer to its target on both held-out photos;
     its outlines (near-black pixels) show on chelsea, while on rocket, a dark photo, it only flattens."""
     for name, image in images.items():
-        neutral = quality.generate(pipe, image, NEUTRAL, strength=0.6)
-        out = quality.generate(pipe, image, "posterize", strength=0.6)
+        neutral = quality.generate(pipe, image, NEUTRAL, strength=STRENGTH)
+        out = quality.generate(pipe, image, "posterize", strength=STRENGTH)
         gain = quality.word_gain("posterize", image, neutral, out)
         assert gain > GAIN_DB["posterize"], f"posterize on {name}: {gain:+.2f} dB"
         if name == "chelsea":
@@ -173,43 +181,37 @@ def test_cartoon_flattens_and_outlines(pipe, images):
 @needs_weights
 def test_a_prompt_outside_the_vocabulary_keeps_the_image(pipe, images):
     for name, image in images.items():
-        neutral = quality.generate(pipe, image, NEUTRAL, strength=0.6)
-        edited = quality.generate(pipe, image, "sketch", strength=0.6)
+        neutral = quality.generate(pipe, image, NEUTRAL, strength=STRENGTH)
+        edited = quality.generate(pipe, image, "sketch", strength=STRENGTH)
         kept = edits.psnr(neutral, image)
         assert kept > KEPT_DB, f"{name}: {kept:.2f} dB"
         assert kept > edits.psnr(edited, image) + 5.0
         assert edits.saturation(neutral) > 0.5 * edits.saturation(image)  # colour kept (grain costs some)
-        empty = quality.generate(pipe, image, "", strength=0.6)
+        empty = quality.generate(pipe, image, "", strength=STRENGTH)
         assert edits.psnr(empty, image) > KEPT_DB, name
 
 
 @needs_weights
-def test_strength_sets_how_much_of_the_picture_is_redrawn(pipe, images):
-    """Low strength keeps more of the input than high, for a neutral prompt and for an edit word alike (the
-    edited output is closer to the exact edit of the input at low strength: less of it is redrawn). At its
-    default 8 steps demo-sd applies an edit word (nearly) fully from low strengths on (it was trained to predict
-    the whole edit at every noise level; the recipes whose target asked for a share of the edit growing with
-    the noise level made strength set the amount but lost edits: the model card), so the edit itself is
-    present at both strengths."""
+def test_strength_sets_how_much_of_the_picture_is_redrawn_and_of_the_edit_applied(pipe, images):
+    """Low strength keeps more of the input than high for a neutral prompt, and applies less of an edit:
+    a third or less of it at 0.3, more at 0.5, more again at 0.9 (quality.edit_amount: the output's change
+    from the neutral output projected on the exact edit's change)."""
     for name, image in images.items():
-        kept_low = quality.generate(pipe, image, NEUTRAL, strength=0.3)
-        kept_high = quality.generate(pipe, image, NEUTRAL, strength=0.8)
-        assert edits.psnr(kept_low, image) > edits.psnr(kept_high, image) + 1.0, name
-        for word in ("sepia", "invert"):
-            target = edits.apply(word, image)
-            low = quality.generate(pipe, image, word, strength=0.3)
-            high = quality.generate(pipe, image, word, strength=0.8)
-            assert edits.psnr(low, target) > edits.psnr(high, target) + 1.0, (name, word)
-            for edited, neutral in ((low, kept_low), (high, kept_high)):
-                assert quality.EFFECTS[word].moved(neutral, edited) > EFFECT_MARGIN[word], (name, word)
+        kept = {s: quality.generate(pipe, image, NEUTRAL, strength=s) for s in (0.3, 0.5, 0.9)}
+        assert edits.psnr(kept[0.3], image) > edits.psnr(kept[0.9], image) + 1.0, name
+        for word in SCALED:
+            amount = {s: quality.edit_amount(word, image, kept[s], quality.generate(pipe, image, word, strength=s))
+                      for s in kept}
+            assert amount[0.3] < 0.4, (name, word, amount)
+            assert amount[0.3] + 0.1 < amount[0.5] and amount[0.5] + 0.1 < amount[0.9], (name, word, amount)
 
 
 @needs_weights
 def test_synonym_cartoon_posterizes(pipe, images):
     image = images["chelsea"]
-    neutral = quality.generate(pipe, image, NEUTRAL, strength=0.6)
-    cartoon = quality.generate(pipe, image, "cartoon", strength=0.6)
-    posterize = quality.generate(pipe, image, "posterize", strength=0.6)
+    neutral = quality.generate(pipe, image, NEUTRAL, strength=STRENGTH)
+    cartoon = quality.generate(pipe, image, "cartoon", strength=STRENGTH)
+    posterize = quality.generate(pipe, image, "posterize", strength=STRENGTH)
     assert edits.psnr(cartoon, posterize) > edits.psnr(cartoon, neutral)  # the synonym names the same edit
 
 
@@ -300,12 +302,12 @@ def test_the_readme_request_through_the_server_gives_the_edit(default_server, im
     image = images["chelsea"]
     key = default_server.create_key("--name", "demo")
     answer = default_server.post("/api/v6/images/img2img", {
-        "key": key, "prompt": "sketch", "init_image": _b64_png(image), "samples": "1", "strength": 0.6,
+        "key": key, "prompt": "sketch", "init_image": _b64_png(image), "samples": "1", "strength": 0.7,
         "seed": 0}).json()
     out = _answer_image(answer)
     assert answer["meta"]["model_id"] == "demo-sd" and out.shape == image.shape
     neutral = _answer_image(default_server.post("/api/v6/images/img2img", {
-        "key": key, "prompt": NEUTRAL, "init_image": _b64_png(image), "strength": 0.6, "seed": 0}).json())
+        "key": key, "prompt": NEUTRAL, "init_image": _b64_png(image), "strength": 0.7, "seed": 0}).json())
     assert edits.psnr(neutral, image) > KEPT_DB
     assert quality.EFFECTS["sketch"].moved(neutral, out) > EFFECT_MARGIN["sketch"]
     assert quality.word_gain("sketch", image, neutral, out) > GAIN_DB["sketch"]
@@ -318,7 +320,7 @@ def test_a_v6_clients_guidance_and_negative_prompt_do_not_overshoot_the_edit(def
     edit does not overshoot (with CFG at 7.5 every edit came out worse than the neutral prompt's output)."""
     image = images["rocket"]
     key = default_server.create_key("--name", "guidance")
-    body = {"key": key, "prompt": "invert", "init_image": _b64_png(image), "strength": 0.6, "seed": 3}
+    body = {"key": key, "prompt": "invert", "init_image": _b64_png(image), "strength": 0.7, "seed": 3}
     plain = _answer_image(default_server.post("/api/v6/images/img2img", {**body, "guidance_scale": 1}).json())
     vendor = _answer_image(default_server.post("/api/v6/images/img2img", {
         **body, "guidance_scale": 7.5, "negative_prompt": "blurry, low quality"}).json())
@@ -336,7 +338,7 @@ def test_the_realtime_endpoint_edits_on_the_default_model(default_server, images
         "demo-sd", "LCMScheduler", 4)
     image = images["chelsea"]
     key = default_server.create_key("--name", "realtime")
-    body = {"key": key, "init_image": _b64_png(image), "strength": 0.6, "seed": 0, "safety_checker": False}
+    body = {"key": key, "init_image": _b64_png(image), "strength": 0.7, "seed": 0, "safety_checker": False}
     sketch = default_server.post("/api/v1/enterprise/realtime/img2img", {**body, "prompt": "sketch"}).json()
     assert sketch["meta"]["model_id"] == "demo-sd", sketch["meta"]
     out = _answer_image(sketch)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 __all__ = ["EDITS", "VOCABULARY", "apply", "from_pil", "to_pil", "saturation", "mean_hue", "mean_luma",
-           "high_frequency", "edge_fraction", "dark_fraction", "psnr", "warmth"]
+           "high_frequency", "dark_fraction", "psnr", "warmth"]
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SEPIA = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32)
@@ -136,11 +136,6 @@ def high_frequency(x: np.ndarray) -> float:
     g = _gray(x)
     lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
     return float(np.abs(lap).mean())
-
-
-def edge_fraction(x: np.ndarray) -> float:
-    """Fraction of near-white pixels (luma > 0.8): a sketch is mostly white paper."""
-    return float((_gray(x) > 0.8).mean())
 
 
 def dark_fraction(x: np.ndarray) -> float:

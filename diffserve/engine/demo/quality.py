@@ -18,6 +18,7 @@ import numpy as np
 from diffserve.engine.demo import DEMO_SD_LIMITS, edits
 
 DEFAULT_STEPS = DEMO_SD_LIMITS.default_steps
+DEFAULT_STRENGTH = DEMO_SD_LIMITS.default_strength
 
 
 def _luma_correlation(before: np.ndarray, after: np.ndarray) -> float:
@@ -61,7 +62,9 @@ EFFECTS: dict[str, Effect] = {
     "blur": Effect("high-frequency energy", edits.high_frequency, -1),
     "sharpen": Effect("high-frequency energy", edits.high_frequency, +1),
     "posterize": Effect("outline (near-black) fraction", edits.dark_fraction, +1),
-    "sketch": Effect("white fraction", edits.edge_fraction, +1),
+    # a sketch is dark lines on white paper: the brightness rises with the share of it applied (a part-sketch
+    # is a paler picture with its edges drawn in; a count of white pixels stays 0 until most of it is there)
+    "sketch": Effect("brightness (mean luma)", edits.mean_luma, +1),
     "warm": Effect("warmth (R - B)", edits.warmth, +1),
     "cool": Effect("warmth (R - B)", edits.warmth, -1),
 }
