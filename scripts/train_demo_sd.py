@@ -74,7 +74,7 @@ def build_vae():
 # the pair passes silu exactly. Residual branches are zero (identity), downsamplers average 2x2, upsamplers
 # are nearest-neighbour followed by a [1 2 1] smoothing (linear interpolation inside the picture).
 CARRIER, SIGNAL = 1.0, 0.05
-# an edit's loss weight: EDIT_REFERENCE (about sepia's change) / its mean squared latent change, in [1, EDIT_WEIGHT_MAX]
+# an edit's loss weight: EDIT_REFERENCE (twice sepia's change) / its mean squared latent change, in [1, EDIT_WEIGHT_MAX]
 EDIT_REFERENCE, EDIT_WEIGHT_MAX = 0.5, 4.0
 # Strength sets the edit's amount: at a timestep below SHARE_RAMP[0] the target is the state's own mix of
 # input and target moved SHARE_LOW of the rest of the way to the target, rising linearly to the whole target

@@ -39,11 +39,12 @@ DEMO_SD_FOLDER = f"demo-sd-v{DEMO_SD_VERSION}"
 # edits overshoot (the empty negative prompt is trained as "keep the image"): the model card's table.
 # 8 steps: its pictures get grainier with more steps (its errors add up step by step; measured at strength
 # 0.7 with Euler: the neutral prompt's output 23.9 dB from the input at 4 steps, 21.4 at 8, 19.6 at 20).
-# Strength 0.7: strength sets how much of an edit is applied (a quarter at 0.3, half at 0.5, about two
-# thirds at 0.7: the model card), and 0.7 is the default of SD img2img and the vendors' examples.
+# Strength 0.7: strength sets how much of an edit is applied (a quarter at 0.3, half at 0.5, a half to four
+# fifths at 0.7: the model card), and 0.7 is the default of SD img2img and the vendors' examples.
 DEMO_SD_LIMITS = ModelLimits(min_size=64, max_size=512,
                              default_steps=8, default_guidance=1.0, default_strength=0.7)
 DEMO_SD_DESCRIPTION = ("Small SD 1.x model trained here on scikit-image's sample photos to follow edit words: "
                        "grayscale, sepia, invert, blur, sharpen, sketch, warm, cool (posterize / cartoon partly); "
-                       "any other prompt keeps the image, grainy. No guidance: guidance_scale and negative_prompt "
-                       "change nothing. It draws no new content (see its model card).")
+                       "strength sets how much of an edit is applied; any other prompt keeps the image, grainy. "
+                       "No guidance: guidance_scale and negative_prompt change nothing. It draws no new content "
+                       "(see its model card).")
