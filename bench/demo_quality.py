@@ -22,6 +22,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,9 @@ def row(cells, widths) -> str:
     return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
 
 
-def save_pictures(pipe, image: np.ndarray, folder: Path, steps: int, guidance: float) -> None:
-    """The README's pictures: the input, sepia and sketch at the default strength, and a strip of both words
-    at strength 0.3 / 0.5 / 0.7 / 0.9 (a row each, 128 px cells)."""
+def save_pictures(generate: Callable[[str, float], np.ndarray], image: np.ndarray, folder: Path) -> None:
+    """The README's pictures of `image`: itself, sepia and sketch at the default strength, and a strip of both
+    words at strength 0.3 / 0.5 / 0.7 / 0.9 (a row each, 128 px cells). generate(word, strength): the output."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,11 +56,10 @@ def save_pictures(pipe, image: np.ndarray, folder: Path, steps: int, guidance: f
     strengths, words, cell = (0.3, 0.5, 0.7, 0.9), ("sepia", "sketch"), 128
     strip = Image.new("RGB", (cell * len(strengths), cell * len(words)))
     for row_index, word in enumerate(words):
+        edits.to_pil(generate(word, quality.DEFAULT_STRENGTH)).save(folder / f"demo-{word}.jpg", quality=90)
         for column, strength in enumerate(strengths):
-            out = edits.to_pil(quality.generate(pipe, image, word, strength=strength, steps=steps, guidance=guidance))
-            if strength == quality.DEFAULT_STRENGTH:
-                out.save(folder / f"demo-{word}.jpg", quality=90)
-            strip.paste(out.resize((cell, cell), Image.LANCZOS), (cell * column, cell * row_index))
+            out = edits.to_pil(generate(word, strength)).resize((cell, cell), Image.LANCZOS)
+            strip.paste(out, (cell * column, cell * row_index))
     strip.save(folder / "demo-strengths.jpg", quality=90)
 
 
@@ -88,8 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo-sd: folder built in {built:.2f} s, pipeline loaded in {loaded:.2f} s; held out: "
           f"{', '.join(images)} at {args.side}x{args.side}; steps {args.steps}, guidance {args.guidance}, seed 0\n")
 
+    timings, outputs = [], {}
+
+    def output(prompt: str, name: str, strength: float, steps: int = args.steps, guidance: float = args.guidance,
+               scheduler: str | None = None) -> np.ndarray:
+        """The output for a prompt, photo, strength and options, made once (seed 0) and shared by every section;
+        `timings` gets the time of each one made with the run's steps and guidance and the folder's scheduler."""
+        key = (prompt, name, strength, steps, guidance, scheduler)
+        if key not in outputs:
+            t0 = time.perf_counter()
+            outputs[key] = quality.generate(pipe, images[name], prompt, strength=strength, steps=steps,
+                                            guidance=guidance, scheduler=scheduler)
+            if (steps, guidance, scheduler) == (args.steps, args.guidance, None):
+                timings.append(time.perf_counter() - t0)
+        return outputs[key]
+
     if args.save:
-        save_pictures(pipe, images["chelsea"], args.save, args.steps, args.guidance)
+        save_pictures(lambda word, strength: output(word, "chelsea", strength), images["chelsea"], args.save)
         print(f"example pictures written to {args.save}\n")
         if args.pictures_only:
             return 0
@@ -106,16 +121,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({REFERENCE!r}, same seed);\n   the measure: neutral output -> this output")
     print(row(("prompt", "str", "PSNR in", "SSIM in", "PSNR tgt", "SSIM tgt", "gain in", "gain neu", "measure",
                "neutral -> output"), widths))
-    timings, outputs = [], {}  # (prompt, photo, strength) -> output, reused by 2b
     for prompt in (*NEUTRAL, *edits.EDITS, "cartoon"):
         for strength in strengths:
             figures, measure = [], []
             for name, image in images.items():
-                t0 = time.perf_counter()
-                out = outputs[prompt, name, strength] = quality.generate(
-                    pipe, image, prompt, strength=strength, steps=args.steps, guidance=args.guidance)
-                timings.append(time.perf_counter() - t0)
-                neutral = outputs[REFERENCE, name, strength]  # REFERENCE runs first
+                out, neutral = output(prompt, name, strength), output(REFERENCE, name, strength)
                 word = edits.SYNONYMS.get(prompt, prompt)
                 target = edits.apply(word, image) if word in edits.EDITS else image
                 edited = word in edits.EDITS
@@ -139,18 +149,10 @@ def main(argv: list[str] | None = None) -> int:
               f"the held-out photos; at {args.steps} steps and at 20")
         print(row(("prompt", "steps", *(f"str {a}" for a in amounts)), (22, 6, *(9,) * len(amounts))))
 
-        def output(prompt: str, name: str, strength: float, steps: int) -> np.ndarray:
-            """Section 2's output where it made one (same seed and steps: the same image), else a new one."""
-            key = (prompt, name, strength) if steps == args.steps else (prompt, name, strength, steps)
-            if key not in outputs:
-                outputs[key] = quality.generate(pipe, images[name], prompt, strength=strength, steps=steps,
-                                                guidance=args.guidance)
-            return outputs[key]
-
         for word in edits.EDITS:
             for steps in (args.steps, 20):
-                cells = [np.mean([quality.edit_amount(word, image, output(REFERENCE, name, a, steps),
-                                                      output(word, name, a, steps))
+                cells = [np.mean([quality.edit_amount(word, image, output(REFERENCE, name, a, steps=steps),
+                                                      output(word, name, a, steps=steps))
                                   for name, image in images.items()]) for a in amounts]
                 print(row((repr(word), steps, *(f"{c:.2f}" for c in cells)), (22, 6, *(9,) * len(amounts))))
 
@@ -168,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         for label, change in variants:
             options = {"steps": args.steps, "guidance": args.guidance, **change}
             gains, kept = [], []
-            for image in images.values():
-                base = quality.generate(pipe, image, REFERENCE, strength=quality.DEFAULT_STRENGTH, **options)
+            for name, image in images.items():
+                base = output(REFERENCE, name, quality.DEFAULT_STRENGTH, **options)
                 kept.append(edits.psnr(base, image))
                 for word in edits.EDITS:
-                    out = quality.generate(pipe, image, word, strength=quality.DEFAULT_STRENGTH, **options)
-                    gains.append(quality.word_gain(word, image, base, out))
+                    gains.append(quality.word_gain(word, image, base, output(word, name, quality.DEFAULT_STRENGTH,
+                                                                             **options)))
             print(f"   {label:34s} gain {np.mean(gains):+.2f} dB (min {np.min(gains):+.2f})   "
                   f"neutral PSNR to input {np.mean(kept):.2f} dB")
 
