@@ -10,7 +10,7 @@ CPU on each held-out photo (diffserve/engine/demo/data.py: never seen in trainin
    target, the gains (dB the output came closer to the target than the input was, and than the neutral
    prompt's output is: quality.word_gain) and the edit's own measure (neutral output -> output;
    diffserve/engine/demo/quality.py EFFECTS); then how much of each edit is applied per strength
-   (0.3 / 0.5 / 0.7 / 0.9: quality.edit_amount), at the model's steps and at 20;
+   (0.2 / 0.3 / 0.5 / 0.7 / 0.9: quality.edit_amount), at the model's steps and at 20;
 3. guidance and scheduler variants at the model's default strength (mean target gain over the edits);
 4. load and per-image times.
 Figures are means over the held-out photos; one seed.
@@ -48,12 +48,12 @@ def row(cells, widths) -> str:
 
 def save_pictures(generate: Callable[[str, float], np.ndarray], image: np.ndarray, folder: Path) -> None:
     """The README's pictures of `image`: itself, sepia and sketch at the default strength, and a strip of both
-    words at strength 0.3 / 0.5 / 0.7 / 0.9 (a row each, 128 px cells). generate(word, strength): the output."""
+    words at strength 0.2 / 0.3 / 0.5 / 0.7 / 0.9 (a row each, 128 px cells). generate(word, strength): the output."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     edits.to_pil(image).save(folder / "demo-input.jpg", quality=90)
-    strengths, words, cell = (0.3, 0.5, 0.7, 0.9), ("sepia", "sketch"), 128
+    strengths, words, cell = (0.2, 0.3, 0.5, 0.7, 0.9), ("sepia", "sketch"), 128
     strip = Image.new("RGB", (cell * len(strengths), cell * len(words)))
     for row_index, word in enumerate(words):
         edits.to_pil(generate(word, quality.DEFAULT_STRENGTH)).save(folder / f"demo-{word}.jpg", quality=90)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{m[4]:+.2f}", f"{m[5]:+.2f}", label, moved), widths))
 
     if not args.quick:
-        amounts = (0.3, 0.5, 0.7, 0.9)
+        amounts = (0.2, 0.3, 0.5, 0.7, 0.9)
         print("\n2b. How much of each edit is applied, per strength: the output's change from the neutral prompt's "
               "output\n    projected on the exact edit's change (quality.edit_amount; 1 = all of it), means over "
               f"the held-out photos; at {args.steps} steps and at 20")

@@ -15,8 +15,8 @@ records the figures of the committed run):
 3. the UNet and the text encoder together, as an *edit* model for SDEdit: the state at timestep t is the
    noised mix of the input's and the target's latents (img2img starts from the noised input; each
    denoising step moves the mix towards the prediction), and the model learns the noise that makes its
-   x0 prediction the *goal*: above timestep 400 the target, below 300 the mix moved a quarter of the rest
-   of the way to it (edit_share; so that strength sets how much of the edit is applied), eps target =
+   x0 prediction the *goal*: above timestep 150 the target, below 25 the mix moved 0.3 of the rest of the
+   way to it (edit_share; so that a low strength applies part of the edit), eps target =
    (x_t - sqrt(a_t) goal) / sqrt(1 - a_t), min-SNR-5 weighted, and each edit's rows weighted up the less
    that edit changes the latents (edit_weights) and by 1 / share.
    The caption names the edit (`apply` in diffserve/engine/demo/edits.py); the empty caption, random
@@ -76,14 +76,15 @@ def build_vae():
 CARRIER, SIGNAL = 1.0, 0.05
 # an edit's loss weight: EDIT_REFERENCE (twice sepia's change) / its mean squared latent change, in [1, EDIT_WEIGHT_MAX]
 EDIT_REFERENCE, EDIT_WEIGHT_MAX = 0.5, 4.0
-# Strength sets the edit's amount: at a timestep below SHARE_RAMP[0] the target is the state's own mix of
-# input and target moved SHARE_LOW of the rest of the way to the target, rising linearly to the whole target
-# at SHARE_RAMP[1] (above it the state is mostly noise and the whole target is asked, as before). An ideal
-# sampler then applies 1 - exp(-integral of the share over log sigma) of the edit: more the earlier it starts
-# (the higher the strength), nearly independent of the step count. Edits in WHOLE are always asked whole
-# (a half-inverted picture is a grey one). An edit row's loss is weighted by 1 / share, so the small steps
-# it asks at low noise keep their weight in the loss.
-SHARE_LOW, SHARE_RAMP, WHOLE = 0.25, (300, 400), ("invert",)
+# A low strength applies part of the edit: at a timestep below SHARE_RAMP[0] the target is the state's own mix
+# of input and target moved SHARE_LOW of the rest of the way to the target, rising linearly to the whole
+# target at SHARE_RAMP[1] (above it, the whole target). An ideal sampler then applies 1 - exp(-integral of the
+# share over log sigma) of the edit: more the earlier it starts (the higher the strength); with these values
+# most of it from strength 0.3 up, where the picture is still kept (version 5 ramped at timesteps 300-400,
+# so that an edit was whole only at strengths that redraw the picture: the model card). Edits in WHOLE are
+# always asked whole (a half-inverted picture is a grey one). An edit row's loss is weighted by 1 / share,
+# so the small steps it asks at low noise keep their weight in the loss.
+SHARE_LOW, SHARE_RAMP, WHOLE = 0.3, (25, 150), ("invert",)
 
 
 def _is_carrier(channel: int) -> bool:

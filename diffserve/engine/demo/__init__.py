@@ -31,20 +31,20 @@ def preview_rgb(weights: Path = WEIGHTS) -> tuple[tuple[float, float, float], ..
 
 # Bump with every retraining that changes weights/: the built folder's name carries it, so a new
 # version is built beside an old one instead of being mistaken for it.
-DEMO_SD_VERSION = 5
+DEMO_SD_VERSION = 6
 DEMO_SD_FOLDER = f"demo-sd-v{DEMO_SD_VERSION}"
 # Trained on 64 px crops, measured at 256 px; the output follows the init image, scaled to 512 px at most.
 # It runs without classifier-free guidance (its UNet has a guidance input with a zero projection, so diffusers
 # skips CFG, as for LCM UNets): the guidance scale and the negative prompt change nothing. With CFG the
 # edits overshoot (the empty negative prompt is trained as "keep the image"): the model card's table.
-# 8 steps: its pictures get grainier with more steps (its errors add up step by step; measured at strength
-# 0.7 with Euler: the neutral prompt's output 23.9 dB from the input at 4 steps, 21.4 at 8, 19.6 at 20).
-# Strength 0.7: strength sets how much of an edit is applied (a quarter at 0.3, half at 0.5, a half to four
-# fifths at 0.7: the model card), and 0.7 is the default of SD img2img and the vendors' examples.
+# 8 steps: its pictures get grainier with more steps (its errors add up step by step: the model card).
+# Strength 0.3: most of an edit is applied from 0.3 up (a tenth at 0.2), and the higher the strength the more
+# of the picture the small model redraws, grainy (the neutral prompt's output 25.2 dB from the input at 0.3,
+# 21.5 at 0.7: the model card); 0.3 keeps the picture and applies the edit.
 DEMO_SD_LIMITS = ModelLimits(min_size=64, max_size=512,
-                             default_steps=8, default_guidance=1.0, default_strength=0.7)
+                             default_steps=8, default_guidance=1.0, default_strength=0.3)
 DEMO_SD_DESCRIPTION = ("Small SD 1.x model trained here on scikit-image's sample photos to follow edit words: "
                        "grayscale, sepia, invert, blur, sharpen, sketch, warm, cool (posterize / cartoon partly); "
-                       "strength sets how much of an edit is applied; any other prompt keeps the image, grainy. "
-                       "No guidance: guidance_scale and negative_prompt change nothing. It draws no new content "
-                       "(see its model card).")
+                       "most of an edit from strength 0.3 (the default) up; higher strengths redraw more of the "
+                       "picture, grainy; any other prompt keeps the image. No guidance: guidance_scale and "
+                       "negative_prompt change nothing. It draws no new content (see its model card).")
