@@ -307,10 +307,11 @@ def test_the_readme_request_through_the_server_gives_the_edit(default_server, im
     sketch; with the page's defaults for both (on when absent) the sketch still shows from strength 0.5."""
     image = images["chelsea"]
     key = default_server.create_key("--name", "demo")
+    init_image = _b64_png(image)
 
     def answer(prompt: str, **fields) -> dict:
         return default_server.post("/api/v6/images/img2img", {
-            "key": key, "prompt": prompt, "init_image": _b64_png(image), "samples": "1", "seed": 0,
+            "key": key, "prompt": prompt, "init_image": init_image, "samples": "1", "seed": 0,
             "num_inference_steps": "8", "guidance_scale": 7.5, **fields}).json()
 
     readme = {"strength": 0.3, "use_karras_sigmas": "no", "enhance_prompt": "no"}
