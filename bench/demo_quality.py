@@ -10,8 +10,9 @@ CPU on each held-out photo (diffserve/engine/demo/data.py: never seen in trainin
    target, the gains (dB the output came closer to the target than the input was, and than the neutral
    prompt's output is: quality.word_gain) and the edit's own measure (neutral output -> output;
    diffserve/engine/demo/quality.py EFFECTS); then how much of each edit is applied per strength
-   (0.2 / 0.3 / 0.5 / 0.7 / 0.9: quality.edit_amount), at the model's steps and at 20;
-3. guidance and scheduler variants at the model's default strength (mean target gain over the edits);
+   (0.2 / 0.3 / 0.5 / 0.7 / 0.9: quality.edit_amount), at the model's steps, at 20, and with the ModelsLab v6
+   page's defaults (Karras sigmas and prompt enhancement, on unless a request switches them off);
+3. guidance, scheduler and v6-default variants at the model's default strength (mean target gain over the edits);
 4. load and per-image times.
 Figures are means over the held-out photos; one seed.
 """
@@ -29,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from diffserve.engine.controls.prompts import enhance as enhanced  # noqa: E402
 from diffserve.engine.demo import edits, quality  # noqa: E402
 from diffserve.engine.demo.build import WEIGHTS, build_demo_sd  # noqa: E402
 
@@ -91,20 +93,24 @@ def main(argv: list[str] | None = None) -> int:
     timings, outputs = [], {}
 
     def output(prompt: str, name: str, strength: float, steps: int = args.steps, guidance: float = args.guidance,
-               scheduler: str | None = None) -> np.ndarray:
+               scheduler: str | None = None, karras: bool = False, enhance: bool = False) -> np.ndarray:
         """The output for a prompt, photo, strength and options, made once (seed 0) and shared by every section;
-        `timings` gets the time of each one made with the run's steps and guidance and the folder's scheduler."""
-        key = (prompt, name, strength, steps, guidance, scheduler)
+        `timings` gets the time of each one made with the run's steps and guidance and the folder's scheduler.
+        enhance: the prompt as the v6 page's prompt enhancement rewrites it (on unless a request says no)."""
+        key = (prompt, name, strength, steps, guidance, scheduler, karras, enhance)
         if key not in outputs:
             t0 = time.perf_counter()
-            outputs[key] = quality.generate(pipe, images[name], prompt, strength=strength, steps=steps,
-                                            guidance=guidance, scheduler=scheduler)
-            if (steps, guidance, scheduler) == (args.steps, args.guidance, None):
+            sent = enhanced(prompt, None, enhance_prompt=True, style=None)[0] if enhance else prompt
+            outputs[key] = quality.generate(pipe, images[name], sent, strength=strength, steps=steps,
+                                            guidance=guidance, scheduler=scheduler, karras=karras)
+            if (steps, guidance, scheduler, karras, enhance) == (args.steps, args.guidance, None, False, False):
                 timings.append(time.perf_counter() - t0)
         return outputs[key]
 
     if args.save:
-        save_pictures(lambda word, strength: output(word, "chelsea", strength), images["chelsea"], args.save)
+        # as the README's v6 request makes them: the page's prompt enhancement on (its default), Karras sigmas off
+        save_pictures(lambda word, strength: output(word, "chelsea", strength, enhance=True), images["chelsea"],
+                      args.save)
         print(f"example pictures written to {args.save}\n")
         if args.pictures_only:
             return 0
@@ -146,19 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         amounts = (0.2, 0.3, 0.5, 0.7, 0.9)
         print("\n2b. How much of each edit is applied, per strength: the output's change from the neutral prompt's "
               "output\n    projected on the exact edit's change (quality.edit_amount; 1 = all of it), means over "
-              f"the held-out photos; at {args.steps} steps and at 20")
-        print(row(("prompt", "steps", *(f"str {a}" for a in amounts)), (22, 6, *(9,) * len(amounts))))
-
+              f"the held-out photos; at {args.steps} steps, at 20, and at {args.steps} with the v6 page's defaults "
+              "(v6: Karras sigmas and prompt enhancement)")
+        widths_2b = (22, 8, *(9,) * len(amounts))
+        print(row(("prompt", "steps", *(f"str {a}" for a in amounts)), widths_2b))
         for word in edits.EDITS:
-            for steps in (args.steps, 20):
-                cells = [np.mean([quality.edit_amount(word, image, output(REFERENCE, name, a, steps=steps),
-                                                      output(word, name, a, steps=steps))
-                                  for name, image in images.items()]) for a in amounts]
-                print(row((repr(word), steps, *(f"{c:.2f}" for c in cells)), (22, 6, *(9,) * len(amounts))))
+            for steps, paged in ((args.steps, False), (20, False), (args.steps, True)):
+                cells = [np.mean([quality.edit_amount(
+                    word, image, output(REFERENCE, name, a, steps=steps, karras=paged, enhance=paged),
+                    output(word, name, a, steps=steps, karras=paged, enhance=paged))
+                    for name, image in images.items()]) for a in amounts]
+                print(row((repr(word), f"{steps} v6" if paged else steps, *(f"{c:.2f}" for c in cells)), widths_2b))
 
-        print(f"\n3. Variants at strength {quality.DEFAULT_STRENGTH} (the default): mean gain over the neutral output "
-              "of the nine edits (dB), and the "
-              f"neutral prompt's ({REFERENCE!r}) PSNR to the input")
+        print(f"\n3. Variants at strength {quality.DEFAULT_STRENGTH} (the default) unless named: mean gain over the "
+              "neutral output of the nine edits (dB), and the "
+              f"neutral prompt's ({REFERENCE!r}) PSNR to the input; 'v6 page defaults': Karras sigmas and prompt "
+              "enhancement, what a ModelsLab v6 request gets unless it switches them off")
         # demo-sd runs without classifier-free guidance (its UNet's guidance input: the model card), so a
         # guidance of 7.5 (the v6 clients' usual value) must give what 1.0 gives
         variants = [("guidance 1.0", {"guidance": 1.0}), ("guidance 7.5", {"guidance": 7.5}),
@@ -166,16 +175,19 @@ def main(argv: list[str] | None = None) -> int:
                     ("DPM++ 2M", {"scheduler": "DPMSolverMultistepScheduler"}),
                     ("Euler", {"scheduler": "EulerDiscreteScheduler"}), ("DDIM", {"scheduler": "DDIMScheduler"}),
                     ("Euler a", {"scheduler": "EulerAncestralDiscreteScheduler"}),
-                    ("realtime: LCM 4 steps, guidance 1", {"scheduler": "LCMScheduler", "steps": 4, "guidance": 1.0})]
+                    ("realtime: LCM 4 steps, guidance 1", {"scheduler": "LCMScheduler", "steps": 4, "guidance": 1.0}),
+                    ("prompt enhancement", {"enhance": True}), ("Karras sigmas", {"karras": True}),
+                    ("v6 page defaults", {"karras": True, "enhance": True}),
+                    ("v6 page defaults, strength 0.5", {"karras": True, "enhance": True, "strength": 0.5}),
+                    ("v6 page defaults, strength 0.7", {"karras": True, "enhance": True, "strength": 0.7})]
         for label, change in variants:
-            options = {"steps": args.steps, "guidance": args.guidance, **change}
+            options = {"steps": args.steps, "guidance": args.guidance, "strength": quality.DEFAULT_STRENGTH, **change}
             gains, kept = [], []
             for name, image in images.items():
-                base = output(REFERENCE, name, quality.DEFAULT_STRENGTH, **options)
+                base = output(REFERENCE, name, **options)
                 kept.append(edits.psnr(base, image))
                 for word in edits.EDITS:
-                    gains.append(quality.word_gain(word, image, base, output(word, name, quality.DEFAULT_STRENGTH,
-                                                                             **options)))
+                    gains.append(quality.word_gain(word, image, base, output(word, name, **options)))
             print(f"   {label:34s} gain {np.mean(gains):+.2f} dB (min {np.min(gains):+.2f})   "
                   f"neutral PSNR to input {np.mean(kept):.2f} dB")
 

@@ -18,9 +18,11 @@ records the figures of the committed run):
    x0 prediction the *goal*: above timestep 150 the target, below 25 the mix moved 0.3 of the rest of the
    way to it (edit_share; so that a low strength applies part of the edit), eps target =
    (x_t - sqrt(a_t) goal) / sqrt(1 - a_t), min-SNR-5 weighted, and each edit's rows weighted up the less
-   that edit changes the latents (edit_weights) and by 1 / share.
+   that edit changes the latents (edit_weights, EDIT_BOOST) and by 1 / share.
    The caption names the edit (`apply` in diffserve/engine/demo/edits.py); the empty caption, random
-   words and neutral phrases are trained as the identity, so an unknown prompt keeps the image.
+   words and neutral phrases are trained as the identity, so an unknown prompt keeps the image; 40 % of
+   the captions of both kinds get a few quality phrases appended (QUALITY: those the v6 prompt
+   enhancement appends, and others), so that the enhancement keeps an edit.
 
 Deterministic for a given seed, torch version and thread count (torch.use_deterministic_algorithms, one
 seeded generator for the data and one for the noise, a fixed iteration count). The weights are written
@@ -44,6 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from diffserve.engine.controls.prompts import QUALITY_TERMS  # noqa: E402
 from diffserve.engine.demo import data as demo_data  # noqa: E402
 from diffserve.engine.demo import edits  # noqa: E402
 from diffserve.engine.tiny.sd import _sd15_scheduler, write_clip_tokenizer  # noqa: E402
@@ -54,6 +57,12 @@ NEUTRAL = ("a photo", "a photo of a {n}", "women playing tennis", "a {n}", "high
            "a picture of a {n} in the sun", "masterpiece", "{n}")
 EDIT_TEMPLATES = ("{w}", "{w}", "{w}", "a {w} photo", "{w} photo of a {n}", "a {n}, {w}", "make it {w}",
                   "{w} style", "{w}, high quality")
+# Quality phrases appended to QUALITY_P of the captions, edit and identity rows alike: the v6 page's prompt
+# enhancement (on unless a request says "enhance_prompt": "no") appends QUALITY_TERMS to every prompt, and
+# without these the appended words pulled an edit towards the identity (the model card: version 6 at strength
+# 0.3, sepia 0.31-0.45 of its edit with the enhancement, against 0.64 without)
+QUALITY = (*QUALITY_TERMS.split(", "), "masterpiece", "best quality", "4k", "detailed", "photo", "realistic")
+QUALITY_P = 0.4
 
 
 def build_vae():
@@ -76,6 +85,9 @@ def build_vae():
 CARRIER, SIGNAL = 1.0, 0.05
 # an edit's loss weight: EDIT_REFERENCE (twice sepia's change) / its mean squared latent change, in [1, EDIT_WEIGHT_MAX]
 EDIT_REFERENCE, EDIT_WEIGHT_MAX = 0.5, 4.0
+# and a further factor for the edits that came out weak on a held-out photo with the weight above alone
+# (grayscale on rocket, its blue sky kept, with the quality phrases: the model card, run q)
+EDIT_BOOST = {"grayscale": 1.6}
 # A low strength applies part of the edit: at a timestep below SHARE_RAMP[0] the target is the state's own mix
 # of input and target moved SHARE_LOW of the rest of the way to the target, rising linearly to the whole
 # target at SHARE_RAMP[1] (above it, the whole target). An ideal sampler then applies 1 - exp(-integral of the
@@ -277,6 +289,14 @@ def to_tensor(batch: list[np.ndarray]) -> torch.Tensor:
 
 
 def caption(rng: np.random.Generator, word: str | None, random_ids: np.ndarray, tokenizer) -> str:
+    text = _caption(rng, word, random_ids, tokenizer)
+    if rng.random() >= QUALITY_P:
+        return text
+    terms = rng.choice(len(QUALITY), size=int(rng.integers(1, 7)), replace=False)
+    return ", ".join([text, *(QUALITY[i] for i in terms)] if text else [QUALITY[i] for i in terms])
+
+
+def _caption(rng: np.random.Generator, word: str | None, random_ids: np.ndarray, tokenizer) -> str:
     noun = NOUNS[rng.integers(len(NOUNS))]
     if word is not None:
         return EDIT_TEMPLATES[rng.integers(len(EDIT_TEMPLATES))].format(w=word, n=noun)
@@ -322,7 +342,8 @@ def edit_weights(cache: dict[str, torch.Tensor], report: dict) -> dict[str, floa
     and blur and sharpen at their former 2.5 / 1.5 px: 0.02 / 0.009, against sepia's 0.25 and invert's 4.4)
     were not learned at all: their share of the loss was too small."""
     change = {w: float((cache[w] - cache["identity"]).pow(2).mean()) for w in edits.EDITS}
-    weights = {w: min(EDIT_WEIGHT_MAX, max(1.0, EDIT_REFERENCE / max(c, 1e-6))) for w, c in change.items()}
+    weights = {w: min(EDIT_WEIGHT_MAX, max(1.0, EDIT_REFERENCE / max(c, 1e-6))) * EDIT_BOOST.get(w, 1.0)
+               for w, c in change.items()}
     report["edit_weights"] = {w: {"latent_change": round(change[w], 4), "weight": round(weights[w], 3)}
                               for w in edits.EDITS}
     log("edit weights " + ", ".join(f"{w} {v:.2f}" for w, v in weights.items()))
@@ -394,6 +415,7 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, cache, rng, args, repor
     report["unet"] = {"steps": args.unet_steps, "batch": args.unet_batch, "identity_p": args.identity_p,
                       "lr": args.unet_lr,
                       "edit_share": {"low": SHARE_LOW, "ramp_timesteps": list(SHARE_RAMP), "whole": list(WHOLE)},
+                      "quality_phrases": {"p": QUALITY_P, "phrases": list(QUALITY)}, "edit_boost": EDIT_BOOST,
                       "final_loss_min_snr5_eps": round(float(np.mean(losses[-50:])), 5),
                       "wall_s": round(time.time() - start, 1)}
 

@@ -31,7 +31,7 @@ def preview_rgb(weights: Path = WEIGHTS) -> tuple[tuple[float, float, float], ..
 
 # Bump with every retraining that changes weights/: the built folder's name carries it, so a new
 # version is built beside an old one instead of being mistaken for it.
-DEMO_SD_VERSION = 6
+DEMO_SD_VERSION = 7
 DEMO_SD_FOLDER = f"demo-sd-v{DEMO_SD_VERSION}"
 # Trained on 64 px crops, measured at 256 px; the output follows the init image, scaled to 512 px at most.
 # It runs without classifier-free guidance (its UNet has a guidance input with a zero projection, so diffusers

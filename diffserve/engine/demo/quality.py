@@ -126,15 +126,17 @@ def load_pipeline(folder: Path):
 
 
 def generate(pipe, image: np.ndarray, prompt: str, *, strength: float, steps: int = DEFAULT_STEPS,
-             guidance: float = 1.0, seed: int = 0, scheduler: str | None = None) -> np.ndarray:
+             guidance: float = 1.0, seed: int = 0, scheduler: str | None = None, karras: bool = False) -> np.ndarray:
     """One img2img output, by default with the steps a request gets (the model's limits) and the folder's
-    scheduler (Euler) unless `scheduler` names another diffusers class."""
+    scheduler (Euler) unless `scheduler` names another diffusers class; `karras`: with Karras sigmas (what a
+    ModelsLab v6 request gets unless it sends "use_karras_sigmas": "no")."""
     import diffusers
     import torch
 
     own = pipe.scheduler
-    if scheduler:
-        pipe.scheduler = getattr(diffusers, scheduler).from_config(own.config)
+    if scheduler or karras:
+        overrides = {"use_karras_sigmas": True} if karras else {}
+        pipe.scheduler = getattr(diffusers, scheduler or type(own).__name__).from_config(own.config, **overrides)
     try:
         generator = torch.Generator().manual_seed(seed)
         out = pipe(prompt=prompt, image=edits.to_pil(image), strength=strength, num_inference_steps=steps,
