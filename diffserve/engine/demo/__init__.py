@@ -38,13 +38,13 @@ DEMO_SD_FOLDER = f"demo-sd-v{DEMO_SD_VERSION}"
 # skips CFG, as for LCM UNets): the guidance scale and the negative prompt change nothing. With CFG the
 # edits overshoot (the empty negative prompt is trained as "keep the image"): the model card's table.
 # 8 steps: its pictures get grainier with more steps (its errors add up step by step: the model card).
-# Strength 0.3: most of an edit is applied from 0.3 up (a tenth at 0.2), and the higher the strength the more
-# of the picture the small model redraws, grainy (the neutral prompt's output 25.2 dB from the input at 0.3,
-# 21.5 at 0.7: the model card); 0.3 keeps the picture and applies the edit.
+# Strength 0.3: about half to three quarters of an edit is applied at 0.3 (a tenth at 0.2), more above, and the
+# higher the strength the more of the picture the small model redraws, grainy (the neutral prompt's output
+# 25.3 dB from the input at 0.3, 21.1 at 0.7: the model card); 0.3 keeps the picture and applies the edit.
 DEMO_SD_LIMITS = ModelLimits(min_size=64, max_size=512,
                              default_steps=8, default_guidance=1.0, default_strength=0.3)
 DEMO_SD_DESCRIPTION = ("Small SD 1.x model trained here on scikit-image's sample photos to follow edit words: "
                        "grayscale, sepia, invert, blur, sharpen, sketch, warm, cool (posterize / cartoon partly); "
-                       "most of an edit from strength 0.3 (the default) up; higher strengths redraw more of the "
-                       "picture, grainy; any other prompt keeps the image. No guidance: guidance_scale and "
+                       "half or more of an edit from strength 0.3 (the default) up; higher strengths redraw more of "
+                       "the picture, grainy; any other prompt keeps the image. No guidance: guidance_scale and "
                        "negative_prompt change nothing. It draws no new content (see its model card).")
