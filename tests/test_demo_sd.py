@@ -196,7 +196,7 @@ def test_a_prompt_outside_the_vocabulary_keeps_the_image(pipe, images):
 @needs_weights
 def test_strength_sets_how_much_of_the_picture_is_redrawn_and_of_the_edit_applied(pipe, images):
     """Low strength keeps more of the input than high for a neutral prompt, and applies less of an edit: at
-    0.2 (one step of 8) under a quarter of it, at the default 0.3 from a third to most of it, at 0.9 no less
+    0.2 (one step of 8) under a quarter of it, at the default 0.3 about a third to three quarters, at 0.9 no less
     (quality.edit_amount: the output's change from the neutral output projected on the exact edit's change)."""
     for name, image in images.items():
         kept = {s: quality.generate(pipe, image, NEUTRAL, strength=s) for s in (0.2, 0.3, 0.9)}
