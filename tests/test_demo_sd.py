@@ -215,7 +215,7 @@ def test_the_v6_prompt_enhancement_keeps_the_edits(pipe, images):
     """A ModelsLab v6 request gets prompt enhancement unless it sends "enhance_prompt": "no": quality terms
     appended to the prompt. demo-sd was trained with such phrases appended to its captions, so the edit stays:
     with them the words apply nearly the share they apply alone (version 6, trained on bare words, lost most of
-    grayscale on rocket with them: 0.06 of it, against 0.50 alone)."""
+    grayscale on rocket with them: 0.06 of it, against 0.34 alone)."""
     from diffserve.engine.controls.prompts import enhance
 
     def enhanced(prompt: str) -> str:
