@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import time
 
@@ -129,14 +130,66 @@ def test_load_a_checkpoint_from_a_url(dialect_server, admin, user, image_host, m
     assert call(dialect_server, admin, "delete_model", model_id="ckpt-model").json()["status"] == "success"
 
 
-def test_a_model_that_cannot_load_is_reported_failed(dialect_server, admin):
+def model_ids(server, admin) -> set[str]:
+    return set(call(server, admin, "get_all_models").json()["models"])
+
+
+def test_a_model_that_cannot_load_is_reported_failed_and_leaves_no_entry(dialect_server, admin):
     out = call(dialect_server, admin, "load_model", url="some-org/not-in-the-cache", model_id="uncached",
                revision="fp16").json()
     assert out["status"] == "success", out
     v = verify_until(dialect_server, admin, "uncached", ("failed",))
     assert v["status"] == "error" and "could not be loaded" in v["message"]
     assert "some-org/not-in-the-cache" in v["message"]
-    call(dialect_server, admin, "delete_model", model_id="uncached")
+    wait_until(lambda: "uncached" not in model_ids(dialect_server, admin))  # the failed warm-up removed it
+    assert "uncached" not in (dialect_server.data_dir / "models.json").read_text()
+    v = call(dialect_server, admin, "verify_model", model_id="uncached").json()
+    assert v["model_status"] == "failed" and "some-org/not-in-the-cache" in v["message"], v  # still says why
+
+
+def test_a_download_that_fails_leaves_no_entry_and_no_files(dialect_server, admin, image_host, models_root):
+    out = call(dialect_server, admin, "load_model", url=image_host.url("/models/no-such-file"), model_id="gone",
+               model_type="custom_ckpt").json()
+    assert out["status"] == "success" and out["model_status"] == "downloading", out
+    v = verify_until(dialect_server, admin, "gone", ("failed",))
+    assert "download failed (HTTP 404)" in v["message"], v
+    assert "gone" not in model_ids(dialect_server, admin)
+    assert not (models_root / "downloads" / "gone").exists()
+
+
+XSS_ID = "<img/src/onerror=alert(1)>"
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"url": "file:///etc/passwd", "model_id": "local"}, "url: the URL scheme 'file' is not accepted"),
+    ({"url": "gopher://127.0.0.1:6379/_FLUSHALL", "model_id": "g"}, "url: the URL scheme 'gopher' is not accepted"),
+    ({"url": "javascript:alert(1)", "model_id": "j"}, "url: the URL scheme 'javascript' is not accepted"),
+    ({"url": "org/../../etc", "model_id": "dots"}, "is not a Hugging Face repo id"),
+    ({"url": "<b>org</b>/model", "model_id": "markup"}, "is not a Hugging Face repo id"),
+    ({"url": "org/model", "model_id": XSS_ID}, "model_id: an id may hold only letters, digits"),
+    ({"url": "org/model", "model_id": "a/../../../../tmp/x"}, "model_id: an id may hold only"),
+    ({"url": "org/model", "model_id": "quote\"d"}, "model_id: an id may hold only"),
+    ({"url": "org/model", "model_id": "x" * 129}, "model_id: an id must be at most 128 characters"),
+    ({"url": "http://127.0.0.1:1/w.safetensors", "model_id": XSS_ID}, "model_id: an id may hold only"),
+    ({"url": "file:///etc/passwd", "model_id": "lora-file", "model_type": "lora"}, "the URL scheme 'file'"),
+])
+def test_load_model_refuses_bad_schemes_and_ids_and_keeps_no_entry(dialect_server, admin, fields, message):
+    """admin load_model takes http(s) URLs, hub ids (org/name) and local paths only; ids are a safe charset
+    (they are shown by the playground and name download folders). A refused load registers nothing."""
+    r = call(dialect_server, admin, "load_model", **fields)
+    assert r.status_code == 400 and r.json()["status"] == "error" and message in r.json()["message"], r.text
+    assert fields["model_id"] not in model_ids(dialect_server, admin)
+    models_file = json.loads((dialect_server.data_dir / "models.json").read_text())
+    entries = {i: e for section in models_file.values() for i, e in section.items()}
+    assert fields["model_id"] not in entries
+    assert fields["url"] not in {e["location"] for e in entries.values()}
+
+
+def test_load_vae_refuses_bad_schemes_and_ids(dialect_server, admin):
+    for fields, message in (({"vae_id": "v", "vae_url": "file:///etc"}, "vae_url: the URL scheme 'file'"),
+                            ({"vae_id": XSS_ID, "vae_url": "org/vae"}, "vae_id: an id may hold only")):
+        r = call(dialect_server, admin, "load_vae", vae_type="diffusers", **fields)
+        assert r.status_code == 400 and message in r.json()["message"], r.text
 
 
 @pytest.mark.parametrize("fields,message", [

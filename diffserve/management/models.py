@@ -1,11 +1,14 @@
 """Models through the API: load (register + warm up), verify, delete, reload, and VAEs.
 
-`load_model` takes a Hugging Face repo id, a local path (a diffusers folder or one checkpoint file) or
-an http(s) URL of a checkpoint (downloaded under `<models_dir>/downloads/<model_id>/`). The model is
+`load_model` takes a Hugging Face repo id (`org/name`), a local path (a diffusers folder or one checkpoint
+file) or an http(s) URL of a checkpoint (downloaded under `<models_dir>/downloads/<model_id>/`); any other
+URL scheme (file://, gopher://...) is refused, and ids follow the registry's rule (registry_file.py). The model is
 written to the models file through the registry's write API, then a one-step warm-up generation is
 queued: a worker loads the model (and keeps it; the load balancer then prefers that worker) and the
-request's `webhook` is called when the warm-up ends, success or failure. `verify_model` reports the
-state: downloading, loading, loaded (held by a worker), ready (registered, not held now) or failed.
+request's `webhook` is called when the warm-up ends, success or failure. A load that fails (download,
+registration or warm-up) leaves no entry behind: the entry and its downloaded files are removed, and
+`verify_model` reports it failed. `verify_model` reports the state: downloading, loading, loaded (held by a
+worker), ready (registered, not held now) or failed.
 LoRAs and embeddings (`model_type` lora / embeddings) are registered as assets, without a warm-up.
 """
 
@@ -15,6 +18,7 @@ import asyncio
 import base64
 import io
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -28,11 +32,12 @@ from PIL import Image
 
 from diffserve.management.server import ServerAdmin
 from diffserve.config import Settings
-from diffserve.core.errors import InvalidInput
+from diffserve.core.errors import InvalidInput, ModelNotFound
 from diffserve.core.job import JobStatus
 from diffserve.core.request import ModelLimits, RequestDraft
 from diffserve.engine.models.sources import SINGLE_FILE_SUFFIXES
 from diffserve.engine.models.registry import ModelEntry, ModelRegistry
+from diffserve.engine.models.registry_file import check_entry_id
 from diffserve.engine.tiny.flux import FLUX_LIMITS
 from diffserve.engine.tiny.sdxl import SDXL_LIMITS
 from diffserve.media.fetch import check_url
@@ -54,6 +59,9 @@ FAMILY_LIMITS = {"sd": ModelLimits(), "sdxl": SDXL_LIMITS, "flux": FLUX_LIMITS}
 PRECISIONS = ("fp16", "fp32")  # ModelsLab's `revision` values: a precision, not a git revision
 MAX_REDIRECTS = 5
 DOWNLOAD_TIMEOUT_S = 3600.0
+WARM_UP_WAIT_S = 3600.0  # how long a load's warm-up is watched; a failure within it removes the entry
+# A Hugging Face repo id: `name` or `org/name`, letters, digits, '.', '_', '-' (the hub's own rule, 96 each)
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 
 
 @dataclass
@@ -92,20 +100,27 @@ class ModelAdmin:
     async def load_model(self, key: ApiKey, spec: LoadSpec) -> dict[str, Any]:
         if spec.model_type == "controlnet":
             raise InvalidInput("model_type controlnet is not supported by this server", field="model_type")
+        _check_id(spec.model_id, "model_id")
         section = ASSET_SECTION.get(spec.model_type)
         if _is_http(spec.url):
             self._check_new(spec.model_id, section)
             await anyio.to_thread.run_sync(
                 lambda: check_url(spec.url, allow_private=self.settings.allow_private_urls, field="url"))
             self.loads[spec.model_id] = LoadState("downloading")
-            task = asyncio.get_running_loop().create_task(self._download_and_register(key, spec, section))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(self._download_and_register(key, spec, section))
             return {"status": "success", "message": "model load started", "model_id": spec.model_id,
                     "model_status": "downloading"}
-        job_id = await self._register(key, spec, section, _local_path(spec.url, "url"))
+        path = _local_path(spec.url, "url")
+        if path is None:
+            _check_hub_id(spec.url, "url")
+        job_id = await self._register(key, spec, section, path)
         return {"status": "success", "message": "model load started", "model_id": spec.model_id,
                 "model_status": "loading" if job_id else "ready", "load_request_id": job_id}
+
+    def _start(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)  # a reference, so the task is not collected while it runs
+        task.add_done_callback(self._tasks.discard)
 
     def _check_new(self, model_id: str, section: str | None) -> None:
         exists = (section is None and model_id in self.registry.ids()) or \
@@ -114,29 +129,75 @@ class ModelAdmin:
             raise InvalidInput(f"model_id: {model_id} already exists", field="model_id")
 
     async def _download_and_register(self, key: ApiKey, spec: LoadSpec, section: str | None) -> None:
+        downloads = self.download_dir(spec.model_id)
         try:
-            path = await anyio.to_thread.run_sync(self._download, spec.url, self.download_dir(spec.model_id))
+            path = await anyio.to_thread.run_sync(self._download, spec.url, downloads)
             await self._register(key, spec, section, path)
         except Exception as e:  # recorded for verify_model; the log has the details
             reason = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
             log.warning("load_model %s failed: %s", spec.model_id, reason)
             self.loads[spec.model_id] = LoadState("failed", error=reason)
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(downloads, ignore_errors=True))
 
     async def _register(self, key: ApiKey, spec: LoadSpec, section: str | None, path: Path | None) -> int | None:
-        if section is not None:
-            entry = _asset_entry(spec, path)
-            await anyio.to_thread.run_sync(lambda: self.registry.add_asset(section, spec.model_id, entry))
-            await self._share(section, spec.model_id, entry, path)
-            self.loads[spec.model_id] = LoadState("registered")
-            return None
-        spec_entry = _model_entry(spec, path)
-        entry = await anyio.to_thread.run_sync(lambda: self.registry.add_model(spec.model_id, spec_entry))
-        self.server.drop_models([spec.model_id])  # a worker may hold an older model of that id
-        await self._share("models", spec.model_id, spec_entry, path)  # before the warm-up job: workers know it
-        job = await self.service.submit(key, "load_model", warm_up_draft(spec.model_id, entry.limits, spec.webhook),
-                                        {"load_model": spec.model_id, "init_image": "base64"})
+        """Add the entry and (for a model) queue its warm-up; on any failure the entry is removed again."""
+        added = False
+        try:
+            if section is not None:
+                entry = _asset_entry(spec, path)
+                await anyio.to_thread.run_sync(lambda: self.registry.add_asset(section, spec.model_id, entry))
+                added = True
+                await self._share(section, spec.model_id, entry, path)
+                self.loads[spec.model_id] = LoadState("registered")
+                return None
+            spec_entry = _model_entry(spec, path)
+            model = await anyio.to_thread.run_sync(lambda: self.registry.add_model(spec.model_id, spec_entry))
+            added = True
+            self.server.drop_models([spec.model_id])  # a worker may hold an older model of that id
+            await self._share("models", spec.model_id, spec_entry, path)  # before the warm-up job: workers know it
+            job = await self.service.submit(key, "load_model",
+                                            warm_up_draft(spec.model_id, model.limits, spec.webhook),
+                                            {"load_model": spec.model_id, "init_image": "base64"})
+        except BaseException:
+            if added:
+                await self._forget(section or "models", spec.model_id)
+            raise
         self.loads[spec.model_id] = LoadState("registered", job_id=job.id)
+        self._start(self._watch_warm_up(spec.model_id, job.id))
         return job.id
+
+    async def _watch_warm_up(self, model_id: str, job_id: int) -> None:
+        """A warm-up that fails (the weights do not load) removes the model again; verify_model says why."""
+        try:
+            job = await self.service.wait(job_id, WARM_UP_WAIT_S)
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                return
+            current = self.loads.get(model_id)
+            if current is None or current.job_id != job_id:  # deleted or loaded again meanwhile
+                return
+            log.warning("load_model %s failed in its warm-up: %s", model_id, job.error)
+            self.loads[model_id] = LoadState("failed", error=job.error or job.status.value, job_id=job_id)
+            await self._forget("models", model_id)
+        except Exception:  # noqa: BLE001 - a watcher never takes the API down; the log has it
+            log.exception("watching the warm-up of %s failed", model_id)
+
+    async def _forget(self, section: str, entry_id: str) -> None:
+        """Remove an entry this process added (a load that failed), from the file and from the fleet."""
+        def remove() -> None:
+            try:
+                if section == "models":
+                    self.registry.remove_model(entry_id)
+                else:
+                    self.registry.remove_asset(section, entry_id)
+            except (ModelNotFound, InvalidInput):
+                return  # already gone
+            self.server.control.post(UNREGISTER_MODEL, {"section": section, "id": entry_id})
+            if section == "models":
+                self.server.drop_models([entry_id])
+
+        await anyio.to_thread.run_sync(remove)
+        downloads = self.download_dir(entry_id)
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(downloads, ignore_errors=True))
 
     def download_dir(self, model_id: str) -> Path:
         return self.settings.models_dir / "downloads" / model_id
@@ -218,6 +279,7 @@ class ModelAdmin:
         self.server.drop_models([model_id])
 
     async def load_vae(self, vae_id: str, vae_url: str, vae_type: str, config: str | None) -> dict[str, Any]:
+        _check_id(vae_id, "vae_id")
         if _is_http(vae_url):
             if vae_type == "diffusers":
                 raise InvalidInput("vae_url: a diffusers VAE is a hub repo id or a local folder, not a URL",
@@ -227,6 +289,7 @@ class ModelAdmin:
         elif (path := _local_path(vae_url, "vae_url")) is not None:
             entry = {"kind": "folder" if path.is_dir() else "file", "location": str(path)}
         elif vae_type == "diffusers":
+            _check_hub_id(vae_url, "vae_url")
             entry = {"kind": "hub", "location": vae_url}
         else:
             raise InvalidInput(f"vae_url: {vae_url!r} is neither an http(s) URL nor a local file", field="vae_url")
@@ -257,7 +320,7 @@ def _model_entry(spec: LoadSpec, path: Path | None) -> dict[str, Any]:
     family = spec.family or (_folder_family(path) if kind == "folder" else None) or "sd"
     entry: dict[str, Any] = {"kind": kind, "location": location, "family": family,
                              "limits": FAMILY_LIMITS.get(family, ModelLimits()).model_dump(),
-                             "description": f"loaded through the API from {spec.url}"}
+                             "description": _described(kind, spec.url)}
     if kind == "hub" and spec.revision and spec.revision not in PRECISIONS:
         entry["revision"] = spec.revision
     if kind == "single_file" and spec.config:
@@ -289,8 +352,29 @@ def _verified(model_id: str, state: str, message: str) -> dict[str, Any]:
     return {"status": "success", "model_id": model_id, "model_status": state, "message": message}
 
 
+def _described(kind: str, url: str) -> str:
+    """Every key reads descriptions (/v1/models): a hub id is public, a path or a URL (tokens) may not be."""
+    return f"loaded through the API from {url}" if kind == "hub" else "loaded through the API"
+
+
 def _is_http(url: str) -> bool:
     return urlsplit(url).scheme in ("http", "https")
+
+
+def _check_id(entry_id: str, field: str) -> None:
+    problem = check_entry_id(entry_id)
+    if problem:
+        raise InvalidInput(f"{field}: {problem} (got {entry_id!r})", field=field)
+
+
+def _check_hub_id(url: str, field: str) -> None:
+    """What is neither an http(s) URL nor a local path must be a hub repo id: no other URL scheme."""
+    if HUB_ID.fullmatch(url) and ".." not in url and "--" not in url:
+        return
+    scheme = urlsplit(url).scheme if "://" in url or ":" in url else ""
+    what = f"the URL scheme {scheme!r} is not accepted" if scheme else f"{url!r} is not a Hugging Face repo id"
+    raise InvalidInput(f"{field}: {what}; give an http(s) URL, a Hugging Face repo id (org/name) or a local path",
+                       field=field)
 
 
 def _local_path(url: str, field: str) -> Path | None:

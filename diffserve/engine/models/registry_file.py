@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +30,24 @@ class ModelsFileError(ValueError):
     """The models file cannot be read or does not validate; the message names the entry."""
 
 
+MAX_ID_LENGTH = 128
+# One part of an id: ASCII letters, digits, '.', '_', '-', starting with a letter or digit. Ids are shown by the
+# playground and used as folder names (downloads), so nothing else: no markup, no quotes, no '..' part.
+_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+ID_RULE = "letters, digits and . _ - in parts separated by '/', each part starting with a letter or digit"
+
+
 def check_entry_id(entry_id: str) -> str | None:
-    """Why `entry_id` cannot name an entry (None when it can). Request fields list ids comma-separated."""
+    """Why `entry_id` cannot name an entry (None when it can). Request fields list ids comma-separated.
+    Every id of the registry (models file, CLI, API) passes here: `org/name`, `my-model_v1.5`."""
     if not entry_id or entry_id != entry_id.strip():
         return "an id must be non-empty, without leading or trailing spaces"
     if "," in entry_id or any(c.isspace() for c in entry_id):
         return "an id must not contain commas or spaces"
-    if len(entry_id) > 200:
-        return "an id must be at most 200 characters"
+    if len(entry_id) > MAX_ID_LENGTH:
+        return f"an id must be at most {MAX_ID_LENGTH} characters"
+    if not all(_ID_PART.fullmatch(part) for part in entry_id.split("/")):
+        return f"an id may hold only {ID_RULE}"
     return None
 
 
