@@ -16,12 +16,25 @@ class ImageLimits(BaseModel):
     max_pixels: int = Field(4096 * 4096, description="largest decoded image accepted (width*height)")
     fetch_timeout_s: float = Field(15.0, description="total time allowed to fetch an image URL")
     max_redirects: int = 5
+    max_fetches_in_flight: int = Field(
+        16, ge=1, description="image URL fetches one API process runs at once (their own threads: a slow image "
+                              "host costs a fetch slot, never the threads every other request uses)")
+    max_fetches_per_key: int = Field(
+        4, ge=1, description="image URL fetches one key may have in flight (running or waiting for a slot); "
+                             "a submission past it is refused at once with 429")
+    fetch_slot_wait_s: float = Field(
+        5.0, ge=0, description="longest a submission waits for a free fetch slot (all in use) before it is "
+                               "refused with 429")
 
 
 class RequestLimits(BaseModel):
     """Bounds on what one request may ask for, checked before anything is queued."""
 
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest JSON body accepted (bytes)")
+    max_json_values: int = Field(
+        100_000, ge=100, description="most separators and containers (`,` `[` `{`) one JSON body may hold, "
+                                     "counted as it arrives: bounds the work of parsing it")
+    max_form_fields: int = Field(64, ge=1, description="most text fields of a multipart body (OpenAI edits)")
     max_prompt_chars: int = Field(10_000, ge=1, description="longest prompt / negative_prompt (characters)")
     max_text_chars: int = Field(2048, ge=1, description="longest other text field (ids, track_id, webhook URL...)")
     max_batch_pixels: int = Field(
@@ -30,6 +43,32 @@ class RequestLimits(BaseModel):
     max_queued_per_key: int = Field(
         10, ge=0, description="queued+running jobs one key may have (0: no cap); a key's own cap overrides it"
     )
+    max_streams_per_key: int = Field(
+        8, ge=1, description="event streams (/v1/jobs/{id}/events, OpenAI stream=true) one key may have open "
+                             "in one API process; one more is refused with 429")
+    max_sync_wait_s: float = Field(
+        600.0, gt=0, description="longest a synchronous A1111 / OpenAI request waits for its job; past it the job "
+                                 "is cancelled and the request answers 503")
+    watch_interval_s: float = Field(
+        0.2, gt=0, description="how often the API process reads the jobs its event streams and waiting "
+                               "requests follow (one query for all of them)")
+    max_reference_images: int = Field(
+        16, ge=0, description="reference images one request may send besides its init image (Qolaba file_urls, "
+                              "v7 init_image lists, OpenAI image[], native extra_images, A1111 init_images)"
+    )
+
+
+class ServerSettings(BaseModel):
+    """How the HTTP server treats slow clients (api/slow_clients.py): a connection that does not deliver its
+    request in time is closed, so half-sent requests cannot hold connections and file descriptors."""
+
+    header_timeout_s: float = Field(10.0, gt=0, description="time a request's headers may take to arrive (from "
+                                                            "the connection, or the request's first byte)")
+    body_timeout_s: float = Field(30.0, gt=0, description="longest pause between two pieces of a request body")
+    keep_alive_s: float = Field(5.0, gt=0, description="how long an idle keep-alive connection stays open")
+    max_connections: int = Field(
+        1000, ge=1, description="open connections; one more closes the oldest that holds no request in progress "
+                                "(lowered to stay 128 under the file-descriptor limit, ulimit -n)")
 
 
 class WebhookSettings(BaseModel):
@@ -44,7 +83,12 @@ class WebhookSettings(BaseModel):
     backoff_max_s: float = Field(600.0, ge=0, description="longest wait between two attempts")
     timeout_s: float = Field(30.0, gt=0, description="total time one attempt may take (the vendor's 30 s)")
     poll_interval_s: float = Field(0.5, gt=0, description="how often the dispatcher looks for due deliveries")
-    concurrency: int = Field(4, ge=1, description="deliveries in flight at once")
+    concurrency: int = Field(32, ge=1, description="deliveries in flight at once (sender threads)")
+    per_host_concurrency: int = Field(
+        2, ge=1, description="deliveries in flight to one receiver host (the URL's host name), so a hanging "
+                             "receiver holds at most this many senders")
+    connect_timeout_s: float = Field(5.0, gt=0, description="longest wait to connect to a receiver")
+    read_timeout_s: float = Field(10.0, gt=0, description="longest wait for the receiver's answer (between bytes)")
 
 
 class StorageSettings(BaseModel):
@@ -123,8 +167,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = Field(
-        None, description="base URL clients use to reach this server; default http://host:port"
+        None, description="base URL clients use to reach this server (output, fetch and webhook URLs); unset: a "
+                          "request's Host header if it names a trusted host, else the address the request "
+                          "arrived at (never a Host header a client chose)"
     )
+    trusted_hosts: list[str] = Field(
+        ["localhost", "127.0.0.1", "::1"], description="host names whose Host header output URLs may follow when "
+                                                       "public_url is unset (JSON list; a port is kept)")
+    metrics_key_required: bool = Field(
+        False, description="/metrics answers only with a valid API key (Authorization: Bearer <key>); off: open, "
+                           "as Prometheus scrapes usually are -- turn it on when the port is reachable by others")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the store, e.g. postgresql+psycopg://"
                                                        "user:pw@host/db; default: SQLite in the data dir")
     models_file: Path | None = Field(None, description="models config; default <data_dir>/models.json")
@@ -180,6 +232,7 @@ class Settings(BaseSettings):
         default_factory=dict, description='Qolaba app_id -> local model, e.g. {"ap-...": "my-flux"} or '
                                           '{"ap-...": {"model": "my-flux", "sizes": ["1024x1024"]}}')
     limits: RequestLimits = RequestLimits()
+    server: ServerSettings = ServerSettings()
     batching: BatchingSettings = BatchingSettings()
     webhooks: WebhookSettings = WebhookSettings()
     storage: StorageSettings = StorageSettings()

@@ -26,7 +26,9 @@ from diffserve.api.modelslab.router import router as modelslab_router
 from diffserve.api.pony.router import router as pony_router
 from diffserve.api.qolaba.router import router as qolaba_router
 from diffserve.api.realtime.router import router as realtime_router
+from diffserve.api.body_limit import BodyLimit
 from diffserve.api.observability import install as install_observability
+from diffserve.api.security import SecurityHeaders
 from diffserve.api.unknown_paths import install as install_unknown_paths
 from diffserve.api.state import build_state
 from diffserve.metrics import Metrics, use_multiprocess_dir
@@ -61,6 +63,7 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            await state.service.watch.stop()  # the task that streams and synchronous waits share
             await anyio.to_thread.run_sync(state.close)
 
     app = FastAPI(
@@ -69,7 +72,11 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
         description="Self-hosted image-to-image server speaking the ModelsLab and Qolaba img2img APIs.",
         lifespan=lifespan,
     )
+    # every body, chunked or not; innermost, so routes see its refusal as it is (BaseHTTPMiddleware, which
+    # install_observability adds, would wrap it in an exception group)
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     install_observability(app)
+    app.add_middleware(SecurityHeaders)  # CSP, no framing, nosniff on every answer (api/security.py)
     install_unknown_paths(app)
     for router in (modelslab_router, processing_router, realtime_router, pony_router, qolaba_router,
                    management_router, storage_router, native_router, modelslab_v7_router,

@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from diffserve.api.app import create_app
+    from diffserve.api.slow_clients import protocol_class
     from diffserve.store.db import make_engine
     from diffserve.store.schema import SchemaOutOfDate, ensure_schema
 
@@ -79,7 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
         return _schema_error(e)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
+                http=protocol_class(settings.server, settings.limits.max_body_bytes),
+                timeout_keep_alive=settings.server.keep_alive_s)
     return 0
 
 

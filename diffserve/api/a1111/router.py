@@ -22,17 +22,20 @@ from fastapi.responses import JSONResponse
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
+from diffserve.api.disconnect import client_watch
 from diffserve.api.a1111.samplers import SAMPLERS, SCHEDULE_TYPES, choose
 from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import parse_model, read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.state import AppState, app_state
+from diffserve.config import ImageLimits
 from diffserve.core.errors import DiffserveError, GenerationFailed, InvalidInput
 from diffserve.core.job import Job, JobStatus
 from diffserve.core.request import RequestDraft
+from diffserve.media.decode import decode_frame, decode_image
+from diffserve.media.inputs import decode_base64
 from diffserve.store.keys import ApiKey
 
-WAIT_S = 3600.0
 
 
 def error_response(_request: Request, exc: DiffserveError | None) -> JSONResponse:
@@ -76,7 +79,16 @@ class Img2ImgRequest(Txt2ImgRequest):
 
 
 async def _key(request: Request) -> tuple[AppState, ApiKey]:
+    """The caller's key (checked once per request: the generating routes check it before reading the body)."""
     ds = app_state(request)
+    known = getattr(request.state, "a1111_key", None)
+    if known is not None:
+        return ds, known
+    request.state.a1111_key = key = await authenticate(ds.keys, _secret(request))
+    return ds, key
+
+
+def _secret(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("basic "):
         try:
@@ -85,17 +97,26 @@ async def _key(request: Request) -> tuple[AppState, ApiKey]:
             secret = None
     else:
         secret = bearer_token(request)
-    return ds, await authenticate(ds.keys, secret)
+    return secret
 
 
-def _decode(value: str, field: str) -> Image.Image:
-    text = value.split(",", 1)[1] if value.startswith("data:") else value
-    try:
-        image = Image.open(io.BytesIO(base64.b64decode(text, validate=False)))
-        image.load()
-    except Exception:  # noqa: BLE001 - any decoding failure is the client's data
-        raise InvalidInput(f"{field}: not a base64 image", field=field) from None
-    return image
+def _inputs(req: Img2ImgRequest, limits: ImageLimits) -> tuple[Image.Image, dict[str, str]]:
+    """The init image resized per `resize_mode`, and the draft's images: it and the mask at the output size (L,
+    inverted if asked) as base64 PNGs (the mask turns the request into inpainting).
+
+    Blocking (run it off the event loop), and only after the requested size has been checked: each image goes
+    through media/decode.py (format allowlist, header pixel count before any pixel is decoded)."""
+    init = decode_image(decode_base64(req.init_images[0], field="init_images", limits=limits),
+                        field="init_images", limits=limits)
+    init = _resize(init, req.resize_mode, req.width, req.height)
+    images = {"init_image": _b64png(init)}
+    if req.mask:
+        mask = decode_frame(decode_base64(req.mask, field="mask", limits=limits), field="mask", limits=limits)
+        mask = mask.convert("L").resize((req.width, req.height))
+        if req.inpainting_mask_invert:
+            mask = ImageOps.invert(mask)
+        images.update(mode="inpaint", mask_image=_b64png(mask))
+    return init, images
 
 
 def _b64png(image: Image.Image) -> str:
@@ -106,7 +127,6 @@ def _b64png(image: Image.Image) -> str:
 
 def _resize(image: Image.Image, mode: int, width: int, height: int) -> Image.Image:
     """A1111's resize modes (the engine then has an image of exactly width x height)."""
-    image = image.convert("RGB")
     if mode == 1:  # crop and resize: fill the frame, crop the overflow
         return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
     if mode == 2:  # resize and fill: fit inside, pad with the stretched edges' average
@@ -114,8 +134,6 @@ def _resize(image: Image.Image, mode: int, width: int, height: int) -> Image.Ima
         canvas = Image.new("RGB", (width, height), tuple(int(c) for c in fitted.resize((1, 1)).getpixel((0, 0))))
         canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
         return canvas
-    if mode not in (0, 3):
-        raise InvalidInput("resize_mode must be 0, 1, 2 or 3", field="resize_mode")
     return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
@@ -137,30 +155,39 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str) -> dict[st
         model_id=model_id, prompt=req.prompt, negative_prompt=req.negative_prompt or None, width=req.width,
         height=req.height, samples=samples, steps=req.steps, guidance_scale=req.cfg_scale,
         seed=None if req.seed < 0 else req.seed, scheduler=choice.scheduler, use_karras_sigmas=choice.karras,
-        algorithm_type=choice.algorithm_type, mode=mode, mask_field="mask", extra_images_field="init_images")
+        algorithm_type=choice.algorithm_type, mode=mode, mask_field="mask", init_image_field="init_images",
+        extra_images_field="init_images")
     init = None
     if isinstance(req, Img2ImgRequest):
         if not req.init_images:
             raise InvalidInput("init_images is required", field="init_images")
-        init = _resize(_decode(req.init_images[0], "init_images"), req.resize_mode, req.width, req.height)
-        fields.update(init_image=_b64png(init), strength=req.denoising_strength,
-                      extra_images=[_b64png(_decode(i, "init_images")) for i in req.init_images[1:]])
-        if req.mask:
-            mask = _decode(req.mask, "mask").convert("L").resize((req.width, req.height))
-            if req.inpainting_mask_invert:
-                mask = ImageOps.invert(mask)
-            fields.update(mode="inpaint", mask_image=_b64png(mask))
-    job = await ds.service.submit(key, "a1111", RequestDraft(**fields), {"sampler_name": choice.sampler_name,
-                                                                          "schedule": choice.schedule})
-    job = await ds.service.wait(job.id, WAIT_S)
+        if req.resize_mode not in (0, 1, 2, 3):
+            raise InvalidInput("resize_mode must be 0, 1, 2 or 3", field="resize_mode")
+        # the other init images are reference images: the service fetches and checks them like any dialect's
+        fields.update(strength=req.denoising_strength, extra_images=req.init_images[1:])
+    draft = RequestDraft(**fields)
+    ds.service.check_draft(draft)  # sizes, counts, lengths, model: before any image is decoded or resized
+    if isinstance(req, Img2ImgRequest):
+        init, images = await anyio.to_thread.run_sync(_inputs, req, ds.settings.images)
+        draft = draft.model_copy(update=images)
+    job = await ds.service.submit(key, "a1111", draft, {"sampler_name": choice.sampler_name,
+                                                        "schedule": choice.schedule})
+    async with client_watch(request) as gone:
+        job = await ds.service.wait_for_client(job.id, gone)  # cancelled if the client left
     if job.status is not JobStatus.SUCCEEDED:
         raise GenerationFailed(job.error or f"the job ended {job.status.value}")
-    images = [Image.open(io.BytesIO(await anyio.to_thread.run_sync(ds.service.storage.get, k))) for k in job.outputs]
-    out = ([_grid(images)] if len(images) > 1 else []) + images
-    if isinstance(req, Img2ImgRequest) and req.include_init_images and init is not None:
-        out.append(init)
-    return {"images": [_b64png(i) for i in out], "parameters": req.model_dump(),
-            "info": json.dumps(_info(job, len(images) > 1))}
+    outputs = [await anyio.to_thread.run_sync(ds.service.storage.get, k) for k in job.outputs]
+    extra = [init] if isinstance(req, Img2ImgRequest) and req.include_init_images and init is not None else []
+    images = await anyio.to_thread.run_sync(_encoded_outputs, outputs, extra)
+    return {"images": images, "parameters": req.model_dump(), "info": json.dumps(_info(job, len(outputs) > 1))}
+
+
+def _encoded_outputs(outputs: list[bytes], extra: list[Image.Image]) -> list[str]:
+    """A1111's `images`: the grid first when there are several, then each image, then `extra` (the init
+    image with include_init_images), as base64 PNGs. Blocking: run off the event loop."""
+    images = [Image.open(io.BytesIO(data)) for data in outputs]
+    out = ([_grid(images)] if len(images) > 1 else []) + images + extra
+    return [_b64png(i) for i in out]
 
 
 def _grid(images: list[Image.Image]) -> Image.Image:
@@ -197,11 +224,13 @@ def _info(job: Job, grid: bool) -> dict[str, Any]:
 
 @router.post("/img2img", summary="Image to image (A1111)")
 async def img2img(request: Request) -> dict[str, Any]:
+    await _key(request)  # before the body is read
     return await _generate(request, parse_model(Img2ImgRequest, await read_json_object(request)), "img2img")
 
 
 @router.post("/txt2img", summary="Text to image (A1111)")
 async def txt2img(request: Request) -> dict[str, Any]:
+    await _key(request)  # before the body is read
     return await _generate(request, parse_model(Txt2ImgRequest, await read_json_object(request)), "txt2img")
 
 
@@ -242,8 +271,9 @@ async def interrupt(request: Request) -> dict[str, Any]:
 @router.get("/sd-models", summary="The registry's models")
 async def sd_models(request: Request) -> list[dict[str, Any]]:
     ds, _ = await _key(request)
-    return [{"title": model_id, "model_name": model_id, "hash": None, "sha256": None, "filename": entry.location,
-             "config": None} for model_id, entry in await anyio.to_thread.run_sync(ds.registry.items)]
+    # `filename` is where A1111 keeps the checkpoint; a server path is nobody's business: the id stands in
+    return [{"title": model_id, "model_name": model_id, "hash": None, "sha256": None, "filename": model_id,
+             "config": None} for model_id, _ in await anyio.to_thread.run_sync(ds.registry.items)]
 
 
 @router.get("/samplers", summary="Samplers with a diffusers equivalent")

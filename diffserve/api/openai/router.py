@@ -7,29 +7,33 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
+from diffserve.api.disconnect import client_watch
 from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.native.render import sse
-from diffserve.api.openai.protocol import (check_n, check_output, encode, error_response, mask_from_alpha, size_for,
-                                          steps_for)
+from diffserve.api.openai.protocol import (Params, check_n, check_output, encode, error_response, mask_from_alpha,
+                                          size_for, steps_for)
 from diffserve.api.state import AppState, app_state
-from diffserve.core.errors import GenerationFailed, InvalidInput
+from diffserve.core.errors import DiffserveError, GenerationFailed, InvalidInput
 from diffserve.core.job import Job, JobStatus
 from diffserve.core.request import RequestDraft
+from diffserve.core.text import check_text
+from diffserve.store.keys import ApiKey
 
 OpenAIRoute = guarded_route(lambda _request, error: error_response(error), "OpenAIRoute")
 router = APIRouter(route_class=OpenAIRoute, tags=["OpenAI images"])
 
-WAIT_S = 3600.0  # OpenAI's calls are synchronous: the answer waits for the images
-POLL_S = 0.1
+KEEPALIVE_S = 15.0  # a comment line this often on a stream whose job does not change
 
 
 async def _key(request: Request):
@@ -37,40 +41,29 @@ async def _key(request: Request):
     return ds, await authenticate(ds.keys, bearer_token(request))
 
 
-def _int(value: Any, field: str) -> int | None:
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{field} must be an integer", field=field) from None
-
-
-def _flag(value: Any) -> bool:
-    return str(value).lower() in ("1", "true", "yes") if value is not None else False
-
-
 class Options:
     """The fields both endpoints share, checked against the model."""
 
     def __init__(self, ds: AppState, fields: dict[str, Any], *, edit: bool) -> None:
-        prompt = fields.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
+        check_text(fields)  # a lone surrogate in a multipart field (a JSON body was checked when read)
+        params = Params(fields, form=edit)  # edits is multipart: every field arrives as text
+        prompt = params.text("prompt")
+        if not prompt or not prompt.strip():
             raise InvalidInput("prompt is required", field="prompt")
         self.prompt = prompt
-        self.model_id = (fields.get("model") or "").strip() or ds.settings.default_model
+        self.model_id = (params.text("model") or "").strip() or ds.settings.default_model
         limits = ds.registry.get(self.model_id).limits  # ModelNotFound: 404 model_not_found
-        self.n = check_n(_int(fields.get("n"), "n"), limits, self.model_id)
-        self.size = size_for(fields.get("size"), limits)
-        self.quality = (fields.get("quality") or "auto").lower()
+        self.n = check_n(params.integer("n"), limits, self.model_id)
+        self.size = size_for(params.text("size"), limits)
+        self.quality = (params.text("quality") or "auto").lower()
         self.steps = steps_for(self.quality, limits)
-        self.compression = _int(fields.get("output_compression"), "output_compression")
-        self.output_format = check_output(fields.get("output_format"), self.compression, fields.get("background"))
-        self.response_format = (fields.get("response_format") or ("url" if edit else "b64_json")).lower()
+        self.compression = params.integer("output_compression")
+        self.output_format = check_output(params.text("output_format"), self.compression, params.text("background"))
+        self.response_format = (params.text("response_format") or ("url" if edit else "b64_json")).lower()
         if self.response_format not in ("url", "b64_json"):
             raise InvalidInput("response_format must be url or b64_json", field="response_format")
-        self.stream = _flag(fields.get("stream"))
-        self.partial_images = _int(fields.get("partial_images"), "partial_images") or 0
+        self.stream = params.boolean("stream")
+        self.partial_images = params.integer("partial_images") or 0
         if not 0 <= self.partial_images <= 3:
             raise InvalidInput("partial_images must be between 0 and 3", field="partial_images")
         self.default_strength = limits.default_strength
@@ -85,11 +78,14 @@ class Options:
 @router.post("/v1/images/edits", summary="Edit images (OpenAI): multipart image / image[], optional mask")
 async def edits(request: Request) -> Any:
     ds, key = await _key(request)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > ds.settings.limits.max_body_bytes:
-        raise InvalidInput(f"Request body is too large (max {ds.settings.limits.max_body_bytes} bytes)")
+    limits = ds.settings.limits  # the whole body is bounded as it arrives (api/body_limit.py); here its parts
     try:
-        form = await request.form(max_files=17, max_fields=64, max_part_size=ds.settings.images.max_bytes)
+        form = await request.form(max_files=17, max_fields=limits.max_form_fields,
+                                  max_part_size=4 * max(limits.max_prompt_chars, limits.max_text_chars))
+    except DiffserveError:
+        raise
+    except HTTPException as exc:  # Starlette's refusal: too many files or fields, a text field too large
+        raise InvalidInput(f"the multipart body was refused: {exc.detail}") from None
     except Exception as exc:  # noqa: BLE001 - malformed multipart: the client's body
         raise InvalidInput(f"the body must be multipart/form-data ({exc})") from None
     fields = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
@@ -101,27 +97,37 @@ async def edits(request: Request) -> Any:
     options = Options(ds, fields, edit=True)
     images = [base64.b64encode(await f.read()).decode() for f in files]
     mask = form.get("mask")
-    extra: dict[str, Any] = {"init_image": images[0], "extra_images": images[1:], "extra_images_field": "image",
+    extra: dict[str, Any] = {"init_image": images[0], "init_image_field": "image", "extra_images": images[1:],
+                             "extra_images_field": "image",
                              "strength": options.default_strength}
     if isinstance(mask, UploadFile):
-        extra.update(mode="inpaint", mask_image=mask_from_alpha(await mask.read()), mask_field="mask", strength=1.0)
-    job = await ds.service.submit(key, "openai", options.draft(**extra), {})
-    return await _answer(ds, request, job, options)
+        mask_image = await anyio.to_thread.run_sync(mask_from_alpha, await mask.read(), ds.settings.images)
+        extra.update(mode="inpaint", mask_image=mask_image, mask_field="mask", strength=1.0)
+    return await _answer(ds, request, key, options, options.draft(**extra))
 
 
 @router.post("/v1/images/generations", summary="Text to image (OpenAI)")
 async def generations(request: Request) -> Any:
     ds, key = await _key(request)
     options = Options(ds, await read_json_object(request), edit=False)
-    job = await ds.service.submit(key, "openai", options.draft(mode="txt2img"), {})
-    return await _answer(ds, request, job, options)
+    return await _answer(ds, request, key, options, options.draft(mode="txt2img"))
 
 
-async def _answer(ds: AppState, request: Request, job: Job, options: Options) -> Any:
-    if options.stream:
-        return StreamingResponse(_events(ds, request, job, options), media_type="text/event-stream",
+async def _answer(ds: AppState, request: Request, key: ApiKey, options: Options, draft: RequestDraft) -> Any:
+    """Submit, then stream the job's events or wait for it (synchronous: see GenerationService.wait_for_client)."""
+    if options.stream:  # the stream's slot first: a key at its cap of open streams gets 429 before any job
+        slot = ds.service.watch.open_stream(key.key_id, ds.settings.limits.max_streams_per_key)
+        try:
+            job = await ds.service.submit(key, "openai", draft, {})
+        except BaseException:
+            slot.release()
+            raise
+        return StreamingResponse(slot.bind(_events(ds, request, job, options, slot.release)),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
-    job = await ds.service.wait(job.id, WAIT_S)
+    job = await ds.service.submit(key, "openai", draft, {})
+    async with client_watch(request) as gone:
+        job = await ds.service.wait_for_client(job.id, gone)  # cancelled if the client left
     if job.status is not JobStatus.SUCCEEDED:
         raise GenerationFailed(job.error or f"the job ended {job.status.value}")
     return JSONResponse(await _body(ds, request, job, options))
@@ -155,22 +161,34 @@ async def _body(ds: AppState, request: Request, job: Job, options: Options) -> d
     return {"created": common.pop("created"), "data": await _images(ds, request, job, options), **common}
 
 
-async def _events(ds: AppState, request: Request, job: Job, options: Options):
+async def _events(ds: AppState, request: Request, job: Job, options: Options, release: Callable[[], None]):
+    try:
+        async for event in _stream(ds, request, job, options):
+            yield event
+    finally:
+        release()
+
+
+async def _stream(ds: AppState, request: Request, job: Job, options: Options):
+    """Woken by the shared watch when the job changes (service/watch.py): no polling per stream."""
     sent, last = 0, None
-    while True:
-        job = await anyio.to_thread.run_sync(ds.service.jobs.get, job.id)
-        if job.status.is_terminal():
-            break
-        if sent < options.partial_images and ds.service.progress is not None:
-            preview = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id)
-            if preview and preview != last:
-                last = preview
-                data = await anyio.to_thread.run_sync(encode, preview, options.output_format, options.compression)
-                yield sse(f"{options.kind}.partial_image", {
-                    "type": f"{options.kind}.partial_image", "b64_json": base64.b64encode(data).decode(),
-                    "partial_image_index": sent, **_common(job, options), "created_at": int(time.time())})
-                sent += 1
-        await anyio.sleep(POLL_S)
+    with ds.service.watch.follow(job.id) as follower:
+        while True:
+            job = await anyio.to_thread.run_sync(ds.service.jobs.get, job.id)
+            if job.status.is_terminal():
+                break
+            if sent < options.partial_images and ds.service.progress is not None:
+                preview = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id)
+                if preview and preview != last:
+                    last = preview
+                    data = await anyio.to_thread.run_sync(encode, preview, options.output_format,
+                                                          options.compression)
+                    yield sse(f"{options.kind}.partial_image", {
+                        "type": f"{options.kind}.partial_image", "b64_json": base64.b64encode(data).decode(),
+                        "partial_image_index": sent, **_common(job, options), "created_at": int(time.time())})
+                    sent += 1
+            while not await follower.changed(KEEPALIVE_S):
+                yield b": keep-alive\n\n"  # a comment line (clients ignore it): a client that left is noticed
     if job.status is not JobStatus.SUCCEEDED:
         yield sse("error", {"type": "error", "error": {"message": job.error or f"the job ended {job.status.value}",
                                                        "type": "server_error", "param": None, "code": None}})
