@@ -1,12 +1,18 @@
 """The web playground (/ui) in real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright):
-submit an image and watch it finish, cancel a long job, see the server's error, the history and admin views.
-A screenshot of each view is written under the test's temp dir."""
+submit an image and watch it finish, cancel a long job, see the server's error, the history and admin views;
+server data shown as text (no script runs from it) under the server's Content-Security-Policy, which every
+test here runs under (a CSP violation in the console fails it). A screenshot of each view is written under the
+test's temp dir."""
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from .jobs_helpers import Jobs
 from .servers import png_bytes
 
 CHROMIUM = "/usr/bin/chromium"
@@ -32,12 +38,18 @@ def admin_key(jobs_server):
 def page(browser, jobs_server, admin_key):
     context = browser.new_context(viewport={"width": 1100, "height": 1000})
     page = context.new_page()
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("dialog", lambda d: (violations.append(f"dialog: {d.message}"), d.dismiss()))
     page.goto(f"{jobs_server.url}/")  # redirects to /ui/
     page.fill("#key", admin_key)
     page.dispatch_event("#key", "change")
     expect(page.locator("#model option")).not_to_have_count(0)
+    page.violations = violations
     yield page
     context.close()
+    if not getattr(page, "violations_expected", False):
+        assert violations == []  # the playground works under its CSP: nothing it does is blocked
 
 
 def image_file(tmp_path, side: int):
@@ -113,3 +125,57 @@ def test_history_and_admin_views(page, tmp_path):
     expect(page.locator("#models tbody")).to_contain_text("tiny-sdxl")
     expect(page.locator("#queue")).to_contain_text("worker(s)")
     page.screenshot(path=str(tmp_path / "admin.png"), full_page=True)
+
+
+XSS = "<img/src/onerror=window.__xss=1>"  # the issue's form: no space, so only the id rule refuses it
+
+
+def test_server_data_is_shown_as_text_and_runs_no_script(page, jobs_server, admin_key, tmp_path):
+    """A model id like `<img/src/onerror=...>` is refused at registration; data that still reaches the page
+    (a prompt in the history; a hostile model id and worker model, as a models file from before the id rule
+    would list them) is shown as text: no element is made from it, no script runs."""
+    r = httpx.post(f"{jobs_server.url}/api/v1/enterprise/load_model",
+                   json={"key": admin_key, "url": "org/model", "model_id": XSS}, timeout=30)
+    assert r.status_code == 400 and "model_id: an id may hold only" in r.json()["message"], r.text
+    models = httpx.post(f"{jobs_server.url}/api/v1/enterprise/get_all_models", json={"key": admin_key}, timeout=30)
+    assert XSS not in models.json()["models"]
+
+    jobs = Jobs(jobs_server, admin_key)
+    jobs.done(jobs.submit(prompt=XSS, model_id="tiny-sd", steps=2)["id"])
+
+    def with_hostile_model(route):  # the server's real answer, plus the entry a stale models file could hold
+        answer = route.fetch()
+        body = answer.json()
+        body["data"].append({**body["data"][0], "id": XSS, "description": XSS, "default": False})
+        route.fulfill(response=answer, body=json.dumps(body))
+
+    def with_hostile_worker(route):
+        answer = route.fetch()
+        body = answer.json()
+        body["workers"][0]["models"].append(XSS)
+        body["models_loaded"].append(XSS)
+        route.fulfill(response=answer, body=json.dumps(body))
+
+    page.route("**/v1/models", with_hostile_model)
+    page.route("**/api/v1/enterprise/system_details", with_hostile_worker)
+    page.reload()
+    expect(page.locator("#model option")).to_have_count(len(models.json()["models"]) + 1)
+    page.select_option("#model", XSS)
+    expect(page.locator("#model-info")).to_contain_text(XSS)
+    page.click("button[data-view=history]")
+    expect(page.locator("#history tbody")).to_contain_text(XSS)  # the prompt, as text
+    page.click("button[data-view=admin]")
+    expect(page.locator("#models tbody")).to_contain_text(XSS)
+    expect(page.locator("#workers tbody")).to_contain_text(XSS)
+    expect(page.locator("#queue")).to_contain_text(XSS)
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => window.__xss") is None
+    assert page.locator("img[onerror]").count() == 0  # no element was made from the data
+    page.screenshot(path=str(tmp_path / "admin-hostile.png"), full_page=True)
+
+    # and the CSP holds even if markup did get in: an inline handler is refused by the browser
+    page.violations_expected = True
+    page.evaluate(f"() => document.body.insertAdjacentHTML('beforeend', {json.dumps(XSS)})")
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => window.__xss") is None
+    assert any("Content Security Policy" in v for v in page.violations), page.violations

@@ -1,5 +1,6 @@
 """What an operator watches: /health (alive), /ready (can serve), /metrics (Prometheus), and the HTTP
-metrics middleware. The metric definitions are in diffserve/metrics.py."""
+metrics middleware. The metric definitions are in diffserve/metrics.py. With `metrics_key_required` on,
+/metrics answers only to a valid API key (`Authorization: Bearer <key>`, Prometheus' `authorization`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.state import app_state
+from diffserve.core.errors import Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,12 @@ def install(app: FastAPI) -> None:
         from diffserve.metrics import exposition
 
         ds = app_state(request)
+        if ds.settings.metrics_key_required:
+            try:
+                await authenticate(ds.keys, bearer_token(request))
+            except Unauthorized as e:
+                return JSONResponse({"error": {"message": e.message, "code": "unauthorized"}}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
 
         def gauges() -> Iterable[tuple[str, str, dict[str, str], float]]:
             for model, label, state, count in (ds.queue.depth() if ds.queue else []):

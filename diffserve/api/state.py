@@ -47,8 +47,20 @@ class AppState:
     registrations: RegistrationFollower | None = None  # models other API processes add or delete
 
     def base_url(self, request: Request) -> str:
-        """This server as the client reached it, unless the operator fixed a public URL."""
-        return self.settings.public_url.rstrip("/") if self.settings.public_url else str(request.base_url).rstrip("/")
+        """The base of every URL an answer holds (outputs, fetch links, previews): the configured public URL;
+        unset, the request's Host when it names a trusted host (`trusted_hosts`: localhost by default), else the
+        address the request arrived at -- the server's own socket. A Host header a client forged never shows."""
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        host = request.url.hostname
+        if host and host.lower().strip("[]") in {h.lower().strip("[]") for h in self.settings.trusted_hosts}:
+            return str(request.base_url).rstrip("/")
+        server = request.scope.get("server")
+        if not server or not server[1]:  # a Unix socket: the configured bind address
+            return self.settings.base_url
+        address, port = server
+        address = f"[{address}]" if ":" in address else address
+        return f"{request.url.scheme}://{address}:{port}{request.scope.get('root_path', '')}".rstrip("/")
 
     def close(self) -> None:
         if self.delivery:

@@ -1,8 +1,34 @@
 // The diffserve playground: plain JavaScript on the native job API (/v1/jobs, /v1/models) and, for the
 // admin view, ModelsLab's system_details. The key stays in this browser (localStorage).
+// Server data is shown as text only: elements are built with el() and filled through textContent, never
+// innerHTML; the page is served with a Content-Security-Policy that runs no inline script (api/security.py).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+
+// An element with properties (className, src, dataset...) and children (nodes, or strings shown as text).
+function el(tag, props, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k === "dataset") Object.assign(e.dataset, v);
+    else e[k] = v;
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+// A table row of cells; each cell is text or a node.
+const row = (cells) => el("tr", null, ...cells.map((c) => el("td", null, c)));
+
+// An output URL as a link or image source: http(s) or this origin only (never javascript: or data:text/html).
+function safeUrl(url) {
+  try {
+    const u = new URL(String(url), location.href);
+    return u.protocol === "http:" || u.protocol === "https:" ? u.href : "";
+  } catch {
+    return "";
+  }
+}
 const state = { image: null, models: [], job: null, abort: null };
 
 // ---------------------------------------------------------------- key and requests
@@ -78,14 +104,8 @@ async function loadModels() {
   try {
     const list = await api("GET", "/v1/models");
     state.models = list.data;
-    $("model").innerHTML = "";
-    for (const m of list.data) {
-      const o = document.createElement("option");
-      o.value = m.id;
-      o.textContent = `${m.id} (${m.family})`;
-      o.selected = m.default;
-      $("model").append(o);
-    }
+    $("model").replaceChildren(...list.data.map((m) =>
+      el("option", { value: m.id, selected: Boolean(m.default) }, `${m.id} (${m.family})`)));
     modelChanged();
   } catch (e) {
     showError(e.message);
@@ -101,8 +121,8 @@ function modelChanged() {
     `· up to ${l.max_samples} samples` + (m.description ? ` · ${m.description}` : "");
   $("steps").placeholder = `default ${l.default_steps}`;
   $("guidance_scale").placeholder = `default ${l.default_guidance}`;
-  $("scheduler").innerHTML = '<option value="">model default</option>' +
-    m.schedulers.map((s) => `<option>${s}</option>`).join("");
+  $("scheduler").replaceChildren(el("option", { value: "" }, "model default"),
+    ...m.schedulers.map((s) => el("option", { value: s }, s)));
 }
 $("model").addEventListener("change", modelChanged);
 
@@ -214,20 +234,14 @@ $("cancel").addEventListener("click", async () => {
 
 function showResult(job) {
   $("result").hidden = false;
-  $("gallery").innerHTML = "";
-  job.outputs.forEach((url, i) => {
-    const fig = document.createElement("figure");
-    fig.innerHTML = `<img src="${url}" alt="output ${i}"><figcaption><a href="${url}" download>download</a>` +
-      (job.nsfw[i] ? " · flagged NSFW" : "") + "</figcaption>";
-    $("gallery").append(fig);
-  });
-  $("meta").innerHTML = Object.entries(job.meta).filter(([, v]) => v !== null && v !== "" && !(Array.isArray(v) && !v.length))
-    .map(([k, v]) => `<tr><th>${k}</th><td>${escapeHtml(String(v))}</td></tr>`).join("");
+  $("gallery").replaceChildren(...job.outputs.map((url, i) => el("figure", null,
+    el("img", { src: safeUrl(url), alt: `output ${i}` }),
+    el("figcaption", null, el("a", { href: safeUrl(url), download: "" }, "download"),
+      job.nsfw[i] ? " · flagged NSFW" : ""))));
+  $("meta").replaceChildren(...Object.entries(job.meta)
+    .filter(([, v]) => v !== null && v !== "" && !(Array.isArray(v) && !v.length))
+    .map(([k, v]) => el("tr", null, el("th", null, k), el("td", null, String(v)))));
   renderCurl();
-}
-
-function escapeHtml(s) {
-  return s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
 }
 
 function renderCurl() {
@@ -267,13 +281,19 @@ $("copy-curl").addEventListener("click", () => navigator.clipboard && navigator.
 async function loadHistory() {
   try {
     const list = await api("GET", "/v1/jobs?limit=50");
-    $("history").tBodies[0].innerHTML = list.data.map((j) => `<tr><td>${j.id}</td><td>${j.status}</td>` +
-      `<td>${j.progress.step}/${j.progress.total}</td><td>${j.dialect}</td><td>${escapeHtml(j.model_id)}</td>` +
-      `<td>${escapeHtml(j.meta.prompt.slice(0, 60))}</td><td>${j.outputs[0] ? `<img src="${j.outputs[0]}" alt="">` : ""}</td>` +
-      `<td>${j.status === "queued" || j.status === "running" ? `<button data-cancel="${j.id}">Cancel</button>` : ""}</td></tr>`).join("");
-    for (const b of document.querySelectorAll("[data-cancel]")) {
-      b.addEventListener("click", async () => { await api("POST", `/v1/jobs/${b.dataset.cancel}/cancel`); loadHistory(); });
-    }
+    $("history").tBodies[0].replaceChildren(...list.data.map((j) => {
+      const live = j.status === "queued" || j.status === "running";
+      const cancel = live ? el("button", { type: "button" }, "Cancel") : "";
+      if (live) {
+        cancel.addEventListener("click", async () => {
+          await api("POST", `/v1/jobs/${encodeURIComponent(j.id)}/cancel`);
+          loadHistory();
+        });
+      }
+      return row([j.id, j.status, `${j.progress.step}/${j.progress.total}`, j.dialect, j.model_id,
+        String(j.meta.prompt || "").slice(0, 60), j.outputs[0] ? el("img", { src: safeUrl(j.outputs[0]), alt: "" }) : "",
+        cancel]);
+    }));
   } catch (e) {
     showError(e.message);
   }
@@ -287,16 +307,15 @@ async function loadAdmin() {
     if (d.status === "error") throw new Error(d.message);
     $("queue").textContent = `Queue: ${d.queue_length} waiting, ${d.running} running · ${d.worker_count} worker(s) · ` +
       `models loaded: ${d.models_loaded.join(", ") || "none"}`;
-    $("workers").tBodies[0].innerHTML = d.workers.map((w) => `<tr><td>${w.worker_id}</td><td>${w.state}</td>` +
-      `<td>${w.device || ""}</td><td>${w.dtype || ""}</td><td>${w.labels.join(", ")}</td><td>${w.models.join(", ")}</td>` +
-      `<td>${w.current_job ?? ""}</td></tr>`).join("");
+    $("workers").tBodies[0].replaceChildren(...d.workers.map((w) => row([w.worker_id, w.state, w.device || "",
+      w.dtype || "", w.labels.join(", "), w.models.join(", "), w.current_job ?? ""])));
   } catch (e) {
     $("admin-error").textContent = e.message;
     $("admin-error").hidden = false;
   }
-  $("models").tBodies[0].innerHTML = state.models.map((m) => `<tr><td>${m.id}</td><td>${m.family}</td>` +
-    `<td>${m.limits.min_size}–${m.limits.max_size}</td><td>${m.limits.min_steps}–${m.limits.max_steps}</td>` +
-    `<td>${m.limits.max_samples}</td><td>${escapeHtml(m.description || "")}</td></tr>`).join("");
+  $("models").tBodies[0].replaceChildren(...state.models.map((m) => row([m.id, m.family,
+    `${m.limits.min_size}–${m.limits.max_size}`, `${m.limits.min_steps}–${m.limits.max_steps}`, m.limits.max_samples,
+    m.description || ""])));
 }
 $("refresh-admin").addEventListener("click", loadAdmin);
 
