@@ -158,7 +158,7 @@ class ModelAdmin:
             job = await self.service.submit(key, "load_model",
                                             warm_up_draft(spec.model_id, model.limits, spec.webhook),
                                             {"load_model": spec.model_id, "init_image": "base64"})
-        except BaseException:
+        except Exception:
             if added:
                 await self._forget(section or "models", spec.model_id)
             raise
