@@ -46,6 +46,7 @@ class Received:
 @dataclass
 class Receiver:
     """fail_first: answer 500 to that many POSTs first; hang_s: wait that long before answering;
+    host: the loopback address it listens on (127.0.0.0/8: each address is another receiver host);
     on_request: called with each POST before it is answered."""
 
     secret: str | None = None
@@ -53,6 +54,7 @@ class Receiver:
     hang_s: float = 0.0
     on_request: Callable[[Received], None] | None = None
     port: int = 0
+    host: str = "127.0.0.1"
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _release: threading.Event = field(default_factory=threading.Event)
@@ -81,7 +83,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -89,7 +91,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"http://{self.host}:{self.port}/hook"
 
     def wait_for(self, count: int, timeout: float = 30) -> list[Received]:
         deadline = time.monotonic() + timeout

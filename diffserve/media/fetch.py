@@ -202,22 +202,24 @@ def _build_request(http: httpx.Client, target: Target, deadline: Deadline, field
 
 def pinned_request(
     http: httpx.Client, target: Target, method: str, *, headers: dict[str, str], deadline: Deadline,
-    content: bytes | None = None,
+    content: bytes | None = None, connect_s: float | None = None, read_s: float | None = None,
 ) -> httpx.Request:
     """A request for `target` that connects to the address the policy checked (DNS-rebinding safe).
 
     Built for the original URL, so the Host header names the host and, for https, SNI and the
     certificate check use the host name; then the URL is pinned to `target.address`. The deadline's
-    trace hook lets it shut the socket down when the total time is up. Send it with
+    trace hook lets it shut the socket down when the total time is up; `connect_s` / `read_s` bound the
+    connect and each read (and write) below that. Send it with
     ``follow_redirects=False`` and a client used only for such requests (see the module notes).
     """
     extensions: dict[str, Any] = {"trace": deadline.trace}
     if target.url.scheme == "https":
         extensions["sni_hostname"] = target.host
-    request = http.build_request(
-        method, target.url, headers=headers, content=content,
-        timeout=httpx.Timeout(max(deadline.remaining(), 0.001)), extensions=extensions,
-    )
+    total = max(deadline.remaining(), 0.001)
+    read = min(read_s, total) if read_s else total
+    timeout = httpx.Timeout(total, connect=min(connect_s, total) if connect_s else total, read=read, write=read)
+    request = http.build_request(method, target.url, headers=headers, content=content, timeout=timeout,
+                                 extensions=extensions)
     if target.address is not None:
         request.url = request.url.copy_with(host=target.address)
     return request

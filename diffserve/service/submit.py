@@ -6,10 +6,12 @@ Dialects translate at the edge; this is the one path from a validated draft to a
 from __future__ import annotations
 
 import io
+import logging
 import secrets
 import statistics
 import time
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -17,16 +19,17 @@ import httpx
 from PIL import Image
 
 from diffserve.service.admission import QueueCaps
+from diffserve.service.watch import JobWatch
 from diffserve.config import Settings
-from diffserve.core.errors import CANCELLED_BY_CLIENT, NotFound
+from diffserve.core.errors import CANCELLED_BY_CLIENT, NotFound, Unavailable
 from diffserve.core.job import Job, JobStatus, input_key
-from diffserve.core.request import (ModelLimits, RequestDraft, check_batch_pixels, check_reference_count,
-                                    output_size)
+from diffserve.core.request import RequestDraft, check_batch_pixels, output_size
 from diffserve.engine.identity.faces import SubmitFaceCheck
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.engine.request_rules import check_init_image, resolve_controls
 from diffserve.media.fetch import UrlPolicy
-from diffserve.media.inputs import load_image
+from diffserve.media.inputs import is_base64_image, load_image
+from diffserve.media.slots import FetchSlots
 from diffserve.queue.base import JobQueue
 from diffserve.queue.signals import CompletionBroadcaster
 from diffserve.storage.base import Storage
@@ -36,9 +39,11 @@ from diffserve.store.progress import Progress, ProgressStore
 from diffserve.store.workers import WorkerStore
 from diffserve.webhooks.dispatcher import check_webhook_url
 
-_WAIT_MIN_S = 0.01
-_WAIT_MAX_S = 0.25
+_GONE_CHECK_S = 0.5  # how often a synchronous wait asks whether its client is still there
+CLIENT_LEFT = "The client disconnected before the job finished"
 DEFAULT_ETA_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,33 +67,30 @@ class GenerationService:
     faces: SubmitFaceCheck = field(default_factory=SubmitFaceCheck)  # PuLID's face check at submit
     progress: ProgressStore | None = None  # running jobs' steps, client cancels (store/progress.py)
     workers: WorkerStore | None = None  # live workers anywhere (ETA: the jobs ahead are shared among them)
+    fetches: FetchSlots = field(init=False)  # image URL fetches in flight, per key and in total
+    watch: JobWatch = field(init=False)  # one reader of the jobs that streams and waits follow
+
+    def __post_init__(self) -> None:
+        self.fetches = FetchSlots(self.settings.images)
+        self.watch = JobWatch(self.jobs.marks, self.settings.limits.watch_interval_s, self.completions)
 
     async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
                      dialect_params: dict[str, Any] | None = None) -> Job:
         """Check the server's limits and the key's queue cap, then validate and enqueue (see _submit)."""
-        limits = self.check_draft(draft)
-        if self.caps is None:
-            return await self._submit(key, dialect, draft, limits, dialect_params)
-        async with self.caps.admit(key):  # RateLimited past the cap
-            return await self._submit(key, dialect, draft, limits, dialect_params)
-
-    def check_draft(self, draft: RequestDraft) -> ModelLimits:
-        """The checks that need no image and no I/O, in order: text lengths, the reference-image count, the
-        model (ModelNotFound), then every range against its limits (sizes included). Cheap: a dialect that does
-        work of its own before `submit` (A1111 resizes its init image) calls it first. The limits applied."""
         draft.check_lengths(self.settings.limits.max_prompt_chars, self.settings.limits.max_text_chars)
-        check_reference_count(draft, self.settings.limits.max_reference_images)
-        limits = self.registry.get(draft.model_id).limits
+        if self.caps is None:
+            return await self._submit(key, dialect, draft, dialect_params)
+        async with self.caps.admit(key):  # RateLimited past the cap
+            return await self._submit(key, dialect, draft, dialect_params)
+
+    async def _submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
+                      dialect_params: dict[str, Any] | None) -> Job:
+        """Validate against the model, fetch and store the init image, create and enqueue the job."""
+        entry = self.registry.get(draft.model_id)
+        limits = entry.limits
         if draft.max_side and draft.max_side < limits.max_size:  # the dialect's cap (realtime: 1024...)
             limits = limits.model_copy(update={"max_size": draft.max_side})
         draft.check(limits)
-        return limits
-
-    async def _submit(self, key: ApiKey, dialect: str, draft: RequestDraft, limits: ModelLimits,
-                      dialect_params: dict[str, Any] | None) -> Job:
-        """Validate against the model (`limits`: check_draft's), fetch and store the images, create and enqueue
-        the job."""
-        entry = self.registry.get(draft.model_id)
         self.registry.check_request(draft)  # LoRA / embedding / VAE / IP-Adapter ids, families, ip image
         # the model's family decides which controls apply; prompts enhanced here so meta shows them
         draft = await anyio.to_thread.run_sync(resolve_controls, draft, entry)
@@ -101,7 +103,7 @@ class GenerationService:
             width, height = draft.width or default_width, draft.height or default_height
             init_key = ""
         else:
-            init = await anyio.to_thread.run_sync(self._load_image, draft.init_image, draft.init_image_field)
+            init = await self._image(key, draft.init_image, "init_image")
             await anyio.to_thread.run_sync(check_init_image, entry, init, self.faces)  # e.g. PuLID needs a face
             width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
             init_key = input_key(token, temp=draft.temp)
@@ -111,17 +113,17 @@ class GenerationService:
         mask_key = None
         if draft.mode == "inpaint" and draft.mask_image:
             mask_key = input_key(token, "mask", temp=draft.temp)
-            mask = await anyio.to_thread.run_sync(self._load_image, draft.mask_image, draft.mask_field)
+            mask = await self._image(key, draft.mask_image, draft.mask_field)
             await self._store_image(mask_key, mask.convert("L"), (width, height))
         extra_keys = []
         for i, ref in enumerate(draft.extra_images):
             extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
-            ref_image = await anyio.to_thread.run_sync(self._load_image, ref, draft.extra_images_field)
+            ref_image = await self._image(key, ref, "file_urls")
             await self._store_image(extra_keys[-1], ref_image)
         ip_key = None
         if draft.ip_adapter_image:
             ip_key = input_key(token, "ip", temp=draft.temp)
-            img = await anyio.to_thread.run_sync(self._load_image, draft.ip_adapter_image, "ip_adapter_image")
+            img = await self._image(key, draft.ip_adapter_image, "ip_adapter_image")
             await self._store_image(ip_key, img)
         seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
         request = draft.resolve(limits, init_image_key=init_key, width=width, height=height, seed=seed,
@@ -132,21 +134,38 @@ class GenerationService:
         await anyio.to_thread.run_sync(self.queue.enqueue, job.id)
         return job
 
-    async def wait(self, job_id: int, timeout: float) -> Job:
-        """The job once terminal, or as it is when `timeout` runs out."""
+    async def wait(self, job_id: int, timeout: float, gone: Callable[[], Awaitable[bool]] | None = None) -> Job:
+        """The job once terminal, or as it is when `timeout` runs out or `gone()` says the client left (asked
+        every `_GONE_CHECK_S`). The job is read again only when the watch saw it change."""
         deadline = time.monotonic() + timeout
-        delay = _WAIT_MIN_S
-        while True:
-            job = await anyio.to_thread.run_sync(self.jobs.get, job_id)
-            assert job is not None
-            remaining = deadline - time.monotonic()
-            if job.status.is_terminal() or remaining <= 0:
-                return job
-            if self.completions is not None:
-                await self.completions.wait(min(_WAIT_MAX_S, remaining))
-            else:
-                await anyio.sleep(min(delay, remaining))
-                delay = min(delay * 1.5, _WAIT_MAX_S)
+        with self.watch.follow(job_id) as follower:
+            while True:
+                job = await anyio.to_thread.run_sync(self.jobs.get, job_id)
+                assert job is not None
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if job.status.is_terminal() or remaining <= 0 or (gone is not None and await gone()):
+                        return job
+                    if await follower.changed(min(_GONE_CHECK_S, remaining)):
+                        break
+
+    async def wait_for_client(self, job_id: int, gone: Callable[[], Awaitable[bool]]) -> Job:
+        """A synchronous answer's wait (A1111, OpenAI: the answer is the images; the client gets no id to fetch
+        them later): at most `limits.max_sync_wait_s`, and only while the client is connected. A job left
+        unfinished is cancelled -- nobody could ask for its images through that dialect -- which frees its worker
+        and the key's queue slot (A1111 itself keeps generating for a client that left; we do not). Unavailable
+        (503) when the wait ran out; the terminal job otherwise."""
+        limit = self.settings.limits.max_sync_wait_s
+        job = await self.wait(job_id, limit, gone)
+        if job.status.is_terminal():
+            return job
+        left = await gone()
+        reason = CLIENT_LEFT if left else f"Not finished within {limit:g} s (limits.max_sync_wait_s)"
+        log.info("job %s cancelled: %s", job_id, reason)
+        job = await self.cancel(job, reason)
+        if job.status is JobStatus.SUCCEEDED:
+            return job  # it finished meanwhile
+        raise Unavailable(f"{reason}; the job was cancelled")
 
     async def get_for_key(self, job_id: int | None, key: ApiKey) -> Job:
         """A key sees only its own jobs; another key's job is reported as not found."""
@@ -199,6 +218,14 @@ class GenerationService:
     async def _store_image(self, key: str, img: Image.Image, size: tuple[int, int] | None = None) -> None:
         png = await anyio.to_thread.run_sync(_fit_png, img, *(size or img.size))
         await anyio.to_thread.run_sync(self.storage.put, key, png)
+
+    async def _image(self, key: ApiKey, value: str, field: str) -> Image.Image:
+        """One input image, decoded. A URL is fetched (and decoded) on a fetch slot of `fetches`: a slow image
+        host costs a slot of its own bounded pool (per key and in total, RateLimited past them), never a thread
+        of anyio's default pool that every other request uses (media/slots.py)."""
+        if is_base64_image(value):
+            return await anyio.to_thread.run_sync(self._load_image, value, field)
+        return await self.fetches.run(key.key_id, lambda: self._load_image(value, field))
 
     def _load_image(self, value: str, field: str) -> Image.Image:
         return load_image(value, field=field, limits=self.settings.images,

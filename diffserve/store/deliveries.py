@@ -12,6 +12,7 @@ Each outcome is written to the delivery and mirrored in the job's `webhook_statu
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -67,18 +68,23 @@ class DeliveryStore:
             return False
         return True
 
-    def claim_due(self, lease_s: float, limit: int) -> list[Delivery]:
-        """Take up to `limit` due deliveries for one attempt each (attempts + 1, leased for `lease_s`)."""
+    def claim_due(self, lease_s: float, limit: int, take: Callable[[str], bool] | None = None,
+                  scan: int = 500) -> list[Delivery]:
+        """Take up to `limit` due deliveries for one attempt each (attempts + 1, leased for `lease_s`), oldest due
+        first. `take(url)`, when given, is asked before each claim (the dispatcher's per-host bound): a delivery
+        it refuses stays due for a later round. At most `scan` due deliveries are looked at per call."""
         now = utcnow()
         taken: list[Delivery] = []
         with Session(self._engine) as s:
-            due = s.scalars(
-                select(WebhookDeliveryRow)
+            due = s.execute(
+                select(WebhookDeliveryRow.id, WebhookDeliveryRow.next_attempt_at, WebhookDeliveryRow.url)
                 .where(WebhookDeliveryRow.state == PENDING, WebhookDeliveryRow.next_attempt_at <= now)
-                .order_by(WebhookDeliveryRow.next_attempt_at).limit(limit)
+                .order_by(WebhookDeliveryRow.next_attempt_at).limit(limit if take is None else max(limit, scan))
             ).all()
-            candidates = [(r.id, r.next_attempt_at) for r in due]
+            candidates = [(r[0], r[1]) for r in due if take is None or take(r[2])]
         for row_id, seen_at in candidates:
+            if len(taken) >= limit:
+                break
             with Session(self._engine) as s, s.begin():
                 row = s.execute(
                     update(WebhookDeliveryRow)

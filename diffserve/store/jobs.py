@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from diffserve.core.job import Job, JobStatus
 from diffserve.core.request import GenerationRequest
-from diffserve.store.db import JobRow, utcnow
+from diffserve.store.db import JobRow, ProgressRow, utcnow
 from diffserve.store.notify import notify_done
 
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
@@ -107,6 +107,19 @@ class JobStore:
             row.worker_id = None
             row.started_at = None
             return True
+
+    def marks(self, job_ids: Iterable[int]) -> dict[int, tuple]:
+        """A mark per job that changes whenever anything a follower shows changes: status, attempt, progress
+        (step, and its write time: a new preview). One query for all of them (service/watch.py)."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        with Session(self._engine) as s:
+            rows = s.execute(
+                select(JobRow.id, JobRow.status, JobRow.attempts, ProgressRow.step, ProgressRow.updated_at)
+                .outerjoin(ProgressRow, ProgressRow.job_id == JobRow.id).where(JobRow.id.in_(ids))
+            ).all()
+        return {row[0]: tuple(row[1:]) for row in rows}
 
     def unfinished_ids(self) -> list[int]:
         with Session(self._engine) as s:

@@ -7,9 +7,13 @@ the GPU workers. Several API processes may run it at once: deliveries are claime
 update in the shared database (see store/deliveries.py), so each attempt is made by one of them.
 
 Every `poll_interval_s` it (1) renders a delivery for each newly finished job that has a webhook
-and (2) hands the due deliveries to a small thread pool. An attempt is one POST, through the same
-network rules as image URLs (UrlPolicy, connection pinned to the checked address, no redirects),
-bounded by `timeout_s` in total. A 2xx ends the delivery; a timeout, connection error or other
+and (2) hands the due deliveries to a pool of `concurrency` sender threads, at most
+`per_host_concurrency` of them to one receiver host (the URL's host name, port aside): a due
+delivery to a host at its bound stays due for a later round, so a receiver that hangs holds its
+own host's senders and never delays deliveries to other hosts. An attempt is one POST, through the
+same network rules as image URLs (UrlPolicy, connection pinned to the checked address, no
+redirects), bounded by `connect_timeout_s` to connect, `read_timeout_s` per read and `timeout_s`
+in total. A 2xx ends the delivery; a timeout, connection error or other
 status schedules the next attempt after an exponential backoff (`backoff_initial_s` times
 `backoff_factor` per attempt, at most `backoff_max_s`) until `max_attempts`. The schedule lives in
 the database, so a restart resumes it. Jobs never wait for any of this.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 import queue
 from datetime import timedelta
@@ -75,8 +80,16 @@ def check_webhook_url(url: str, policy: UrlPolicy) -> None:
             raise unresolvable from None
 
 
+def webhook_host(url: str) -> str:
+    """The receiver host a delivery counts against (per_host_concurrency): the URL's host name, lower case."""
+    try:
+        return httpx.URL(url).host.lower() or url
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return url
+
+
 def post_webhook(http: httpx.Client, policy: UrlPolicy, url: str, body: bytes, headers: dict[str, str],
-                 timeout_s: float) -> Outcome:
+                 timeout_s: float, connect_s: float | None = None, read_s: float | None = None) -> Outcome:
     """One POST of `body` to `url`; never raises for network or receiver trouble."""
     try:
         target = policy.check(url, field="webhook")
@@ -85,7 +98,8 @@ def post_webhook(http: httpx.Client, policy: UrlPolicy, url: str, body: bytes, h
         return Outcome(False, reason or e.message, permanent=reason is None)  # blocked: permanent
     deadline = Deadline(timeout_s)
     try:
-        request = pinned_request(http, target, "POST", headers=headers, deadline=deadline, content=body)
+        request = pinned_request(http, target, "POST", headers=headers, deadline=deadline, content=body,
+                                 connect_s=connect_s, read_s=read_s)
         response = http.send(request, stream=True, follow_redirects=False)
         response.close()  # only the status matters; the body is never read
     except httpx.HTTPError as e:
@@ -122,6 +136,7 @@ class WebhookDispatcher:
         self._todo: queue.Queue[Delivery] = queue.Queue()
         self._senders: list[threading.Thread] = []
         self._in_flight = 0
+        self._per_host: Counter[str] = Counter()  # attempts in flight per receiver host
         self._lock = threading.Lock()
         self._http = httpx.Client(trust_env=False, follow_redirects=False)
 
@@ -143,12 +158,22 @@ class WebhookDispatcher:
         self._create_deliveries()
         with self._lock:
             free = self.settings.concurrency - self._in_flight
+            busy = Counter(self._per_host)
         if free <= 0:
             return
+
+        def take(url: str) -> bool:  # this round's picks count too
+            host = webhook_host(url)
+            if busy[host] >= self.settings.per_host_concurrency:
+                return False
+            busy[host] += 1
+            return True
+
         lease = self.settings.timeout_s + _LEASE_MARGIN_S
-        for delivery in self.deliveries.claim_due(lease, free):
+        for delivery in self.deliveries.claim_due(lease, free, take):
             with self._lock:
                 self._in_flight += 1
+                self._per_host[webhook_host(delivery.url)] += 1
             self._todo.put(delivery)
 
     def _send_loop(self) -> None:
@@ -181,13 +206,18 @@ class WebhookDispatcher:
                 return
             body = delivery.payload.encode()
             headers = delivery_headers(delivery.delivery_id, body, self._secret)
-            outcome = post_webhook(self._http, self.policy, delivery.url, body, headers, self.settings.timeout_s)
+            outcome = post_webhook(self._http, self.policy, delivery.url, body, headers, self.settings.timeout_s,
+                                   self.settings.connect_timeout_s, self.settings.read_timeout_s)
             self._record(delivery, outcome)
         except Exception:
             log.exception("webhook delivery %s failed unexpectedly", delivery.delivery_id)
         finally:
+            host = webhook_host(delivery.url)
             with self._lock:
                 self._in_flight -= 1
+                self._per_host[host] -= 1
+                if self._per_host[host] <= 0:
+                    del self._per_host[host]
 
     def _record(self, delivery: Delivery, outcome: Outcome) -> None:
         if outcome.ok:

@@ -12,6 +12,7 @@ from diffserve.core.job import Job
 from diffserve.core.request import RequestDraft
 from diffserve.media.inputs import is_base64_image
 from diffserve.store.keys import ApiKey
+from diffserve.api.disconnect import client_watch
 from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import parse_model, read_json_object
 from diffserve.api.state import AppState, app_state
@@ -52,7 +53,9 @@ async def submit_and_answer(request: Request, ds: AppState, key: ApiKey, dialect
     params = dialect_params(ds, draft, instant_response=instant_response)
     job = await ds.service.submit(key, dialect, draft, params)
     if not instant_response:
-        job = await ds.service.wait(job.id, ds.settings.sync_wait_s)
+        # a client that leaves stops the wait (the job goes on: it can be fetched by id)
+        async with client_watch(request) as gone:
+            job = await ds.service.wait(job.id, ds.settings.sync_wait_s, gone)
     return await answer(ds, request, job, fetch_path)
 
 

@@ -24,10 +24,9 @@ from diffserve.engine.models.capabilities import SCHEDULERS, family_controls
 from diffserve.store.keys import ApiKey
 
 NativeRoute = guarded_route(error_response, "NativeRoute")
-NATIVE_IMAGE_FIELDS = {"init_image_field": "init_image", "mask_field": "mask_image", "extra_images_field": "extra_images"}
 router = APIRouter(route_class=NativeRoute, tags=["Jobs (native)"])
 
-EVENT_POLL_S = 0.2  # how often an events stream looks at its job
+EVENT_KEEPALIVE_S = 15.0  # a comment line this often while the job does not change
 
 
 async def _key(request: Request) -> tuple[AppState, ApiKey]:
@@ -49,8 +48,7 @@ async def _render(ds: AppState, request: Request, job: Job) -> dict[str, Any]:
 async def create_job(request: Request) -> JSONResponse:
     ds, key = await _key(request)
     body = parse_model(JobCreate, await read_json_object(request))
-    draft = body.model_copy(update={"model_id": body.model_id or ds.settings.default_model,  # errors name native fields
-                                    **NATIVE_IMAGE_FIELDS})
+    draft = body.model_copy(update={"model_id": body.model_id or ds.settings.default_model})
     job = await ds.service.submit(key, "native", draft, {})
     return JSONResponse(await _render(ds, request, job), status_code=202)
 
@@ -93,28 +91,36 @@ async def job_preview(request: Request, job_id: str) -> Response:
 async def job_events(request: Request, job_id: str, previews: bool = False) -> StreamingResponse:
     ds, key = await _key(request)
     job = await _job(ds, key, job_id)  # errors before the stream starts keep their status code
+    watch = ds.service.watch
+    slot = watch.open_stream(key.key_id, ds.settings.limits.max_streams_per_key)  # RateLimited past the cap
 
     async def stream():
+        """Woken by the shared watch when the job changes (service/watch.py): no polling per stream."""
         last: tuple | None = None
         last_preview = None
-        while True:
-            current = await anyio.to_thread.run_sync(ds.service.jobs.get, job.id)
-            body = await _render(ds, request, current)
-            state = (body["status"], body["progress"]["step"])
-            if state != last:
-                last = state
-                yield sse(body["status"], body)
-            if previews and body["status"] == "running" and ds.service.progress is not None:
-                data = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id)
-                if data and data != last_preview:
-                    last_preview = data
-                    yield sse("preview", {"id": job.id, "step": body["progress"]["step"],
-                                          "image": "data:image/jpeg;base64," + base64.b64encode(data).decode()})
-            if current.status.is_terminal():
-                return
-            await anyio.sleep(EVENT_POLL_S)
+        try:
+            with watch.follow(job.id) as follower:
+                while True:
+                    current = await anyio.to_thread.run_sync(ds.service.jobs.get, job.id)
+                    body = await _render(ds, request, current)
+                    state = (body["status"], body["progress"]["step"])
+                    if state != last:
+                        last = state
+                        yield sse(body["status"], body)
+                    if previews and body["status"] == "running" and ds.service.progress is not None:
+                        data = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id)
+                        if data and data != last_preview:
+                            last_preview = data
+                            yield sse("preview", {"id": job.id, "step": body["progress"]["step"],
+                                                  "image": "data:image/jpeg;base64," + base64.b64encode(data).decode()})
+                    if current.status.is_terminal():
+                        return
+                    while not await follower.changed(EVENT_KEEPALIVE_S):
+                        yield b": keep-alive\n\n"  # a comment line: a client that left is noticed here
+        finally:
+            slot.release()
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
+    return StreamingResponse(slot.bind(stream()), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from diffserve.core.errors import InvalidInput, ModelNotFound, NotFound
 from diffserve.core.job import Job, JobStatus
 from diffserve.workers.placement import configured_labels
+from diffserve.api.disconnect import client_watch
 from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import json_body_doc, parse_model, read_json_object
 from diffserve.api.errors import guarded_route
@@ -51,7 +52,9 @@ async def get_image_to_image(request: Request) -> JSONResponse:
               "routed_to": label or "any worker"}
     job = await ds.service.submit(key, "qolaba", draft, params)
     if not req.celery:
-        job = await ds.service.wait(job.id, ds.settings.sync_wait_s)
+        # a client that leaves stops the wait (the job goes on: it can be fetched by id)
+        async with client_watch(request) as gone:
+            job = await ds.service.wait(job.id, ds.settings.sync_wait_s, gone)
     return await _answer(ds, request, job)
 
 
