@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import struct
 import zlib
@@ -25,6 +26,20 @@ def png_bomb(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     rows = zlib.compress(b"\x00" * (width + 1) * 16, 9)  # 16 rows of zeros: the rest is missing
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", rows) + _chunk(b"IEND", b"")
+
+
+@functools.lru_cache(maxsize=4)
+def valid_png(width: int, height: int) -> bytes:
+    """A complete, valid 8-bit greyscale PNG of width x height black pixels: every row is there (a 13000x13000
+    one is ~0.7 MB, built in about a second), so a decoder that is allowed to will decode all of it."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    deflate = zlib.compressobj(1)
+    rows = b"\x00" * (width + 1) * max(1, 4 * 1024 * 1024 // (width + 1))  # filter byte 0, then the zero pixels
+    per_block = len(rows) // (width + 1)
+    parts = [deflate.compress(rows[: (width + 1) * min(per_block, height - done)])
+             for done in range(0, height, per_block)]
+    idat = b"".join(parts) + deflate.flush()
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 def encoded(img: Image.Image, fmt: str, **save) -> bytes:

@@ -150,6 +150,17 @@ def test_kontext_stitches_references_side_by_side_within_the_output_area():
     assert np.array_equal(left, np.asarray(init))  # init image first, unchanged at its height
 
 
+@pytest.mark.parametrize("shape", [(2048, 1), (16384, 1), (1, 4096), (1_000_000, 1)])
+def test_kontext_stitching_keeps_extreme_references_within_the_output_area(shape):
+    """At the output height a 2048x1 reference alone would be 2048x1024 times wider than tall (2 G pixels): every
+    strip, whatever its references, stays within the output's area, sides multiples of 16."""
+    init = _image(7, 1024, 1024)
+    for refs in ([_image(8, *shape)], [_image(8, *shape)] * 16):
+        strip = stitch_references([init, *refs], height=1024, max_area=1024 * 1024)
+        assert strip.width * strip.height <= 1024 * 1024 and strip.width % 16 == 0 and strip.height % 16 == 0
+        assert strip.height >= 16
+
+
 # --------------------------------------------------------------------------------------------
 # Builds, registry entries and family checks
 # --------------------------------------------------------------------------------------------

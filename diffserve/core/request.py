@@ -147,6 +147,7 @@ class RequestDraft(RequestOptions):
     """
 
     init_image: str = Field("", description="what the client sent: URL, base64 or data URI (empty for txt2img)")
+    init_image_field: str = Field("init_image", description="the dialect's name for init_image, in errors")
     extra_images: list[str] = Field(default_factory=list, description="reference images: URL/base64 each")
     extra_images_field: str = Field("file_urls", description="the dialect's name for extra_images, in errors")
     mask_image: str | None = Field(None, description="inpaint: the mask (URL/base64; white = repaint)")
@@ -245,6 +246,14 @@ def check_batch_pixels(samples: int, width: int, height: int, max_pixels: int) -
         raise InvalidInput(
             f"samples x width x height is too large: {samples} x {width} x {height} = {total} pixels "
             f"(max {max_pixels})", field="samples")
+
+
+def check_reference_count(draft: RequestDraft, max_references: int) -> None:
+    """The reference images besides the init image, counted before any is fetched or decoded."""
+    count = len(draft.extra_images)
+    if count > max_references:
+        raise InvalidInput(f"{draft.extra_images_field}: too many reference images: {count} (max {max_references} "
+                           f"besides the init image)", field=draft.extra_images_field)
 
 
 def check_choice(field: str, value: str | None, choices: tuple[str, ...]) -> None:

@@ -64,6 +64,17 @@ def decode_image(data: bytes, *, field: str, limits: ImageLimits) -> Image.Image
     Raises ImageInputError (with `field`) if the data is too large (bytes or pixels), not one of
     the accepted formats, truncated or corrupt.
     """
+    frame = decode_frame(data, field=field, limits=limits)
+    try:
+        return to_rgb(frame)
+    except _DECODE_ERRORS as exc:  # a mode Pillow cannot convert: the client's file
+        log.info("cannot convert %s (%s) to RGB: %s: %s", field, frame.mode, type(exc).__name__, exc)
+        raise ImageInputError(f"{field} is truncated or corrupt", field=field) from None
+
+
+def decode_frame(data: bytes, *, field: str, limits: ImageLimits) -> Image.Image:
+    """The same checks and decoding as :func:`decode_image`, but the frame keeps its own mode (RGBA,
+    L, P...): for masks, whose alpha or grey levels are the point. Blocking: call it off the event loop."""
     if len(data) > limits.max_bytes:
         raise ImageInputError(too_many_bytes_message(field, len(data), limits.max_bytes), field=field)
     try:
@@ -72,8 +83,7 @@ def decode_image(data: bytes, *, field: str, limits: ImageLimits) -> Image.Image
             if width * height > limits.max_pixels:
                 raise _too_many_pixels(field, width, height, limits)
             im.load()  # frame 0; raises on truncated data
-            image = _apply_orientation(im, field)
-            return to_rgb(image)
+            return _apply_orientation(im, field)
     except Image.DecompressionBombError:
         # Pillow refused the header size before we could look at it (> 2x its own global limit,
         # which therefore caps ours).

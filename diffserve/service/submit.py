@@ -23,7 +23,8 @@ from diffserve.service.watch import JobWatch
 from diffserve.config import Settings
 from diffserve.core.errors import CANCELLED_BY_CLIENT, NotFound, Unavailable
 from diffserve.core.job import Job, JobStatus, input_key
-from diffserve.core.request import RequestDraft, check_batch_pixels, output_size
+from diffserve.core.request import (ModelLimits, RequestDraft, check_batch_pixels, check_reference_count,
+                                    output_size)
 from diffserve.engine.identity.faces import SubmitFaceCheck
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.engine.request_rules import check_init_image, resolve_controls
@@ -77,20 +78,29 @@ class GenerationService:
     async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
                      dialect_params: dict[str, Any] | None = None) -> Job:
         """Check the server's limits and the key's queue cap, then validate and enqueue (see _submit)."""
-        draft.check_lengths(self.settings.limits.max_prompt_chars, self.settings.limits.max_text_chars)
+        limits = self.check_draft(draft)
         if self.caps is None:
-            return await self._submit(key, dialect, draft, dialect_params)
+            return await self._submit(key, dialect, draft, limits, dialect_params)
         async with self.caps.admit(key):  # RateLimited past the cap
-            return await self._submit(key, dialect, draft, dialect_params)
+            return await self._submit(key, dialect, draft, limits, dialect_params)
 
-    async def _submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
-                      dialect_params: dict[str, Any] | None) -> Job:
-        """Validate against the model, fetch and store the init image, create and enqueue the job."""
-        entry = self.registry.get(draft.model_id)
-        limits = entry.limits
+    def check_draft(self, draft: RequestDraft) -> ModelLimits:
+        """The checks that need no image and no I/O, in order: text lengths, the reference-image count, the
+        model (ModelNotFound), then every range against its limits (sizes included). Cheap: a dialect that does
+        work of its own before `submit` (A1111 resizes its init image) calls it first. The limits applied."""
+        draft.check_lengths(self.settings.limits.max_prompt_chars, self.settings.limits.max_text_chars)
+        check_reference_count(draft, self.settings.limits.max_reference_images)
+        limits = self.registry.get(draft.model_id).limits
         if draft.max_side and draft.max_side < limits.max_size:  # the dialect's cap (realtime: 1024...)
             limits = limits.model_copy(update={"max_size": draft.max_side})
         draft.check(limits)
+        return limits
+
+    async def _submit(self, key: ApiKey, dialect: str, draft: RequestDraft, limits: ModelLimits,
+                      dialect_params: dict[str, Any] | None) -> Job:
+        """Validate against the model (`limits`: check_draft's), fetch and store the images, create and enqueue
+        the job."""
+        entry = self.registry.get(draft.model_id)
         self.registry.check_request(draft)  # LoRA / embedding / VAE / IP-Adapter ids, families, ip image
         # the model's family decides which controls apply; prompts enhanced here so meta shows them
         draft = await anyio.to_thread.run_sync(resolve_controls, draft, entry)
@@ -103,7 +113,7 @@ class GenerationService:
             width, height = draft.width or default_width, draft.height or default_height
             init_key = ""
         else:
-            init = await self._image(key, draft.init_image, "init_image")
+            init = await self._image(key, draft.init_image, draft.init_image_field)
             await anyio.to_thread.run_sync(check_init_image, entry, init, self.faces)  # e.g. PuLID needs a face
             width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
             init_key = input_key(token, temp=draft.temp)
@@ -118,7 +128,7 @@ class GenerationService:
         extra_keys = []
         for i, ref in enumerate(draft.extra_images):
             extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
-            ref_image = await self._image(key, ref, "file_urls")
+            ref_image = await self._image(key, ref, draft.extra_images_field)
             await self._store_image(extra_keys[-1], ref_image)
         ip_key = None
         if draft.ip_adapter_image:

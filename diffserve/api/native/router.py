@@ -24,6 +24,7 @@ from diffserve.engine.models.capabilities import SCHEDULERS, family_controls
 from diffserve.store.keys import ApiKey
 
 NativeRoute = guarded_route(error_response, "NativeRoute")
+NATIVE_IMAGE_FIELDS = {"init_image_field": "init_image", "mask_field": "mask_image", "extra_images_field": "extra_images"}
 router = APIRouter(route_class=NativeRoute, tags=["Jobs (native)"])
 
 EVENT_KEEPALIVE_S = 15.0  # a comment line this often while the job does not change
@@ -48,7 +49,8 @@ async def _render(ds: AppState, request: Request, job: Job) -> dict[str, Any]:
 async def create_job(request: Request) -> JSONResponse:
     ds, key = await _key(request)
     body = parse_model(JobCreate, await read_json_object(request))
-    draft = body.model_copy(update={"model_id": body.model_id or ds.settings.default_model})
+    draft = body.model_copy(update={"model_id": body.model_id or ds.settings.default_model,  # errors name native fields
+                                    **NATIVE_IMAGE_FIELDS})
     job = await ds.service.submit(key, "native", draft, {})
     return JSONResponse(await _render(ds, request, job), status_code=202)
 

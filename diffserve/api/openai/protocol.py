@@ -21,9 +21,11 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from PIL import Image
 
+from diffserve.config import ImageLimits
 from diffserve.core.errors import (DiffserveError, Forbidden, InvalidInput, ModelNotFound, NotFound, RateLimited,
                                    Unauthorized, Unavailable)
 from diffserve.core.request import ModelLimits
+from diffserve.media.decode import decode_frame
 
 QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "auto": 1.0, "standard": 1.0, "high": 1.5}
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -76,13 +78,10 @@ def check_output(output_format: str | None, compression: int | None, background:
     return fmt
 
 
-def mask_from_alpha(data: bytes) -> str:
-    """OpenAI's mask (alpha 0 = edit) as a white-is-repaint PNG, base64."""
-    try:
-        mask = Image.open(io.BytesIO(data))
-        mask.load()
-    except Exception:  # noqa: BLE001 - any decoding failure is the client's file
-        raise InvalidInput("mask must be a PNG image", field="mask") from None
+def mask_from_alpha(data: bytes, limits: ImageLimits) -> str:
+    """OpenAI's mask (alpha 0 = edit) as a white-is-repaint PNG, base64. Checked like every input image
+    (media/decode.py: format allowlist, header pixel count first); blocking: run it off the event loop."""
+    mask = decode_frame(data, field="mask", limits=limits)
     if "A" not in mask.getbands():
         raise InvalidInput("mask must have an alpha channel: transparent pixels mark the area to edit", field="mask")
     repaint = mask.getchannel("A").point(lambda a: 255 if a == 0 else 0)

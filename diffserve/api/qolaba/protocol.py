@@ -74,6 +74,7 @@ class QolabaImg2ImgRequest(BaseModel):
             model_id=app.model_id,
             prompt=self.prompt or "",
             init_image=self.image.strip(),
+            init_image_field="image",
             extra_images=list(self.file_urls or []),
             negative_prompt=self.negative_prompt or None,
             width=width,
