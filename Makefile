@@ -23,16 +23,19 @@ CLIP_VOCAB       := $(VENV)/share/diffserve/bpe_simple_vocab_16e6.txt.gz
 
 # --no-deps: the lock is the whole set (pip check runs after, and tests/test_install.py checks the venv
 # against the lock); --require-hashes: every file is the one the lock names.
+# The locks are universal (one file for every supported Python, environment markers on the lines that differ):
+# pip installs the lines whose markers hold for this interpreter. $(2): other locks the venv may equal instead
+# (`make serve` after `make test` keeps the test venv, a superset of the runtime lock at the same versions).
 define install_lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --no-deps --require-hashes -r $(1)
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
-	$(PY) requirements/check_venv.py $(1)
+	$(PY) requirements/check_venv.py $(1) $(2)
 endef
 
 $(VENV)/.installed-runtime: $(LOCK_RUNTIME) pyproject.toml $(CLIP_VOCAB)
-	$(call install_lock,$(LOCK_RUNTIME))
+	$(call install_lock,$(LOCK_RUNTIME),$(LOCK_TEST))
 	touch $@
 
 $(VENV)/.installed-test: $(LOCK_TEST) pyproject.toml $(CLIP_VOCAB)
@@ -62,17 +65,21 @@ system-deps:
 test: install-test system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Re-resolve both locks from pyproject.toml's ranges (and requirements/*.in), newest versions allowed.
-# torch and opencv-python are resolved but left out (see TORCH above and requirements/pip-check-allow.txt).
-LOCK_FLAGS := --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
-	--unsafe-package torch --unsafe-package opencv-python --constraint requirements/torch-cpu.txt
-# pip-tools runs in its own venv, so the project venv stays exactly the lock.
+# Re-resolve both locks from pyproject.toml's ranges (and requirements/*.in), newest versions allowed, for every
+# Python pyproject.toml admits (uv's universal resolution: one lock, markers where an interpreter differs, e.g.
+# async-timeout below 3.11.3). torch and opencv-python are resolved but left out (see TORCH above and
+# requirements/pip-check-allow.txt), and so are the CUDA packages torch's PyPI metadata names
+# (requirements/torch-cuda-excludes.txt). Drop --upgrade from LOCK_FLAGS to add a package without moving the rest.
+LOCK_FLAGS := --universal --python-version 3.11 --quiet --generate-hashes --upgrade \
+	--no-emit-package torch --no-emit-package opencv-python \
+	--excludes requirements/torch-cuda-excludes.txt --constraint requirements/torch-cpu.txt
+# uv runs in its own venv, so the project venv stays exactly the lock.
 LOCK_VENV := .venv-lock
 lock:
 	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/python -m pip install -q "pip-tools==7.6.2"
-	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --upgrade -o $(LOCK_RUNTIME) pyproject.toml requirements/runtime.in
-	$(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) --constraint $(LOCK_RUNTIME) --extra test -o $(LOCK_TEST) \
+	$(LOCK_VENV)/bin/python -m pip install -q "uv==0.13.8"
+	$(LOCK_VENV)/bin/uv pip compile $(LOCK_FLAGS) -o $(LOCK_RUNTIME) pyproject.toml requirements/runtime.in
+	$(LOCK_VENV)/bin/uv pip compile $(LOCK_FLAGS) --constraint $(LOCK_RUNTIME) --extra test -o $(LOCK_TEST) \
 		pyproject.toml requirements/runtime.in
 
 # The fleet on loopback: real PostgreSQL, Redis and SeaweedFS, one API, two workers (README "Fleet"). Ctrl-C stops it.
