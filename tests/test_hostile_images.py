@@ -82,6 +82,11 @@ def job_count(server) -> int:
         return con.execute("select count(*) from jobs").fetchone()[0]
 
 
+def inputs_files(server) -> int:
+    folder = Path(server.data_dir) / "inputs"
+    return sum(1 for _ in folder.rglob("*")) if folder.exists() else 0
+
+
 # --- one sender per dialect: (server, key, fields) -> response; and its error shape: response -> (field, text) --
 
 def v6(server, key, fields):
@@ -164,7 +169,7 @@ SHAPES: dict[str, tuple[Sender, Callable]] = {
 def refused_everywhere(server, key, dialect: str, fields: dict, field: str, text: str) -> None:
     """COPIES identical requests at once: each a 4xx in the dialect's shape naming `field`, no job, /health fast."""
     send, shape = SHAPES[dialect]
-    before = job_count(server)
+    before, files = job_count(server), inputs_files(server)
     with HealthProbe(server.url) as probe, ThreadPoolExecutor(COPIES) as pool:
         answers = list(pool.map(lambda _: send(server, key, fields), range(COPIES)))
     for r in answers:
@@ -174,6 +179,7 @@ def refused_everywhere(server, key, dialect: str, fields: dict, field: str, text
             (field, r.text[:500])
         assert len(r.content) < 2000
     assert job_count(server) == before
+    assert inputs_files(server) == files  # nothing stored, or removed again (an init image before a bad reference)
     assert probe.worst < 1.0, f"/health took {probe.worst:.2f} s while {dialect} was refusing {field}"
 
 
@@ -230,11 +236,6 @@ def test_requested_sizes_are_checked_before_any_work(server, key, dialect, field
     refused_everywhere(server, key, dialect, fields, field, text)
 
 
-def inputs_files(server) -> int:
-    folder = Path(server.data_dir) / "inputs"
-    return sum(1 for _ in folder.rglob("*")) if folder.exists() else 0
-
-
 REFS = [INIT] * 17  # one past the default limits.max_reference_images (16)
 COUNT_CASES = [
     ("native", {"model_id": KONTEXT, "extra_images": REFS}, "extra_images", "too many reference images: 17 (max 16"),
@@ -248,9 +249,7 @@ COUNT_CASES = [
 
 @pytest.mark.parametrize("dialect,fields,field,text", COUNT_CASES, ids=[c[0] for c in COUNT_CASES])
 def test_reference_images_per_request_are_bounded(server, key, dialect, fields, field, text):
-    before = inputs_files(server)
     refused_everywhere(server, key, dialect, fields, field, text)
-    assert inputs_files(server) == before  # refused before anything was stored
 
 
 def worker_peak_mb(server) -> dict[int, float]:

@@ -118,29 +118,35 @@ class GenerationService:
             width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
             init_key = input_key(token, temp=draft.temp)
         check_batch_pixels(draft.samples or 1, width, height, self.settings.limits.max_batch_pixels)
-        if init_key:
-            await self._store_image(init_key, init, (width, height))
-        mask_key = None
-        if draft.mode == "inpaint" and draft.mask_image:
-            mask_key = input_key(token, "mask", temp=draft.temp)
-            mask = await self._image(key, draft.mask_image, draft.mask_field)
-            await self._store_image(mask_key, mask.convert("L"), (width, height))
-        extra_keys = []
-        for i, ref in enumerate(draft.extra_images):
-            extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
-            ref_image = await self._image(key, ref, draft.extra_images_field)
-            await self._store_image(extra_keys[-1], ref_image)
-        ip_key = None
-        if draft.ip_adapter_image:
-            ip_key = input_key(token, "ip", temp=draft.temp)
-            img = await self._image(key, draft.ip_adapter_image, "ip_adapter_image")
-            await self._store_image(ip_key, img)
-        seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
-        request = draft.resolve(limits, init_image_key=init_key, width=width, height=height, seed=seed,
-                                extra_image_keys=extra_keys, ip_adapter_image_key=ip_key, mask_image_key=mask_key)
-        job = await anyio.to_thread.run_sync(
-            lambda: self.jobs.create(key_id=key.key_id, dialect=dialect, request=request,
-                                     output_token=token, dialect_params=dialect_params))
+        stored: list[str] = []  # input files written so far: removed again if the request fails after them
+        try:
+            if init_key:
+                await self._store_image(init_key, init, (width, height), stored)
+            mask_key = None
+            if draft.mode == "inpaint" and draft.mask_image:
+                mask_key = input_key(token, "mask", temp=draft.temp)
+                mask = await self._image(key, draft.mask_image, draft.mask_field)
+                await self._store_image(mask_key, mask.convert("L"), (width, height), stored)
+            extra_keys = []
+            for i, ref in enumerate(draft.extra_images):
+                extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
+                ref_image = await self._image(key, ref, draft.extra_images_field)
+                await self._store_image(extra_keys[-1], ref_image, None, stored)
+            ip_key = None
+            if draft.ip_adapter_image:
+                ip_key = input_key(token, "ip", temp=draft.temp)
+                img = await self._image(key, draft.ip_adapter_image, "ip_adapter_image")
+                await self._store_image(ip_key, img, None, stored)
+            seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
+            request = draft.resolve(limits, init_image_key=init_key, width=width, height=height, seed=seed,
+                                    extra_image_keys=extra_keys, ip_adapter_image_key=ip_key, mask_image_key=mask_key)
+            job = await anyio.to_thread.run_sync(
+                lambda: self.jobs.create(key_id=key.key_id, dialect=dialect, request=request,
+                                         output_token=token, dialect_params=dialect_params))
+        except BaseException:  # a later image refused, the store down, the client gone: no orphan files
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._delete_inputs, stored)
+            raise
         await anyio.to_thread.run_sync(self.queue.enqueue, job.id)
         return job
 
@@ -225,9 +231,18 @@ class GenerationService:
                     await anyio.to_thread.run_sync(self.progress.request_cancel, job.id)
         return await anyio.to_thread.run_sync(self.jobs.get, job.id)
 
-    async def _store_image(self, key: str, img: Image.Image, size: tuple[int, int] | None = None) -> None:
+    async def _store_image(self, key: str, img: Image.Image, size: tuple[int, int] | None,
+                           stored: list[str]) -> None:
         png = await anyio.to_thread.run_sync(_fit_png, img, *(size or img.size))
         await anyio.to_thread.run_sync(self.storage.put, key, png)
+        stored.append(key)
+
+    def _delete_inputs(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.storage.delete(key)
+            except Exception:  # noqa: BLE001 - best effort: the request's own error is the one to report
+                log.warning("could not delete input %s of a refused request", key, exc_info=True)
 
     async def _image(self, key: ApiKey, value: str, field: str) -> Image.Image:
         """One input image, decoded. A URL is fetched (and decoded) on a fetch slot of `fetches`: a slow image

@@ -24,7 +24,8 @@ from diffserve.engine.models.capabilities import SCHEDULERS, family_controls
 from diffserve.store.keys import ApiKey
 
 NativeRoute = guarded_route(error_response, "NativeRoute")
-NATIVE_IMAGE_FIELDS = {"init_image_field": "init_image", "mask_field": "mask_image", "extra_images_field": "extra_images"}
+NATIVE_IMAGE_FIELDS = {"init_image_field": "init_image", "mask_field": "mask_image",
+                       "extra_images_field": "extra_images"}
 router = APIRouter(route_class=NativeRoute, tags=["Jobs (native)"])
 
 EVENT_KEEPALIVE_S = 15.0  # a comment line this often while the job does not change
