@@ -288,7 +288,7 @@ def test_unauthenticated_29mb_bodies_do_not_stall_the_loop(edge):
         elif path.startswith("/sdapi/"):
             assert status == 401 and answer["error"] == "Unauthorized" and answer["detail"] == "API key required"
         else:
-            assert status == 400 and answer["message"].startswith("Request body holds too many JSON values")
+            assert status == 400 and answer["message"].startswith("Invalid JSON body: too many values")
     assert max(watch.health) < 1.0, f"/health took {max(watch.health):.2f} s"
 
 
@@ -297,7 +297,7 @@ def test_millions_of_fields_with_a_key_are_refused_before_parsing(edge):
     with Watch(edge) as watch:
         r = httpx.post(f"{edge.url}/v1/jobs", content=fields, timeout=60,
                        headers={"Authorization": f"Bearer {edge.key}", "Content-Type": "application/json"})
-    assert r.status_code == 400 and r.json()["error"]["message"].startswith("Request body holds too many JSON")
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("Invalid JSON body: too many values")
     assert max(watch.health) < 1.0
 
 

@@ -51,8 +51,7 @@ async def read_json_object(request: Request, max_bytes: int | None = None) -> di
             raise InvalidInput(f"Request body is too large (max {max_bytes} bytes)")
         values += _values(chunk)
         if values > max_values:
-            raise InvalidInput(f"Request body holds too many JSON values (max {max_values} separators and "
-                               "containers)")
+            raise InvalidInput(f"Invalid JSON body: too many values (max {max_values} separators and containers)")
         chunks.append(chunk)
     raw = b"".join(chunks)
     if len(raw) > PARSE_INLINE:

@@ -115,7 +115,7 @@ class SlowClientGuard(HttpToolsProtocol):
             self._arm("body", self.body_timeout_s)
             return
         log.debug("closing a connection from %s: its request %s did not arrive in time", self.client,
-                 "headers" if self._phase == "headers" else "body")
+                  "headers" if self._phase == "headers" else "body")
         self._phase = ""
         self.transport.close()
 
