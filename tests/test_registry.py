@@ -248,8 +248,8 @@ def test_models_cli_add_list_remove(tmp_path):
                 "--family", "sd", "--limits", '{"max_steps": 40}', "--max-size", "768")
     assert added.returncode == 0, added.stderr
     assert json.loads((data / "models.json").read_text())["models"]["rv51"] == {
-        "kind": "hub", "location": "SG161222/Realistic_Vision_V5.1_noVAE", "revision": "main",
-        "limits": {"max_steps": 40, "max_size": 768}}
+        "kind": "hub", "location": "SG161222/Realistic_Vision_V5.1_noVAE", "revision": "main", "family": "sd",
+        "limits": {"max_steps": 40, "max_size": 768}}  # --family sd is kept though sd is the default (issue 29)
 
     listed = cli(data, "list")
     assert listed.returncode == 0, listed.stderr

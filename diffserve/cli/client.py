@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from textwrap import shorten
 from typing import Any, Iterator
 
 import httpx
@@ -28,7 +29,8 @@ class ClientError(Exception):
 class Client:
     def __init__(self, server: str, key: str | None, timeout: float = 30.0) -> None:
         if not key:
-            raise ClientError("no API key: set DIFFSERVE_API_KEY (diffserve keys create prints one)")
+            raise ClientError("no API key: pass --key or set DIFFSERVE_API_KEY "
+                              "(`diffserve keys create --name me` prints one)")
         self.server = server.rstrip("/")
         self.http = httpx.Client(base_url=self.server, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
 
@@ -87,7 +89,7 @@ def _image_value(image: str) -> str:
 def generate(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    client = Client(args.server, os.environ.get("DIFFSERVE_API_KEY"))
+    client = Client(args.server, args.key)
     body = {"prompt": args.prompt, "init_image": _image_value(args.image)}
     for field in ("negative_prompt", "strength", "steps", "seed", "samples", "width", "height", "guidance_scale",
                   "scheduler"):
@@ -122,22 +124,22 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def jobs_list(args: argparse.Namespace) -> int:
-    client = Client(args.server, os.environ.get("DIFFSERVE_API_KEY"))
+    client = Client(args.server, args.key)
     for job in client.call("GET", "/v1/jobs", params={"limit": args.limit})["data"]:
         step = job["progress"]
         print(f"{job['id']:>6}  {job['status']:<10} {step['step']:>3}/{step['total']:<3} {job['dialect']:<10} "
-              f"{job['model_id']:<16} {job['created_at']}  {job['meta']['prompt'][:40]}")
+              f"{job['model_id']:<16} {job['created_at']}  {shorten(job['meta']['prompt'] or '', 60, placeholder=' ...')}")
     return 0
 
 
 def jobs_show(args: argparse.Namespace) -> int:
-    client = Client(args.server, os.environ.get("DIFFSERVE_API_KEY"))
+    client = Client(args.server, args.key)
     print(json.dumps(client.call("GET", f"/v1/jobs/{args.id}"), indent=2))
     return 0
 
 
 def jobs_cancel(args: argparse.Namespace) -> int:
-    client = Client(args.server, os.environ.get("DIFFSERVE_API_KEY"))
+    client = Client(args.server, args.key)
     job = client.call("POST", f"/v1/jobs/{args.id}/cancel")
     print(f"job {job['id']}: {job['status']}")
     return 0
@@ -151,24 +153,36 @@ def run(func, args: argparse.Namespace) -> int:
         return 1
 
 
+MODEL_DEFAULT = "default: the model's own (demo-sd: %s)"
+
+
 def add_client_commands(sub: Any) -> None:
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument("--server", default=os.environ.get("DIFFSERVE_SERVER", DEFAULT_SERVER),
-                        help=f"the server (env DIFFSERVE_SERVER, default {DEFAULT_SERVER}); key: DIFFSERVE_API_KEY")
+                        help=f"the server (env DIFFSERVE_SERVER, default {DEFAULT_SERVER})")
+    server.add_argument("--key", default=os.environ.get("DIFFSERVE_API_KEY"),
+                        help="API key (env DIFFSERVE_API_KEY; `diffserve keys create --name me` prints one)")
 
-    gen = sub.add_parser("generate", parents=[server], help="image to image on a running server")
+    gen = sub.add_parser(
+        "generate", parents=[server], help="image to image on a running server",
+        description="Image to image on a running server: uploads IMAGE, follows the job with a progress bar and "
+                    "writes the result. On the built-in demo-sd, the prompt is an edit word: grayscale, sepia, "
+                    "invert, blur, sharpen, sketch, warm, cool, posterize.",
+        epilog="example: diffserve generate docs/images/demo-input.jpg --prompt sketch -o sketch.png")
     gen.add_argument("image", help="input image: a file, an http(s) URL or a data: URI")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", dest="negative_prompt")
-    gen.add_argument("--model", help="model id (default: the server's default model)")
-    gen.add_argument("--strength", type=float)
-    gen.add_argument("--steps", type=int)
-    gen.add_argument("--guidance", dest="guidance_scale", type=float)
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--samples", type=int)
-    gen.add_argument("--width", type=int)
-    gen.add_argument("--height", type=int)
-    gen.add_argument("--scheduler")
+    gen.add_argument("--prompt", required=True, help="what to make of the image (demo-sd: an edit word, e.g. sketch)")
+    gen.add_argument("--negative-prompt", dest="negative_prompt", help="what to steer away from (default: none)")
+    gen.add_argument("--model", help="model id (default: the server's default model, demo-sd out of the box)")
+    gen.add_argument("--strength", type=float,
+                     help="how much of the image to change, 0-1 (" + MODEL_DEFAULT % "0.3" + ")")
+    gen.add_argument("--steps", type=int, help="denoising steps (" + MODEL_DEFAULT % "8" + ")")
+    gen.add_argument("--guidance", dest="guidance_scale", type=float,
+                     help="classifier-free guidance scale (" + MODEL_DEFAULT % "1.0" + ")")
+    gen.add_argument("--seed", type=int, help="random seed, for a repeatable image (default: a random one)")
+    gen.add_argument("--samples", type=int, help="images to make (default 1)")
+    gen.add_argument("--width", type=int, help="output width in pixels (default: the input's, fitted to the model)")
+    gen.add_argument("--height", type=int, help="output height in pixels (default: the input's, fitted to the model)")
+    gen.add_argument("--scheduler", help="sampler, e.g. EulerDiscreteScheduler (default: the model's own)")
     gen.add_argument("-o", "--output", default="out.png", help="where to write the image (several: out-0.png...)")
     gen.set_defaults(func=lambda args: run(generate, args))
 

@@ -79,11 +79,27 @@ def _serve(args: argparse.Namespace) -> int:
     except SchemaOutOfDate as e:
         return _schema_error(e)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(first_steps(settings, args, has_keys=bool(_key_store(args).list())), flush=True)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
                 http=protocol_class(settings.server, settings.limits.max_body_bytes),
                 timeout_keep_alive=settings.server.keep_alive_s)
     return 0
+
+
+def first_steps(settings: Settings, args: argparse.Namespace, *, has_keys: bool) -> str:
+    """What `serve` prints before it starts: where it listens, the playground, and how to get a key."""
+    shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = settings.public_url or f"http://{shown_host}:{settings.port}"
+    data_dir = f" --data-dir {args.data_dir}" if getattr(args, "data_dir", None) else ""
+    lines = [f"diffserve: serving {settings.data_dir} on {url}",
+             f"  playground:  {url}/ui/   (paste a key in its Key field)",
+             f"  API docs:    {url}/docs"]
+    key_line = "  a key:       diffserve keys create --name me" + data_dir + "   (prints the key on its last line)"
+    lines.append(key_line if has_keys else key_line + "; no key exists yet, so make one first")
+    lines.append("  first image: diffserve generate --key <key> --server " + url
+                 + " docs/images/demo-input.jpg --prompt sketch -o sketch.png")
+    return "\n".join(lines)
 
 
 def _worker(args: argparse.Namespace) -> int:

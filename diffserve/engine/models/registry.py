@@ -133,7 +133,9 @@ class RegistryDoc(BaseModel):
         return getattr(self, kind)
 
     def to_json(self) -> str:
-        data = {kind: {entry_id: entry.model_dump(mode="json", exclude_defaults=True)
+        # exclude_unset: what the operator gave is written back, a value equal to the default included
+        # (`models add --family sd` keeps "family": "sd" in the file)
+        data = {kind: {entry_id: entry.model_dump(mode="json", exclude_unset=True)
                        for entry_id, entry in sorted(self.section(kind).items())}
                 for kind in SECTIONS if self.section(kind)}
         return json.dumps(data, indent=2) + "\n"
