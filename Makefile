@@ -19,7 +19,7 @@ OPEN_CLIP        := open_clip_torch==3.3.0
 OPEN_CLIP_SHA256 := $(shell cat requirements/open-clip-wheel.sha256)
 CLIP_VOCAB       := $(VENV)/share/diffserve/bpe_simple_vocab_16e6.txt.gz
 
-.PHONY: serve test install install-test system-deps lock bench clean fleet-demo
+.PHONY: serve test install install-test system-deps lock bench clean fleet-demo docs
 
 # --no-deps: the lock is the whole set (pip check runs after, and tests/test_install.py checks the venv
 # against the lock); --require-hashes: every file is the one the lock names.
@@ -86,8 +86,14 @@ lock:
 fleet-demo: install-test system-deps
 	$(PY) scripts/fleet_demo.py
 
+# The docs site (mkdocs.yml, docs/) into site/; --strict fails on any warning (a broken link or anchor, a page
+# missing from the nav). tests/test_docs.py runs the same build, so CI (`make test`) does too;
+# `$(VENV)/bin/mkdocs serve` shows the pages while editing.
+docs: install-test
+	$(VENV)/bin/mkdocs build --strict
+
 bench: install
 	$(PY) bench/latency.py
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) data
+	rm -rf $(VENV) $(LOCK_VENV) data site
