@@ -198,7 +198,9 @@ async function follow(job) {
         const block = buffer.slice(0, cut);
         buffer = buffer.slice(cut + 2);
         const event = (block.match(/^event: (.*)$/m) || [])[1];
-        const data = JSON.parse((block.match(/^data: (.*)$/m) || [])[1] || "{}");
+        const dataLine = (block.match(/^data: (.*)$/m) || [])[1];
+        if (dataLine === undefined) continue; // a comment (": keep-alive") carries no event
+        const data = JSON.parse(dataLine);
         if (event === "preview") {
           $("step-preview").src = data.image;
           $("step-preview").hidden = false;
