@@ -1,7 +1,7 @@
 # The two set-up commands for a fresh machine:
 #   make serve   installs everything into .venv (from the lock) and starts the server on the embedded default
 #   make test    installs everything (with the test tools, from the lock) into .venv and runs the whole test suite
-# make lock refreshes the lock files from pyproject.toml's ranges (README: "Upgrading dependencies").
+# make lock refreshes the lock files from pyproject.toml's ranges (docs/install.md, "Upgrading dependencies").
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -82,7 +82,7 @@ lock:
 	$(LOCK_VENV)/bin/uv pip compile $(LOCK_FLAGS) --constraint $(LOCK_RUNTIME) --extra test -o $(LOCK_TEST) \
 		pyproject.toml requirements/runtime.in
 
-# The fleet on loopback: real PostgreSQL, Redis and SeaweedFS, one API, two workers (README "Fleet"). Ctrl-C stops it.
+# The fleet on loopback: real PostgreSQL, Redis and SeaweedFS, one API, two workers (docs/fleet.md). Ctrl-C stops it.
 fleet-demo: install-test system-deps
 	$(PY) scripts/fleet_demo.py
 

@@ -1,5 +1,5 @@
-"""Fleet mode figures (README "Fleet"): the same parts as tests/fleet.py -- real PostgreSQL, Redis and SeaweedFS,
-an API process with no workers, `diffserve worker` processes (on hosts of their own when run as root).
+"""Fleet mode figures (docs/performance.md, "Fleet"): the same parts as tests/fleet.py -- real PostgreSQL, Redis
+and SeaweedFS, an API process with no workers, `diffserve worker` processes (on hosts of their own when run as root).
 
 Prints:
 1. images/s with 1 and 2 workers: tiny-sd, 64 px, 4 steps, 8 clients sending synchronous ModelsLab requests;

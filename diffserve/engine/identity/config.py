@@ -1,7 +1,7 @@
 """What a PuLID folder (`<Flux model folder>/pulid/`) holds, read without torch.
 
 `config.json` is optional: without it (or for any field it leaves out) the defaults describe the
-official PuLID-FLUX v0.9.x release laid out as README/docs/models.md shows:
+official PuLID-FLUX v0.9.x release laid out as docs/models.md ("Flux PuLID with real weights") shows:
 
     pulid/
       pulid_flux_v0.9.1.safetensors       PuLID-FLUX weights (IDFormer + 20 CA modules)

@@ -192,7 +192,7 @@ def load_pulid(folder: Path, *, device: str, dtype: torch.dtype) -> PuLIDModel:
     folder = Path(folder)
     cfg = read_config(folder)
     if missing := missing_files(folder, cfg):
-        raise ValueError(f"{folder}: missing {', '.join(missing)} (README: Flux PuLID)")
+        raise ValueError(f"{folder}: missing {', '.join(missing)} (docs/models.md: Flux PuLID with real weights)")
     with torch.device("meta"):
         pulid = PuLIDFlux(cfg)
     pulid.load_state_dict(load_file(str(folder / cfg.weights)), strict=True, assign=True)
