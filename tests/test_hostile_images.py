@@ -4,7 +4,8 @@ request are bounded. Against the hardened server (tests/hardened.py) over loopba
 
 Each refusal case is sent four times at once while a probe thread GETs `/health`: every answer is a 4xx in the
 dialect's own error shape naming the field, no job is created, and `/health` never takes a second (the A1111 and
-OpenAI-mask paths used to decode on the event loop: four 13000x13000 PNGs held it ~5 s)."""
+OpenAI-mask paths used to decode on the event loop, with no pixel limit: one 13000x13000 PNG takes 1.2 s to
+decode here, so four at once would hold it ~5 s)."""
 
 from __future__ import annotations
 
