@@ -36,10 +36,6 @@ class FetchSlots:
         self._slots: anyio.CapacityLimiter | None = None
         self._threads: anyio.CapacityLimiter | None = None
 
-    def in_flight(self, key_id: str | None = None) -> int:
-        """Fetches running or waiting for a slot (of one key, or of every key)."""
-        return self._per_key[key_id] if key_id is not None else sum(self._per_key.values())
-
     async def run(self, key_id: str, fetch: Callable[[], T]) -> T:
         """Run the blocking `fetch` on a fetch thread under both bounds; RateLimited past them."""
         if self._slots is None or self._threads is None:

@@ -78,14 +78,6 @@ class JobWatch:
         self._last: dict[int, tuple | None] = {}
         self._streams: Counter[str] = Counter()
         self._task: asyncio.Task | None = None
-        self.reads = 0  # store reads made (one per round with followers): what streams cost
-
-    def following(self) -> int:
-        """Requests following a job now (event streams and synchronous waits)."""
-        return sum(len(f) for f in self._followers.values())
-
-    def streams(self, key_id: str | None = None) -> int:
-        return self._streams[key_id] if key_id is not None else sum(self._streams.values())
 
     def open_stream(self, key_id: str, cap: int) -> StreamSlot:
         """Count one more event stream of `key_id`; RateLimited past `cap`."""
@@ -136,7 +128,6 @@ class JobWatch:
         except Exception:  # the store is down: followers keep waiting, the next round tries again
             log.exception("reading followed jobs failed")
             return
-        self.reads += 1
         for job_id in ids:
             mark = marks.get(job_id)
             if job_id not in self._followers or (job_id in self._last and self._last[job_id] == mark):
