@@ -72,7 +72,7 @@ def total_renderer(render_error: ErrorRenderer) -> ErrorRenderer:
             try:
                 return render_error(request, error)
             except Exception:  # noqa: BLE001 - a renderer's own failure must not become a plain-text 500
-                log.exception("error renderer failed on %s", printable(request.url.path))
+                log.exception("error renderer failed on %s", printable(str(getattr(request, "url", "?"))))
         return JSONResponse({"error": {"message": "Internal server error", "code": "internal_error"}}, 500)
 
     return render

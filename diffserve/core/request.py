@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.core.errors import InvalidInput
+from diffserve.core.text import check_text
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 0 .. 2**64-1
 
@@ -185,9 +186,11 @@ class RequestDraft(RequestOptions):
             )
 
     def check_lengths(self, max_prompt_chars: int, max_text_chars: int) -> None:
-        """Bound every text field (images excepted: their byte limits apply). Runs before any check
-        that quotes a value, so no error echoes a huge string."""
+        """Bound every text field (images excepted: their byte limits apply) and refuse text that is not
+        valid Unicode (a lone surrogate: it could be neither stored nor answered). Runs before any check
+        that quotes a value, so no error echoes a huge or unprintable string."""
         for name, value in self:
+            check_text(value, _VENDOR_NAMES.get(name, name))  # every dialect's backstop: nothing invalid is queued
             if name in _IMAGE_FIELDS:
                 continue
             limit = max_prompt_chars if name in _PROMPT_FIELDS else max_text_chars

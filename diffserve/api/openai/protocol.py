@@ -33,6 +33,55 @@ MAX_N = 10
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+class Params:
+    """The request's fields typed as OpenAI's spec types them: strings, integers, booleans. A JSON body must send
+    those types (`n: 1.5`, `n: 1e400`, `model: 7`, `stream: "maybe"` are 400s naming the param); a multipart body
+    (edits) sends every field as text, read as the type it stands for ("2", "true"). null or absent: None."""
+
+    def __init__(self, fields: dict[str, Any], *, form: bool) -> None:
+        self.fields, self.form = fields, form
+
+    def text(self, name: str) -> str | None:
+        value = self.fields.get(name)
+        if value is None or isinstance(value, str):
+            return value
+        raise InvalidInput(f"{name} must be a string (got {_kind(value)})", field=name)
+
+    def integer(self, name: str) -> int | None:
+        value = self.fields.get(name)
+        if value is None or (self.form and value == ""):
+            return None
+        if self.form and isinstance(value, str) and len(value) < 20:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # 2.0: an integer in JSON
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise InvalidInput(f"{name} must be an integer (got {_kind(value)})", field=name)
+
+    def boolean(self, name: str) -> bool:
+        value = self.fields.get(name)
+        if value is None or isinstance(value, bool):
+            return bool(value)
+        if self.form and isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", ""):
+            return value.strip().lower() in ("true", "1")
+        raise InvalidInput(f"{name} must be a boolean, true or false (got {_kind(value)})", field=name)
+
+
+def _kind(value: Any) -> str:
+    """A wrong value, described without echoing it whole."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"[:60]
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    return {"list": "a list", "dict": "an object"}.get(type(value).__name__, type(value).__name__)
+
+
 def steps_for(quality: str | None, limits: ModelLimits) -> int:
     quality = (quality or "auto").lower()
     if quality not in QUALITY_STEPS:

@@ -58,7 +58,10 @@ _K = {"karras": True}
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "DDPMScheduler": SchedulerSpec("DDPMScheduler"),
     "DDIMScheduler": SchedulerSpec("DDIMScheduler"),
-    "PNDMScheduler": SchedulerSpec("PNDMScheduler"),
+    # skip_prk_steps=True: PLMS as Stable Diffusion 1.x configures it (and as A1111's PLMS runs, with no
+    # Runge-Kutta warm-up). diffusers' default (False) cannot schedule fewer than 4 steps (ValueError in
+    # set_timesteps), and its warm-up steps are the ones img2img's strength cuts off.
+    "PNDMScheduler": SchedulerSpec("PNDMScheduler", (("skip_prk_steps", True),)),
     "LMSDiscreteScheduler": SchedulerSpec("LMSDiscreteScheduler", **_K),
     "EulerDiscreteScheduler": SchedulerSpec("EulerDiscreteScheduler", **_K),
     "EulerAncestralDiscreteScheduler": SchedulerSpec("EulerAncestralDiscreteScheduler"),
