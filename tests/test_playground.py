@@ -179,3 +179,34 @@ def test_server_data_is_shown_as_text_and_runs_no_script(page, jobs_server, admi
     page.wait_for_timeout(300)
     assert page.evaluate("() => window.__xss") is None
     assert any("Content Security Policy" in v for v in page.violations), page.violations
+
+
+def test_the_first_visit_says_how_to_get_a_key(browser, jobs_server):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{jobs_server.url}/ui/")
+    help_box = page.locator("#key-help")
+    expect(help_box).to_be_visible()
+    expect(help_box).to_contain_text("diffserve keys create --name me")
+    page.fill("#key", "anything")
+    page.dispatch_event("#key", "change")
+    expect(help_box).to_be_hidden()
+    context.close()
+
+
+def test_the_form_starts_at_the_chosen_models_defaults(page):
+    from diffserve.engine.demo import DEMO_SD_LIMITS
+
+    page.select_option("#model", "demo-sd")
+    page.dispatch_event("#model", "change")
+    for field, value in (("#strength", DEMO_SD_LIMITS.default_strength), ("#steps", DEMO_SD_LIMITS.default_steps),
+                         ("#guidance_scale", DEMO_SD_LIMITS.default_guidance)):
+        assert float(page.input_value(field)) == value, field
+
+
+def test_history_shows_the_whole_prompt(page, jobs_server, admin_key, tmp_path):
+    prompt = "sketch " + " ".join(f"word{i}" for i in range(30)) + " the-last-word"
+    Jobs(jobs_server, admin_key).submit(prompt=prompt, steps=2)
+    page.click("button[data-view=history]")
+    page.click("#refresh-history")
+    expect(page.locator("#history .prompt").first).to_have_text(prompt)

@@ -34,8 +34,13 @@ const state = { image: null, models: [], job: null, abort: null };
 // ---------------------------------------------------------------- key and requests
 
 $("key").value = localStorage.getItem("diffserve-key") || "";
+function keyHelp() {
+  $("key-help").hidden = Boolean($("key").value.trim());  // how to get a key, while none is set
+}
+keyHelp();
 $("key").addEventListener("change", () => {
   localStorage.setItem("diffserve-key", $("key").value.trim());
+  keyHelp();
   loadModels();
 });
 
@@ -119,8 +124,12 @@ function modelChanged() {
   $("model-info").textContent = `${m.family} · ${l.min_size}–${l.max_size} px (multiple of ${l.size_multiple}) · ` +
     `steps ${l.min_steps}–${l.max_steps} (default ${l.default_steps}) · guidance ${l.min_guidance}–${l.max_guidance} ` +
     `· up to ${l.max_samples} samples` + (m.description ? ` · ${m.description}` : "");
-  $("steps").placeholder = `default ${l.default_steps}`;
-  $("guidance_scale").placeholder = `default ${l.default_guidance}`;
+  // the form starts at the chosen model's own defaults (demo-sd: strength 0.3, 8 steps, guidance 1)
+  for (const [id, value] of [["strength", l.default_strength], ["steps", l.default_steps],
+                             ["guidance_scale", l.default_guidance]]) {
+    $(id).value = value ?? "";
+    $(id).placeholder = value === undefined || value === null ? "model default" : `default ${value}`;
+  }
   $("scheduler").replaceChildren(el("option", { value: "" }, "model default"),
     ...m.schedulers.map((s) => el("option", { value: s }, s)));
 }
@@ -293,7 +302,7 @@ async function loadHistory() {
         });
       }
       return row([j.id, j.status, `${j.progress.step}/${j.progress.total}`, j.dialect, j.model_id,
-        String(j.meta.prompt || "").slice(0, 60), j.outputs[0] ? el("img", { src: safeUrl(j.outputs[0]), alt: "" }) : "",
+        el("span", { className: "prompt" }, String(j.meta.prompt || "")), j.outputs[0] ? el("img", { src: safeUrl(j.outputs[0]), alt: "" }) : "",
         cancel]);
     }));
   } catch (e) {
