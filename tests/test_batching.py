@@ -165,15 +165,16 @@ def test_what_may_share_a_tick():
                    samples=3, scheduler="EulerDiscreteScheduler", clip_skip=2, safety_checker=False)
     assert batch_key({**base, **per_row}) == key
     for other in ({"model_id": "tiny-sdxl"}, {"width": 128}, {"height": 72}, {"lora_models": ["x"]},
-                  {"lora_models": ["x"], "lora_strengths": [0.5]}, {"embeddings_model": "e"}, {"vae": "v"}):
+                  {"lora_models": ["x"], "lora_strengths": [0.5]}, {"embeddings_model": "e"}, {"vae": "v"},
+                  {"tomesd": True}):  # tomesd rows share ticks with each other (a fixed merge pattern per row)
         assert batch_key({**base, **other}) not in (None, key), other
-    for alone in ({"mode": "txt2img"}, {"mode": "inpaint"}, {"ip_adapter_id": "ip"}, {"tomesd": True},
-                  {"strength": 0.01}):
+    assert batch_key({**base, "tomesd": True, **per_row}) == batch_key({**base, "tomesd": True})
+    for alone in ({"mode": "txt2img"}, {"mode": "inpaint"}, {"ip_adapter_id": "ip"}, {"strength": 0.01}):
         assert batch_key({**base, **alone}) is None, alone
 
 
 def test_families_without_a_batched_loop_run_alone(engine):
-    assert engine.open_batch(request("tiny-sd", tomesd=True)) is None
+    assert engine.open_batch(request("tiny-sd", strength=0.01)) is None  # no step: a key of None
     from diffserve.engine.families import batch_loop
 
     assert [name for name in ("sd", "sdxl", "flux", "flux-kontext", "flux-redux", "flux-canny", "flux-depth",
@@ -246,12 +247,23 @@ def test_concurrent_requests_share_a_batch_bounded_by_max_batch(batching_server)
     assert max_diff(img["batched"], img["alone"]) <= TOLERANCE
 
 
-def test_tomesd_requests_run_alone(batching_server):
+def test_tomesd_requests_share_a_batch_and_match_alone(batching_server):
+    """The v6 page's default request (tomesd "yes") batches: token merging's pattern is fixed per row, so a
+    row's image is the one it gets alone (within TOLERANCE), and it differs from the same request without
+    tomesd (the merge really ran)."""
     key = batching_server.create_key()
-    with ThreadPoolExecutor(2) as pool:
-        outs = list(pool.map(lambda i: v6(batching_server, key, seed=i, tomesd="yes"), range(2)))
-    assert [o["status"] for o in outs] == ["success"] * 2
-    assert [o["meta"].get("batch_size") for o in outs] == [None, None]
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda i: v6(batching_server, key, seed=i, tomesd="yes", strength=0.3 + 0.2 * i,
+                                          num_inference_steps=6 + i), range(3)))
+    assert [o["status"] for o in outs] == ["success"] * 3, outs
+    assert max(o["meta"].get("batch_size") or 1 for o in outs) > 1, [o["meta"] for o in outs]
+    alone = v6(batching_server, key, seed=0, tomesd="yes", strength=0.3, num_inference_steps=6)
+    plain = v6(batching_server, key, seed=0, tomesd="no", strength=0.3, num_inference_steps=6)
+    assert alone["meta"]["batch_size"] == 1
+    img = {k: Image.open(io.BytesIO(httpx.get(o["output"][0], timeout=30).content)).convert("RGB")
+           for k, o in (("batched", outs[0]), ("alone", alone), ("plain", plain))}
+    assert max_diff(img["batched"], img["alone"]) <= TOLERANCE
+    assert max_diff(img["alone"], img["plain"]) > TOLERANCE
 
 
 def test_progress_and_cancel_inside_a_batch(batching_server):

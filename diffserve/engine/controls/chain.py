@@ -23,6 +23,7 @@ POSTPROCESSORS: list[PostProcessor] = [safety_postprocessor]
 
 # Step-level batching (engine/batching.py): the controls that act on one request's own objects (its scheduler
 # copy, its prompt encoding) are entered per row; the others change the shared model and are entered once per
-# batch, whose rows all ask for the same ones (core/batching.py's key; IP-Adapter and tomesd are never batched).
+# batch, whose rows all ask for the same ones (core/batching.py's key, tomesd included; IP-Adapter is never
+# batched).
 ROW_CONTROLS: list[Control] = [scheduler_control, clip_skip_control]
 BATCH_CONTROLS: list[Control] = [control for control in CONTROLS if control not in ROW_CONTROLS]

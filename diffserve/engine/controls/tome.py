@@ -8,9 +8,14 @@ the next request.
 
 Settings: ratio 0.5 (half the tokens of each merged layer; the package's default), merging only
 in the highest-resolution level that has attention (SD 1.x: the first level, tomesd's
-`max_downsample=1`; SDXL, whose first level has no attention: 2), 2x2 destination strides. The
-random choice of destination tokens draws from a generator seeded with the request's seed, on
-the UNet's device, so the same request gives the same image.
+`max_downsample=1`; SDXL, whose first level has no attention: 2), 2x2 destination strides, the
+destination token of each stride fixed (its first: tomesd's `use_rand=False`). Fixed, a row's merges
+depend on its own tokens only -- the similarity scores, their ranking and the gathers are per batch
+element -- so a request gives the same image alone and inside a step batch (core/batching.py lets tomesd
+rows share a tick with each other). tomesd's random destinations instead draw one pattern per forward
+for the whole batch from one generator, so a row's pattern would depend on which forward of the batch it
+met, i.e. on its batch-mates. The ToMe-SD authors offer the fixed pattern as the switch for artefacts;
+its speed is the same (same token count per layer).
 
 Checked with tomesd 0.1.3 on diffusers 0.42: its block forward covers diffusers'
 BasicTransformerBlock as SD 1.x/2.x/XL build it (layer norms, no positional embedding, no
@@ -22,8 +27,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from diffserve.core.errors import InvalidInput
 from diffserve.engine.models.capabilities import family_controls
@@ -67,8 +70,7 @@ def tomesd_control(pipe: Any, inputs: RunInputs, ctx: ControlContext) -> Iterato
         raise InvalidInput(f"tomesd is not supported by model {ctx.model_id}", field="tomesd")
     import tomesd
 
-    tomesd.apply_patch(unet, ratio=TOME_RATIO, max_downsample=first_attention_downsample(unet), use_rand=True)
-    unet._tome_info["args"]["generator"] = torch.Generator(device=unet.device).manual_seed(req.seed % 2**64)
+    tomesd.apply_patch(unet, ratio=TOME_RATIO, max_downsample=first_attention_downsample(unet), use_rand=False)
     try:
         yield
     finally:
