@@ -7,7 +7,8 @@ each cell runs on the off server then on the on server, so both see the same mac
 sends its requests one after another (ModelsLab v6 img2img, answered synchronously), round and round; a cell
 counts the answers of its steady-state window only (run_cell). Prints figures; asserts nothing.
 Run: .venv/bin/python bench/batching.py [--sizes 64,128,256] [--clients 1,2,4,8] [--window-s 15]
-[--threads 1] [--model tiny-sd] [--models-file models.json --device cuda].
+[--threads 1] [--model tiny-sd] [--models-file models.json --device cuda] [--quick].
+--quick (tests/test_benches.py runs it): 64 px, 2 clients, identical parameters, a 1 s window (0.5 s at 64 px).
 """
 
 from __future__ import annotations
@@ -168,7 +169,10 @@ def main() -> None:
     ap.add_argument("--models-file", default=None, help="a models.json naming --model (real weights, GPU)")
     ap.add_argument("--device", default="cpu", help="DIFFSERVE_DEVICE of the workers (cuda on a GPU)")
     ap.add_argument("--kinds", default="identical,mixed")
+    ap.add_argument("--quick", action="store_true", help="--sizes 64 --clients 2 --kinds identical --window-s 1")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.clients, args.kinds, args.window_s = "64", "2", "identical", 1.0
     sizes = [int(s) for s in args.sizes.split(",")]
     counts = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,11 +8,14 @@ Prints:
    Redis, 1 standalone worker);
 3. the time to re-run a killed worker's job: kill -9 the worker mid-job, time until the other worker runs it
    and until it is done.
-Asserts nothing. Usage: .venv/bin/python bench/fleet.py
+Asserts nothing. Usage: .venv/bin/python bench/fleet.py [--quick]
+--quick (tests/test_benches.py runs it): 2 clients x 1 request, 3 latency runs, the killed job 128 px x 20 steps,
+workers on loopback.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -38,19 +41,19 @@ def body(key: str, seed: int) -> dict:
             "strength": 1.0, "seed": seed}
 
 
-def throughput(url: str, key: str) -> float:
-    """Images per second: CLIENTS threads, each sending PER_CLIENT synchronous requests back to back."""
+def throughput(url: str, key: str, clients: int = CLIENTS, per_client: int = PER_CLIENT) -> float:
+    """Images per second: `clients` threads, each sending `per_client` synchronous requests back to back."""
     failures = []
 
     def client(c: int) -> None:
         with httpx.Client(timeout=300) as http:
-            for i in range(PER_CLIENT):
+            for i in range(per_client):
                 out = http.post(f"{url}{V6}", json=body(key, c * 100 + i)).json()
                 if out.get("status") != "success":
                     failures.append(out)
 
     t = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(CLIENTS)]
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for th in threads:
         th.start()
     for th in threads:
@@ -58,7 +61,7 @@ def throughput(url: str, key: str) -> float:
     wall = time.perf_counter() - t
     if failures:
         raise RuntimeError(f"{len(failures)} requests failed: {failures[0]}")
-    return CLIENTS * PER_CLIENT / wall
+    return clients * per_client / wall
 
 
 def added_latency(url: str, key: str, runs: int = 20) -> list[float]:
@@ -79,10 +82,10 @@ def ms(values: list[float]) -> str:
     return f"median {statistics.median(values):6.1f} ms, p90 {values[int(len(values) * 0.9) - 1]:6.1f} ms"
 
 
-def rerun_after_kill(fleet: Fleet, key: str) -> tuple[float, float]:
+def rerun_after_kill(fleet: Fleet, key: str, side: int = 256, steps: int = 40) -> tuple[float, float]:
     jobs = Jobs(fleet.api, key)
     admin = fleet.api.create_key("--admin")
-    job = jobs.submit(init_image=data_uri(256, 256), steps=40, strength=1.0)
+    job = jobs.submit(init_image=data_uri(side, side), steps=steps, strength=1.0)
     first = jobs.wait(job["id"], lambda j: j["status"] == "running" and j["worker"])
     victim = next(w for w in fleet.worker_rows(admin) if w["worker_id"] == first["worker"])
     fleet.kill_worker(int(victim["labels"][0].removeprefix("host")))
@@ -94,33 +97,38 @@ def rerun_after_kill(fleet: Fleet, key: str) -> tuple[float, float]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 clients x 1 request, 3 latency runs, a short killed job")
+    quick = ap.parse_args().quick
+    clients, per_client, runs = (2, 1, 3) if quick else (CLIENTS, PER_CLIENT, 20)
+    hosts = 2 if can_make_hosts() and not quick else 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         models = root / "models"
         local = DiffserveServer(root / "local", models, {"DIFFSERVE_WORKERS": "1"}).start()
         try:
             local_key = local.create_key("--max-queued", "0")
-            local_extra = added_latency(local.url, local_key)
+            local_extra = added_latency(local.url, local_key, runs)
         finally:
             local.stop()
 
-        fleet = Fleet(root / "fleet", models, hosts=2 if can_make_hosts() else 0,
+        fleet = Fleet(root / "fleet", models, hosts=hosts,
                       env_overrides={"DIFFSERVE_WORKER_STALE_S": "3"})
         try:
             fleet.start(apis=1, workers=1)
             key = fleet.api.create_key("--max-queued", "0")
-            fleet_extra = added_latency(fleet.api.url, key)
-            one = throughput(fleet.api.url, key)
+            fleet_extra = added_latency(fleet.api.url, key, runs)
+            one = throughput(fleet.api.url, key, clients, per_client)
             fleet.start_worker(1)
             fleet.wait_workers(2)
-            two = throughput(fleet.api.url, key)
-            again, done = rerun_after_kill(fleet, key)
+            two = throughput(fleet.api.url, key, clients, per_client)
+            again, done = rerun_after_kill(fleet, key, *((128, 20) if quick else (256, 40)))
         finally:
             fleet.stop()
 
-    hosts = "workers in network namespaces" if can_make_hosts() else "workers on loopback"
-    print(f"fleet bench ({hosts}; tiny-sd 64 px, 4 steps; {datetime.now():%Y-%m-%d %H:%M})")
-    print(f"images/s, {CLIENTS} clients: 1 worker {one:5.2f}, 2 workers {two:5.2f} ({two / one:.2f}x)")
+    where = "workers in network namespaces" if hosts else "workers on loopback"
+    print(f"fleet bench ({where}; tiny-sd 64 px, 4 steps; {datetime.now():%Y-%m-%d %H:%M})")
+    print(f"images/s, {clients} clients x {per_client}: 1 worker {one:5.2f}, 2 workers {two:5.2f} ({two / one:.2f}x)")
     print(f"queue's added latency per job: local  {ms(local_extra)}")
     print(f"                               celery {ms(fleet_extra)}")
     print(f"killed worker's job: running again elsewhere after {again:.1f} s, done after {done:.1f} s "

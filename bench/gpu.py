@@ -9,7 +9,11 @@ memory is freed between jobs).
 
 Prints figures; asserts nothing.
   .venv/bin/python bench/gpu.py                      # every figure on cuda (a GPU machine)
-  .venv/bin/python bench/gpu.py --device cpu --quick # the same code on this CPU, small and short
+  .venv/bin/python bench/gpu.py --device cpu --quick # the same code, narrow architectures at 64 px (seconds)
+  .venv/bin/python bench/gpu.py --device cpu --sd15-256 # the real-size SD 1.5 UNet at 256 px, fp32 and bf16
+--quick runs SD 1.5's and SDXL's UNet layouts (blocks, attention, conditioning) at a tenth of their widths at
+64 px, fp32 and bf16, compile off, and 3 tiny-sd jobs: the code path in seconds, not the real sizes' figures
+(tests/test_benches.py runs it).
 """
 
 from __future__ import annotations
@@ -45,6 +49,22 @@ SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channe
               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
               layers_per_block=2)
 FLUX_PARAMS = 11.9e9
+
+
+def narrow(config: dict, widths: tuple[int, ...], heads: int | tuple[int, ...], text: int) -> dict:
+    """An architecture's layout (blocks, attention, conditioning) at other widths: --quick's small models."""
+    out = {**config, "block_out_channels": widths, "attention_head_dim": heads, "cross_attention_dim": text,
+           "norm_num_groups": 8}
+    if "addition_time_embed_dim" in out:
+        out.update(addition_time_embed_dim=8, projection_class_embeddings_input_dim=text + 6 * 8,
+                   transformer_layers_per_block=(1, 1, 2))
+    return out
+
+
+SD15_SMALL = narrow(SD15_UNET, (32, 64, 128, 128), 8, 64)
+SDXL_SMALL = narrow(SDXL_UNET, (32, 64, 128), (2, 4, 8), 64)
+UNETS = {"sd15": SD15_UNET, "sdxl": SDXL_UNET, "sd15-small": SD15_SMALL, "sdxl-small": SDXL_SMALL}
+VAE_SMALL = {**SD_VAE, "block_out_channels": (32, 32, 64, 64)}
 
 
 def sync(device: str) -> None:
@@ -89,7 +109,8 @@ def unet_step(config: dict, px: int, dtype: torch.dtype, device: str, xl: bool):
     text = torch.randn(2, 77, config["cross_attention_dim"], device=device, dtype=dtype)
     extra = {}
     if xl:
-        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 1280, device=device, dtype=dtype),
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(2, pooled, device=device, dtype=dtype),
                                       "time_ids": torch.tensor([[px, px, 0, 0, px, px]] * 2, device=device,
                                                                dtype=dtype)}
     t = torch.tensor([500, 500], device=device)
@@ -116,11 +137,11 @@ def flux_step(px: int, dtype: torch.dtype, device: str):
     return model, lambda: model(**kw, return_dict=False)[0]
 
 
-def vae_decode(px: int, dtype: torch.dtype, device: str, latent_channels: int = 4):
+def vae_decode(px: int, dtype: torch.dtype, device: str, latent_channels: int = 4, config: dict = SD_VAE):
     from diffusers import AutoencoderKL
 
     with torch.device(device):
-        vae = AutoencoderKL(**{**SD_VAE, "latent_channels": latent_channels}).to(dtype).eval()
+        vae = AutoencoderKL(**{**config, "latent_channels": latent_channels}).to(dtype).eval()
     latents = torch.randn(1, latent_channels, px // 8, px // 8, device=device, dtype=dtype)
     return vae, lambda: vae.decode(latents).sample
 
@@ -142,8 +163,7 @@ def bench_denoisers(device: str, dtypes: list[str], compile_modes: list[bool], s
                         if name == "flux":
                             model, step = flux_step(px, dtype, device)
                         else:
-                            model, step = unet_step(SD15_UNET if name == "sd15" else SDXL_UNET, px, dtype, device,
-                                                    xl=name == "sdxl")
+                            model, step = unet_step(UNETS[name], px, dtype, device, xl=name.startswith("sdxl"))
                             if compiled:  # the published "compiled" figures are with channels_last too
                                 model.to(memory_format=torch.channels_last)
                         if compiled:
@@ -153,7 +173,8 @@ def bench_denoisers(device: str, dtypes: list[str], compile_modes: list[bool], s
                         del model, step
                         reset_peak(device)
                         vae, decode = vae_decode(px, dtype if dname != "fp16" or name != "sdxl" else torch.float32,
-                                                 device, latent_channels=16 if name == "flux" else 4)
+                                                 device, latent_channels=16 if name == "flux" else 4,
+                                                 config=VAE_SMALL if name.endswith("-small") else SD_VAE)
                         decode_s = timed(decode, device, max(1, iters // 4), warmup=1)
                         del vae, decode
                     n = steps[name]
@@ -173,7 +194,7 @@ def memory_over_jobs(device: str, jobs: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     engine = Engine(ModelRegistry.load(root / "none.json", root / "models"), device=device, safety_checker="tiny",
                     models_dir=root / "models")
-    marks = {10, jobs // 2, jobs}
+    marks = {min(10, jobs), jobs // 2, jobs}
     print(f"\nmemory over {jobs} tiny-sd jobs on {device} "
           f"({'allocated' if device.startswith('cuda') else 'resident set'}, MiB):")
     for i in range(1, jobs + 1):
@@ -193,20 +214,30 @@ def memory_over_jobs(device: str, jobs: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="SD 1.5 at 256 px, fp32/bf16, compile off, few iterations")
+    ap.add_argument("--quick", action="store_true", help="SD 1.5 / SDXL layouts at a tenth of their widths, 64 px, "
+                    "fp32/bf16, compile off, 2 iterations, 3 tiny-sd jobs (the code path in seconds)")
+    ap.add_argument("--sd15-256", action="store_true", help="the real-size SD 1.5 UNet at 256 px, fp32/bf16, "
+                    "compile off, 2 iterations (a CPU's figures in minutes)")
     ap.add_argument("--jobs", type=int, default=200, help="tiny-sd jobs for the memory check (0: skip)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; --quick: 1)")
     args = ap.parse_args()
     device = args.device
+    if args.threads or args.quick:  # a shared CPU's OpenMP threads wait on each other: 1 for the quick figures
+        torch.set_num_threads(args.threads or 1)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"bench/gpu.py on {device} ({name}), torch {torch.__version__}")
     if args.quick:
+        bench_denoisers(device, ["fp32", "bf16"], [False], {"sd15-small": [64], "sdxl-small": [64]}, iters=2,
+                        steps={"sd15-small": 50, "sdxl-small": 30})
+    elif args.sd15_256:
         bench_denoisers(device, ["fp32", "bf16"], [False], {"sd15": [256]}, iters=2, steps={"sd15": 50})
     else:
         bench_denoisers(device, ["fp32", "fp16", "bf16"], [False, True],
                         {"sd15": [512, 1024], "sdxl": [1024], "flux": [1024]}, iters=20,
                         steps={"sd15": 50, "sdxl": 30, "flux": 28})
-    if args.jobs:
-        memory_over_jobs(device, args.jobs)
+    jobs = min(args.jobs, 3) if args.quick else args.jobs
+    if jobs:
+        memory_over_jobs(device, jobs)
 
 
 if __name__ == "__main__":
