@@ -19,7 +19,7 @@ OPEN_CLIP        := open_clip_torch==3.3.0
 OPEN_CLIP_SHA256 := $(shell cat requirements/open-clip-wheel.sha256)
 CLIP_VOCAB       := $(VENV)/share/diffserve/bpe_simple_vocab_16e6.txt.gz
 
-.PHONY: serve test install install-test system-deps lock bench clean fleet-demo docs
+.PHONY: serve test test-container install install-test system-deps lock bench clean fleet-demo docs
 
 # --no-deps: the lock is the whole set (pip check runs after, and tests/test_install.py checks the venv
 # against the lock); --require-hashes: every file is the one the lock names.
@@ -63,7 +63,14 @@ system-deps:
 	bash scripts/system-deps.sh
 
 test: install-test system-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --ignore=tests/test_container.py $(PYTEST_ARGS)
+
+# The container image built from the Dockerfile and run (README "Deploy"): its own dockerd, a Debian 12 base
+# made with mmdebstrap (Debian's docker.io + mmdebstrap: system-deps.sh --container, root), the README's worked
+# example in the container. Apart from `make test` because it takes minutes (measured in README "Deploy").
+test-container: install-test
+	bash scripts/system-deps.sh --container
+	$(PY) -m pytest -q -s tests/test_container.py $(PYTEST_ARGS)
 
 # Re-resolve both locks from pyproject.toml's ranges (and requirements/*.in), newest versions allowed, for every
 # Python pyproject.toml admits (uv's universal resolution: one lock, markers where an interpreter differs, e.g.

@@ -4,13 +4,21 @@
 # PostgreSQL's server binaries (tests/pgserver.py runs initdb + pg_ctl in a temp dir; no service is started),
 # Redis (the fleet's Celery broker: tests/redisserver.py runs redis-server on a free loopback port) and iproute2
 # (`ip netns`: the fleet test runs its workers as other hosts in network namespaces).
+# With --container (make test-container): Debian's docker.io (dockerd, containerd, runc and a client with
+# BuildKit; the test starts its own dockerd on its own socket and data dir) and mmdebstrap (the test's Debian 12
+# base image, built from Debian's packages since no image registry need be reachable), instead of the above.
 # Idempotent: does nothing when they are present. Needs root (or sudo) the first time.
 set -euo pipefail
 missing=()
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if [ "${1:-}" = "--container" ]; then
+  [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
+  command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+else
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 as_root=()
 if [ "$(id -u)" -ne 0 ]; then
