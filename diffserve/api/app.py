@@ -22,6 +22,7 @@ from diffserve.api.modelslab.v7 import router as modelslab_v7_router
 from diffserve.api.modelslab.tasks import router as modelslab_tasks_router
 from diffserve.api.openai.router import router as openai_router
 from diffserve.api.a1111.router import router as a1111_router
+from diffserve.api.a1111.more import router as a1111_more_router
 from diffserve.api.modelslab.router import router as modelslab_router
 from diffserve.api.pony.router import router as pony_router
 from diffserve.api.qolaba.router import router as qolaba_router
@@ -80,7 +81,7 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
     install_unknown_paths(app)
     for router in (modelslab_router, processing_router, realtime_router, pony_router, qolaba_router,
                    management_router, storage_router, native_router, modelslab_v7_router,
-                   modelslab_tasks_router, openai_router, a1111_router):
+                   modelslab_tasks_router, openai_router, a1111_router, a1111_more_router):
         app.include_router(router)
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")  # the playground: plain static files
 

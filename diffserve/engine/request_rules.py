@@ -20,7 +20,7 @@ from diffserve.engine.models.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDUL
 from diffserve.engine.controls.clip_skip import TEXT_ENCODERS, max_clip_skip
 from diffserve.engine.identity.errors import NoFaceFound
 from diffserve.engine.identity.faces import SubmitFaceCheck
-from diffserve.engine.controls.prompts import enhance, style_name
+from diffserve.engine.controls.prompts import enhance, style_name, styles
 from diffserve.engine.identity.config import PULID_FOLDER
 
 if TYPE_CHECKING:
@@ -136,3 +136,8 @@ def _check_mode(draft: RequestDraft, entry: ModelEntry, controls) -> None:
             raise InvalidInput(f"{draft.mask_field} is required for inpainting", field=draft.mask_field)
     if draft.mode != "txt2img" and not draft.init_image.strip():
         raise InvalidInput("init_image is required", field="init_image")
+
+
+def style_presets() -> dict[str, tuple[str, str]]:
+    """The style presets `enhance_style` names: name -> (prompt template holding {prompt}, negative terms)."""
+    return styles()

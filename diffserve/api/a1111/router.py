@@ -4,7 +4,7 @@ Auth: HTTP Basic with the diffserve key as the password (any user name), or `Aut
 img2img / txt2img answer `{images, parameters, info}`: base64 PNGs (the grid first when several images are
 made, as A1111 does; then the init images with `include_init_images`), `info` a JSON string with the
 seeds and A1111's infotexts. `batch_size` x `n_iter` images, image i with seed + i. `/progress` and
-`/interrupt` act on the caller's own jobs. `/options` keeps `sd_model_checkpoint` per key.
+`/interrupt` act on the caller's own jobs. The options, lists and extras: options.py, lists.py, extras.py.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.api.disconnect import client_watch
+from diffserve.api.a1111.option_effects import acted_on
 from diffserve.api.a1111.samplers import SAMPLERS, SCHEDULE_TYPES, choose
 from diffserve.api.auth import authenticate, bearer_token
-from diffserve.api.body import parse_model, read_json_object
+from diffserve.api.body import json_body_doc, parse_model, read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.state import AppState, app_state
 from diffserve.config import ImageLimits
@@ -43,8 +45,9 @@ def error_response(_request: Request, exc: DiffserveError | None) -> JSONRespons
     if exc is None:
         return JSONResponse({"error": "RuntimeError", "detail": "Internal server error", "body": "",
                              "errors": "Internal server error"}, status_code=500)
+    headers = {"WWW-Authenticate": 'Basic realm="diffserve"'} if exc.http_status == 401 else None
     return JSONResponse({"error": type(exc).__name__, "detail": exc.message, "body": "", "errors": exc.message},
-                        status_code=exc.http_status)
+                        status_code=exc.http_status, headers=headers)
 
 
 A1111Route = guarded_route(error_response, "A1111Route")
@@ -119,9 +122,15 @@ def _inputs(req: Img2ImgRequest, limits: ImageLimits) -> tuple[Image.Image, dict
     return init, images
 
 
-def _b64png(image: Image.Image) -> str:
+def _b64png(image: Image.Image, parameters: str | None = None) -> str:
+    """A base64 PNG; `parameters` (an infotext) goes in A1111's `parameters` text chunk, where /png-info and
+    other tools read it back."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    text = None
+    if parameters is not None:
+        text = PngInfo()
+        text.add_text("parameters", parameters)
+    image.save(buf, format="PNG", pnginfo=text)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -137,18 +146,18 @@ def _resize(image: Image.Image, mode: int, width: int, height: int) -> Image.Ima
     return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
-async def _model(ds: AppState, key: ApiKey, req: Txt2ImgRequest) -> str:
-    chosen = req.override_settings.get("sd_model_checkpoint")
-    if not chosen:
-        chosen = (await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)).get("sd_model_checkpoint")
-    model_id = str(chosen or ds.settings.default_model)
+async def _model(ds: AppState, key: ApiKey, req: Txt2ImgRequest) -> tuple[str, dict[str, Any]]:
+    """The model id and the draft fields the key's options set (api/a1111/options.py), override_settings first."""
+    options = await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)
+    model_id = str(req.override_settings.get("sd_model_checkpoint") or options.get("sd_model_checkpoint")
+                   or ds.settings.default_model)
     ds.registry.get(model_id)  # ModelNotFound names it
-    return model_id
+    return model_id, acted_on(options, req.override_settings)
 
 
 async def _generate(request: Request, req: Txt2ImgRequest, mode: str) -> dict[str, Any]:
     ds, key = await _key(request)
-    model_id = await _model(ds, key, req)
+    model_id, from_options = await _model(ds, key, req)
     choice = choose(req.sampler_name or req.sampler_index, req.scheduler)
     samples = req.batch_size * req.n_iter
     fields: dict[str, Any] = dict(
@@ -156,7 +165,7 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str) -> dict[st
         height=req.height, samples=samples, steps=req.steps, guidance_scale=req.cfg_scale,
         seed=None if req.seed < 0 else req.seed, scheduler=choice.scheduler, use_karras_sigmas=choice.karras,
         algorithm_type=choice.algorithm_type, mode=mode, mask_field="mask", init_image_field="init_images",
-        extra_images_field="init_images")
+        extra_images_field="init_images", **from_options)
     init = None
     if isinstance(req, Img2ImgRequest):
         if not req.init_images:
@@ -178,16 +187,19 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str) -> dict[st
         raise GenerationFailed(job.error or f"the job ended {job.status.value}")
     outputs = [await anyio.to_thread.run_sync(ds.service.storage.get, k) for k in job.outputs]
     extra = [init] if isinstance(req, Img2ImgRequest) and req.include_init_images and init is not None else []
-    images = await anyio.to_thread.run_sync(_encoded_outputs, outputs, extra)
-    return {"images": images, "parameters": req.model_dump(), "info": json.dumps(_info(job, len(outputs) > 1))}
+    info = _info(job, len(outputs) > 1)
+    images = await anyio.to_thread.run_sync(_encoded_outputs, outputs, extra, info["infotexts"])
+    return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info)}
 
 
-def _encoded_outputs(outputs: list[bytes], extra: list[Image.Image]) -> list[str]:
+def _encoded_outputs(outputs: list[bytes], extra: list[Image.Image], infotexts: list[str]) -> list[str]:
     """A1111's `images`: the grid first when there are several, then each image, then `extra` (the init
-    image with include_init_images), as base64 PNGs. Blocking: run off the event loop."""
+    image with include_init_images), as base64 PNGs; each made image (and the grid, with the first's) carries
+    its infotext in the `parameters` chunk, as A1111 saves them. Blocking: run off the event loop."""
     images = [Image.open(io.BytesIO(data)) for data in outputs]
-    out = ([_grid(images)] if len(images) > 1 else []) + images + extra
-    return [_b64png(i) for i in out]
+    texts = [infotexts[i] if i < len(infotexts) else None for i in range(len(images))]
+    made = ([(_grid(images), texts[0])] if len(images) > 1 else []) + list(zip(images, texts))
+    return [_b64png(i, t) for i, t in made] + [_b64png(i) for i in extra]
 
 
 def _grid(images: list[Image.Image]) -> Image.Image:
@@ -210,6 +222,8 @@ def _info(job: Job, grid: bool) -> dict[str, Any]:
                  f"Seed: {seed}", f"Size: {r.width}x{r.height}", f"Model: {r.model_id}"]
         if r.mode != "txt2img":
             parts.append(f"Denoising strength: {r.strength:g}")
+        if r.clip_skip and r.clip_skip > 1:
+            parts.append(f"Clip skip: {r.clip_skip}")
         negative = f"\nNegative prompt: {r.negative_prompt}" if r.negative_prompt else ""
         return f"{r.prompt}{negative}\n{', '.join(parts)}"
 
@@ -222,13 +236,13 @@ def _info(job: Job, grid: bool) -> dict[str, Any]:
             "infotexts": [infotext(s) for s in seeds], "job_timestamp": f"{job.created_at:%Y%m%d%H%M%S}"}
 
 
-@router.post("/img2img", summary="Image to image (A1111)")
+@router.post("/img2img", openapi_extra=json_body_doc(Img2ImgRequest), summary="Image to image (A1111)")
 async def img2img(request: Request) -> dict[str, Any]:
     await _key(request)  # before the body is read
     return await _generate(request, parse_model(Img2ImgRequest, await read_json_object(request)), "img2img")
 
 
-@router.post("/txt2img", summary="Text to image (A1111)")
+@router.post("/txt2img", openapi_extra=json_body_doc(Txt2ImgRequest), summary="Text to image (A1111)")
 async def txt2img(request: Request) -> dict[str, Any]:
     await _key(request)  # before the body is read
     return await _generate(request, parse_model(Txt2ImgRequest, await read_json_object(request)), "txt2img")
@@ -294,25 +308,4 @@ async def schedulers(request: Request) -> list[dict[str, Any]]:
 async def scripts(request: Request) -> dict[str, list]:
     await _key(request)
     return {"txt2img": [], "img2img": []}
-
-
-@router.get("/options", summary="This key's options (sd_model_checkpoint)")
-async def get_options(request: Request) -> dict[str, Any]:
-    ds, key = await _key(request)
-    options = await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)
-    return {"sd_model_checkpoint": options.get("sd_model_checkpoint", ds.settings.default_model),
-            "sd_checkpoint_hash": None, "samples_format": "png"}
-
-
-@router.post("/options", summary="Set this key's options (sd_model_checkpoint)")
-async def set_options(request: Request) -> Any:
-    ds, key = await _key(request)
-    body = await read_json_object(request)
-    checkpoint = body.get("sd_model_checkpoint")
-    if checkpoint is not None:
-        if not isinstance(checkpoint, str):
-            raise InvalidInput("sd_model_checkpoint must be a model id", field="sd_model_checkpoint")
-        ds.registry.get(checkpoint)  # ModelNotFound
-        await anyio.to_thread.run_sync(ds.key_options.update, key.key_id, {"sd_model_checkpoint": checkpoint})
-    return None
 
