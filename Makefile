@@ -67,10 +67,10 @@ test: install-test system-deps
 
 # The container image built from the Dockerfile and run (README "Deploy"): its own dockerd, a Debian 12 base
 # made with mmdebstrap (Debian's docker.io + mmdebstrap: system-deps.sh --container, root), the README's worked
-# example in the container. Apart from `make test` because it takes minutes (measured in README "Deploy").
+# example in the container; compose.yaml checked by docker-compose. Apart from `make test`: it takes ~10 minutes.
 test-container: install-test
 	bash scripts/system-deps.sh --container
-	$(PY) -m pytest -q -s tests/test_container.py $(PYTEST_ARGS)
+	$(PY) -m pytest -q -s tests/test_container.py tests/test_deploy_files.py $(PYTEST_ARGS)
 
 # Re-resolve both locks from pyproject.toml's ranges (and requirements/*.in), newest versions allowed, for every
 # Python pyproject.toml admits (uv's universal resolution: one lock, markers where an interpreter differs, e.g.

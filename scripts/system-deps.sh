@@ -6,13 +6,15 @@
 # (`ip netns`: the fleet test runs its workers as other hosts in network namespaces).
 # With --container (make test-container): Debian's docker.io (dockerd, containerd, runc and a client with
 # BuildKit; the test starts its own dockerd on its own socket and data dir) and mmdebstrap (the test's Debian 12
-# base image, built from Debian's packages since no image registry need be reachable), instead of the above.
+# base image, built from Debian's packages since no image registry need be reachable) and docker-compose
+# (`docker-compose config` validates compose.yaml: tests/test_deploy_files.py), instead of the above.
 # Idempotent: does nothing when they are present. Needs root (or sudo) the first time.
 set -euo pipefail
 missing=()
 if [ "${1:-}" = "--container" ]; then
   [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
   command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 else
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)

@@ -3,7 +3,8 @@
 The image itself is built and run in tests/test_container.py (`make test-container`). Here, in the main suite:
 every DIFFSERVE_* variable compose.yaml sets names a real setting and builds a valid Settings (pydantic-settings
 ignores an unknown variable silently, so a typo would go unnoticed), the fleet's parts are there, and, where the
-tools exist on the machine, `docker compose config` and `systemd-analyze verify` accept the files.
+tools exist on the machine, `docker compose config` (or Debian's docker-compose, which `make test-container`
+installs and runs this file with) and `systemd-analyze verify` accept the files.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def compose_command() -> list[str] | None:
     return None
 
 
-@pytest.mark.skipif(compose_command() is None, reason="neither `docker compose` nor docker-compose here; "
-                                                      "the structure is checked above")
+@pytest.mark.skipif(compose_command() is None, reason="neither `docker compose` nor docker-compose here "
+                                                      "(system-deps.sh --container); the structure is checked above")
 def test_docker_compose_accepts_the_file():
     for profile in ([], ["--profile", "gpu"]):
         out = subprocess.run([*compose_command(), "-f", str(ROOT / "compose.yaml"), *profile, "config", "-q"],
@@ -119,3 +120,22 @@ def test_systemd_accepts_the_unit():
     problems = [line for line in (out.stdout + out.stderr).splitlines()
                 if line.strip() and "/opt/diffserve/.venv/bin/diffserve" not in line]
     assert not problems, problems
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (not in system-deps.sh: Debian's "
+                                                          "package starts a server on port 80)")
+def test_nginx_accepts_the_proxy_config(tmp_path):
+    """deploy/nginx.conf inside an http block, with a throwaway certificate in place of the real one."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=img.example.com", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    site = (ROOT / "deploy/nginx.conf").read_text()
+    site = site.replace("/etc/letsencrypt/live/img.example.com/fullchain.pem", str(tmp_path / "cert.pem"))
+    site = site.replace("/etc/letsencrypt/live/img.example.com/privkey.pem", str(tmp_path / "key.pem"))
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\n"
+                                         f"events {{}}\nhttp {{ access_log off; include {tmp_path}/site.conf; }}\n")
+    out = subprocess.run(["nginx", "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "proxy_buffering off" in site.split("/v1/jobs/[^/]+/events")[1]  # the event stream routes
