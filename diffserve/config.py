@@ -187,8 +187,9 @@ class Settings(BaseSettings):
     gpus: str | None = Field(None, description="one worker per listed GPU: 'all' (every visible GPU) or indices "
                                                "'0,2'; each worker is pinned to cuda:<index>")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="floating-point type models run in: auto (CPU fp32; CUDA bf16 where supported, else "
-                            "fp16; Flux/HiDream bf16), fp32, fp16, bf16; a model's own `dtype` in models.json wins")
+        "auto", description="floating-point type models run in: auto (CPU: bf16 where it has native bf16 -- "
+                            "AVX512_BF16/AMX/Arm BF16 -- else fp32; CUDA bf16 where supported, else fp16; "
+                            "Flux/HiDream bf16), fp32, fp16, bf16; a model's own `dtype` in models.json wins")
     activation_budget_gb: float | None = Field(
         None, gt=0, description="refuse (fail) a request whose estimated activations exceed this many GiB on the "
                                 "device; unset: no estimate (a real out-of-memory still fails the request cleanly)")

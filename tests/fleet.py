@@ -150,7 +150,7 @@ class Fleet:
                     "DIFFSERVE_ALLOW_PRIVATE_URLS": "1", "DIFFSERVE_TORCH_THREADS": "1",
                     # the tests' fast random model, as tests/servers.py pins it (the shipped default is demo-sd)
                     "DIFFSERVE_DEFAULT_MODEL": "tiny-sd", "DIFFSERVE_PRELOAD_MODELS": '["tiny-sd"]',
-                    "DIFFSERVE_REALTIME_MODEL": "tiny-sd"})
+                    "DIFFSERVE_REALTIME_MODEL": "tiny-sd", "DIFFSERVE_DTYPE": "fp32"})
         argv = [sys.executable, "-m", "diffserve.cli.main", "worker", "--label", f"host{i}", *args]
         log = open(self.root / f"worker-{i}.log", "ab")
         proc = subprocess.Popen(host.command(argv) if host else argv, env=env, stdout=log, stderr=subprocess.STDOUT,

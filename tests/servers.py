@@ -106,6 +106,8 @@ class DiffserveServer:
             "DIFFSERVE_DEFAULT_MODEL": "tiny-sd",
             "DIFFSERVE_PRELOAD_MODELS": '["tiny-sd"]',
             "DIFFSERVE_REALTIME_MODEL": "tiny-sd",
+            # `auto` is bf16 on a CPU with native bf16; tests compare outputs made in float32
+            "DIFFSERVE_DTYPE": "fp32",
         })
         env.update(self.env_overrides)
         return env

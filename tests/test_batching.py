@@ -40,7 +40,7 @@ def engine(models_root: Path, one_torch_thread) -> Engine:
     for model_id in FAMILY_MODELS:
         TINY_BUILDERS[model_id](models_root / model_id)
     return Engine(ModelRegistry.load(models_root / "no-models.json", models_root), safety_checker="tiny",
-                  models_dir=models_root, max_models=len(BATCHED_MODELS))
+                  models_dir=models_root, max_models=len(BATCHED_MODELS), dtype="fp32")  # auto: bf16 on some CPUs
 
 
 def init_image(side: int = 64) -> Image.Image:

@@ -57,12 +57,13 @@ def registry(models_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp32(registry, models_root):
-    return Engine(registry, max_models=4, safety_checker="tiny", models_dir=models_root)
+    # pinned: `auto` is bf16 on a CPU with native bf16 (tests/test_precision.py)
+    return Engine(registry, dtype="fp32", max_models=4, safety_checker="tiny", models_dir=models_root)
 
 
-def test_auto_is_fp32_on_the_cpu_and_bf16_for_flux_on_cuda():
-    assert resolve_dtype("auto", "sd", "cpu") == "fp32"
-    assert resolve_dtype("auto", "flux", "cpu") == "fp32"
+def test_auto_is_fp32_on_a_cpu_without_bf16_and_bf16_for_flux_on_cuda():
+    assert resolve_dtype("auto", "sd", "cpu", cpu_bf16=False) == "fp32"
+    assert resolve_dtype("auto", "flux", "cpu", cpu_bf16=False) == "fp32"
     assert resolve_dtype("auto", "flux", "cuda:0") == "bf16"
     assert resolve_dtype("auto", "hidream", "cuda") == "bf16"
     assert resolve_dtype("fp16", "sdxl", "cpu") == "fp16"
@@ -97,7 +98,8 @@ def test_a_models_own_dtype_wins_over_the_servers(fp32):
 
 def test_a_request_over_the_activation_budget_fails_alone_naming_its_size(registry, models_root):
     # 1536 bytes per output pixel in fp32: 64x64 needs ~6 MB, 256x256 ~100 MB
-    engine = Engine(registry, safety_checker="tiny", models_dir=models_root, activation_budget_bytes=50 * 2**20)
+    engine = Engine(registry, dtype="fp32", safety_checker="tiny", models_dir=models_root,
+                    activation_budget_bytes=50 * 2**20)
     with pytest.raises(OutOfDeviceMemory, match=r"Out of memory on cpu generating 1 x 256x256 with tiny-sd \(fp32\)"):
         engine.generate(request(width=256, height=256), init_image(256))
     assert engine.generate(request(), init_image()).images  # the next request runs
@@ -121,8 +123,8 @@ def test_a_real_out_of_memory_error_fails_the_request_and_frees_the_engine(fp32,
 
 
 def test_large_outputs_decode_in_tiles_and_the_vae_is_left_as_it_was(registry, models_root):
-    tiled = Engine(registry, safety_checker="tiny", models_dir=models_root, vae_tiling_pixels=64 * 64)
-    plain = Engine(registry, safety_checker="tiny", models_dir=models_root)
+    tiled = Engine(registry, dtype="fp32", safety_checker="tiny", models_dir=models_root, vae_tiling_pixels=64 * 64)
+    plain = Engine(registry, dtype="fp32", safety_checker="tiny", models_dir=models_root)
     vae = tiled.pipelines.get("tiny-sd").pipe.vae
     seen = []
     decode = vae.decode
@@ -140,7 +142,7 @@ def test_large_outputs_decode_in_tiles_and_the_vae_is_left_as_it_was(registry, m
 
 
 def test_compile_and_channels_last_warm_up_at_load_and_keep_the_image(fp32, registry, models_root):
-    engine = Engine(registry, safety_checker="tiny", models_dir=models_root, compile_backend="eager")
+    engine = Engine(registry, dtype="fp32", safety_checker="tiny", models_dir=models_root, compile_backend="eager")
     loaded = engine.pipelines.get("tiny-sd-fast")
     assert loaded.speedups == ["channels_last", "compile:eager"]
     assert loaded.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

@@ -71,7 +71,7 @@ def test_non_admin_keys_are_refused_everywhere(dialect_server, user, prefix):
 def test_system_details_and_lists(dialect_server, admin):
     d = call(dialect_server, admin, "system_details").json()
     assert d["status"] == "ok" and d["worker_count"] == 1 and d["workers"][0]["worker_id"] == "worker-0"
-    assert (d["workers"][0]["device"], d["workers"][0]["dtype"]) == ("cpu", "fp32")  # DIFFSERVE_DTYPE auto, CPU
+    assert (d["workers"][0]["device"], d["workers"][0]["dtype"]) == ("cpu", "fp32")  # servers.py pins fp32
     assert d["workers"][0]["model_cache_gb"] > 0
     assert d["model_count"] == len(d["models_loaded"]) >= 1 and "tiny-sd" in d["models_loaded"]
     assert d["queue_length"] == 0 and d["queue_time"] >= 0 and d["models_available"] >= 8
