@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.api.a1111.infotext import parse_parameters
-from diffserve.api.a1111.lists import UPSCALERS
+from diffserve.api.a1111.scripts import UPSCALERS
 from diffserve.api.a1111.router import A1111Route, _key
 from diffserve.api.body import json_body_doc, parse_model, read_json_object
 from diffserve.config import ImageLimits

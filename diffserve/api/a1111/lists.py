@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 
+from diffserve.api.a1111.scripts import UPSCALERS
 from diffserve.api.a1111.router import A1111Route, _active, _key
 from diffserve.api.auth import require_admin
 from diffserve.core.errors import Unavailable
@@ -28,8 +29,6 @@ from diffserve.service.styles import style_presets
 
 router = APIRouter(prefix="/sdapi/v1", route_class=A1111Route, tags=["AUTOMATIC1111"])
 
-# A1111's non-neural upscalers (modules/upscaler.py: UpscalerNone, UpscalerLanczos, UpscalerNearest)
-UPSCALERS = ("None", "Lanczos", "Nearest")
 
 
 @router.get("/upscalers", summary="Upscalers (the non-neural ones)")

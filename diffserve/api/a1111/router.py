@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.api.disconnect import client_watch
 from diffserve.api.a1111.option_effects import acted_on
+from diffserve.api.a1111.scripts import prepare
 from diffserve.api.a1111.samplers import SAMPLERS, SCHEDULE_TYPES, choose
 from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import json_body_doc, parse_model, read_json_object
@@ -70,6 +71,10 @@ class Txt2ImgRequest(BaseModel):
     batch_size: int = Field(1, ge=1)
     n_iter: int = Field(1, ge=1)
     override_settings: dict[str, Any] = Field(default_factory=dict)
+    styles: list[str] = Field(default_factory=list)  # api/a1111/scripts.py applies them
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list, max_length=64)
+    send_images: bool = True  # false: `images` is empty, as A1111 answers
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -158,10 +163,11 @@ async def _model(ds: AppState, key: ApiKey, req: Txt2ImgRequest) -> tuple[str, d
 async def _generate(request: Request, req: Txt2ImgRequest, mode: str) -> dict[str, Any]:
     ds, key = await _key(request)
     model_id, from_options = await _model(ds, key, req)
+    req, prompt, negative = await prepare(req, mode, ds.settings.images)  # styles, script (api/a1111/scripts.py)
     choice = choose(req.sampler_name or req.sampler_index, req.scheduler)
     samples = req.batch_size * req.n_iter
     fields: dict[str, Any] = dict(
-        model_id=model_id, prompt=req.prompt, negative_prompt=req.negative_prompt or None, width=req.width,
+        model_id=model_id, prompt=prompt, negative_prompt=negative or None, width=req.width,
         height=req.height, samples=samples, steps=req.steps, guidance_scale=req.cfg_scale,
         seed=None if req.seed < 0 else req.seed, scheduler=choice.scheduler, use_karras_sigmas=choice.karras,
         algorithm_type=choice.algorithm_type, mode=mode, mask_field="mask", init_image_field="init_images",
@@ -188,7 +194,8 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str) -> dict[st
     outputs = [await anyio.to_thread.run_sync(ds.service.storage.get, k) for k in job.outputs]
     extra = [init] if isinstance(req, Img2ImgRequest) and req.include_init_images and init is not None else []
     info = _info(job, len(outputs) > 1)
-    images = await anyio.to_thread.run_sync(_encoded_outputs, outputs, extra, info["infotexts"])
+    images = await anyio.to_thread.run_sync(_encoded_outputs, outputs, extra, info["infotexts"]) \
+        if req.send_images else []
     return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info)}
 
 
