@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from diffserve.config import ImageLimits
 from diffserve.core.errors import (DiffserveError, Forbidden, InvalidInput, ModelNotFound, NotFound, RateLimited,
@@ -31,6 +32,32 @@ QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "auto": 1.0, "standard": 1.0, "high"
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MAX_N = 10
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageGenerationBody(BaseModel):
+    """POST /v1/images/generations as OpenAI's spec types it: the schema /docs shows (the route reads the fields
+    itself, with Params). Unknown fields (moderation, user, style...) are ignored."""
+
+    prompt: str
+    model: str | None = Field(None, description="a registry id; absent: the server's default model")
+    n: int | None = Field(None, ge=1, le=MAX_N)
+    size: str | None = Field(None, description="auto or WIDTHxHEIGHT within the model's limits")
+    quality: Literal["low", "medium", "high", "auto", "standard"] | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(None, ge=0, le=100)
+    background: Literal["opaque", "auto"] | None = Field(None, description="transparent is refused")
+    stream: bool | None = None
+    partial_images: int | None = Field(None, ge=0, le=3)
+
+
+EDITS_BODY_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image", "prompt"],
+    "properties": {"image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary"},
+                   **{name: {"type": "string"} for name in ("prompt", "model", "size", "quality", "response_format",
+                                                            "output_format", "background")},
+                   **{name: {"type": "integer"} for name in ("n", "output_compression", "partial_images")},
+                   "stream": {"type": "boolean"}}}}}}}
 
 
 class Params:

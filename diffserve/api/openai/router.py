@@ -18,11 +18,11 @@ from starlette.exceptions import HTTPException
 
 from diffserve.api.disconnect import client_watch
 from diffserve.api.auth import authenticate, bearer_token
-from diffserve.api.body import read_json_object
+from diffserve.api.body import json_body_doc, read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.native.render import sse
-from diffserve.api.openai.protocol import (Params, check_n, check_output, encode, error_response, mask_from_alpha,
-                                          size_for, steps_for)
+from diffserve.api.openai.protocol import (EDITS_BODY_DOC, ImageGenerationBody, Params, check_n, check_output, encode,
+                                          error_response, mask_from_alpha, size_for, steps_for)
 from diffserve.api.state import AppState, app_state
 from diffserve.core.errors import DiffserveError, GenerationFailed, InvalidInput
 from diffserve.core.job import Job, JobStatus
@@ -84,7 +84,8 @@ class Options:
                             steps=self.steps, **images)
 
 
-@router.post("/v1/images/edits", summary="Edit images (OpenAI): multipart image / image[], optional mask")
+@router.post("/v1/images/edits", openapi_extra=EDITS_BODY_DOC,
+             summary="Edit images (OpenAI): multipart image / image[], optional mask")
 async def edits(request: Request) -> Any:
     ds, key = await _key(request)
     limits = ds.settings.limits  # the whole body is bounded as it arrives (api/body_limit.py); here its parts
@@ -115,7 +116,8 @@ async def edits(request: Request) -> Any:
     return await _answer(ds, request, key, options, options.draft(**extra))
 
 
-@router.post("/v1/images/generations", summary="Text to image (OpenAI)")
+@router.post("/v1/images/generations", openapi_extra=json_body_doc(ImageGenerationBody),
+             summary="Text to image (OpenAI)")
 async def generations(request: Request) -> Any:
     ds, key = await _key(request)
     options = Options(ds, await read_json_object(request), edit=False)
