@@ -8,7 +8,8 @@ sends its requests one after another (ModelsLab v6 img2img, answered synchronous
 counts the answers of its steady-state window only (run_cell). Prints figures; asserts nothing.
 Run: .venv/bin/python bench/batching.py [--sizes 64,128,256] [--clients 1,2,4,8] [--window-s 15]
 [--threads 1] [--model tiny-sd] [--models-file models.json --device cuda] [--quick].
---quick (tests/test_benches.py runs it): 64 px, 2 clients, identical parameters, a 1 s window (0.5 s at 64 px).
+--quick (tests/test_benches.py runs it): 64 px, 2 clients, identical parameters of 4 steps, a 1 s window (0.5 s
+at 64 px).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def init_image(side: int) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def bodies(kind: str, n: int, side: int, key: str, model: str, rng: random.Random) -> list[dict]:
+def bodies(kind: str, n: int, side: int, key: str, model: str, rng: random.Random, steps: int = 20) -> list[dict]:
     image = init_image(side)
     out = []
     for i in range(n):
@@ -51,7 +52,7 @@ def bodies(kind: str, n: int, side: int, key: str, model: str, rng: random.Rando
                 "guidance_scale": 7.5, "seed": 1000 + i, "safety_checker": "no",
                 "tomesd": "no"}  # v6 defaults tomesd to yes, and tomesd requests run alone (core/batching.py)
         if kind == "identical":
-            body.update(prompt=PROMPTS[0], strength=0.7, num_inference_steps=20)
+            body.update(prompt=PROMPTS[0], strength=0.7, num_inference_steps=steps)
         else:
             body.update(prompt=rng.choice(PROMPTS), strength=round(rng.uniform(0.3, 0.9), 2),
                         num_inference_steps=rng.randint(10, 30), seed=rng.randrange(2**31))
@@ -125,9 +126,9 @@ def run_cell(url: str, work: list[dict], clients: int, window_s: float
     return (clients / statistics.mean(latencies), latencies, [c[1] for c in counted], (s1 - s0) / max(n1 - n0, 1))
 
 
-def bare_ceiling(models_root: Path, model: str, sizes: list[int], threads: int) -> None:
+def bare_ceiling(models_root: Path, model: str, sizes: list[int], threads: int, steps: int = 20) -> None:
     """The bare diffusers pipeline on this machine now: 8 images in one batched call vs 8 single calls (identical
-    parameters, 20 steps x strength 0.7): what batching can gain at best, before any serving."""
+    parameters, `steps` steps x strength 0.7): what batching can gain at best, before any serving."""
     import torch
 
     from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
@@ -135,14 +136,14 @@ def bare_ceiling(models_root: Path, model: str, sizes: list[int], threads: int) 
     torch.set_num_threads(threads)
     pipe = load_img2img_pipeline(ModelSource("folder", str(TINY_BUILDERS[model](models_root / model))))
     pipe.set_progress_bar_config(disable=True)
-    print(f"bare {model} pipeline, {threads} torch thread(s): 8 single calls vs one call of 8")
+    print(f"bare {model} pipeline, {threads} torch thread(s), {steps} steps: 8 single calls vs one call of 8")
     for side in sizes:
         image = Image.open(io.BytesIO(base64.b64decode(init_image(side)))).convert("RGB")
 
         def call(n: int) -> float:
             t = time.perf_counter()
             with torch.inference_mode():
-                pipe(prompt=PROMPTS[0], image=[image] * n, strength=0.7, num_inference_steps=20, guidance_scale=7.5,
+                pipe(prompt=PROMPTS[0], image=[image] * n, strength=0.7, num_inference_steps=steps, guidance_scale=7.5,
                      generator=[torch.Generator().manual_seed(i) for i in range(n)], num_images_per_prompt=n)
             return time.perf_counter() - t
 
@@ -169,16 +170,18 @@ def main() -> None:
     ap.add_argument("--models-file", default=None, help="a models.json naming --model (real weights, GPU)")
     ap.add_argument("--device", default="cpu", help="DIFFSERVE_DEVICE of the workers (cuda on a GPU)")
     ap.add_argument("--kinds", default="identical,mixed")
-    ap.add_argument("--quick", action="store_true", help="--sizes 64 --clients 2 --kinds identical --window-s 1")
+    ap.add_argument("--steps", type=int, default=20, help="steps of the identical requests and the bare calls")
+    ap.add_argument("--quick", action="store_true", help="--sizes 64 --clients 2 --kinds identical --window-s 1 "
+                    "--steps 4")
     args = ap.parse_args()
     if args.quick:
-        args.sizes, args.clients, args.kinds, args.window_s = "64", "2", "identical", 1.0
+        args.sizes, args.clients, args.kinds, args.window_s, args.steps = "64", "2", "identical", 1.0, 4
     sizes = [int(s) for s in args.sizes.split(",")]
     counts = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.model in TINY_BUILDERS:  # the bare pipeline's ceiling, for the built-in models
-            bare_ceiling(root / "models", args.model, sizes, int(args.threads))
+            bare_ceiling(root / "models", args.model, sizes, int(args.threads), args.steps)
         servers = {}
         for mode in ("off", "on"):
             servers[mode] = DiffserveServer(root / mode, root / "models", env_overrides={
@@ -189,8 +192,10 @@ def main() -> None:
         try:
             keys = {mode: srv.create_key() for mode, srv in servers.items()}
             for mode, srv in servers.items():  # warm-up: first call costs
-                run_cell(srv.url, bodies("identical", 2, 64, keys[mode], args.model, random.Random(0)), 2, 0)
-            print(f"{args.model}, 1 worker, {args.threads} torch threads; images/s and latency (s) over HTTP")
+                run_cell(srv.url, bodies("identical", 2, 64, keys[mode], args.model, random.Random(0),
+                                             args.steps), 2, 0)
+            print(f"{args.model}, 1 worker, {args.threads} torch threads; images/s and latency (s) over HTTP; "
+                  f"identical: {args.steps} steps")
             print(f"{'kind':9} {'px':>4} {'clients':>7} | {'off img/s':>9} {'p50':>6} {'p95':>6} | "
                   f"{'on img/s':>8} {'p50':>6} {'p95':>6} {'batch':>5} {'rows':>5} | {'speed-up':>8} {'p50 on/off':>10}")
             print("  (batch: the mean of meta.batch_size, the most images a job shared a step with; rows: the mean "
@@ -201,7 +206,7 @@ def main() -> None:
                         cell = {}
                         for mode, srv in servers.items():
                             work = bodies(kind, 8 * clients, side, keys[mode], args.model,
-                                          random.Random(side * 100 + clients))
+                                          random.Random(side * 100 + clients), args.steps)
                             cell[mode] = run_cell(srv.url, work, clients, args.window_s * side / 128)
                         (off_rate, off_lat, _, _), (on_rate, on_lat, batch, rows) = cell["off"], cell["on"]
                         print(f"{kind:9} {side:>4} {clients:>7} | {off_rate:9.2f} {pct(off_lat, .5):6.2f} "

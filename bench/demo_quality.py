@@ -1,6 +1,6 @@
 """demo-sd's quality on the held-out photos, as tables: content kept and each edit's effect, per strength.
 
-    .venv/bin/python bench/demo_quality.py [--side 256] [--steps 8] [--guidance 1.0] [--quick]
+    .venv/bin/python bench/demo_quality.py [--side 256] [--steps 8] [--guidance 1.0] [--dtype fp32] [--quick]
 
 Builds demo-sd's folder from the package weights (in a temp dir), runs diffusers' img2img pipeline on the
 CPU on each held-out photo (diffserve/engine/demo/data.py: never seen in training) and prints:
@@ -13,8 +13,11 @@ CPU on each held-out photo (diffserve/engine/demo/data.py: never seen in trainin
    (0.2 / 0.3 / 0.5 / 0.7 / 0.9: quality.edit_amount), at the model's steps, at 20, and with the ModelsLab v6
    page's defaults (Karras sigmas and prompt enhancement, on unless a request switches them off);
 3. guidance, scheduler and v6-default variants at the model's default strength (mean target gain over the edits);
-4. load and per-image times.
-Figures are means over the held-out photos; one seed.
+4. load and per-image times;
+5. with --dtype bf16 (or fp16): each output of the tables against the same output made in float32 (PSNR), and the
+   float32 per-image time.
+Figures are means over the held-out photos; one seed. --quick (tests/test_benches.py runs it): 64 px unless --side
+says otherwise, strength 0.5 only, no variants.
 """
 
 from __future__ import annotations
@@ -67,28 +70,35 @@ def save_pictures(generate: Callable[[str, float], np.ndarray], image: np.ndarra
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--side", type=int, default=None, help="default 256 (--quick: 64)")
     parser.add_argument("--steps", type=int, default=quality.DEFAULT_STEPS, help="default: the model's")
     parser.add_argument("--guidance", type=float, default=1.0)
-    parser.add_argument("--quick", action="store_true", help="strength 0.5 only, no variants")
+    parser.add_argument("--quick", action="store_true", help="64 px, strength 0.5 only, no variants")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="the pipeline's type; other than fp32: section 5 compares each output with fp32's")
     parser.add_argument("--weights", type=Path, default=WEIGHTS, help="a weights folder (default: the package's)")
     parser.add_argument("--save", type=Path, help="also write the README's example pictures (save_pictures)")
     parser.add_argument("--pictures-only", action="store_true", help="with --save: write the pictures and stop")
     args = parser.parse_args(argv)
+    args.side = args.side or (64 if args.quick else 256)
 
     import torch
 
-    torch.set_num_threads(2)
+    from diffserve.engine.models.precision import TORCH_NAMES
+
+    torch.set_num_threads(1 if args.quick else 2)  # quick: a shared CPU's 2 OpenMP threads wait on each other
     images = quality.held_out_images(args.side)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         folder = build_demo_sd(Path(tmp) / "demo-sd", args.weights)
         built = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pipe = quality.load_pipeline(folder)
+        pipe = quality.load_pipeline(folder, TORCH_NAMES[args.dtype])
         loaded = time.perf_counter() - t0
+        reference = quality.load_pipeline(folder) if args.dtype != "fp32" else None
     print(f"demo-sd: folder built in {built:.2f} s, pipeline loaded in {loaded:.2f} s; held out: "
-          f"{', '.join(images)} at {args.side}x{args.side}; steps {args.steps}, guidance {args.guidance}, seed 0\n")
+          f"{', '.join(images)} at {args.side}x{args.side}; steps {args.steps}, guidance {args.guidance}, seed 0, "
+          f"{args.dtype}\n")
 
     timings, outputs = [], {}
 
@@ -192,8 +202,28 @@ def main(argv: list[str] | None = None) -> int:
                   f"neutral PSNR to input {np.mean(kept):.2f} dB")
 
     print(f"\n4. {len(timings)} generations: {np.mean(timings):.2f} s each on average "
-          f"({args.side}x{args.side}, {args.steps} steps x strength)")
+          f"({args.side}x{args.side}, {args.steps} steps x strength, {args.dtype})")
+    if reference is not None:
+        compare_dtype(reference, images, outputs, np.mean(timings), args.dtype)
     return 0
+
+
+def compare_dtype(reference, images: dict, outputs: dict, mean_s: float, dtype: str) -> None:
+    """Section 5: every output made above, made again by the float32 pipeline `reference`: PSNR to it, and the
+    per-image time of the float32 runs of the run's own settings."""
+    from diffserve.engine.controls.prompts import enhance as enhanced
+
+    psnrs, timings = [], []
+    for (prompt, name, strength, steps, guidance, scheduler, karras, enhance), out in outputs.items():
+        sent = enhanced(prompt, None, enhance_prompt=True, style=None)[0] if enhance else prompt
+        t0 = time.perf_counter()
+        ref = quality.generate(reference, images[name], sent, strength=strength, steps=steps, guidance=guidance,
+                               scheduler=scheduler, karras=karras)
+        timings.append(time.perf_counter() - t0)
+        psnrs.append(edits.psnr(out, ref))
+    print(f"\n5. {dtype} against fp32, the same {len(psnrs)} outputs: PSNR mean {np.mean(psnrs):.2f} dB, "
+          f"min {np.min(psnrs):.2f} dB; per image {mean_s:.2f} s ({dtype}) vs {np.mean(timings):.2f} s (fp32): "
+          f"{np.mean(timings) / mean_s:.2f}x")
 
 
 if __name__ == "__main__":

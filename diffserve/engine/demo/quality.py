@@ -114,12 +114,13 @@ def held_out_images(side: int = 256) -> dict[str, np.ndarray]:
     return images
 
 
-def load_pipeline(folder: Path):
-    """demo-sd's img2img pipeline from a built folder, on the CPU in float32, no safety checker."""
+def load_pipeline(folder: Path, dtype: str = "float32"):
+    """demo-sd's img2img pipeline from a built folder, on the CPU in `dtype` (a torch type's name), no safety
+    checker."""
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(folder), torch_dtype=torch.float32,
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(folder), torch_dtype=getattr(torch, dtype),
                                                           safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -150,8 +151,8 @@ def reconstruct(pipe, image: np.ndarray) -> np.ndarray:
     """The VAE alone (encode, decode): the ceiling of every PSNR in the tables."""
     import torch
 
-    x = torch.from_numpy(image).permute(2, 0, 1)[None] * 2 - 1
+    x = (torch.from_numpy(image).permute(2, 0, 1)[None] * 2 - 1).to(pipe.vae.dtype)
     with torch.no_grad():
         latents = pipe.vae.encode(x).latent_dist.mode()
         y = pipe.vae.decode(latents).sample
-    return ((y[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
+    return ((y[0].permute(1, 2, 0).float().numpy() + 1) / 2).clip(0, 1)
