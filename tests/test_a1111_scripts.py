@@ -65,3 +65,26 @@ def test_send_images_false_answers_no_images(post):
     answer = post("/txt2img", {**BASE, "send_images": False})
     assert answer.status_code == 200 and answer.json()["images"] == []
     assert json.loads(answer.json()["info"])["all_seeds"] == [3]
+
+
+def test_hires_fix_upscales_then_redraws(post):
+    base = {**BASE, "sampler_name": "Euler", "seed": 21}
+    first = Image.open(io.BytesIO(base64.b64decode(post("/txt2img", base).json()["images"][0])))
+    kept = post("/txt2img", {**base, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Lanczos",
+                             "denoising_strength": 0}).json()  # strength 0: A1111 keeps the upscaled image
+    upscaled = Image.open(io.BytesIO(base64.b64decode(kept["images"][0])))
+    assert upscaled.tobytes() == first.convert("RGB").resize((128, 128), Image.Resampling.LANCZOS).tobytes()
+    redrawn = post("/txt2img", {**base, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Lanczos",
+                                "denoising_strength": 0.6, "hr_second_pass_steps": 4}).json()
+    image = Image.open(io.BytesIO(base64.b64decode(redrawn["images"][0])))
+    assert image.size == (128, 128) and image.tobytes() != upscaled.tobytes()
+    infotext = json.loads(redrawn["info"])["infotexts"][0]
+    assert "Hires upscale: 2, Hires steps: 4, Hires upscaler: Lanczos" in infotext
+    assert "Denoising strength: 0.6" in image.info["parameters"]  # the PNG says what made it
+
+
+@pytest.mark.parametrize("body, field", [({"hr_upscaler": "4x-UltraSharp"}, "hr_upscaler"),
+                                         ({"hr_scale": 4, "width": 256, "height": 256}, "width")])
+def test_hires_fix_refusals_come_before_the_first_pass(post, body, field):
+    answer = post("/txt2img", {**BASE, "enable_hr": True, **body})
+    assert answer.status_code == 400 and field in answer.json()["detail"], answer.text

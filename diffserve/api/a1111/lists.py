@@ -1,7 +1,7 @@
 """A1111's listing and housekeeping endpoints, answered with what diffserve has.
 
 Lists: `upscalers` (the non-neural ones: None, Lanczos, Nearest; /extra-single-image runs them),
-`latent-upscale-modes` (empty: diffserve has no hires fix to use them), `loras`, `sd-vae` and `embeddings` (the
+`latent-upscale-modes` (A1111's names, which the hires fix takes: api/a1111/hires.py), `loras`, `sd-vae` and `embeddings` (the
 registry's assets, by id: a server path is nobody's business), `hypernetworks`, `face-restorers` and
 `realesrgan-models` (empty: none ships), `prompt-styles` (the style presets), `cmd-flags` (the few that describe
 diffserve), `memory` (RAM from /proc/meminfo; the API process has no torch, so `cuda` carries an error, as A1111's
@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 
+from diffserve.api.a1111.hires import LATENT_MODES
 from diffserve.api.a1111.scripts import UPSCALERS
 from diffserve.api.a1111.router import A1111Route, _active, _key
 from diffserve.api.auth import require_admin
@@ -38,10 +39,10 @@ async def upscalers(request: Request) -> list[dict[str, Any]]:
             for name in UPSCALERS]
 
 
-@router.get("/latent-upscale-modes", summary="Latent upscale modes (none: no hires fix)")
+@router.get("/latent-upscale-modes", summary="Latent upscale modes (the hires fix's, run in pixel space)")
 async def latent_upscale_modes(request: Request) -> list[dict[str, Any]]:
     await _key(request)
-    return []
+    return [{"name": name} for name in LATENT_MODES]
 
 
 async def _assets(request: Request, kind: str) -> list[tuple[str, Any]]:

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.api.disconnect import client_watch
 from diffserve.api.a1111.option_effects import acted_on
+from diffserve.api.a1111.hires import HiresFields, second_draft, second_pass
+from diffserve.api.a1111.hires import infotexts as hires_infotexts
 from diffserve.api.a1111.scripts import prepare
 from diffserve.api.a1111.samplers import SAMPLERS, SCHEDULE_TYPES, choose
 from diffserve.api.auth import authenticate, bearer_token
@@ -160,7 +162,8 @@ async def _model(ds: AppState, key: ApiKey, req: Txt2ImgRequest) -> tuple[str, d
     return model_id, acted_on(options, req.override_settings)
 
 
-async def _generate(request: Request, req: Txt2ImgRequest, mode: str) -> dict[str, Any]:
+async def _generate(request: Request, req: Txt2ImgRequest, mode: str,
+                    hr: HiresFields | None = None) -> dict[str, Any]:
     ds, key = await _key(request)
     model_id, from_options = await _model(ds, key, req)
     req, prompt, negative = await prepare(req, mode, ds.settings.images)  # styles, script (api/a1111/scripts.py)
@@ -182,21 +185,36 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str) -> dict[st
         fields.update(strength=req.denoising_strength, extra_images=req.init_images[1:])
     draft = RequestDraft(**fields)
     ds.service.check_draft(draft)  # sizes, counts, lengths, model: before any image is decoded or resized
+    hr_draft = second_draft(hr, draft) if hr is not None and hr.enable_hr else None  # api/a1111/hires.py
+    if hr_draft is not None:
+        ds.service.check_draft(hr_draft)  # the second pass's size fits the model: before the first pass runs
     if isinstance(req, Img2ImgRequest):
         init, images = await anyio.to_thread.run_sync(_inputs, req, ds.settings.images)
         draft = draft.model_copy(update=images)
-    job = await ds.service.submit(key, "a1111", draft, {"sampler_name": choice.sampler_name,
-                                                        "schedule": choice.schedule})
+    params = {"sampler_name": choice.sampler_name, "schedule": choice.schedule}
+    job, outputs = await _run(request, ds, key, draft, params)
+    if hr_draft is not None:
+        outputs = await second_pass(hr, hr_draft, job, outputs,
+                                    lambda d: _run(request, ds, key, d, params, outputs_only=True))
+    extra = [init] if isinstance(req, Img2ImgRequest) and req.include_init_images and init is not None else []
+    info = _info(job, len(outputs) > 1)
+    if hr_draft is not None:
+        hires_infotexts(hr, hr_draft, info)
+    images = await anyio.to_thread.run_sync(_encoded_outputs, outputs, extra, info["infotexts"]) \
+        if req.send_images else []
+    return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info)}
+
+
+async def _run(request: Request, ds: AppState, key: ApiKey, draft: RequestDraft, params: dict[str, Any],
+               outputs_only: bool = False) -> Any:
+    """Submit a draft, wait while the client is connected, answer the job and its images (or the images)."""
+    job = await ds.service.submit(key, "a1111", draft, params)
     async with client_watch(request) as gone:
         job = await ds.service.wait_for_client(job.id, gone)  # cancelled if the client left
     if job.status is not JobStatus.SUCCEEDED:
         raise GenerationFailed(job.error or f"the job ended {job.status.value}")
     outputs = [await anyio.to_thread.run_sync(ds.service.storage.get, k) for k in job.outputs]
-    extra = [init] if isinstance(req, Img2ImgRequest) and req.include_init_images and init is not None else []
-    info = _info(job, len(outputs) > 1)
-    images = await anyio.to_thread.run_sync(_encoded_outputs, outputs, extra, info["infotexts"]) \
-        if req.send_images else []
-    return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info)}
+    return outputs if outputs_only else (job, outputs)
 
 
 def _encoded_outputs(outputs: list[bytes], extra: list[Image.Image], infotexts: list[str]) -> list[str]:
@@ -252,7 +270,8 @@ async def img2img(request: Request) -> dict[str, Any]:
 @router.post("/txt2img", openapi_extra=json_body_doc(Txt2ImgRequest), summary="Text to image (A1111)")
 async def txt2img(request: Request) -> dict[str, Any]:
     await _key(request)  # before the body is read
-    return await _generate(request, parse_model(Txt2ImgRequest, await read_json_object(request)), "txt2img")
+    body = await read_json_object(request)
+    return await _generate(request, parse_model(Txt2ImgRequest, body), "txt2img", parse_model(HiresFields, body))
 
 
 async def _active(ds: AppState, key: ApiKey) -> list[Job]:
