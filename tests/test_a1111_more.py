@@ -40,7 +40,7 @@ def image_of(answer: str) -> Image.Image:
 def test_options_keep_every_key_per_api_key(call):
     before = call("GET", "/options", "a").json()
     assert before["send_seed"] is True and before["CLIP_stop_at_last_layers"] == 1
-    written = {"send_seed": False, "a_client_setting": {"nested": [1, 2]}, "jpeg_quality": 80}
+    written = {"send_seed": False, "a_client_setting": {"nested": [1, 2]}, "jpeg_quality": 80, "sd_vae": "None"}
     assert call("POST", "/options", "a", json=written).status_code == 200
     assert call("POST", "/options", "a", json={"jpeg_quality": 90}).status_code == 200  # per key: merged
     after = call("GET", "/options", "a").json()
@@ -53,6 +53,7 @@ def test_options_keep_every_key_per_api_key(call):
 @pytest.mark.parametrize("body, field", [({"CLIP_stop_at_last_layers": "two"}, "CLIP_stop_at_last_layers"),
                                          ({"CLIP_stop_at_last_layers": 13}, "CLIP_stop_at_last_layers"),
                                          ({"send_seed": "no"}, "send_seed"),
+                                         ({"sd_vae": "no-such-vae"}, "sd_vae"),
                                          ({"sd_model_checkpoint": "no-such-model"}, "no-such-model")])
 def test_options_refuse_wrong_values_naming_them(call, body, field):
     answer = call("POST", "/options", "c", json=body)

@@ -1,11 +1,11 @@
 """A1111's `/sdapi/v1/options`: every key a client writes is kept, per API key (store/key_options.py), and read
 back by GET over A1111's defaults for the ones diffserve knows.
 
-Acted on: `sd_model_checkpoint` (the model when a request names none) and `CLIP_stop_at_last_layers` (clip_skip:
-the same convention, 1 = the last layer). Kept and read back, not acted on: `send_seed` and the other UI options,
-and `eta_noise_seed_delta` (A1111 adds it to the seed of its k-diffusion noise; diffusers' schedulers draw their
-noise from the request's own generator, so there is nothing to add it to). `override_settings` of a request
-counts over the stored options, as in A1111.
+Acted on: `sd_model_checkpoint` (the model when a request names none), `CLIP_stop_at_last_layers` (clip_skip:
+the same convention, 1 = the last layer) and `sd_vae` (a registry VAE id; Automatic or None: the model's own).
+Kept and read back, not acted on: `send_seed` and the other UI options, and `eta_noise_seed_delta` (A1111 adds
+it to the seed of its k-diffusion noise; diffusers' schedulers draw their noise from the request's own generator,
+so there is nothing to add it to). `override_settings` of a request counts over the stored options, as in A1111.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 
+from diffserve.api.a1111.option_effects import NO_VAE
 from diffserve.api.a1111.router import A1111Route, _key
 from diffserve.api.body import read_json_object
 from diffserve.api.state import AppState
@@ -51,6 +52,11 @@ def _check(ds: AppState, name: str, value: Any) -> None:
         low, high = (1, 12) if name == "CLIP_stop_at_last_layers" else (0, 2**32 - 1)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise InvalidInput(f"{name} must be a whole number from {low} to {high}", field=name)
+    elif name == "sd_vae" and value not in NO_VAE:
+        if not isinstance(value, str):
+            raise InvalidInput("sd_vae must be a VAE id (see /sdapi/v1/sd-vae) or Automatic", field=name)
+        if not any(vae_id == value for vae_id, _ in ds.registry.entries("vaes")):
+            raise InvalidInput(f"sd_vae: no VAE {value[:100]!r} in the registry (see /sdapi/v1/sd-vae)", field=name)
     elif isinstance(defaults(ds).get(name), bool) and not isinstance(value, bool):
         raise InvalidInput(f"{name} must be true or false", field=name)
 
