@@ -105,6 +105,8 @@ def _typed_routes(key: str) -> dict[str, tuple[dict[str, str], dict]]:
         "/sdapi/v1/txt2img": (basic, a1111),
         "/sdapi/v1/img2img": (basic, {**a1111, "init_images": [init]}),
         "/sdapi/v1/options": (basic, {"sd_model_checkpoint": "tiny-sd"}),
+        "/sdapi/v1/extra-single-image": (basic, {"image": init, "upscaling_resize": 2, "upscaler_1": "Lanczos"}),
+        "/sdapi/v1/png-info": (basic, {"image": init}),
         "/v1/jobs": (bearer, {"prompt": "a cat", "init_image": init, "steps": 2}),
     }
 
