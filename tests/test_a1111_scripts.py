@@ -88,3 +88,11 @@ def test_hires_fix_upscales_then_redraws(post):
 def test_hires_fix_refusals_come_before_the_first_pass(post, body, field):
     answer = post("/txt2img", {**BASE, "enable_hr": True, **body})
     assert answer.status_code == 400 and field in answer.json()["detail"], answer.text
+
+
+def test_tiling_wraps_the_convolutions(post):
+    plain = post("/txt2img", {**BASE, "seed": 5}).json()
+    tiled = post("/txt2img", {**BASE, "seed": 5, "tiling": True}).json()
+    assert "Tiling: True" in tiled["info"] and "Tiling" not in plain["info"]
+    images = [Image.open(io.BytesIO(base64.b64decode(a["images"][0]))).convert("RGB") for a in (plain, tiled)]
+    assert images[0].tobytes() != images[1].tobytes()

@@ -166,7 +166,8 @@ def test_what_may_share_a_tick():
     assert batch_key({**base, **per_row}) == key
     for other in ({"model_id": "tiny-sdxl"}, {"width": 128}, {"height": 72}, {"lora_models": ["x"]},
                   {"lora_models": ["x"], "lora_strengths": [0.5]}, {"embeddings_model": "e"}, {"vae": "v"},
-                  {"tomesd": True}):  # tomesd rows share ticks with each other (a fixed merge pattern per row)
+                  {"tomesd": True},  # tomesd rows share ticks with each other (a fixed merge pattern per row)
+                  {"tiling": True}):  # the padding mode is the shared model's: tiling rows only with each other
         assert batch_key({**base, **other}) not in (None, key), other
     assert batch_key({**base, "tomesd": True, **per_row}) == batch_key({**base, "tomesd": True})
     for alone in ({"mode": "txt2img"}, {"mode": "inpaint"}, {"ip_adapter_id": "ip"}, {"strength": 0.01}):

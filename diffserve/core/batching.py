@@ -33,4 +33,5 @@ def batch_key(request: Mapping[str, Any]) -> BatchKey | None:
         return None
     return (request["model_id"], request["width"], request["height"],
             tuple(request.get("lora_models") or ()), tuple(request.get("lora_strengths") or ()),
-            request.get("embeddings_model") or None, request.get("vae") or None, bool(request.get("tomesd")))
+            request.get("embeddings_model") or None, request.get("vae") or None, bool(request.get("tomesd")),
+            bool(request.get("tiling")))

@@ -65,6 +65,7 @@ class RequestOptions(BaseModel):
     enhance_prompt: bool = False
     enhance_style: str | None = None
     tomesd: bool = False
+    tiling: bool = False  # seamless tiles: circular padding in the UNet's and VAE's convolutions (A1111's tiling)
     output_base64: bool = False
     temp: bool = False
     webhook: str | None = None

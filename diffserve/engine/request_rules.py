@@ -53,6 +53,9 @@ def resolve_controls(draft: RequestDraft, entry: ModelEntry) -> RequestDraft:
         raise InvalidInput(
             f"{draft.extra_images_field}: model {draft.model_id} ({entry.family} models) takes no reference "
             f"images besides the init image", field=draft.extra_images_field)
+    if draft.tiling and not controls.tiling:
+        raise InvalidInput(f"tiling is not supported by model {draft.model_id} ({entry.family} models): it needs "
+                           f"a UNet model (sd, sdxl)", field="tiling")
     if draft.clip_skip is not None and draft.clip_skip > 1:
         _check_clip_skip(draft.clip_skip, draft.model_id, entry, controls.clip_skip_offset)
     style = style_name(draft.enhance_style)

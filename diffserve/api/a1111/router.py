@@ -77,6 +77,7 @@ class Txt2ImgRequest(BaseModel):
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list, max_length=64)
     send_images: bool = True  # false: `images` is empty, as A1111 answers
+    tiling: bool = False  # seamless tiles (engine/controls/tiling.py)
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -174,7 +175,7 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str,
         height=req.height, samples=samples, steps=req.steps, guidance_scale=req.cfg_scale,
         seed=None if req.seed < 0 else req.seed, scheduler=choice.scheduler, use_karras_sigmas=choice.karras,
         algorithm_type=choice.algorithm_type, mode=mode, mask_field="mask", init_image_field="init_images",
-        extra_images_field="init_images", **from_options)
+        extra_images_field="init_images", tiling=req.tiling, **from_options)
     init = None
     if isinstance(req, Img2ImgRequest):
         if not req.init_images:
@@ -249,6 +250,8 @@ def _info(job: Job, grid: bool) -> dict[str, Any]:
             parts.append(f"Denoising strength: {r.strength:g}")
         if r.clip_skip and r.clip_skip > 1:
             parts.append(f"Clip skip: {r.clip_skip}")
+        if r.tiling:
+            parts.append("Tiling: True")
         negative = f"\nNegative prompt: {r.negative_prompt}" if r.negative_prompt else ""
         return f"{r.prompt}{negative}\n{', '.join(parts)}"
 

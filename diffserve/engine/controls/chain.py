@@ -12,18 +12,19 @@ from diffserve.engine.controls.ip_adapter import use_ip_adapter
 from diffserve.engine.controls.lora import apply_loras
 from diffserve.engine.controls.safety import safety_postprocessor
 from diffserve.engine.controls.schedulers import scheduler_control
+from diffserve.engine.controls.tiling import tiling_control
 from diffserve.engine.controls.tome import tomesd_control
 from diffserve.engine.controls.vae import use_vae
 from diffserve.engine.families.flux_control import control_image_control
 
 # Order matters: pipeline-replacing controls (VAE, scheduler) before weight patches (LoRA) and call args.
 CONTROLS: list[Control] = [scheduler_control, use_vae, apply_loras, use_embedding, tomesd_control,
-                           clip_skip_control, use_ip_adapter, control_image_control]
+                           tiling_control, clip_skip_control, use_ip_adapter, control_image_control]
 POSTPROCESSORS: list[PostProcessor] = [safety_postprocessor]
 
 # Step-level batching (engine/batching.py): the controls that act on one request's own objects (its scheduler
 # copy, its prompt encoding) are entered per row; the others change the shared model and are entered once per
-# batch, whose rows all ask for the same ones (core/batching.py's key, tomesd included; IP-Adapter is never
+# batch, whose rows all ask for the same ones (core/batching.py's key, tomesd and tiling included; IP-Adapter is never
 # batched).
 ROW_CONTROLS: list[Control] = [scheduler_control, clip_skip_control]
 BATCH_CONTROLS: list[Control] = [control for control in CONTROLS if control not in ROW_CONTROLS]

@@ -100,6 +100,7 @@ class FamilyControls:
     # diffusers reads the text encoder's hidden_states[-(clip_skip + offset)]; None: no clip_skip.
     clip_skip_offset: int | None = None
     tomesd: bool = False  # the UNet has diffusers BasicTransformerBlocks that token merging can patch
+    tiling: bool = False  # a UNet and a VAE of Conv2d layers whose padding can wrap around (seamless tiles)
     reference_images: bool = False  # extra images (Qolaba file_urls) beside the init image are used
     needs_face: bool = False  # the init image must show a face (PuLID takes the identity from it)
     # other tasks from the same loaded weights (diffusers from_pipe, engine/families/base.py call_in_mode)
@@ -110,8 +111,9 @@ class FamilyControls:
 # Families not listed take none of these controls (their requests with them are refused or,
 # for flags whose vendor default is "yes", resolved to "not applied" and shown so in meta).
 FAMILY_CONTROLS: dict[str, FamilyControls] = {
-    "sd": FamilyControls(schedulers=True, clip_skip_offset=1, tomesd=True, txt2img=True, inpaint=True),
-    "sdxl": FamilyControls(schedulers=True, clip_skip_offset=2, tomesd=True, txt2img=True, inpaint=True),
+    "sd": FamilyControls(schedulers=True, clip_skip_offset=1, tomesd=True, tiling=True, txt2img=True, inpaint=True),
+    "sdxl": FamilyControls(schedulers=True, clip_skip_offset=2, tomesd=True, tiling=True, txt2img=True,
+                           inpaint=True),
     "flux": FamilyControls(txt2img=True, inpaint=True),
     "flux-kontext": FamilyControls(reference_images=True),  # stitched beside the init image
     "flux-redux": FamilyControls(reference_images=True),  # each one goes through the Redux prior
