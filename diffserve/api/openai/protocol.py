@@ -4,9 +4,16 @@
 - `size`: `auto` (edits: the input image's size; generations: the model's default) or `WxH` within the
   model's limits.
 - `quality` -> denoising steps: `low` half the model's default steps, `medium`, `auto` and `standard` the
-  default, `high` one and a half times it (each within the model's step limits).
+  default, `high` and `hd` one and a half times it (each within the model's step limits).
+- What the answer reports (ImagesResponse's enums: size 1024x1024 | 1024x1536 | 1536x1024, quality low |
+  medium | high): `quality` is the level whose steps were used (auto and standard -> medium, hd -> high);
+  `size` is the image's size when it is one of the spec's three, and left out otherwise (it is optional);
+  a stream event, where size is required, says `auto` then. The real size is always in the
+  `x-diffserve-size` response header (WIDTHxHEIGHT).
 - `n`: 1-10, and at most the model's samples per request.
-- `output_format`: png | jpeg | webp, `output_compression` 0-100 for jpeg / webp.
+- `output_format`: png | jpeg | webp; `output_compression` 0-100 for jpeg / webp as the spec defines it: the
+  compression level, 100 (the default) the least compression (encoder quality 100), 0 the most (quality 1);
+  png is lossless and ignores it.
 - `background`: `transparent` is refused (the models make opaque images); `opaque` and `auto` are fine.
 - `mask` (edits): a PNG whose alpha is 0 where the image is to be repainted (OpenAI's convention); it
   becomes a white-is-repaint inpainting mask.
@@ -28,7 +35,9 @@ from diffserve.core.errors import (DiffserveError, Forbidden, InvalidInput, Mode
 from diffserve.core.request import ModelLimits
 from diffserve.media.decode import decode_frame
 
-QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "auto": 1.0, "standard": 1.0, "high": 1.5}
+QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "auto": 1.0, "standard": 1.0, "high": 1.5, "hd": 1.5}
+REPORTED_QUALITY = {"auto": "medium", "standard": "medium", "hd": "high"}  # ImagesResponse: low | medium | high
+SPEC_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})  # ImagesResponse.size's enum
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MAX_N = 10
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -42,7 +51,7 @@ class ImageGenerationBody(BaseModel):
     model: str | None = Field(None, description="a registry id; absent: the server's default model")
     n: int | None = Field(None, ge=1, le=MAX_N)
     size: str | None = Field(None, description="auto or WIDTHxHEIGHT within the model's limits")
-    quality: Literal["low", "medium", "high", "auto", "standard"] | None = None
+    quality: Literal["standard", "hd", "low", "medium", "high", "auto"] | None = None
     response_format: Literal["url", "b64_json"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
     output_compression: int | None = Field(None, ge=0, le=100)
@@ -132,6 +141,17 @@ def size_for(size: str | None, limits: ModelLimits) -> tuple[int, int] | None:
     return width, height
 
 
+def reported_quality(quality: str) -> str:
+    """The spec's name (low | medium | high) for the steps a quality gave."""
+    return REPORTED_QUALITY.get(quality, quality)
+
+
+def reported_size(width: int, height: int) -> str | None:
+    """The size as ImagesResponse may state it: one of the spec's sizes, else None (the field left out)."""
+    size = f"{width}x{height}"
+    return size if size in SPEC_SIZES else None
+
+
 def check_n(n: int | None, limits: ModelLimits, model_id: str) -> int:
     n = 1 if n is None else n
     top = min(MAX_N, limits.max_samples)
@@ -172,7 +192,7 @@ def encode(data: bytes, fmt: str, compression: int | None) -> bytes:
         return data
     image = Image.open(io.BytesIO(data)).convert("RGB")
     buf = io.BytesIO()
-    options = {} if fmt == "png" else {"quality": 100 - (compression if compression is not None else 0) or 1}
+    options = {} if fmt == "png" else {"quality": max(1, 100 if compression is None else compression)}
     image.save(buf, format=FORMATS[fmt], **options)
     return buf.getvalue()
 

@@ -1,4 +1,5 @@
-"""OpenAI's images API: `POST /v1/images/edits` (multipart: one or several images, an optional mask) and
+"""OpenAI's images API: `POST /v1/images/edits` (multipart: one or several images, an optional mask; or JSON:
+`images[].image_url`, `mask.image_url`, see json_edits.py) and
 `POST /v1/images/generations` (text to image), synchronous or streamed (`stream=true`: server-sent
 `image_edit.partial_image` / `image_generation.partial_image` events with step previews, then `.completed`).
 `GET /v1/models` is the native API's list, which has OpenAI's shape. Field rules: protocol.py."""
@@ -21,8 +22,10 @@ from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import json_body_doc, read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.native.render import sse
+from diffserve.api.openai.json_edits import image_urls, mask_png
 from diffserve.api.openai.protocol import (EDITS_BODY_DOC, ImageGenerationBody, Params, check_n, check_output, encode,
-                                          error_response, mask_from_alpha, size_for, steps_for)
+                                          error_response, mask_from_alpha, reported_quality, reported_size, size_for,
+                                          steps_for)
 from diffserve.api.state import AppState, app_state
 from diffserve.core.errors import DiffserveError, GenerationFailed, InvalidInput
 from diffserve.core.job import Job, JobStatus
@@ -53,9 +56,9 @@ def _b64(data: bytes) -> str:
 class Options:
     """The fields both endpoints share, checked against the model."""
 
-    def __init__(self, ds: AppState, fields: dict[str, Any], *, edit: bool) -> None:
+    def __init__(self, ds: AppState, fields: dict[str, Any], *, edit: bool, form: bool) -> None:
         check_text(fields)  # a lone surrogate in a multipart field (a JSON body was checked when read)
-        params = Params(fields, form=edit)  # edits is multipart: every field arrives as text
+        params = Params(fields, form=form)  # a multipart edit: every field arrives as text
         prompt = params.text("prompt")
         if not prompt or not prompt.strip():
             raise InvalidInput("prompt is required", field="prompt")
@@ -68,7 +71,7 @@ class Options:
         self.steps = steps_for(self.quality, limits)
         self.compression = params.integer("output_compression")
         self.output_format = check_output(params.text("output_format"), self.compression, params.text("background"))
-        self.response_format = (params.text("response_format") or ("url" if edit else "b64_json")).lower()
+        self.response_format = (params.text("response_format") or ("url" if form else "b64_json")).lower()
         if self.response_format not in ("url", "b64_json"):
             raise InvalidInput("response_format must be url or b64_json", field="response_format")
         self.stream = params.boolean("stream")
@@ -88,6 +91,8 @@ class Options:
              summary="Edit images (OpenAI): multipart image / image[], optional mask")
 async def edits(request: Request) -> Any:
     ds, key = await _key(request)
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+        return await _json_edits(ds, request, key)
     limits = ds.settings.limits  # the whole body is bounded as it arrives (api/body_limit.py); here its parts
     try:
         form = await request.form(max_files=17, max_fields=limits.max_form_fields,
@@ -104,7 +109,7 @@ async def edits(request: Request) -> Any:
         raise InvalidInput("image is required (one file, or several as image[])", field="image")
     if len(files) > 16:
         raise InvalidInput("at most 16 images", field="image")
-    options = Options(ds, fields, edit=True)
+    options = Options(ds, fields, edit=True, form=True)
     images = [await anyio.to_thread.run_sync(_b64, await f.read()) for f in files]
     mask = form.get("mask")
     extra: dict[str, Any] = {"init_image": images[0], "init_image_field": "image", "extra_images": images[1:],
@@ -120,8 +125,22 @@ async def edits(request: Request) -> Any:
              summary="Text to image (OpenAI)")
 async def generations(request: Request) -> Any:
     ds, key = await _key(request)
-    options = Options(ds, await read_json_object(request), edit=False)
+    options = Options(ds, await read_json_object(request), edit=False, form=False)
     return await _answer(ds, request, key, options, options.draft(mode="txt2img"))
+
+
+async def _json_edits(ds: AppState, request: Request, key: ApiKey) -> Any:
+    """The JSON edits body (EditImageBodyJsonParam): image URLs, fetched and decoded by the service at submit."""
+    fields = await read_json_object(request)
+    urls = image_urls(fields)
+    options = Options(ds, fields, edit=True, form=False)
+    extra: dict[str, Any] = {"init_image": urls[0], "init_image_field": "images[0].image_url",
+                             "extra_images": urls[1:], "extra_images_field": "images",
+                             "strength": options.default_strength}
+    if fields.get("mask") is not None:
+        extra.update(mode="inpaint", mask_image=await mask_png(ds, key, fields["mask"]), mask_field="mask",
+                     strength=1.0)
+    return await _answer(ds, request, key, options, options.draft(**extra))
 
 
 async def _answer(ds: AppState, request: Request, key: ApiKey, options: Options, draft: RequestDraft) -> Any:
@@ -135,13 +154,13 @@ async def _answer(ds: AppState, request: Request, key: ApiKey, options: Options,
             raise
         return StreamingResponse(slot.bind(_events(ds, request, job, options, slot.release)),
                                  media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store"})
+                                 headers={"Cache-Control": "no-store", **_size_header(job)})
     job = await ds.service.submit(key, "openai", draft, {})
     async with client_watch(request) as gone:
         job = await ds.service.wait_for_client(job.id, gone)  # cancelled if the client left
     if job.status is not JobStatus.SUCCEEDED:
         raise GenerationFailed(job.error or f"the job ended {job.status.value}")
-    return JSONResponse(await _body(ds, request, job, options))
+    return JSONResponse(await _body(ds, request, job, options), headers=_size_header(job))
 
 
 async def _images(ds: AppState, request: Request, job: Job, options: Options) -> list[dict[str, Any]]:
@@ -161,14 +180,23 @@ async def _images(ds: AppState, request: Request, job: Job, options: Options) ->
     return out
 
 
+def _size_header(job: Job) -> dict[str, str]:
+    """The real size, whatever the spec's enum lets the body say (protocol.py's docstring)."""
+    return {"x-diffserve-size": f"{job.request.width}x{job.request.height}"}
+
+
 def _common(job: Job, options: Options) -> dict[str, Any]:
-    r = job.request
-    return {"created": int(time.time()), "size": f"{r.width}x{r.height}", "quality": options.quality,
+    """The fields an answer and a stream event share, within the spec's enums; an event's required size is
+    `auto` where the real size is not one of the spec's."""
+    size = reported_size(job.request.width, job.request.height)
+    return {"created": int(time.time()), "size": size or "auto", "quality": reported_quality(options.quality),
             "output_format": options.output_format, "background": "opaque"}
 
 
 async def _body(ds: AppState, request: Request, job: Job, options: Options) -> dict[str, Any]:
     common = _common(job, options)
+    if common["size"] == "auto":  # ImagesResponse.size has no auto: an optional field, left out
+        del common["size"]
     return {"created": common.pop("created"), "data": await _images(ds, request, job, options), **common}
 
 
