@@ -3,6 +3,7 @@ official SDK calls, unknown paths in each API's own error shape -- with the vend
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -117,3 +119,53 @@ def test_the_official_cli(jobs_server, key, image_host, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     saved = list((tmp_path / "out").glob("*.png"))
     assert len(saved) == 1 and Image.open(saved[0]).size == (64, 64)
+
+
+def test_the_sdks_realtime_text2img_and_inpaint(jobs_server, key, image_host):
+    """`Realtime(client, enterprise=...)`: text_to_image and inpainting on /api/v6/realtime and
+    /api/v1/enterprise/realtime, on the server's realtime model."""
+    from modelslab_py.core.apis.realtime import Realtime
+    from modelslab_py.core.client import Client
+    from modelslab_py.schemas.realtime import RealtimeInpaintingSchema, RealtimeText2ImageSchema
+
+    mask = image_host.add("/realtime-mask.png", half_mask())
+    for enterprise in (False, True):
+        client = Client(api_key=key)
+        client.base_url = f"{jobs_server.url}/api/"  # the one change: the base URL
+        api = Realtime(client, enterprise=enterprise)
+        out = api.text_to_image(RealtimeText2ImageSchema(prompt="a cat", width=64, height=96, samples=2))
+        assert out["status"] == "success" and len(out["output"]) == 2, out
+        assert Image.open(io.BytesIO(httpx.get(out["output"][0]).content)).size == (64, 96)
+        out = api.inpainting(RealtimeInpaintingSchema(prompt="a cat", init_image=image_host.url("/cat.png"),
+                                                      mask_image=mask, strength=1.0, width=64, height=64))
+        assert out["status"] == "success", out
+        kept = np.asarray(Image.open(io.BytesIO(httpx.get(out["output"][0]).content)).convert("RGB"))[:, 40:]
+        source = np.asarray(Image.open(io.BytesIO(httpx.get(image_host.url("/cat.png")).content)).convert("RGB"))
+        assert (kept == source[:, 40:]).all()  # black half of the mask kept
+
+
+def half_mask() -> bytes:
+    """White (repaint) on the left half, black (keep) on the right."""
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    buf = io.BytesIO()
+    mask.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_the_clis_v7_text_to_image_and_inpaint(jobs_server, key, image_host, tmp_path):
+    """`modelslab generate image` (/api/v7/images/text-to-image) and `generate inpaint` (/api/v7/images/inpaint)."""
+    binary = shutil.which("modelslab", path=str(Path(sys.executable).parent))
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"], "MODELSLAB_NO_UPDATE_CHECK": "1"}
+    common = ["--base-url", jobs_server.url, "--api-key", key, "--model", "tiny-sd", "--no-update-check"]
+    mask = image_host.add("/cli-mask.png", half_mask())
+    runs = {"image": ["--prompt", "a cat", "--width", "96", "--height", "64", "--steps", "4"],
+            "inpaint": ["--prompt", "a cat", "--init-image", image_host.url("/cat.png"), "--mask-image", mask]}
+    for command, args in runs.items():
+        out_dir = tmp_path / command
+        out = subprocess.run([binary, "generate", command, *common, *args, "--output-dir", str(out_dir)],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        saved = list(out_dir.glob("*.png"))
+        assert len(saved) == 1, out.stdout
+        assert Image.open(saved[0]).size == ((96, 64) if command == "image" else (64, 64))

@@ -1,4 +1,5 @@
-"""ModelsLab's text2img and inpaint pages (v6 and the enterprise image paths the SDK calls), on the same
+"""ModelsLab's text2img and inpaint pages (v6, the enterprise image paths the SDK calls, and v7's
+`text-to-image` and `inpaint` that ModelsLab's CLI calls), on the same
 loaded weights as img2img: the v6 fields, less init_image/strength (text2img) or plus mask_image (inpaint:
 white is repainted)."""
 
@@ -17,7 +18,9 @@ from diffserve.api.modelslab.router import ModelsLabRoute
 
 router = APIRouter(route_class=ModelsLabRoute, tags=["ModelsLab text2img and inpaint"])
 
-PREFIXES = {"/api/v6/images": "/api/v6/images/fetch", "/api/v1/enterprise/images": "/api/v1/enterprise/images/fetch"}
+PREFIXES = {"/api/v6/images": "/api/v6/images/fetch", "/api/v1/enterprise/images": "/api/v1/enterprise/images/fetch",
+            "/api/v7/images": "/api/v7/images/fetch"}
+TEXT2IMG = {"/api/v7/images": "text-to-image"}  # v7's name for the text2img page
 
 
 class V6InpaintRequest(V6Img2ImgRequest):
@@ -40,7 +43,8 @@ def _register(prefix: str, fetch_path: str) -> None:
     async def inpaint(request: Request) -> dict[str, Any]:
         return await _task(request, "inpaint", fetch_path)
 
-    router.add_api_route(f"{prefix}/text2img", text2img, methods=["POST"], summary=f"Text to image ({prefix})",
+    router.add_api_route(f"{prefix}/{TEXT2IMG.get(prefix, 'text2img')}", text2img, methods=["POST"],
+                         summary=f"Text to image ({prefix})",
                          openapi_extra=json_body_doc(V6Img2ImgRequest), name=f"text2img{prefix.replace('/', '_')}")
     router.add_api_route(f"{prefix}/inpaint", inpaint, methods=["POST"], summary=f"Inpainting ({prefix})",
                          openapi_extra=json_body_doc(V6InpaintRequest), name=f"inpaint{prefix.replace('/', '_')}")

@@ -1,4 +1,6 @@
-"""ModelsLab enterprise realtime img2img fields, in the vendor page's order.
+"""ModelsLab enterprise realtime img2img fields, in the vendor page's order; the realtime text2img page (the
+same fields, init_image unused) and inpaint page (plus mask_image, white = repaint) that the official SDK's
+`Realtime` calls share them.
 
 No `model_id`, no steps, no guidance: the server's realtime model (a few-step model) serves every
 request with the operator's realtime settings (`DIFFSERVE_REALTIME_MODEL`, `_SCHEDULER`, `_STEPS`,
@@ -40,20 +42,27 @@ class RealtimeImg2ImgRequest(BaseModel):
     instant_response: LooseBool = Field(None, description="answer `processing` at once (default false)")
     enhance_prompt: LooseBool = None
 
-    def to_draft(self, settings: Settings) -> RequestDraft:
+    def to_draft(self, settings: Settings, mode: str = "img2img", mask_image: str | None = None) -> RequestDraft:
+        """mode: img2img, txt2img (init_image ignored) or inpaint (mask_image required)."""
         check_range("samples", self.samples, 1, MAX_SAMPLES)
         # the v6 conversion (required fields, flags, webhook URL) is shared, on the fields this page has;
         # the v6 page's "yes" defaults do not apply to flags this page does not have
         fields = {**self.model_dump(), "enhance_prompt": bool(self.enhance_prompt)}
         v6 = V6Img2ImgRequest.model_construct(**fields, model_id=settings.realtime_model, tomesd=False,
                                               use_karras_sigmas=False)
-        draft = v6.to_draft(settings.realtime_model)
+        draft = v6.to_draft(settings.realtime_model, mode=mode, mask_image=mask_image)
         return draft.model_copy(update={
             "steps": settings.realtime_steps,
             "guidance_scale": settings.realtime_guidance,
             "scheduler": _none_word(settings.realtime_scheduler),
             "max_side": MAX_SIZE,  # width/height at most 1024 (or the model's own maximum if lower)
         })
+
+
+class RealtimeInpaintRequest(RealtimeImg2ImgRequest):
+    """POST /api/v1/enterprise/realtime/inpaint and /api/v6/realtime/inpaint."""
+
+    mask_image: Text = Field(None, description="the mask: URL, base64 or data URI; white = repaint, black = keep")
 
 
 def _none_word(value: str | None) -> str | None:
