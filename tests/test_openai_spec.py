@@ -188,6 +188,11 @@ def test_json_edits_body_with_image_urls(http, image_host):
     ({"images": [{"image_url": "ftp://example.com/a.png"}]}, "images[0].image_url"),
     ({"images": [{"image_url": "http://127.0.0.1:1/none.png"}]}, "images[0].image_url"),
     ({"images": ["data:image/png;base64,AAAA"]}, "images[0]"),
+    ({"images": [{"image_url": "data:image/png;base64,AAAA"}]}, "images[0].image_url"),
+    ({"images": [{"image_url": data_url(png_bytes())}], "mask": {"image_url": "http://127.0.0.1:1/m.png"}},
+     "mask.image_url"),
+    ({"images": [{"image_url": data_url(png_bytes())}], "mask": {"image_url": data_url(png_bytes())}}, "mask"),
+    ({"images": [{"image_url": data_url(png_bytes())}], "n": "2"}, "n"),
 ])
 def test_json_edits_refusals_name_the_param(http, fields, param):
     response = http.post("/v1/images/edits", json={"prompt": "x", "model": "tiny-sd", **fields})
