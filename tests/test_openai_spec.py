@@ -238,3 +238,15 @@ def test_stream_events_validate(http, path, schema, body):
         assert errors(schema, event) == [], event["type"]
         assert event["size"] == "auto" and event["quality"] == "high"  # not one of the spec's sizes
     assert response.headers["x-diffserve-size"] == ("64x64" if "size" in body else "128x128")
+
+
+def test_json_edits_through_openais_client(client, image_host):
+    """OpenAI's client sends the JSON edits body through its generic post (its images.edit is multipart only);
+    the answer parses as its ImagesResponse."""
+    from openai.types import ImagesResponse
+
+    hosted = image_host.add("/openai-spec-client.png", png_bytes(64, 64, (20, 90, 200)))
+    out = client.post("/images/edits", cast_to=ImagesResponse, body={
+        "prompt": "a watercolor", "model": "tiny-sd", "quality": "hd", "images": [{"image_url": hosted}]})
+    assert out.quality == "high" and out.size is None and out.output_format == "png"
+    assert image_of({"b64_json": out.data[0].b64_json}).size == (64, 64)
