@@ -49,9 +49,10 @@ def bodies(kind: str, n: int, side: int, key: str, model: str, rng: random.Rando
     out = []
     for i in range(n):
         body = {"key": key, "model_id": model, "init_image": image, "width": side, "height": side, "samples": 1,
-                "guidance_scale": 7.5, "seed": 1000 + i, "safety_checker": "no",
-                "tomesd": "no"}  # v6 defaults tomesd to yes, and tomesd requests run alone (core/batching.py)
-        if kind == "identical":
+                "guidance_scale": 7.5, "seed": 1000 + i, "safety_checker": "no", "tomesd": "no"}
+        if kind == "v6-default":  # the identical request as the v6 page's clients send it: tomesd absent ("yes")
+            del body["tomesd"]
+        if kind in ("identical", "v6-default"):
             body.update(prompt=PROMPTS[0], strength=0.7, num_inference_steps=steps)
         else:
             body.update(prompt=rng.choice(PROMPTS), strength=round(rng.uniform(0.3, 0.9), 2),
@@ -169,7 +170,8 @@ def main() -> None:
     ap.add_argument("--model", default="tiny-sd")
     ap.add_argument("--models-file", default=None, help="a models.json naming --model (real weights, GPU)")
     ap.add_argument("--device", default="cpu", help="DIFFSERVE_DEVICE of the workers (cuda on a GPU)")
-    ap.add_argument("--kinds", default="identical,mixed")
+    ap.add_argument("--kinds", default="identical,v6-default,mixed",
+                    help="identical (tomesd off), v6-default (the same with tomesd absent: the page's yes), mixed")
     ap.add_argument("--steps", type=int, default=20, help="steps of the identical requests and the bare calls")
     ap.add_argument("--quick", action="store_true", help="--sizes 64 --clients 2 --kinds identical --window-s 1 "
                     "--steps 4")
