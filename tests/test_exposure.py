@@ -1,6 +1,6 @@
 """No needless exposure, against the real server over loopback: every answer carries a Content-Security-Policy,
 no-framing and nosniff headers; the A1111 model list shows no server path; /metrics can require a key; output
-URLs never follow a Host header a client forged (docs: README "Security")."""
+URLs never follow a Host header a client forged (docs/security.md, "Defences")."""
 
 from __future__ import annotations
 

@@ -153,7 +153,7 @@ def test_a_crash_mid_attempt_keeps_the_delivery(hook_server, hook_key, image_hos
 
 
 def test_signature_headers_follow_the_documented_scheme():
-    """Without a secret there is no signature; with one, the README's receiver check accepts it, and
+    """Without a secret there is no signature; with one, docs/webhooks.md's receiver check accepts it, and
     a plain-text secret works like a whsec_ one."""
     from diffserve.webhooks.signing import delivery_headers
 

@@ -1,6 +1,6 @@
 """Real webhook receivers on loopback: record every POST, check its signature, answer as told.
 
-`verify_signature` is the receiver-side check exactly as the README documents it (written from the
+`verify_signature` is the receiver-side check exactly as docs/webhooks.md documents it (written from the
 Standard Webhooks layout, independent of diffserve's own signing code).
 """
 
