@@ -15,6 +15,7 @@ import pytest
 
 from diffserve.engine.demo import DEMO_SD_LIMITS
 
+from .jobs_helpers import data_uri
 from .servers import free_port, png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,19 +78,13 @@ def test_jobs_list_elides_a_long_prompt_at_a_word(jobs_server):
     key = jobs_server.create_key("--name", "history")
     words = ["sketch"] + [f"word{i}" for i in range(40)]
     r = httpx.post(f"{jobs_server.url}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=30,
-                   json={"prompt": " ".join(words), "init_image": png_b64(), "steps": 2})
+                   json={"prompt": " ".join(words), "init_image": data_uri(64, 64), "steps": 2})
     assert r.status_code in (200, 201, 202), r.text
     listed = diffserve("jobs", "list", "--key", key, "--server", jobs_server.url)
     assert listed.returncode == 0, listed.stderr
     line = next(line for line in listed.stdout.splitlines() if "sketch word0" in line)
     shown = line.split("sketch", 1)[1].removesuffix(" ...").split()
     assert line.endswith(" ...") and all(w in words for w in shown), line  # whole words, then the ellipsis
-
-
-def png_b64() -> str:
-    import base64
-
-    return base64.b64encode(png_bytes(64, 64)).decode()
 
 
 def test_models_add_keeps_the_family(tmp_path):

@@ -21,10 +21,9 @@ from fastapi import APIRouter, Request
 
 from diffserve.api.a1111.hires import LATENT_MODES
 from diffserve.api.a1111.scripts import UPSCALERS
-from diffserve.api.a1111.router import A1111Route, _active, _key
+from diffserve.api.a1111.router import A1111Route, _key, cancel_running
 from diffserve.api.auth import require_admin
 from diffserve.core.errors import Unavailable
-from diffserve.core.job import JobStatus
 from diffserve.management.server import ServerAdmin
 from diffserve.service.styles import style_presets
 
@@ -155,8 +154,4 @@ async def reload_checkpoint(request: Request) -> None:
 
 @router.post("/skip", summary="Stop the caller's running job (a batch is one job)")
 async def skip(request: Request) -> dict[str, Any]:
-    ds, key = await _key(request)
-    for job in await _active(ds, key):
-        if job.status is JobStatus.RUNNING:
-            await ds.service.cancel(job)
-    return {}
+    return await cancel_running(request)

@@ -302,13 +302,18 @@ async def progress(request: Request, skip_current_image: bool = False) -> dict[s
             "current_image": image, "textinfo": None, "current_task": f"task({running.id})" if running else None}
 
 
-@router.post("/interrupt", summary="Stop the caller's running job (at its next step)")
-async def interrupt(request: Request) -> dict[str, Any]:
+async def cancel_running(request: Request) -> dict[str, Any]:
+    """Cancel the caller's running jobs (at their next step): /interrupt and /skip (a batch is one job)."""
     ds, key = await _key(request)
     for job in await _active(ds, key):
         if job.status is JobStatus.RUNNING:
             await ds.service.cancel(job)
     return {}
+
+
+@router.post("/interrupt", summary="Stop the caller's running job (at its next step)")
+async def interrupt(request: Request) -> dict[str, Any]:
+    return await cancel_running(request)
 
 
 @router.get("/sd-models", summary="The registry's models")
