@@ -76,14 +76,14 @@ def progress_cost(models_root: Path, data_dir: Path, runs: int, steps: int) -> t
     from diffserve.core.request import GenerationRequest
     from diffserve.engine.generate import Engine
     from diffserve.engine.models.registry import ModelRegistry
-    from diffserve.store.db import make_engine
+    from diffserve.store.db import make_db_engine
     from diffserve.store.progress import ProgressStore
     from diffserve.store.schema import ensure_schema
     from diffserve.workers.progress import ProgressReporter
 
     torch.set_num_threads(1)
     data_dir.mkdir(parents=True, exist_ok=True)
-    db = make_engine(f"sqlite:///{data_dir / 'progress.db'}")
+    db = make_db_engine(f"sqlite:///{data_dir / 'progress.db'}")
     ensure_schema(db)
     store = ProgressStore(db)
     engine = Engine(ModelRegistry.load(data_dir / "none.json", models_root), safety_checker="tiny",

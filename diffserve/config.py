@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class ImageLimits(BaseModel):
@@ -59,7 +61,7 @@ class RequestLimits(BaseModel):
 
 
 class ServerSettings(BaseModel):
-    """How the HTTP server treats slow clients (api/slow_clients.py): a connection that does not deliver its
+    """Where the HTTP server listens, the base of the URLs it hands out, and how it treats slow clients (api/slow_clients.py): a connection that does not deliver its
     request in time is closed, so half-sent requests cannot hold connections and file descriptors."""
 
     header_timeout_s: float = Field(10.0, gt=0, description="time a request's headers may take to arrive (from "
@@ -69,6 +71,20 @@ class ServerSettings(BaseModel):
     max_connections: int = Field(
         1000, ge=1, description="open connections; one more closes the oldest that holds no request in progress "
                                 "(lowered to stay 128 under the file-descriptor limit, ulimit -n)")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = Field(
+        None, description="base URL clients use to reach this server (output, fetch and webhook URLs); unset: a "
+                          "request's Host header if it names a trusted host, else the address the request "
+                          "arrived at (never a Host header a client chose)"
+    )
+    trusted_hosts: list[str] = Field(
+        ["localhost", "127.0.0.1", "::1"], description="host names whose Host header output URLs may follow when "
+                                                       "public_url is unset (JSON list; a port is kept)")
+    metrics_key_required: bool = Field(
+        False, description="/metrics answers only with a valid API key (Authorization: Bearer <key>); off: open, "
+                           "as Prometheus scrapes usually are -- turn it on when the port is reachable by others")
 
 
 class WebhookSettings(BaseModel):
@@ -123,6 +139,8 @@ class QueueSettings(BaseModel):
                                                             "store with the broker's messages and re-sends missing ones")
     broker_timeout_s: float = Field(2.0, gt=0, description="longest wait for the broker when sending; past it "
                                                            "the job stays queued in the store and is re-sent later")
+    affinity_wait_s: float = Field(2.0, ge=0, description="how long a queued job waits for a worker that already "
+                                                          "has its model loaded before any free worker takes it")
 
 
 class BatchingSettings(BaseModel):
@@ -158,34 +176,10 @@ class QolabaApp(BaseModel):
         return sizes
 
 
-class Settings(BaseSettings):
-    """Everything the server and its workers need. Env vars use the DIFFSERVE_ prefix."""
+class EngineSettings(BaseModel):
+    """How each worker runs models (engine/generate.py): device, precision, memory budgets, compilation."""
 
-    model_config = SettingsConfigDict(env_prefix="DIFFSERVE_", env_nested_delimiter="__")
-
-    data_dir: Path = Path("./data")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    public_url: str | None = Field(
-        None, description="base URL clients use to reach this server (output, fetch and webhook URLs); unset: a "
-                          "request's Host header if it names a trusted host, else the address the request "
-                          "arrived at (never a Host header a client chose)"
-    )
-    trusted_hosts: list[str] = Field(
-        ["localhost", "127.0.0.1", "::1"], description="host names whose Host header output URLs may follow when "
-                                                       "public_url is unset (JSON list; a port is kept)")
-    metrics_key_required: bool = Field(
-        False, description="/metrics answers only with a valid API key (Authorization: Bearer <key>); off: open, "
-                           "as Prometheus scrapes usually are -- turn it on when the port is reachable by others")
-    database_url: str | None = Field(None, description="SQLAlchemy URL of the store, e.g. postgresql+psycopg://"
-                                                       "user:pw@host/db; default: SQLite in the data dir")
-    models_file: Path | None = Field(None, description="models config; default <data_dir>/models.json")
-    models_root: Path | None = Field(None, description="where built-in models are built; default <data_dir>/models")
-    workers: int = Field(1, ge=0, le=64, description="local worker processes; 0: an API process only (a fleet's "
-                                                     "workers run `diffserve worker` elsewhere)")
     device: str = Field("cpu", description="torch device of the workers: cpu, cuda, cuda:1...")
-    gpus: str | None = Field(None, description="one worker per listed GPU: 'all' (every visible GPU) or indices "
-                                               "'0,2'; each worker is pinned to cuda:<index>")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="floating-point type models run in: auto (CPU: bf16 where it has native bf16 -- "
                             "AVX512_BF16/AMX/Arm BF16 -- else fp32; CUDA bf16 where supported, else fp16; "
@@ -198,10 +192,6 @@ class Settings(BaseSettings):
     compile_backend: str = Field("inductor", description="torch.compile backend for models with compile: true")
     compile_mode: str | None = Field(None, description="torch.compile mode (e.g. max-autotune)")
     torch_threads: int | None = None
-    sync_wait_s: float = Field(
-        60.0, ge=0, description="how long an img2img request waits for its result before answering 'processing'"
-    )
-    max_attempts: int = Field(3, ge=1, description="runs of one job (restarts/crashes included) before it fails")
     default_model: str = "demo-sd"  # the trained built-in model (engine/demo); tiny-sd is for fast tests
     preload_models: list[str] = Field(["demo-sd"], description="models each worker loads before it reports ready")
     model_cache_gb: float | None = Field(
@@ -213,31 +203,114 @@ class Settings(BaseSettings):
         "auto", description="NSFW checker: 'auto' (built-in tiny models: 'tiny'; others: "
                             "CompVis/stable-diffusion-safety-checker), a hub id, a local folder, 'tiny' (never flags) "
                             "or 'tiny-flag-all' (flags every image; tests)")
-    images: ImageLimits = ImageLimits()
-    allow_private_urls: bool = Field(
-        False, description="let image/webhook URLs reach loopback, private and link-local addresses (LAN, tests)"
+
+
+class WorkerSettings(BaseModel):
+    """The worker processes: how many, on which GPUs, their classes, when one is gone, how often a job may run."""
+
+    count: int = Field(1, ge=0, le=64, description="local worker processes; 0: an API process only (a fleet's "
+                                                     "workers run `diffserve worker` elsewhere)")
+    gpus: str | None = Field(None, description="one worker per listed GPU: 'all' (every visible GPU) or indices "
+                                               "'0,2'; each worker is pinned to cuda:<index>")
+    labels: str = Field("", description="GPU class of each local worker, comma-separated in worker order "
+                                               "(e.g. a10g,h100); a single value labels every worker")
+    stale_s: float = Field(15.0, gt=0, description="a standalone worker (`diffserve worker`) whose heartbeat "
+                                                          "is older than this is gone: its job runs elsewhere")
+    max_attempts: int = Field(3, ge=1, description="runs of one job (restarts/crashes included) before it fails")
+
+
+class DialectSettings(BaseModel):
+    """What the vendor dialects fix that a request does not say (api/realtime, api/pony, api/qolaba, sync waits)."""
+
+    sync_wait_s: float = Field(
+        60.0, ge=0, description="how long an img2img request waits for its result before answering 'processing'"
     )
-    # Dialects (see api/realtime, api/pony, api/qolaba) and the load balancer (queue/local.py).
     realtime_model: str = Field("demo-sd", description="model serving the realtime endpoints (a few-step model)")
     realtime_scheduler: str | None = Field("LCMScheduler", description="scheduler for realtime requests; none: the model's")
     realtime_steps: int = Field(4, ge=1, le=50, description="denoising steps of a realtime request")
     realtime_guidance: float = Field(1.0, ge=0, le=20, description="guidance scale of a realtime request")
     pony_model: str = Field("tiny-sdxl", description="model for pony requests that name no model_id (an SDXL model)")
-    worker_labels: str = Field("", description="GPU class of each local worker, comma-separated in worker order "
-                                               "(e.g. a10g,h100); a single value labels every worker")
-    worker_stale_s: float = Field(15.0, gt=0, description="a standalone worker (`diffserve worker`) whose heartbeat "
-                                                          "is older than this is gone: its job runs elsewhere")
-    affinity_wait_s: float = Field(2.0, ge=0, description="how long a queued job waits for a worker that already "
-                                                          "has its model loaded before any free worker takes it")
     qolaba_apps: dict[str, QolabaApp] = Field(
         default_factory=dict, description='Qolaba app_id -> local model, e.g. {"ap-...": "my-flux"} or '
                                           '{"ap-...": {"model": "my-flux", "sizes": ["1024x1024"]}}')
-    limits: RequestLimits = RequestLimits()
+
+
+# The short environment names (DIFFSERVE_DTYPE, DIFFSERVE_WORKERS...) and keyword arguments of the flat settings
+# this release grouped: each is read into its group's field (they win over the nested DIFFSERVE_ENGINE__DTYPE form).
+SHORT_NAMES: dict[str, tuple[str, str]] = {
+    **{n: ("server", n) for n in ("host", "port", "public_url", "trusted_hosts", "metrics_key_required")},
+    **{n: ("engine", n) for n in ("device", "dtype", "activation_budget_gb", "vae_tiling_pixels", "compile_backend",
+                                  "compile_mode", "torch_threads", "default_model", "preload_models",
+                                  "model_cache_gb", "max_loaded_models", "safety_checker")},
+    "workers": ("worker", "count"), "gpus": ("worker", "gpus"), "worker_labels": ("worker", "labels"),
+    "worker_stale_s": ("worker", "stale_s"), "max_attempts": ("worker", "max_attempts"),
+    "affinity_wait_s": ("queue", "affinity_wait_s"),
+    **{n: ("dialects", n) for n in ("sync_wait_s", "realtime_model", "realtime_scheduler", "realtime_steps",
+                                    "realtime_guidance", "pony_model", "qolaba_apps")},
+}
+_JSON_SHORT_NAMES = {"trusted_hosts", "preload_models", "qolaba_apps"}
+
+
+class ShortEnvNames(PydanticBaseSettingsSource):
+    """DIFFSERVE_<SHORT NAME> environment variables (SHORT_NAMES), handed to Settings under their short name."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in SHORT_NAMES:
+            raw = os.environ.get(f"DIFFSERVE_{name.upper()}")
+            if raw is not None:
+                values[name] = json.loads(raw) if name in _JSON_SHORT_NAMES else raw
+        return values
+
+
+class Settings(BaseSettings):
+    """Everything the server and its workers need, in groups passed down to the part that uses each. Env vars use
+    the DIFFSERVE_ prefix and `__` into a group (DIFFSERVE_ENGINE__DTYPE); the short names of SHORT_NAMES
+    (DIFFSERVE_DTYPE, DIFFSERVE_WORKERS...) are read too."""
+
+    model_config = SettingsConfigDict(env_prefix="DIFFSERVE_", env_nested_delimiter="__")
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the store, e.g. postgresql+psycopg://"
+                                                       "user:pw@host/db; default: SQLite in the data dir")
+    models_file: Path | None = Field(None, description="models config; default <data_dir>/models.json")
+    models_root: Path | None = Field(None, description="where built-in models are built; default <data_dir>/models")
+    allow_private_urls: bool = Field(
+        False, description="let image/webhook URLs reach loopback, private and link-local addresses (LAN, tests)"
+    )
     server: ServerSettings = ServerSettings()
-    batching: BatchingSettings = BatchingSettings()
-    webhooks: WebhookSettings = WebhookSettings()
-    storage: StorageSettings = StorageSettings()
+    engine: EngineSettings = EngineSettings()
+    worker: WorkerSettings = WorkerSettings()
     queue: QueueSettings = QueueSettings()
+    storage: StorageSettings = StorageSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    dialects: DialectSettings = DialectSettings()
+    batching: BatchingSettings = BatchingSettings()
+    images: ImageLimits = ImageLimits()
+    limits: RequestLimits = RequestLimits()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, env_settings, ShortEnvNames(settings_cls), dotenv_settings, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_names_into_groups(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or not any(name in values for name in SHORT_NAMES):
+            return values
+        values = dict(values)
+        for name, (group, field) in SHORT_NAMES.items():
+            if name not in values:
+                continue
+            section = values.get(group) or {}
+            if isinstance(section, BaseModel):
+                section = section.model_dump(exclude_unset=True)
+            values[group] = {**section, field: values.pop(name)}
+        return values
 
     @property
     def db_url(self) -> str:
@@ -253,4 +326,4 @@ class Settings(BaseSettings):
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return (self.server.public_url or f"http://{self.server.host}:{self.server.port}").rstrip("/")

@@ -184,12 +184,12 @@ def test_families_without_a_batched_loop_run_alone(engine):
 
 def test_claim_batch_rules(tmp_path):
     """Only jobs of the batch's key, oldest first, as many rows as fit; none once another kind is overdue."""
-    from diffserve.queue.local import LocalQueue
-    from diffserve.store.db import make_engine
+    from diffserve.jobqueue.local import LocalQueue
+    from diffserve.store.db import make_db_engine
     from diffserve.store.jobs import JobStore
     from diffserve.store.schema import ensure_schema
 
-    db = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    db = make_db_engine(f"sqlite:///{tmp_path / 'q.db'}")
     ensure_schema(db)
     jobs = JobStore(db)
 

@@ -19,7 +19,7 @@ from diffserve.api.auth import authenticate
 from diffserve.api.errors import total_renderer
 from diffserve.core.errors import InvalidInput, ModelNotFound, Unauthorized
 from diffserve.core.text import check_text, invalid_text_path
-from diffserve.store.db import make_engine
+from diffserve.store.db import make_db_engine
 from diffserve.store.keys import KeyStore
 from diffserve.store.schema import ensure_schema
 
@@ -166,7 +166,7 @@ def test_a_key_with_a_lone_surrogate_is_a_4xx(dialect_server, key, path):
 
 def test_the_key_lookup_refuses_text_that_is_not_unicode(tmp_path):
     """The last line behind the body check: `authenticate` itself (a key from any source) never hashes a surrogate."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    engine = make_db_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     ensure_schema(engine)
     keys = KeyStore(engine)
     _, full = keys.create("alice")

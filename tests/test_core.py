@@ -13,8 +13,8 @@ from diffserve.api.loose import LooseBool, LooseFloat, LooseInt
 from diffserve.core.errors import InvalidInput
 from diffserve.core.job import JobStatus
 from diffserve.core.request import GenerationRequest, ModelLimits, RequestDraft, output_size
-from diffserve.queue.local import LocalQueue
-from diffserve.store.db import make_engine
+from diffserve.jobqueue.local import LocalQueue
+from diffserve.store.db import make_db_engine
 from diffserve.store.schema import ensure_schema
 from diffserve.store.jobs import JobStore, new_output_token
 from diffserve.store.keys import KeyStore
@@ -86,7 +86,7 @@ def test_output_size_too_small():
 
 @pytest.fixture
 def db(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    engine = make_db_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     ensure_schema(engine)
     return engine
 

@@ -80,7 +80,7 @@ def test_demo_sd_is_built_in_only_once_its_weights_are_there(tmp_path):
     entry = builtin_models(Path("/models"), weights)["demo-sd"]
     assert entry.family == "sd" and entry.builtin == "demo-sd" and entry.kind == "folder"
     assert entry.location == f"/models/{DEMO_SD_FOLDER}"
-    assert Settings().default_model == ("demo-sd" if weights_present() else "tiny-sd")
+    assert Settings().engine.default_model == ("demo-sd" if weights_present() else "tiny-sd")
 
 
 @needs_weights
@@ -394,7 +394,7 @@ def test_a_v6_clients_guidance_and_negative_prompt_do_not_overshoot_the_edit(def
 def test_the_realtime_endpoint_edits_on_the_default_model(default_server, images):
     """The realtime model is demo-sd on the shipped defaults (LCM scheduler, 4 steps, guidance 1)."""
     settings = Settings()
-    assert (settings.realtime_model, settings.realtime_scheduler, settings.realtime_steps) == (
+    assert (settings.dialects.realtime_model, settings.dialects.realtime_scheduler, settings.dialects.realtime_steps) == (
         "demo-sd", "LCMScheduler", 4)
     image = images["chelsea"]
     key = default_server.create_key("--name", "realtime")

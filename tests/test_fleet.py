@@ -77,7 +77,7 @@ def test_a_gpu_label_routes_to_the_workers_with_it_and_clear_queue_reaches_the_f
 
 def test_a_message_delivered_twice_runs_its_job_once(fleet, jobs):
     from diffserve.config import QueueSettings
-    from diffserve.queue.celery import TASK, celery_app, queue_name
+    from diffserve.jobqueue.celery import TASK, celery_app, queue_name
 
     app = celery_app(QueueSettings(broker_url=fleet.redis.url))
     finished = jobs.done(jobs.submit(steps=2)["id"])

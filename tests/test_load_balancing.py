@@ -132,13 +132,13 @@ def test_claim_order_rules(tmp_path):
     """The queue's rules on their own (no server): affinity first, labels respected, a job held by a worker
     that may not take it is not left waiting, and once overdue any worker takes the oldest job."""
     from diffserve.core.request import GenerationRequest
-    from diffserve.queue.local import LocalQueue
-    from diffserve.store.db import make_engine
+    from diffserve.jobqueue.local import LocalQueue
+    from diffserve.store.db import make_db_engine
     from diffserve.store.schema import ensure_schema
     from diffserve.store.jobs import JobStore
     from diffserve.store.workers import WorkerStore
 
-    db = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    db = make_db_engine(f"sqlite:///{tmp_path / 'q.db'}")
     ensure_schema(db)
     jobs, workers = JobStore(db), WorkerStore(db)
     queue = LocalQueue(db, affinity_wait_s=60)

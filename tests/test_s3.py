@@ -190,14 +190,14 @@ def test_env_settings_and_saved_settings_in_process(tmp_path, s3):
     from diffserve.config import Settings, StorageSettings
     from diffserve.core.errors import NotFound
     from diffserve.storage.configured import build_storage
-    from diffserve.store.db import make_engine
+    from diffserve.store.db import make_db_engine
     from diffserve.store.schema import ensure_schema
     from diffserve.store.storage_config import StorageConfigStore
 
     settings = Settings(data_dir=tmp_path, storage=StorageSettings(
         backend="s3", bucket=PRIVATE_BUCKET, endpoint_url=s3.endpoint, access_key_id=ACCESS_KEY,
         secret_access_key=SECRET_KEY, prefix="/env/", refresh_s=0))
-    engine = make_engine(settings.db_url)
+    engine = make_db_engine(settings.db_url)
     ensure_schema(engine)
     storage = build_storage(settings, engine)
     storage.put("temp/generations/a.png", b"A")

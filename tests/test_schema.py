@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from diffserve.api.errors import STORE_DOWN
-from diffserve.store.db import Base, make_engine
+from diffserve.store.db import Base, make_db_engine
 from diffserve.store.schema import current, ensure_schema, head, upgrade
 
 from .jobs_helpers import LONG, Jobs, data_uri
@@ -29,7 +29,7 @@ def old_release_db(path) -> None:
     from diffserve.store.keys import KeyStore
     from diffserve.store.schema import _config
 
-    engine = make_engine(f"sqlite:///{path}")
+    engine = make_db_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         command.upgrade(_config(conn), "0001")
     with engine.begin() as conn:
@@ -46,7 +46,7 @@ def test_migrations_build_exactly_the_models_schema(tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    engine = make_db_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
     ensure_schema(engine)
     assert current(engine) == head()
     with engine.connect() as conn:
@@ -82,7 +82,7 @@ def postgres():
 
 
 def test_the_server_runs_on_postgresql(postgres, tmp_path, models_root):
-    engine = make_engine(postgres.url)
+    engine = make_db_engine(postgres.url)
     assert upgrade(engine) == (None, head())
     srv = DiffserveServer(tmp_path / "data", models_root, env_overrides={"DIFFSERVE_DATABASE_URL": postgres.url})
     srv.start()
@@ -126,7 +126,7 @@ def test_a_finished_job_is_announced_to_listeners_on_postgresql(postgres):
     from diffserve.store.jobs import JobStore, new_output_token
     from diffserve.store.notify import JobDoneListener
 
-    engine = make_engine(postgres.url)
+    engine = make_db_engine(postgres.url)
     upgrade(engine)
     heard, event = [], threading.Event()
     listener = JobDoneListener(postgres.url, lambda job_id: (heard.append(job_id), event.set()))

@@ -59,7 +59,7 @@ def install(app: FastAPI) -> None:
         from diffserve.metrics import exposition
 
         ds = app_state(request)
-        if ds.settings.metrics_key_required:
+        if ds.settings.server.metrics_key_required:
             try:
                 await authenticate(ds.keys, bearer_token(request))
             except Unauthorized as e:

@@ -11,13 +11,13 @@ from diffserve.config import Settings
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.management.registrations import RegistrationFollower
 from diffserve.metrics import Metrics
-from diffserve.queue.configured import build_queue
-from diffserve.queue.local import LocalQueue
-from diffserve.queue.signals import CompletionBroadcaster, LocalSignals
+from diffserve.jobqueue.configured import build_queue
+from diffserve.jobqueue.local import LocalQueue
+from diffserve.jobqueue.signals import CompletionBroadcaster, LocalSignals
 from diffserve.service.submit import GenerationService
 from diffserve.storage.configured import build_storage
 from diffserve.store.control import ControlLog
-from diffserve.store.db import make_engine
+from diffserve.store.db import make_db_engine
 from diffserve.store.schema import ensure_schema
 from diffserve.store.jobs import JobStore
 from diffserve.store.key_options import KeyOptions
@@ -50,10 +50,10 @@ class AppState:
         """The base of every URL an answer holds (outputs, fetch links, previews): the configured public URL;
         unset, the request's Host when it names a trusted host (`trusted_hosts`: localhost by default), else the
         address the request arrived at -- the server's own socket. A Host header a client forged never shows."""
-        if self.settings.public_url:
-            return self.settings.public_url.rstrip("/")
+        if self.settings.server.public_url:
+            return self.settings.server.public_url.rstrip("/")
         host = request.url.hostname
-        if host and host.lower().strip("[]") in {h.lower().strip("[]") for h in self.settings.trusted_hosts}:
+        if host and host.lower().strip("[]") in {h.lower().strip("[]") for h in self.settings.server.trusted_hosts}:
             return str(request.base_url).rstrip("/")
         server = request.scope.get("server")
         if not server or not server[1]:  # a Unix socket: the configured bind address
@@ -78,7 +78,7 @@ class AppState:
 
 def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | None = None) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = make_engine(settings.db_url)
+    db = make_db_engine(settings.db_url)
     ensure_schema(db)
     signals = LocalSignals() if run_workers else None
     jobs, workers = JobStore(db), WorkerStore(db)

@@ -37,21 +37,21 @@ def _schema_error(error: Exception) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from diffserve.store.db import make_engine
+    from diffserve.store.db import make_db_engine
     from diffserve.store.schema import upgrade
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    before, after = upgrade(make_engine(settings.db_url))
+    before, after = upgrade(make_db_engine(settings.db_url))
     print(f"database at revision {after}" + (f" (was {before})" if before != after else " (already there)"))
     return 0
 
 
 def _db_current(args: argparse.Namespace) -> int:
-    from diffserve.store.db import make_engine
+    from diffserve.store.db import make_db_engine
     from diffserve.store.schema import current, head
 
-    revision = current(make_engine(_settings(args).db_url))
+    revision = current(make_db_engine(_settings(args).db_url))
     print(f"database revision: {revision or 'none'}; this release: {head()}")
     return 0 if revision == head() else 1
 
@@ -61,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from diffserve.api.app import create_app
     from diffserve.api.slow_clients import protocol_class
-    from diffserve.store.db import make_engine
+    from diffserve.store.db import make_db_engine
     from diffserve.store.schema import SchemaOutOfDate, ensure_schema
 
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers, gpus=args.gpus,
@@ -75,13 +75,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        ensure_schema(make_engine(settings.db_url))
+        ensure_schema(make_db_engine(settings.db_url))
     except SchemaOutOfDate as e:
         return _schema_error(e)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(first_steps(settings, args, has_keys=bool(_key_store(args).list())), flush=True)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info", timeout_graceful_shutdown=5,
                 http=protocol_class(settings.server, settings.limits.max_body_bytes),
                 timeout_keep_alive=settings.server.keep_alive_s)
     return 0
@@ -89,8 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def first_steps(settings: Settings, args: argparse.Namespace, *, has_keys: bool) -> str:
     """What `serve` prints before it starts: where it listens, the playground, and how to get a key."""
-    shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    url = settings.public_url or f"http://{shown_host}:{settings.port}"
+    shown_host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
+    url = settings.server.public_url or f"http://{shown_host}:{settings.server.port}"
     data_dir = f" --data-dir {args.data_dir}" if getattr(args, "data_dir", None) else ""
     lines = [f"diffserve: serving {settings.data_dir} on {url}",
              f"  playground:  {url}/ui/   (paste a key in its Key field)",
@@ -111,13 +111,13 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _key_store(args: argparse.Namespace):
-    from diffserve.store.db import make_engine
+    from diffserve.store.db import make_db_engine
     from diffserve.store.schema import ensure_schema
     from diffserve.store.keys import KeyStore
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = make_engine(settings.db_url)
+    db = make_db_engine(settings.db_url)
     ensure_schema(db)
     return KeyStore(db)
 

@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from diffserve.queue.local import LocalQueue
+from diffserve.jobqueue.local import LocalQueue
 from diffserve.service.submit import DEFAULT_ETA_S
 from diffserve.store.control import CLEAR_CACHE, RESTART, ControlLog
 from diffserve.store.jobs import JobStore

@@ -31,8 +31,8 @@ from diffserve.engine.request_rules import check_init_image, resolve_controls
 from diffserve.media.fetch import UrlPolicy
 from diffserve.media.inputs import is_base64_image, load_image
 from diffserve.media.slots import FetchSlots
-from diffserve.queue.base import JobQueue
-from diffserve.queue.signals import CompletionBroadcaster
+from diffserve.jobqueue.base import JobQueue
+from diffserve.jobqueue.signals import CompletionBroadcaster
 from diffserve.storage.base import Storage
 from diffserve.store.jobs import JobStore, new_output_token
 from diffserve.store.keys import ApiKey
@@ -203,7 +203,7 @@ class GenerationService:
         durations = await anyio.to_thread.run_sync(self.jobs.recent_durations)
         per_job = statistics.median(durations) if durations else DEFAULT_ETA_S
         ahead = await anyio.to_thread.run_sync(self.jobs.position, job.id)
-        live = len(await anyio.to_thread.run_sync(self.workers.live)) if self.workers else self.settings.workers
+        live = len(await anyio.to_thread.run_sync(self.workers.live)) if self.workers else self.settings.worker.count
         workers = max(1, live)
         return round(per_job * (1 + ahead / workers), 2)
 

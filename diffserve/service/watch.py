@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 
 from diffserve.core.errors import RateLimited
-from diffserve.queue.signals import CompletionBroadcaster
+from diffserve.jobqueue.signals import CompletionBroadcaster
 
 log = logging.getLogger(__name__)
 

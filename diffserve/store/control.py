@@ -34,13 +34,13 @@ class ControlEvent:
 
 
 class ControlLog:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, db: Engine) -> None:
+        self._db = db
 
     def post(self, kind: str, payload: dict[str, Any] | None = None) -> int:
         if kind not in KINDS:
             raise ValueError(f"unknown control event {kind!r}")
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             row = ControlEventRow(kind=kind, payload=payload or {}, created_at=utcnow())
             s.add(row)
             s.flush()
@@ -56,13 +56,13 @@ class ControlLog:
         return sorted(last.values(), key=lambda e: e.id)
 
     def latest_id(self) -> int:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return int(s.scalar(select(func.max(ControlEventRow.id))) or 0)
 
     def since(self, after_id: int, kinds: tuple[str, ...] | None = None) -> list[ControlEvent]:
         q = select(ControlEventRow).where(ControlEventRow.id > after_id)
         if kinds is not None:
             q = q.where(ControlEventRow.kind.in_(kinds))
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             rows = s.scalars(q.order_by(ControlEventRow.id)).all()
             return [ControlEvent(r.id, r.kind, dict(r.payload or {})) for r in rows]

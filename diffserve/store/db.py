@@ -171,7 +171,7 @@ class WorkerDeviceRow(Base):
     cache_budget_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
-def make_engine(url: str) -> Engine:
+def make_db_engine(url: str) -> Engine:
     """One engine per process. SQLite gets WAL and a busy timeout so API and workers share it."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})

@@ -41,13 +41,13 @@ class Delivery:
 
 
 class DeliveryStore:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, db: Engine) -> None:
+        self._db = db
 
     def jobs_to_deliver(self, limit: int = 50) -> list[int]:
         """Finished jobs with a webhook and no delivery yet, oldest first."""
         no_delivery = ~exists().where(WebhookDeliveryRow.job_id == JobRow.id)
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return list(s.scalars(
                 select(JobRow.id)
                 .where(JobRow.webhook_status == "pending", JobRow.status.in_(_TERMINAL), no_delivery)
@@ -62,7 +62,7 @@ class DeliveryStore:
             attempts=0, next_attempt_at=now, created_at=now,
         )
         try:
-            with Session(self._engine) as s, s.begin():
+            with Session(self._db) as s, s.begin():
                 s.add(row)
         except IntegrityError:
             return False
@@ -75,7 +75,7 @@ class DeliveryStore:
         it refuses stays due for a later round. At most `scan` due deliveries are looked at per call."""
         now = utcnow()
         taken: list[Delivery] = []
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             due = s.execute(
                 select(WebhookDeliveryRow.id, WebhookDeliveryRow.next_attempt_at, WebhookDeliveryRow.url)
                 .where(WebhookDeliveryRow.state == PENDING, WebhookDeliveryRow.next_attempt_at <= now)
@@ -85,7 +85,7 @@ class DeliveryStore:
         for row_id, seen_at in candidates:
             if len(taken) >= limit:
                 break
-            with Session(self._engine) as s, s.begin():
+            with Session(self._db) as s, s.begin():
                 row = s.execute(
                     update(WebhookDeliveryRow)
                     .where(WebhookDeliveryRow.id == row_id, WebhookDeliveryRow.state == PENDING,
@@ -109,7 +109,7 @@ class DeliveryStore:
 
     def give_up_unrendered(self, job_id: int) -> None:
         """The payload could not be rendered: no delivery will be made; say so on the job."""
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.webhook_status == "pending")
                       .values(webhook_status="failed"))
 
@@ -120,7 +120,7 @@ class DeliveryStore:
             values["finished_at"] = utcnow()
         if next_attempt_at is not None:
             values["next_attempt_at"] = next_attempt_at
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.execute(update(WebhookDeliveryRow).where(WebhookDeliveryRow.id == delivery.id).values(**values))
             s.execute(update(JobRow).where(JobRow.id == delivery.job_id).values(webhook_status=job_status))
 

@@ -17,8 +17,8 @@ _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 class JobStore:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, db: Engine) -> None:
+        self._db = db
 
     def create(
         self,
@@ -42,19 +42,19 @@ class JobStore:
             webhook_status="pending" if request.webhook else "",  # store/deliveries.py takes it from here
             created_at=utcnow(),
         )
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.add(row)
             s.flush()
             return _to_job(row)
 
     def get(self, job_id: int) -> Job | None:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             row = s.get(JobRow, job_id)
             return _to_job(row) if row else None
 
     def start(self, job_id: int, worker_id: str) -> Job | None:
         """queued -> running, counting the attempt. None if the job is no longer queued."""
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             row = s.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED.value)
@@ -85,7 +85,7 @@ class JobStore:
         q = select(JobRow).where(JobRow.key_id == key_id)
         if before is not None:
             q = q.where(JobRow.id < before)
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return [_to_job(row) for row in s.scalars(q.order_by(JobRow.id.desc()).limit(limit))]
 
     def requeue(self, job_id: int, max_attempts: int, reason: str) -> bool:
@@ -93,7 +93,7 @@ class JobStore:
 
         Returns True when the job should go back on the queue.
         """
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             row = s.get(JobRow, job_id, with_for_update=True)
             if row is None or JobStatus(row.status).is_terminal():
                 return False
@@ -114,7 +114,7 @@ class JobStore:
         ids = list(job_ids)
         if not ids:
             return {}
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             rows = s.execute(
                 select(JobRow.id, JobRow.status, JobRow.attempts, ProgressRow.step, ProgressRow.updated_at)
                 .outerjoin(ProgressRow, ProgressRow.job_id == JobRow.id).where(JobRow.id.in_(ids))
@@ -122,7 +122,7 @@ class JobStore:
         return {row[0]: tuple(row[1:]) for row in rows}
 
     def unfinished_ids(self) -> list[int]:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return list(
                 s.scalars(select(JobRow.id).where(JobRow.status.in_(_UNFINISHED)).order_by(JobRow.id))
             )
@@ -131,12 +131,12 @@ class JobStore:
         q = select(func.count()).select_from(JobRow).where(JobRow.status.in_(_UNFINISHED))
         if key_id is not None:
             q = q.where(JobRow.key_id == key_id)
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return int(s.scalar(q) or 0)
 
     def recent_durations(self, limit: int = 20) -> list[float]:
         """Run times (s) of the latest succeeded jobs, for ETA estimates."""
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             rows = s.execute(
                 select(JobRow.started_at, JobRow.finished_at)
                 .where(JobRow.status == JobStatus.SUCCEEDED.value)
@@ -147,7 +147,7 @@ class JobStore:
 
     def position(self, job_id: int) -> int:
         """How many unfinished jobs are ahead of this one."""
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return int(
                 s.scalar(
                     select(func.count())
@@ -168,7 +168,7 @@ class JobStore:
         only_if: tuple[str, ...] = _UNFINISHED,
         run: dict | None = None,
     ) -> bool:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             values: dict = dict(status=status.value, outputs=list(outputs), nsfw=list(nsfw), error=error,
                                 finished_at=utcnow())
             if run:

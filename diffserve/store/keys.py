@@ -39,8 +39,8 @@ class ApiKey:
 
 
 class KeyStore:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, db: Engine) -> None:
+        self._db = db
 
     def create(self, name: str | None = None, role: str = "user", max_queued: int | None = None) -> tuple[ApiKey, str]:
         """Returns the stored key and the full key text (shown once, never stored)."""
@@ -58,7 +58,7 @@ class KeyStore:
             max_queued=max_queued,
             created_at=utcnow(),
         )
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.add(row)
             s.flush()
             return _to_key(row), full
@@ -67,7 +67,7 @@ class KeyStore:
         """The live key this text is, or None. Constant-time comparison of hashes."""
         if not full_key or len(full_key) != _ID_LEN + _SECRET_LEN:
             return None
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             row = s.get(KeyRow, full_key[:_ID_LEN])
             candidate = row.secret_hash if row is not None else _hash("")
             ok = hmac.compare_digest(candidate, _hash(full_key))
@@ -76,12 +76,12 @@ class KeyStore:
             return _to_key(row)
 
     def list(self) -> list[ApiKey]:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return [_to_key(r) for r in s.scalars(select(KeyRow).order_by(KeyRow.created_at))]
 
     def revoke(self, key_or_name: str) -> list[ApiKey]:
         """Revoke by full key, key id or name. Returns what was revoked."""
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             rows = s.scalars(
                 select(KeyRow).where(
                     KeyRow.revoked_at.is_(None),

@@ -25,13 +25,13 @@ class Progress:
 
 
 class ProgressStore:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, db: Engine) -> None:
+        self._db = db
 
     def report(self, job_id: int, step: int, total: int, step_s: float | None,
                preview: bytes | None = None) -> bool:
         """Record progress; True when a client asked to cancel the job."""
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             row = s.get(ProgressRow, job_id)
             if row is None:
                 row = ProgressRow(job_id=job_id, cancel_requested=False)
@@ -42,27 +42,27 @@ class ProgressStore:
             return bool(row.cancel_requested)
 
     def get(self, job_id: int) -> Progress | None:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             row = s.execute(select(ProgressRow.step, ProgressRow.total, ProgressRow.step_s,
                                    ProgressRow.preview.is_not(None)).where(ProgressRow.job_id == job_id)).first()
             return Progress(row[0], row[1], row[2], bool(row[3])) if row else None
 
     def preview(self, job_id: int) -> bytes | None:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return s.scalar(select(ProgressRow.preview).where(ProgressRow.job_id == job_id))
 
     def request_cancel(self, job_id: int) -> None:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             updated = s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id)
                                 .values(cancel_requested=True)).rowcount
             if not updated:
                 s.add(ProgressRow(job_id=job_id, step=0, total=0, cancel_requested=True, updated_at=utcnow()))
 
     def cancel_requested(self, job_id: int) -> bool:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return bool(s.scalar(select(ProgressRow.cancel_requested).where(ProgressRow.job_id == job_id)))
 
     def finish(self, job_id: int) -> None:
         """A job ended: drop its preview (no use once the images exist); its step counts stay."""
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id).values(preview=None))

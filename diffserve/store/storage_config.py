@@ -13,21 +13,21 @@ _ROW_ID = 1
 
 
 class StorageConfigStore:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, db: Engine) -> None:
+        self._db = db
 
     def version(self) -> int:
         """0 until settings are saved; grows by one on every save (cheap to poll)."""
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return int(s.scalar(select(StorageConfigRow.version).where(StorageConfigRow.id == _ROW_ID)) or 0)
 
     def load(self) -> tuple[int, dict[str, Any]] | None:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             row = s.get(StorageConfigRow, _ROW_ID)
             return (row.version, dict(row.config)) if row else None
 
     def save(self, config: dict[str, Any]) -> int:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             row = s.get(StorageConfigRow, _ROW_ID, with_for_update=True)
             if row is None:
                 row = StorageConfigRow(id=_ROW_ID, version=1, config=config, updated_at=utcnow())

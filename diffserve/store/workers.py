@@ -33,32 +33,32 @@ class WorkerInfo:
 
 
 class WorkerStore:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, db: Engine) -> None:
+        self._db = db
 
     def register(self, worker_id: str, pid: int, labels: tuple[str, ...] = ()) -> None:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.merge(WorkerRow(worker_id=worker_id, pid=pid, state="starting", models=[], current_job=None,
                               labels=list(labels), started_at=utcnow(), heartbeat_at=utcnow()))
 
     def set_device(self, worker_id: str, device: str, dtype: str, cache_budget_bytes: int | None) -> None:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.merge(WorkerDeviceRow(worker_id=worker_id, device=device, dtype=dtype,
                                     cache_budget_bytes=cache_budget_bytes))
 
     def update(self, worker_id: str, **values) -> None:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.execute(update(WorkerRow).where(WorkerRow.worker_id == worker_id)
                       .values(heartbeat_at=utcnow(), **values))
 
     def remove(self, worker_id: str) -> None:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.execute(delete(WorkerRow).where(WorkerRow.worker_id == worker_id))
             s.execute(delete(WorkerDeviceRow).where(WorkerDeviceRow.worker_id == worker_id))
 
     def live(self, max_age_s: float = 15.0) -> list[WorkerInfo]:
         cutoff = utcnow() - timedelta(seconds=max_age_s)
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             rows = s.execute(select(WorkerRow, WorkerDeviceRow)
                              .outerjoin(WorkerDeviceRow, WorkerDeviceRow.worker_id == WorkerRow.worker_id)
                              .where(WorkerRow.heartbeat_at >= cutoff).order_by(WorkerRow.worker_id)).all()

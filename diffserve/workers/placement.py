@@ -23,26 +23,26 @@ def visible_gpus() -> list[int]:
 
 def gpu_indices(settings: Settings) -> list[int] | None:
     """The GPUs of `--gpus` ('all' or '0,2'), None when the setting is not used."""
-    if settings.gpus is None:
+    if settings.worker.gpus is None:
         return None
-    if settings.gpus.strip().lower() == "all":
+    if settings.worker.gpus.strip().lower() == "all":
         found = visible_gpus()
         if not found:
             raise ValueError("--gpus all: no CUDA device is visible (CUDA_VISIBLE_DEVICES, /proc/driver/nvidia)")
         return found
     try:
-        indices = [int(part) for part in settings.gpus.split(",") if part.strip()]
+        indices = [int(part) for part in settings.worker.gpus.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--gpus must be 'all' or GPU indices like 0,1; got {settings.gpus!r}") from None
+        raise ValueError(f"--gpus must be 'all' or GPU indices like 0,1; got {settings.worker.gpus!r}") from None
     if not indices or min(indices) < 0:
-        raise ValueError(f"--gpus must be 'all' or GPU indices like 0,1; got {settings.gpus!r}")
+        raise ValueError(f"--gpus must be 'all' or GPU indices like 0,1; got {settings.worker.gpus!r}")
     return indices
 
 
 def worker_count(settings: Settings) -> int:
     """--gpus starts one worker per GPU; otherwise --workers."""
     gpus = gpu_indices(settings)
-    return len(gpus) if gpus is not None else settings.workers
+    return len(gpus) if gpus is not None else settings.worker.count
 
 
 def worker_device(settings: Settings, worker_id: str) -> str:
@@ -52,16 +52,16 @@ def worker_device(settings: Settings, worker_id: str) -> str:
     index = worker_index(worker_id) or 0
     if gpus is not None:
         return f"cuda:{gpus[index % len(gpus)]}"
-    count = len(visible_gpus()) if settings.device == "cuda" and settings.workers > 1 else 0
+    count = len(visible_gpus()) if settings.engine.device == "cuda" and settings.worker.count > 1 else 0
     if count > 1:
         return f"cuda:{index % count}"
-    return settings.device
+    return settings.engine.device
 
 
 def worker_labels(settings: Settings, worker_id: str) -> tuple[str, ...]:
     """`DIFFSERVE_WORKER_LABELS=a10g,h100` labels worker-0 a10g and worker-1 h100; a single value labels
     every worker; workers past the end of the list have no label."""
-    labels = [part.strip().lower() for part in settings.worker_labels.split(",") if part.strip()]
+    labels = [part.strip().lower() for part in settings.worker.labels.split(",") if part.strip()]
     if not labels:
         return ()
     if len(labels) == 1:

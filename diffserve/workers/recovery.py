@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from diffserve.queue.local import LocalQueue
+from diffserve.jobqueue.local import LocalQueue
 from diffserve.store.jobs import JobStore
 from diffserve.store.workers import WorkerStore
 

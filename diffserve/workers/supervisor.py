@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from diffserve.config import Settings
 from diffserve.core.threads import Background, periodic
-from diffserve.queue.local import LocalQueue
-from diffserve.queue.signals import LocalSignals
+from diffserve.jobqueue.local import LocalQueue
+from diffserve.jobqueue.signals import LocalSignals
 from diffserve.store.jobs import JobStore
 from diffserve.store.workers import WorkerStore
 from diffserve.workers.placement import local_worker_id, worker_count
@@ -33,7 +33,7 @@ class Supervisor:
     _ticks: int = 0
 
     def start(self) -> None:
-        recover_jobs(self.jobs, self.queue, self.settings.max_attempts, self.workers, self.settings.worker_stale_s)
+        recover_jobs(self.jobs, self.queue, self.settings.worker.max_attempts, self.workers, self.settings.worker.stale_s)
         for i in range(worker_count(self.settings)):
             self._spawn(local_worker_id(self.settings, i))
         self._watcher = periodic("supervisor", self._watch, 0.5, first_now=False)
@@ -77,8 +77,8 @@ class Supervisor:
         resend_ticks = max(1, round(self.settings.queue.resend_interval_s / 0.5))
         if ticks % 4 == 0:  # every 2 s: standalone workers that stopped beating
             try:
-                recover_stale(self.jobs, self.queue, self.workers, self.settings.max_attempts,
-                              self.settings.worker_stale_s)
+                recover_stale(self.jobs, self.queue, self.workers, self.settings.worker.max_attempts,
+                              self.settings.worker.stale_s)
             except Exception:  # noqa: BLE001 - a store hiccup: the next round retries
                 log.warning("stale-worker check failed", exc_info=True)
         if ticks % resend_ticks == 0:  # the fleet's broker lost messages (restarted without its data...)
@@ -91,6 +91,6 @@ class Supervisor:
                 continue
             log.warning("%s exited (code %s); restarting it", worker_id, proc.exitcode)
             for job_id in self.queue.claimed_by(worker_id):
-                release(self.jobs, self.queue, job_id, self.settings.max_attempts)
+                release(self.jobs, self.queue, job_id, self.settings.worker.max_attempts)
             self.workers.remove(worker_id)
             self._spawn(worker_id)

@@ -24,13 +24,13 @@ from diffserve.config import BatchingSettings, Settings
 from diffserve.core.errors import Cancelled, DiffserveError
 from diffserve.core.job import Job, JobStatus
 from diffserve.engine.models.registry import ModelRegistry
-from diffserve.queue.base import JobQueue
-from diffserve.queue.configured import build_queue
-from diffserve.queue.signals import WorkerPipes
+from diffserve.jobqueue.base import JobQueue
+from diffserve.jobqueue.configured import build_queue
+from diffserve.jobqueue.signals import WorkerPipes
 from diffserve.storage.base import Storage
 from diffserve.storage.configured import build_storage
 from diffserve.store.control import ControlLog
-from diffserve.store.db import make_engine
+from diffserve.store.db import make_db_engine
 from diffserve.store.jobs import JobStore
 from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
@@ -231,8 +231,8 @@ def model_cache_budget(settings: Settings, device: str) -> int:
     """The model cache's budget in bytes: DIFFSERVE_MODEL_CACHE_GB, else a default from the device's memory."""
     from diffserve.engine.models.cache import GIB, default_budget_bytes
 
-    if settings.model_cache_gb is not None:
-        return int(settings.model_cache_gb * GIB)
+    if settings.engine.model_cache_gb is not None:
+        return int(settings.engine.model_cache_gb * GIB)
     return default_budget_bytes(device)
 
 
@@ -244,26 +244,26 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
 
     metrics = Metrics()  # PROMETHEUS_MULTIPROC_DIR comes from the API process that spawned this one
 
-    db = make_engine(settings.db_url)
+    db = make_db_engine(settings.db_url)
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     device = device or worker_device(settings, worker_id)
     budget = model_cache_budget(settings, device)
-    activations = int(settings.activation_budget_gb * 1024**3) if settings.activation_budget_gb else None
+    activations = int(settings.engine.activation_budget_gb * 1024**3) if settings.engine.activation_budget_gb else None
     jobs = JobStore(db)
     storage = build_storage(settings, db)  # local or S3, following update_s3 without a restart
     return Worker(
         worker_id=worker_id,
         jobs=jobs,
         queue=build_queue(settings, db, wake=pipes,
-                          on_orphan=lambda queue, job_id: release(jobs, queue, job_id, settings.max_attempts)),
+                          on_orphan=lambda queue, job_id: release(jobs, queue, job_id, settings.worker.max_attempts)),
         storage=storage,
-        engine=Engine(registry, device=device, dtype=settings.dtype, safety_checker=settings.safety_checker,
-                      models_dir=settings.models_dir, max_models=settings.max_loaded_models,
+        engine=Engine(registry, device=device, dtype=settings.engine.dtype, safety_checker=settings.engine.safety_checker,
+                      models_dir=settings.models_dir, max_models=settings.engine.max_loaded_models,
                       cache_budget_bytes=budget, activation_budget_bytes=activations,
-                      vae_tiling_pixels=settings.vae_tiling_pixels, compile_backend=settings.compile_backend,
-                      compile_mode=settings.compile_mode, cache_observer=metrics),
+                      vae_tiling_pixels=settings.engine.vae_tiling_pixels, compile_backend=settings.engine.compile_backend,
+                      compile_mode=settings.engine.compile_mode, cache_observer=metrics),
         workers=WorkerStore(db),
-        preload=tuple(settings.preload_models),
+        preload=tuple(settings.engine.preload_models),
         pipes=pipes,
         labels=labels if labels is not None else worker_labels(settings, worker_id),
         orders=WorkerOrders(ControlLog(db), registry=registry, storage=storage,
@@ -282,7 +282,7 @@ def worker_main(settings: Settings, worker_id: str, pipes: WorkerPipes | None = 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {worker_id} %(levelname)s %(name)s: %(message)s")
     import torch
 
-    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+    torch.set_num_threads(settings.engine.torch_threads or os.cpu_count() or 1)
     build_worker(settings, worker_id, pipes).run(stop)
 
 
@@ -302,8 +302,8 @@ def standalone_main(settings: Settings, *, labels: tuple[str, ...], gpu: int | N
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {worker_id} %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
-    device = f"cuda:{gpu}" if gpu is not None else settings.device
+    torch.set_num_threads(settings.engine.torch_threads or os.cpu_count() or 1)
+    device = f"cuda:{gpu}" if gpu is not None else settings.engine.device
     if build_worker(settings, worker_id, labels=labels, device=device).run(stop):
         # restart_server: this machine's worker starts afresh in the same process slot (same arguments, new
         # pid), so a fleet restarts without a process manager on each machine

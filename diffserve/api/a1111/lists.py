@@ -96,7 +96,7 @@ async def prompt_styles(request: Request) -> list[dict[str, Any]]:
 @router.get("/cmd-flags", summary="The command-line flags that describe diffserve")
 async def cmd_flags(request: Request) -> dict[str, Any]:
     ds, _ = await _key(request)
-    return {"api": True, "nowebui": True, "ckpt": ds.settings.default_model, "api_auth": None,
+    return {"api": True, "nowebui": True, "ckpt": ds.settings.engine.default_model, "api_auth": None,
             "api_log": False, "skip_torch_cuda_test": True, "disable_safe_unpickle": False,
             "hide_ui_dir_config": True, "freeze_settings": False, "enable_insecure_extension_access": False}
 
@@ -148,7 +148,7 @@ async def reload_checkpoint(request: Request) -> None:
     ds, key = await _key(request)
     require_admin(key)
     options = await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)
-    model_id = str(options.get("sd_model_checkpoint") or ds.settings.default_model)
+    model_id = str(options.get("sd_model_checkpoint") or ds.settings.engine.default_model)
     await anyio.to_thread.run_sync(_server(ds).drop_models, [model_id])
 
 

@@ -37,7 +37,7 @@ OPTIONS_BODY_DOC = {"requestBody": {"required": True, "content": {"application/j
 
 def defaults(ds: AppState) -> dict[str, Any]:
     """A1111's defaults for the options diffserve knows."""
-    return {"sd_model_checkpoint": ds.settings.default_model, "sd_checkpoint_hash": None, "sd_vae": "Automatic",
+    return {"sd_model_checkpoint": ds.settings.engine.default_model, "sd_checkpoint_hash": None, "sd_vae": "Automatic",
             "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0, "send_seed": True, "send_size": True,
             "samples_format": "png", "upscaler_for_img2img": None, "sd_checkpoints_limit": 1}
 

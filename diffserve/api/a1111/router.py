@@ -158,7 +158,7 @@ async def _model(ds: AppState, key: ApiKey, req: Txt2ImgRequest) -> tuple[str, d
     """The model id and the draft fields the key's options set (api/a1111/options.py), override_settings first."""
     options = await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)
     model_id = str(req.override_settings.get("sd_model_checkpoint") or options.get("sd_model_checkpoint")
-                   or ds.settings.default_model)
+                   or ds.settings.engine.default_model)
     ds.registry.get(model_id)  # ModelNotFound names it
     return model_id, acted_on(options, req.override_settings)
 

@@ -55,7 +55,7 @@ async def submit_and_answer(request: Request, ds: AppState, key: ApiKey, dialect
     if not instant_response:
         # a client that leaves stops the wait (the job goes on: it can be fetched by id)
         async with client_watch(request) as gone:
-            job = await ds.service.wait(job.id, ds.settings.sync_wait_s, gone)
+            job = await ds.service.wait(job.id, ds.settings.dialects.sync_wait_s, gone)
     return await answer(ds, request, job, fetch_path)
 
 

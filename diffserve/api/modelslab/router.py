@@ -26,7 +26,7 @@ FETCH_PATH = "/api/v6/images/fetch"
 async def img2img(request: Request) -> dict[str, Any]:
     ds, body, key = await read_and_authenticate(request)
     req = parse_model(V6Img2ImgRequest, body)
-    draft = req.to_draft(ds.settings.default_model)
+    draft = req.to_draft(ds.settings.engine.default_model)
     return await submit_and_answer(request, ds, key, "modelslab", draft,
                                    instant_response=bool(req.instant_response), fetch_path=FETCH_PATH)
 

@@ -31,7 +31,7 @@ async def _task(request: Request, mode: str, fetch_path: str) -> dict[str, Any]:
     ds, body, key = await read_and_authenticate(request)
     req = parse_model(V6InpaintRequest if mode == "inpaint" else V6Img2ImgRequest, body)
     mask = getattr(req, "mask_image", None)
-    draft = req.to_draft(ds.settings.default_model, mode=mode, mask_image=(mask or "").strip() or None)
+    draft = req.to_draft(ds.settings.engine.default_model, mode=mode, mask_image=(mask or "").strip() or None)
     return await submit_and_answer(request, ds, key, "modelslab", draft,
                                    instant_response=bool(req.instant_response), fetch_path=fetch_path)
 

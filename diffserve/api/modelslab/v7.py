@@ -66,7 +66,7 @@ def aspect_size(ratio: str, limits: ModelLimits) -> tuple[int, int]:
 async def v7_img2img(request: Request) -> dict[str, Any]:
     ds, body, key = await read_and_authenticate(request)
     req = parse_model(V7Img2ImgRequest, body)
-    draft = req.to_v7_draft(ds.settings.default_model, lambda model_id: ds.registry.get(model_id).limits)
+    draft = req.to_v7_draft(ds.settings.engine.default_model, lambda model_id: ds.registry.get(model_id).limits)
     return await submit_and_answer(request, ds, key, "modelslab", draft,
                                    instant_response=bool(req.instant_response), fetch_path=V7_FETCH)
 
@@ -79,7 +79,7 @@ async def v7_fetch(request: Request, request_id: str) -> dict[str, Any]:
 async def _enterprise_img2img(request: Request, fetch_path: str) -> dict[str, Any]:
     ds, body, key = await read_and_authenticate(request)
     req = parse_model(V6Img2ImgRequest, body)
-    return await submit_and_answer(request, ds, key, "modelslab", req.to_draft(ds.settings.default_model),
+    return await submit_and_answer(request, ds, key, "modelslab", req.to_draft(ds.settings.engine.default_model),
                                    instant_response=bool(req.instant_response), fetch_path=fetch_path)
 
 

@@ -50,7 +50,7 @@ async def _render(ds: AppState, request: Request, job: Job) -> dict[str, Any]:
 async def create_job(request: Request) -> JSONResponse:
     ds, key = await _key(request)
     body = parse_model(JobCreate, await read_json_object(request))
-    draft = body.model_copy(update={"model_id": body.model_id or ds.settings.default_model,  # errors name native fields
+    draft = body.model_copy(update={"model_id": body.model_id or ds.settings.engine.default_model,  # errors name native fields
                                     **NATIVE_IMAGE_FIELDS})
     job = await ds.service.submit(key, "native", draft, {})
     return JSONResponse(await _render(ds, request, job), status_code=202)
@@ -134,6 +134,6 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [
         {"id": model_id, "object": "model", "created": 0, "owned_by": "diffserve", "family": entry.family,
          "description": entry.description, "builtin": bool(entry.builtin), "limits": entry.limits.model_dump(),
-         "default": model_id == ds.settings.default_model,
+         "default": model_id == ds.settings.engine.default_model,
          "schedulers": sorted(SCHEDULERS) if family_controls(entry.family).schedulers else []}
         for model_id, entry in models]}

@@ -63,7 +63,7 @@ class Options:
         if not prompt or not prompt.strip():
             raise InvalidInput("prompt is required", field="prompt")
         self.prompt = prompt
-        self.model_id = (params.text("model") or "").strip() or ds.settings.default_model
+        self.model_id = (params.text("model") or "").strip() or ds.settings.engine.default_model
         limits = ds.registry.get(self.model_id).limits  # ModelNotFound: 404 model_not_found
         self.n = check_n(params.integer("n"), limits, self.model_id)
         self.size = size_for(params.text("size"), limits)

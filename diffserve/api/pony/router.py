@@ -27,7 +27,7 @@ ENTERPRISE_FETCH = "/api/v1/enterprise/fetch"
 async def img2img(request: Request) -> dict[str, Any]:
     ds, body, key = await read_and_authenticate(request)
     req = parse_model(PonyImg2ImgRequest, body)
-    draft = req.to_draft(ds.settings.pony_model)
+    draft = req.to_draft(ds.settings.dialects.pony_model)
     return await submit_and_answer(request, ds, key, "pony", draft,
                                    instant_response=bool(req.instant_response), fetch_path=PONY_FETCH)
 

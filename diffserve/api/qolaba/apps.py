@@ -1,6 +1,6 @@
 """Qolaba app ids -> local models, with the sizes each app allows (from the vendor's img2img page).
 
-An operator maps or remaps any app with `DIFFSERVE_QOLABA_APPS` (settings.qolaba_apps), e.g.
+An operator maps or remaps any app with `DIFFSERVE_QOLABA_APPS` (settings.dialects.qolaba_apps), e.g.
 `{"ap-hTjXy7qplkzvnmwqrsdabc": "my-sdxl"}` serves Ideogram Remix with a local model, and
 `{"ap-gFhLq9zvbnmopxkytswabc": {"model": "tiny-flux-redux", "sizes": ["64x64"]}}` also replaces the
 allowed sizes ("HEIGHTxWIDTH"; an empty list lets the output follow the input image). An app with no

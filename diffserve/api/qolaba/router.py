@@ -39,7 +39,7 @@ async def get_image_to_image(request: Request) -> JSONResponse:
     key = await authenticate(ds.keys, bearer_token(request))
     req = parse_model(QolabaImg2ImgRequest, await read_json_object(request))
     request.state.qolaba = {"app_id": req.app_id or "", "input": req.echo()}
-    app = resolve_app(req.required_app_id(), ds.settings.qolaba_apps)
+    app = resolve_app(req.required_app_id(), ds.settings.dialects.qolaba_apps)
     try:
         limits = ds.registry.get(app.model_id).limits
     except ModelNotFound:
@@ -54,7 +54,7 @@ async def get_image_to_image(request: Request) -> JSONResponse:
     if not req.celery:
         # a client that leaves stops the wait (the job goes on: it can be fetched by id)
         async with client_watch(request) as gone:
-            job = await ds.service.wait(job.id, ds.settings.sync_wait_s, gone)
+            job = await ds.service.wait(job.id, ds.settings.dialects.sync_wait_s, gone)
     return await _answer(ds, request, job)
 
 

@@ -48,13 +48,13 @@ class RealtimeImg2ImgRequest(BaseModel):
         # the v6 conversion (required fields, flags, webhook URL) is shared, on the fields this page has;
         # the v6 page's "yes" defaults do not apply to flags this page does not have
         fields = {**self.model_dump(), "enhance_prompt": bool(self.enhance_prompt)}
-        v6 = V6Img2ImgRequest.model_construct(**fields, model_id=settings.realtime_model, tomesd=False,
+        v6 = V6Img2ImgRequest.model_construct(**fields, model_id=settings.dialects.realtime_model, tomesd=False,
                                               use_karras_sigmas=False)
-        draft = v6.to_draft(settings.realtime_model, mode=mode, mask_image=mask_image)
+        draft = v6.to_draft(settings.dialects.realtime_model, mode=mode, mask_image=mask_image)
         return draft.model_copy(update={
-            "steps": settings.realtime_steps,
-            "guidance_scale": settings.realtime_guidance,
-            "scheduler": _none_word(settings.realtime_scheduler),
+            "steps": settings.dialects.realtime_steps,
+            "guidance_scale": settings.dialects.realtime_guidance,
+            "scheduler": _none_word(settings.dialects.realtime_scheduler),
             "max_side": MAX_SIZE,  # width/height at most 1024 (or the model's own maximum if lower)
         })
 

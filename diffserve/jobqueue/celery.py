@@ -38,7 +38,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from diffserve.config import QueueSettings
-from diffserve.queue.local import LocalQueue
+from diffserve.jobqueue.local import LocalQueue
 from diffserve.store.db import QueueRow, WorkerRow, utcnow
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,9 @@ def celery_app(settings: QueueSettings) -> Celery:
 
 
 class CeleryQueue(LocalQueue):
-    def __init__(self, engine: Engine, settings: QueueSettings, *, affinity_wait_s: float = 2.0,
+    def __init__(self, db: Engine, settings: QueueSettings, *, affinity_wait_s: float = 2.0,
                  live_worker_s: float = 15.0, on_orphan: Callable[["CeleryQueue", int], None] | None = None) -> None:
-        super().__init__(engine, affinity_wait_s=affinity_wait_s, live_worker_s=live_worker_s)
+        super().__init__(db, affinity_wait_s=affinity_wait_s, live_worker_s=live_worker_s)
         self._settings = settings
         self._on_orphan = on_orphan  # gives a dead worker's job back (workers/recovery.py)
         self._app = celery_app(settings)
@@ -89,13 +89,13 @@ class CeleryQueue(LocalQueue):
     def release(self, job_id: int) -> None:
         super().release(job_id)
         self._ack_message(job_id)
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             label = s.scalar(select(QueueRow.label).where(QueueRow.job_id == job_id))
         self._send(job_id, label)
 
     def resend_missing(self) -> int:
         """Send a message again for every waiting job the broker's queues do not account for."""
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             rows = s.execute(select(QueueRow.job_id, QueueRow.label).where(QueueRow.claimed_by.is_(None))
                              .order_by(QueueRow.job_id)).all()
         waiting: dict[str | None, list[int]] = defaultdict(list)
@@ -181,7 +181,7 @@ class CeleryQueue(LocalQueue):
         return None
 
     def _take_over_if_orphaned(self, job_id: int, worker_id: str) -> None:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             holder = s.scalar(select(QueueRow.claimed_by).where(QueueRow.job_id == job_id))
             if holder is None or holder == worker_id:
                 return
@@ -194,7 +194,7 @@ class CeleryQueue(LocalQueue):
 
     def _waiting(self, label: str | None) -> bool:
         cond = QueueRow.label.is_(None) if label is None else QueueRow.label == label
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return s.scalar(select(QueueRow.job_id).where(QueueRow.claimed_by.is_(None), cond).limit(1)) is not None
 
     def _receive(self, labels: Sequence[str], timeout: float):

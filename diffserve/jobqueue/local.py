@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from diffserve.core.batching import BatchKey, batch_key
 from diffserve.store.db import JobRow, QueueRow, WorkerRow, utcnow
-from diffserve.queue.signals import WorkerPipes
+from diffserve.jobqueue.signals import WorkerPipes
 
 _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.1
@@ -56,11 +56,11 @@ class LocalQueue:
     `notify` is called after each enqueue (the API side pokes the workers); `wake` is this worker's
     end of its `ready` pipe (the worker side waits on it)."""
 
-    def __init__(self, engine: Engine, *, notify: Callable[[], None] | None = None,
+    def __init__(self, db: Engine, *, notify: Callable[[], None] | None = None,
                  wake: WorkerPipes | None = None, affinity_wait_s: float = 2.0,
                  live_worker_s: float = LIVE_WORKER_S) -> None:
         """live_worker_s: a worker silent longer is gone (DIFFSERVE_WORKER_STALE_S): its models hold no job back."""
-        self._engine = engine
+        self._db = db
         self._live_worker_s = live_worker_s
         self._notify = notify
         self._wake = wake
@@ -74,7 +74,7 @@ class LocalQueue:
 
     def _insert(self, job_id: int) -> str | None:
         """The queue row (once: enqueueing twice is a no-op); returns the job's worker label."""
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             row = s.get(QueueRow, job_id)
             if row is not None:
                 return row.label
@@ -121,7 +121,7 @@ class LocalQueue:
     def _claim_one(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
                    label_class: object = ANY_LABEL) -> int | None:
         now = utcnow()
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             waiting = s.execute(
                 select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
                 .where(QueueRow.claimed_by.is_(None), _label_ok(labels, label_class))
@@ -178,7 +178,7 @@ class LocalQueue:
         now = utcnow()
         overdue = now - timedelta(seconds=self._affinity_wait_s)
         model_id = key[0]
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             waiting = s.execute(
                 select(QueueRow.job_id, QueueRow.model_id, QueueRow.enqueued_at)
                 .where(QueueRow.claimed_by.is_(None), _label_ok(labels))
@@ -209,44 +209,44 @@ class LocalQueue:
             return sorted(claimed)
 
     def ack(self, job_id: int) -> None:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.execute(delete(QueueRow).where(QueueRow.job_id == job_id))
 
     def release(self, job_id: int) -> None:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             s.execute(
                 update(QueueRow).where(QueueRow.job_id == job_id).values(claimed_by=None, claimed_at=None)
             )
 
     def cancel(self, job_id: int) -> bool:
-        with Session(self._engine) as s, s.begin():
+        with Session(self._db) as s, s.begin():
             result = s.execute(
                 delete(QueueRow).where(QueueRow.job_id == job_id, QueueRow.claimed_by.is_(None))
             )
             return result.rowcount == 1
 
     def claimed_by(self, worker_id: str) -> list[int]:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return list(s.scalars(select(QueueRow.job_id).where(QueueRow.claimed_by == worker_id)))
 
     def claims(self) -> list[tuple[int, str]]:
         """(job id, worker id) of every claimed job."""
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return [(j, w) for j, w in s.execute(select(QueueRow.job_id, QueueRow.claimed_by)
                                                  .where(QueueRow.claimed_by.is_not(None)))]
 
     def claimed_by_any(self) -> list[int]:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return list(s.scalars(select(QueueRow.job_id).where(QueueRow.claimed_by.is_not(None))))
 
     def depth(self) -> list[tuple[str | None, str | None, str, int]]:
         """(model id, label, "waiting" | "running", job count) for every queued group (metrics)."""
         state = case((QueueRow.claimed_by.is_(None), "waiting"), else_="running")
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             rows = s.execute(select(QueueRow.model_id, QueueRow.label, state, func.count())
                              .group_by(QueueRow.model_id, QueueRow.label, state)).all()
         return [(model, label, st, int(n)) for model, label, st, n in rows]
 
     def pending(self) -> list[int]:
-        with Session(self._engine) as s:
+        with Session(self._db) as s:
             return list(s.scalars(select(QueueRow.job_id).order_by(QueueRow.job_id)))
