@@ -168,7 +168,7 @@ def test_load_model_and_delete_model_reach_every_machine(fleet, fleet_admin, job
     from S3 into its own models folder and its own models file; another API process learns the entry too."""
     from safetensors.torch import save_file
 
-    from .test_engine_loading import diffusers_to_ldm_checkpoint
+    from .ldm_checkpoint import diffusers_to_ldm_checkpoint
 
     tiny = fleet.root / "worker-0" / "models" / "tiny-sd"  # built by that worker's preload
     checkpoint = tmp_path / "fleet.safetensors"

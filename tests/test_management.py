@@ -120,7 +120,7 @@ def test_load_verify_use_and_delete_a_local_folder_model(dialect_server, admin, 
 def test_load_a_checkpoint_from_a_url(dialect_server, admin, user, image_host, models_root, tmp_path):
     from safetensors.torch import save_file
 
-    from .test_engine_loading import diffusers_to_ldm_checkpoint
+    from .ldm_checkpoint import diffusers_to_ldm_checkpoint
 
     checkpoint = tmp_path / "tiny.safetensors"
     save_file(diffusers_to_ldm_checkpoint(models_root / "tiny-sd"), str(checkpoint))
