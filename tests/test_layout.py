@@ -154,6 +154,19 @@ def test_no_module_is_over_500_lines(path):
     assert len(path.read_text().splitlines()) <= 500
 
 
+TESTS = Path(__file__).resolve().parent
+VENDORED_TESTS = {"a1111_upstream"}  # upstream's own test files, kept as upstream wrote them
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in TESTS.rglob("*.py") if not VENDORED_TESTS & set(p.relative_to(TESTS).parts)),
+    ids=lambda p: str(p.relative_to(TESTS)),
+)
+def test_no_test_module_is_over_500_lines(path):
+    assert len(path.read_text().splitlines()) <= 500, f"tests/{path.relative_to(TESTS)}: split it by topic"
+
+
 def test_the_rules_catch_a_broken_one():
     assert not allowed("diffserve.engine.generate", "diffserve.api.app")
     assert not allowed("diffserve.api.app", "diffserve.engine.generate")
