@@ -82,6 +82,9 @@ class ServerSettings(BaseModel):
     trusted_hosts: list[str] = Field(
         ["localhost", "127.0.0.1", "::1"], description="host names whose Host header output URLs may follow when "
                                                        "public_url is unset (JSON list; a port is kept)")
+    blocking_threads: int = Field(
+        32, ge=1, description="threads the API process runs its blocking work on (store reads and writes, storage, "
+                              "image decoding and encoding: core/offload.py); more wait for a free one")
     metrics_key_required: bool = Field(
         False, description="/metrics answers only with a valid API key (Authorization: Bearer <key>); off: open, "
                            "as Prometheus scrapes usually are -- turn it on when the port is reachable by others")

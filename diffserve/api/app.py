@@ -6,27 +6,21 @@ import asyncio
 import logging
 from pathlib import Path
 from contextlib import asynccontextmanager
-import anyio
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from diffserve.config import Settings
+from diffserve.core.offload import Offload
 from diffserve.core.job import TEMP_PREFIX
 from diffserve.storage.local import PUBLIC_PREFIX
-from diffserve.api.enterprise_storage import router as storage_router
 from diffserve.api.management.router import router as management_router
-from diffserve.api.modelslab.processing import router as processing_router
 from diffserve.api.native.router import router as native_router
-from diffserve.api.modelslab.v7 import router as modelslab_v7_router
-from diffserve.api.modelslab.tasks import router as modelslab_tasks_router
 from diffserve.api.openai.router import router as openai_router
 from diffserve.api.a1111.router import router as a1111_router
 from diffserve.api.a1111.more import router as a1111_more_router
-from diffserve.api.modelslab.router import router as modelslab_router
-from diffserve.api.pony.router import router as pony_router
+from diffserve.api.modelslab.router import build_router as modelslab_router
 from diffserve.api.qolaba.router import router as qolaba_router
-from diffserve.api.realtime.router import router as realtime_router
 from diffserve.api.body_limit import BodyLimit
 from diffserve.api.observability import install as install_observability
 from diffserve.api.security import SecurityHeaders
@@ -47,17 +41,17 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = await anyio.to_thread.run_sync(lambda: build_state(settings, run_workers=run_workers,
-                                                                   metrics=metrics))
+        offload = Offload(settings.server.blocking_threads)  # every blocking call of this process from now on
+        state = await offload(build_state, settings, run_workers=run_workers, metrics=metrics, offload=offload)
         if state.service.completions:
             state.service.completions.start(asyncio.get_running_loop())
         if state.listener:
             state.listener.start()
         if state.registrations:  # models added through another API process of the fleet
-            await anyio.to_thread.run_sync(state.registrations.catch_up)
+            await offload(state.registrations.catch_up)
             state.registrations.start()
         if state.supervisor:
-            await anyio.to_thread.run_sync(state.supervisor.start)
+            await offload(state.supervisor.start)
         if state.delivery:  # webhook deliveries (resumed after a restart) and temp cleanup
             state.delivery.start()
         app.state.ds = state
@@ -65,7 +59,7 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
             yield
         finally:
             await state.service.watch.stop()  # the task that streams and synchronous waits share
-            await anyio.to_thread.run_sync(state.close)
+            await offload(state.close)
 
     app = FastAPI(
         title="diffserve",
@@ -79,9 +73,8 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
     install_observability(app)
     app.add_middleware(SecurityHeaders)  # CSP, no framing, nosniff on every answer (api/security.py)
     install_unknown_paths(app)
-    for router in (modelslab_router, processing_router, realtime_router, pony_router, qolaba_router,
-                   management_router, storage_router, native_router, modelslab_v7_router,
-                   modelslab_tasks_router, openai_router, a1111_router, a1111_more_router):
+    for router in (modelslab_router(), qolaba_router, management_router, native_router, openai_router,
+                   a1111_router, a1111_more_router):
         app.include_router(router)
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")  # the playground: plain static files
 

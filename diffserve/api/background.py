@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from diffserve.service.admission import QueueCaps
 from diffserve.config import Settings
 from diffserve.core.job import Job
+from diffserve.core.offload import Offload
 from diffserve.media.fetch import UrlPolicy
 from diffserve.metrics import Metrics
 from diffserve.storage.cleanup import TempCleaner
@@ -57,7 +58,8 @@ class DeliveryServices:
 
 
 def build_delivery(settings: Settings, db: Engine, jobs: JobStore, storage: ConfiguredStorage,
-                   renderers: PayloadRenderers | None = None, metrics: Metrics | None = None) -> DeliveryServices:
+                   renderers: PayloadRenderers | None = None, metrics: Metrics | None = None,
+                   offload: Offload | None = None) -> DeliveryServices:
     renderers = renderers or build_payload_renderers()
     base_url = settings.base_url
 
@@ -70,5 +72,5 @@ def build_delivery(settings: Settings, db: Engine, jobs: JobStore, storage: Conf
                                    on_outcome=(lambda outcome: metrics.webhooks.labels(outcome).inc()) if metrics
                                    else None)
     cleaner = TempCleaner(storage, settings.storage.temp_ttl_s, settings.storage.cleanup_interval_s)
-    return DeliveryServices(storage, StorageConfigStore(db), QueueCaps(jobs, settings.limits.max_queued_per_key),
-                            deliveries, dispatcher, cleaner)
+    caps = QueueCaps(jobs, settings.limits.max_queued_per_key, offload)
+    return DeliveryServices(storage, StorageConfigStore(db), caps, deliveries, dispatcher, cleaner)

@@ -55,7 +55,10 @@ async def read_json_object(request: Request, max_bytes: int | None = None) -> di
         chunks.append(chunk)
     raw = b"".join(chunks)
     if len(raw) > PARSE_INLINE:
-        return await anyio.to_thread.run_sync(_parse_object, raw)
+        ds = getattr(request.app.state, "ds", None)
+        if ds is not None:
+            return await ds.offload(_parse_object, raw)
+        return await anyio.to_thread.run_sync(_parse_object, raw)  # outside a running app (tests)
     return _parse_object(raw)
 
 

@@ -8,7 +8,6 @@ import logging
 import time
 from typing import Any, Iterable
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -39,14 +38,14 @@ def install(app: FastAPI) -> None:
     @app.get("/health", tags=["server"], summary="Alive: 200 as soon as the API answers (see /ready)")
     async def health(request: Request) -> Any:
         ds = app_state(request)
-        up, models = _workers(await anyio.to_thread.run_sync(ds.workers.live))
+        up, models = _workers(await ds.offload(ds.workers.live))
         return {"status": "ok" if (up or not ds.supervisor) else "starting", "workers": up, "models_loaded": models}
 
     @app.get("/ready", tags=["server"], summary="200 once requests can be served: store reachable, a worker up")
     async def ready(request: Request) -> Any:
         ds = app_state(request)
         try:
-            live = await anyio.to_thread.run_sync(ds.workers.live)
+            live = await ds.offload(ds.workers.live)
         except Exception:  # noqa: BLE001 - the store is down: not ready, and say so
             log.warning("readiness: the job store is unreachable", exc_info=True)
             return JSONResponse({"status": "unavailable", "store": "unreachable", "workers": 0}, status_code=503)
@@ -61,7 +60,7 @@ def install(app: FastAPI) -> None:
         ds = app_state(request)
         if ds.settings.server.metrics_key_required:
             try:
-                await authenticate(ds.keys, bearer_token(request))
+                await authenticate(ds.keys, bearer_token(request), ds.offload)
             except Unauthorized as e:
                 return JSONResponse({"error": {"message": e.message, "code": "unauthorized"}}, status_code=401,
                                     headers={"WWW-Authenticate": "Bearer"})
@@ -76,5 +75,5 @@ def install(app: FastAPI) -> None:
             for state in ("starting", "idle", "busy"):
                 yield "diffserve_workers", "Live workers by state", {"state": state}, states.get(state, 0)
 
-        body, content_type = await anyio.to_thread.run_sync(exposition, gauges)
+        body, content_type = await ds.offload(exposition, gauges)
         return Response(body, media_type=content_type)

@@ -8,6 +8,7 @@ import httpx
 from fastapi import Request
 
 from diffserve.config import Settings
+from diffserve.core.offload import Offload
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.management.registrations import RegistrationFollower
 from diffserve.metrics import Metrics
@@ -46,6 +47,11 @@ class AppState:
     listener: JobDoneListener | None = None  # PostgreSQL: jobs finished by workers anywhere wake waiters here
     registrations: RegistrationFollower | None = None  # models other API processes add or delete
 
+    @property
+    def offload(self) -> Offload:
+        """`await ds.offload(fn, *args)`: every blocking call of a handler (store, storage, image work)."""
+        return self.service.offload
+
     def base_url(self, request: Request) -> str:
         """The base of every URL an answer holds (outputs, fetch links, previews): the configured public URL;
         unset, the request's Host when it names a trusted host (`trusted_hosts`: localhost by default), else the
@@ -76,7 +82,8 @@ class AppState:
         self.http.close()
 
 
-def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | None = None) -> AppState:
+def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | None = None,
+                offload: Offload | None = None) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = make_db_engine(settings.db_url)
     ensure_schema(db)
@@ -89,10 +96,11 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
     listener = JobDoneListener(settings.db_url, completions.job_done_elsewhere) \
         if completions and listens(settings.db_url) else None
     storage = build_storage(settings, db)
-    delivery = build_delivery(settings, db, jobs, storage, metrics=metrics)
+    offload = offload or Offload(settings.server.blocking_threads)
+    delivery = build_delivery(settings, db, jobs, storage, metrics=metrics, offload=offload)
     progress = ProgressStore(db)
     service = GenerationService(settings, jobs, queue, storage, registry, http, completions, caps=delivery.caps,
-                                progress=progress, workers=workers)
+                                progress=progress, workers=workers, offload=offload)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
     control = ControlLog(db)
     return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor, delivery=delivery,

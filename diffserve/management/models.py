@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import anyio
 import httpx
 from PIL import Image
 
@@ -104,7 +103,7 @@ class ModelAdmin:
         section = ASSET_SECTION.get(spec.model_type)
         if _is_http(spec.url):
             self._check_new(spec.model_id, section)
-            await anyio.to_thread.run_sync(
+            await self.service.offload(
                 lambda: check_url(spec.url, allow_private=self.settings.allow_private_urls, field="url"))
             self.loads[spec.model_id] = LoadState("downloading")
             self._start(self._download_and_register(key, spec, section))
@@ -131,13 +130,13 @@ class ModelAdmin:
     async def _download_and_register(self, key: ApiKey, spec: LoadSpec, section: str | None) -> None:
         downloads = self.download_dir(spec.model_id)
         try:
-            path = await anyio.to_thread.run_sync(self._download, spec.url, downloads)
+            path = await self.service.offload(self._download, spec.url, downloads)
             await self._register(key, spec, section, path)
         except Exception as e:  # recorded for verify_model; the log has the details
             reason = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
             log.warning("load_model %s failed: %s", spec.model_id, reason)
             self.loads[spec.model_id] = LoadState("failed", error=reason)
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(downloads, ignore_errors=True))
+            await self.service.offload(lambda: shutil.rmtree(downloads, ignore_errors=True))
 
     async def _register(self, key: ApiKey, spec: LoadSpec, section: str | None, path: Path | None) -> int | None:
         """Add the entry and (for a model) queue its warm-up; on any failure the entry is removed again."""
@@ -145,13 +144,13 @@ class ModelAdmin:
         try:
             if section is not None:
                 entry = _asset_entry(spec, path)
-                await anyio.to_thread.run_sync(lambda: self.registry.add_asset(section, spec.model_id, entry))
+                await self.service.offload(lambda: self.registry.add_asset(section, spec.model_id, entry))
                 added = True
                 await self._share(section, spec.model_id, entry, path)
                 self.loads[spec.model_id] = LoadState("registered")
                 return None
             spec_entry = _model_entry(spec, path)
-            model = await anyio.to_thread.run_sync(lambda: self.registry.add_model(spec.model_id, spec_entry))
+            model = await self.service.offload(lambda: self.registry.add_model(spec.model_id, spec_entry))
             added = True
             self.server.drop_models([spec.model_id])  # a worker may hold an older model of that id
             await self._share("models", spec.model_id, spec_entry, path)  # before the warm-up job: workers know it
@@ -195,9 +194,9 @@ class ModelAdmin:
             if section == "models":
                 self.server.drop_models([entry_id])
 
-        await anyio.to_thread.run_sync(remove)
+        await self.service.offload(remove)
         downloads = self.download_dir(entry_id)
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(downloads, ignore_errors=True))
+        await self.service.offload(lambda: shutil.rmtree(downloads, ignore_errors=True))
 
     def download_dir(self, model_id: str) -> Path:
         return self.settings.models_dir / "downloads" / model_id
@@ -209,10 +208,10 @@ class ModelAdmin:
         if path is not None and path.is_file() and self.settings.queue.backend == "celery" \
                 and path.is_relative_to(self.download_dir(entry_id)):
             obj = f"models/{entry_id}/{path.name}"
-            await anyio.to_thread.run_sync(lambda: self.service.storage.put(obj, path.read_bytes(),
-                                                                            "application/octet-stream"))
+            await self.service.offload(lambda: self.service.storage.put(obj, path.read_bytes(),
+                                                                        "application/octet-stream"))
         payload = {"section": section, "id": entry_id, "entry": entry, "object": obj}
-        await anyio.to_thread.run_sync(lambda: self.server.control.post(REGISTER_MODEL, payload))
+        await self.service.offload(lambda: self.server.control.post(REGISTER_MODEL, payload))
 
     def _download(self, url: str, dest_dir: Path, field: str = "url") -> Path:
         """Stream `url` to `dest_dir/<file name>` (each redirect checked against the URL rules)."""
@@ -284,7 +283,7 @@ class ModelAdmin:
             if vae_type == "diffusers":
                 raise InvalidInput("vae_url: a diffusers VAE is a hub repo id or a local folder, not a URL",
                                    field="vae_url")
-            path = await anyio.to_thread.run_sync(self._download, vae_url, self.download_dir(vae_id), "vae_url")
+            path = await self.service.offload(self._download, vae_url, self.download_dir(vae_id), "vae_url")
             entry: dict[str, Any] = {"kind": "file", "location": str(path)}
         elif (path := _local_path(vae_url, "vae_url")) is not None:
             entry = {"kind": "folder" if path.is_dir() else "file", "location": str(path)}
@@ -295,7 +294,7 @@ class ModelAdmin:
             raise InvalidInput(f"vae_url: {vae_url!r} is neither an http(s) URL nor a local file", field="vae_url")
         if config and entry["kind"] == "file":
             entry["config"] = config
-        await anyio.to_thread.run_sync(lambda: self.registry.add_asset("vaes", vae_id, entry))
+        await self.service.offload(lambda: self.registry.add_asset("vaes", vae_id, entry))
         await self._share("vaes", vae_id, entry, path if _is_http(vae_url) else None)
         return {"status": "success", "message": "VAE loaded", "vae_id": vae_id}
 

@@ -17,9 +17,8 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
-
 from diffserve.core.errors import RateLimited
+from diffserve.core.offload import Offload
 from diffserve.store.jobs import JobStore
 from diffserve.store.keys import ApiKey
 
@@ -31,8 +30,9 @@ def rate_limit_message(cap: int) -> str:
 
 
 class QueueCaps:
-    def __init__(self, jobs: JobStore, default_cap: int) -> None:
+    def __init__(self, jobs: JobStore, default_cap: int, offload: Offload | None = None) -> None:
         self.jobs = jobs
+        self.offload = offload or Offload()  # the app's one pool (set by GenerationService)
         self.default_cap = default_cap
         # per key, on the event loop: submissions admitted whose job may not be counted yet, and a lock
         # that makes "count, compare, reserve" one step and orders releases after it
@@ -43,7 +43,7 @@ class QueueCaps:
         return self.default_cap if key.max_queued is None else key.max_queued
 
     async def processing_count(self, key: ApiKey) -> int:
-        return await anyio.to_thread.run_sync(self.jobs.count_unfinished, key.key_id)
+        return await self.offload(self.jobs.count_unfinished, key.key_id)
 
     @asynccontextmanager
     async def admit(self, key: ApiKey) -> AsyncIterator[None]:
@@ -73,7 +73,7 @@ class QueueCaps:
 
     async def retry_after(self) -> int:
         """Seconds until a slot is likely free: the median run time of recent jobs (at least 1)."""
-        durations = await anyio.to_thread.run_sync(self.jobs.recent_durations)
+        durations = await self.offload(self.jobs.recent_durations)
         if not durations:
             return DEFAULT_RETRY_AFTER_S
         return max(1, math.ceil(statistics.median(durations)))

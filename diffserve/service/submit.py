@@ -23,6 +23,7 @@ from diffserve.service.watch import JobWatch
 from diffserve.config import Settings
 from diffserve.core.errors import CANCELLED_BY_CLIENT, NotFound, Unavailable
 from diffserve.core.job import Job, JobStatus, input_key
+from diffserve.core.offload import Offload
 from diffserve.core.request import (ModelLimits, RequestDraft, check_batch_pixels, check_reference_count,
                                     output_size)
 from diffserve.engine.identity.faces import SubmitFaceCheck
@@ -68,12 +69,14 @@ class GenerationService:
     faces: SubmitFaceCheck = field(default_factory=SubmitFaceCheck)  # PuLID's face check at submit
     progress: ProgressStore | None = None  # running jobs' steps, client cancels (store/progress.py)
     workers: WorkerStore | None = None  # live workers anywhere (ETA: the jobs ahead are shared among them)
+    offload: Offload = field(default_factory=Offload)  # the API process's blocking calls (core/offload.py)
     fetches: FetchSlots = field(init=False)  # image URL fetches in flight, per key and in total
     watch: JobWatch = field(init=False)  # one reader of the jobs that streams and waits follow
 
     def __post_init__(self) -> None:
         self.fetches = FetchSlots(self.settings.images)
-        self.watch = JobWatch(self.jobs.marks, self.settings.limits.watch_interval_s, self.completions)
+        self.watch = JobWatch(self.jobs.marks, self.settings.limits.watch_interval_s, self.completions,
+                              self.offload)
 
     async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
                      dialect_params: dict[str, Any] | None = None) -> Job:
@@ -103,10 +106,10 @@ class GenerationService:
         entry = self.registry.get(draft.model_id)
         self.registry.check_request(draft)  # LoRA / embedding / VAE / IP-Adapter ids, families, ip image
         # the model's family decides which controls apply; prompts enhanced here so meta shows them
-        draft = await anyio.to_thread.run_sync(resolve_controls, draft, entry)
+        draft = await self.offload(resolve_controls, draft, entry)
         if draft.webhook:  # the same network rules as image URLs, refused before anything is fetched
             policy = UrlPolicy(allow_private=self.settings.allow_private_urls)
-            await anyio.to_thread.run_sync(check_webhook_url, draft.webhook, policy)
+            await self.offload(check_webhook_url, draft.webhook, policy)
         token = new_output_token()
         if draft.mode == "txt2img":  # no init image: the size asked for, else the model's default
             default_width, default_height = limits.default_size()
@@ -114,7 +117,7 @@ class GenerationService:
             init_key = ""
         else:
             init = await self._image(key, draft.init_image, draft.init_image_field)
-            await anyio.to_thread.run_sync(check_init_image, entry, init, self.faces)  # e.g. PuLID needs a face
+            await self.offload(check_init_image, entry, init, self.faces)  # e.g. PuLID needs a face
             width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
             init_key = input_key(token, temp=draft.temp)
         check_batch_pixels(draft.samples or 1, width, height, self.settings.limits.max_batch_pixels)
@@ -145,7 +148,7 @@ class GenerationService:
                                          output_token=token, dialect_params=dialect_params))
         except BaseException:  # a later image refused, the store down, the client gone: no orphan files
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._delete_inputs, stored)
+                await self.offload(self._delete_inputs, stored)
             raise
         await anyio.to_thread.run_sync(self.queue.enqueue, job.id)
         return job
@@ -156,7 +159,7 @@ class GenerationService:
         deadline = time.monotonic() + timeout
         with self.watch.follow(job_id) as follower:
             while True:
-                job = await anyio.to_thread.run_sync(self.jobs.get, job_id)
+                job = await self.offload(self.jobs.get, job_id)
                 assert job is not None
                 while True:
                     remaining = deadline - time.monotonic()
@@ -186,7 +189,7 @@ class GenerationService:
     async def get_for_key(self, job_id: int | None, key: ApiKey) -> Job:
         """A key sees only its own jobs; another key's job is reported as not found."""
         valid = job_id is not None and 0 < job_id < 2**63
-        job = await anyio.to_thread.run_sync(self.jobs.get, job_id) if valid else None
+        job = await self.offload(self.jobs.get, job_id) if valid else None
         if job is None or job.key_id != key.key_id:
             raise NotFound(f"Request not found: {job_id}")
         return job
@@ -200,17 +203,17 @@ class GenerationService:
         ahead of it times the recent median run time."""
         if job.status is JobStatus.RUNNING and progress and progress.step_s and progress.total:
             return round(max(0, progress.total - progress.step) * progress.step_s, 2)
-        durations = await anyio.to_thread.run_sync(self.jobs.recent_durations)
+        durations = await self.offload(self.jobs.recent_durations)
         per_job = statistics.median(durations) if durations else DEFAULT_ETA_S
-        ahead = await anyio.to_thread.run_sync(self.jobs.position, job.id)
-        live = len(await anyio.to_thread.run_sync(self.workers.live)) if self.workers else self.settings.worker.count
+        ahead = await self.offload(self.jobs.position, job.id)
+        live = len(await self.offload(self.workers.live)) if self.workers else self.settings.worker.count
         workers = max(1, live)
         return round(per_job * (1 + ahead / workers), 2)
 
     async def progress_of(self, job: Job) -> Progress | None:
         if self.progress is None:
             return None
-        return await anyio.to_thread.run_sync(self.progress.get, job.id)
+        return await self.offload(self.progress.get, job.id)
 
     async def live_state(self, job: Job) -> LiveState:
         """How far the job is, read once: steps done of the steps the call runs (num_inference_steps x
@@ -228,13 +231,13 @@ class GenerationService:
             dropped = await anyio.to_thread.run_sync(self.queue.cancel, job.id)  # only if no worker took it
             if not (dropped and await anyio.to_thread.run_sync(self.jobs.cancel, job.id, reason)):
                 if self.progress is not None:
-                    await anyio.to_thread.run_sync(self.progress.request_cancel, job.id)
-        return await anyio.to_thread.run_sync(self.jobs.get, job.id)
+                    await self.offload(self.progress.request_cancel, job.id)
+        return await self.offload(self.jobs.get, job.id)
 
     async def _store_image(self, key: str, img: Image.Image, size: tuple[int, int] | None,
                            stored: list[str]) -> None:
-        png = await anyio.to_thread.run_sync(_fit_png, img, *(size or img.size))
-        await anyio.to_thread.run_sync(self.storage.put, key, png)
+        png = await self.offload(_fit_png, img, *(size or img.size))
+        await self.offload(self.storage.put, key, png)
         stored.append(key)
 
     def _delete_inputs(self, keys: list[str]) -> None:
@@ -249,7 +252,7 @@ class GenerationService:
         host costs a slot of its own bounded pool (per key and in total, RateLimited past them), never a thread
         of anyio's default pool that every other request uses (media/slots.py)."""
         if is_base64_image(value):
-            return await anyio.to_thread.run_sync(self._load_image, value, field)
+            return await self.offload(self._load_image, value, field)
         return await self.fetches.run(key.key_id, lambda: self._load_image(value, field))
 
     def _load_image(self, value: str, field: str) -> Image.Image:

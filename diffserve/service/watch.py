@@ -23,9 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import anyio
-
 from diffserve.core.errors import RateLimited
+from diffserve.core.offload import Offload
 from diffserve.jobqueue.signals import CompletionBroadcaster
 
 log = logging.getLogger(__name__)
@@ -70,8 +69,10 @@ class StreamSlot:
 
 
 class JobWatch:
-    def __init__(self, marks: Marks, interval_s: float, completions: CompletionBroadcaster | None = None) -> None:
+    def __init__(self, marks: Marks, interval_s: float, completions: CompletionBroadcaster | None = None,
+                 offload: Offload | None = None) -> None:
         self._marks = marks
+        self._offload = offload or Offload()
         self.interval_s = interval_s
         self._completions = completions
         self._followers: defaultdict[int, set[Follower]] = defaultdict(set)
@@ -124,7 +125,7 @@ class JobWatch:
     async def _round(self) -> None:
         ids = list(self._followers)
         try:
-            marks = await anyio.to_thread.run_sync(self._marks, ids)
+            marks = await self._offload(self._marks, ids)
         except Exception:  # the store is down: followers keep waiting, the next round tries again
             log.exception("reading followed jobs failed")
             return

@@ -13,7 +13,6 @@ import base64
 import io
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,7 +139,7 @@ async def extra_single_image(request: Request) -> dict[str, Any]:
     _check(req)
     if not req.image:
         raise InvalidInput("image is required", field="image")
-    image = await anyio.to_thread.run_sync(upscale, req, req.image, "image", ds.settings.images)
+    image = await ds.offload(upscale, req, req.image, "image", ds.settings.images)
     return {"html_info": _html_info(req), "image": image}
 
 
@@ -152,8 +151,7 @@ async def extra_batch_images(request: Request) -> dict[str, Any]:
     _check(req)
     images = []
     for i, item in enumerate(req.imageList):
-        images.append(await anyio.to_thread.run_sync(upscale, req, item.data, f"imageList[{i}].data",
-                                                     ds.settings.images))
+        images.append(await ds.offload(upscale, req, item.data, f"imageList[{i}].data", ds.settings.images))
     return {"html_info": _html_info(req), "images": images}
 
 
@@ -169,7 +167,7 @@ async def png_info(request: Request) -> dict[str, Any]:
     req = parse_model(PngInfoRequest, await read_json_object(request))
     if not req.image.strip():
         raise InvalidInput("image is required", field="image")
-    items = await anyio.to_thread.run_sync(text_chunks, req.image, ds.settings.images)
+    items = await ds.offload(text_chunks, req.image, ds.settings.images)
     info = items.pop("parameters", "")
     return {"info": info, "items": items, "parameters": parse_parameters(info)}
 

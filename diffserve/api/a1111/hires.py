@@ -15,12 +15,12 @@ import base64
 import io
 from typing import Any, Awaitable, Callable
 
-import anyio
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.core.errors import InvalidInput
 from diffserve.core.job import Job
+from diffserve.core.offload import Offload
 from diffserve.core.request import RequestDraft
 
 R = Image.Resampling
@@ -81,12 +81,12 @@ def _upscaled(data: bytes, size: tuple[int, int], upscaler: str) -> tuple[bytes,
 
 
 async def second_pass(hr: HiresFields, draft: RequestDraft, first: Job, outputs: list[bytes],
-                      run: Callable[[RequestDraft], Awaitable[list[bytes]]]) -> list[bytes]:
-    """Each first-pass image upscaled and redrawn (`run` submits a draft and answers its images)."""
+                      run: Callable[[RequestDraft], Awaitable[list[bytes]]], offload: Offload) -> list[bytes]:
+    """Each first-pass image upscaled (on `offload`) and redrawn (`run` submits a draft and answers its images)."""
     upscaler = hr.hr_upscaler or "Latent"
     result = []
     for i, data in enumerate(outputs):
-        upscaled, encoded = await anyio.to_thread.run_sync(_upscaled, data, (draft.width, draft.height), upscaler)
+        upscaled, encoded = await offload(_upscaled, data, (draft.width, draft.height), upscaler)
         if not draft.strength:  # A1111 with strength 0: the upscaled image as it is
             result.append(upscaled)
             continue

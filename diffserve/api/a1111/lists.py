@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 
 from diffserve.api.a1111.hires import LATENT_MODES
@@ -46,7 +45,7 @@ async def latent_upscale_modes(request: Request) -> list[dict[str, Any]]:
 
 async def _assets(request: Request, kind: str) -> list[tuple[str, Any]]:
     ds, _ = await _key(request)
-    return await anyio.to_thread.run_sync(ds.registry.entries, kind)
+    return await ds.offload(ds.registry.entries, kind)
 
 
 @router.get("/loras", summary="The registry's LoRAs")
@@ -87,8 +86,8 @@ async def realesrgan_models(request: Request) -> list[dict[str, Any]]:
 
 @router.get("/prompt-styles", summary="The style presets")
 async def prompt_styles(request: Request) -> list[dict[str, Any]]:
-    await _key(request)
-    presets = await anyio.to_thread.run_sync(style_presets)
+    ds, _ = await _key(request)
+    presets = await ds.offload(style_presets)
     return [{"name": name, "prompt": prompt, "negative_prompt": negative}
             for name, (prompt, negative) in presets.items()]
 
@@ -118,8 +117,8 @@ def meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, int]:
 
 @router.get("/memory", summary="RAM of the API's machine (CUDA lives in the workers)")
 async def memory(request: Request) -> dict[str, Any]:
-    await _key(request)
-    ram = await anyio.to_thread.run_sync(meminfo)
+    ds, _ = await _key(request)
+    ram = await ds.offload(meminfo)
     return {"ram": ram or {"error": "/proc/meminfo is not readable here"},
             "cuda": {"error": "the API process does not use CUDA; GPUs are in the workers (see /health)"}}
 
@@ -127,7 +126,7 @@ async def memory(request: Request) -> dict[str, Any]:
 @router.post("/refresh-checkpoints", summary="Re-read the model registry file")
 async def refresh_checkpoints(request: Request) -> None:
     ds, _ = await _key(request)
-    await anyio.to_thread.run_sync(ds.registry.refresh)
+    await ds.offload(ds.registry.refresh)
 
 
 def _server(ds: Any) -> ServerAdmin:
@@ -140,16 +139,16 @@ def _server(ds: Any) -> ServerAdmin:
 async def unload_checkpoint(request: Request) -> None:
     ds, key = await _key(request)
     require_admin(key)
-    await anyio.to_thread.run_sync(_server(ds).clear_cache)
+    await ds.offload(_server(ds).clear_cache)
 
 
 @router.post("/reload-checkpoint", summary="Workers drop the key's checkpoint; its next job reads it again")
 async def reload_checkpoint(request: Request) -> None:
     ds, key = await _key(request)
     require_admin(key)
-    options = await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)
+    options = await ds.offload(ds.key_options.get, key.key_id)
     model_id = str(options.get("sd_model_checkpoint") or ds.settings.engine.default_model)
-    await anyio.to_thread.run_sync(_server(ds).drop_models, [model_id])
+    await ds.offload(_server(ds).drop_models, [model_id])
 
 
 @router.post("/skip", summary="Stop the caller's running job (a batch is one job)")

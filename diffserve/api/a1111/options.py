@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 
 from diffserve.api.a1111.option_effects import NO_VAE
@@ -62,7 +61,7 @@ def _check(ds: AppState, name: str, value: Any) -> None:
 
 
 async def stored(ds: AppState, key: ApiKey) -> dict[str, Any]:
-    return await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)
+    return await ds.offload(ds.key_options.get, key.key_id)
 
 
 @router.get("/options", summary="This key's options (every key written, over A1111's defaults)")
@@ -87,5 +86,5 @@ async def set_options(request: Request) -> Any:
                                field=next(iter(body), None))
         ds.key_options.update(key.key_id, body)
 
-    await anyio.to_thread.run_sync(update)
+    await ds.offload(update)
     return None

@@ -16,7 +16,6 @@ import json
 import math
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from PIL import Image, ImageOps
@@ -95,7 +94,7 @@ async def _key(request: Request) -> tuple[AppState, ApiKey]:
     known = getattr(request.state, "a1111_key", None)
     if known is not None:
         return ds, known
-    request.state.a1111_key = key = await authenticate(ds.keys, _secret(request))
+    request.state.a1111_key = key = await authenticate(ds.keys, _secret(request), ds.offload)
     return ds, key
 
 
@@ -156,7 +155,7 @@ def _resize(image: Image.Image, mode: int, width: int, height: int) -> Image.Ima
 
 async def _model(ds: AppState, key: ApiKey, req: Txt2ImgRequest) -> tuple[str, dict[str, Any]]:
     """The model id and the draft fields the key's options set (api/a1111/options.py), override_settings first."""
-    options = await anyio.to_thread.run_sync(ds.key_options.get, key.key_id)
+    options = await ds.offload(ds.key_options.get, key.key_id)
     model_id = str(req.override_settings.get("sd_model_checkpoint") or options.get("sd_model_checkpoint")
                    or ds.settings.engine.default_model)
     ds.registry.get(model_id)  # ModelNotFound names it
@@ -167,7 +166,7 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str,
                     hr: HiresFields | None = None) -> dict[str, Any]:
     ds, key = await _key(request)
     model_id, from_options = await _model(ds, key, req)
-    req, prompt, negative = await prepare(req, mode, ds.settings.images)  # styles, script (api/a1111/scripts.py)
+    req, prompt, negative = await prepare(req, mode, ds.settings.images, ds.offload)  # styles, script
     choice = choose(req.sampler_name or req.sampler_index, req.scheduler)
     samples = req.batch_size * req.n_iter
     fields: dict[str, Any] = dict(
@@ -190,18 +189,18 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str,
     if hr_draft is not None:
         ds.service.check_draft(hr_draft)  # the second pass's size fits the model: before the first pass runs
     if isinstance(req, Img2ImgRequest):
-        init, images = await anyio.to_thread.run_sync(_inputs, req, ds.settings.images)
+        init, images = await ds.offload(_inputs, req, ds.settings.images)
         draft = draft.model_copy(update=images)
     params = {"sampler_name": choice.sampler_name, "schedule": choice.schedule}
     job, outputs = await _run(request, ds, key, draft, params)
     if hr_draft is not None:
         outputs = await second_pass(hr, hr_draft, job, outputs,
-                                    lambda d: _run(request, ds, key, d, params, outputs_only=True))
+                                    lambda d: _run(request, ds, key, d, params, outputs_only=True), ds.offload)
     extra = [init] if isinstance(req, Img2ImgRequest) and req.include_init_images and init is not None else []
     info = _info(job, len(outputs) > 1)
     if hr_draft is not None:
         hires_infotexts(hr, hr_draft, info)
-    images = await anyio.to_thread.run_sync(_encoded_outputs, outputs, extra, info["infotexts"]) \
+    images = await ds.offload(_encoded_outputs, outputs, extra, info["infotexts"]) \
         if req.send_images else []
     return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info)}
 
@@ -214,7 +213,7 @@ async def _run(request: Request, ds: AppState, key: ApiKey, draft: RequestDraft,
         job = await ds.service.wait_for_client(job.id, gone)  # cancelled if the client left
     if job.status is not JobStatus.SUCCEEDED:
         raise GenerationFailed(job.error or f"the job ended {job.status.value}")
-    outputs = [await anyio.to_thread.run_sync(ds.service.storage.get, k) for k in job.outputs]
+    outputs = [await ds.offload(ds.service.storage.get, k) for k in job.outputs]
     return outputs if outputs_only else (job, outputs)
 
 
@@ -278,7 +277,7 @@ async def txt2img(request: Request) -> dict[str, Any]:
 
 
 async def _active(ds: AppState, key: ApiKey) -> list[Job]:
-    jobs = await anyio.to_thread.run_sync(lambda: ds.service.jobs.list_for_key(key.key_id, limit=50))
+    jobs = await ds.offload(lambda: ds.service.jobs.list_for_key(key.key_id, limit=50))
     return [j for j in jobs if not j.status.is_terminal()]
 
 
@@ -292,7 +291,7 @@ async def progress(request: Request, skip_current_image: bool = False) -> dict[s
         live = await ds.service.live_state(running)
         step, total, eta = live.step, live.total, live.eta
         if not skip_current_image and live.has_preview and ds.service.progress is not None:
-            data = await anyio.to_thread.run_sync(ds.service.progress.preview, running.id)
+            data = await ds.offload(ds.service.progress.preview, running.id)
             image = base64.b64encode(data).decode() if data else None
     return {"progress": step / total if total else 0.0, "eta_relative": eta,
             "state": {"skipped": False, "interrupted": False, "stopping_generation": False,
@@ -321,7 +320,7 @@ async def sd_models(request: Request) -> list[dict[str, Any]]:
     ds, _ = await _key(request)
     # `filename` is where A1111 keeps the checkpoint; a server path is nobody's business: the id stands in
     return [{"title": model_id, "model_name": model_id, "hash": None, "sha256": None, "filename": model_id,
-             "config": None} for model_id, _ in await anyio.to_thread.run_sync(ds.registry.items)]
+             "config": None} for model_id, _ in await ds.offload(ds.registry.items)]
 
 
 @router.get("/samplers", summary="Samplers with a diffusers equivalent")

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 
 from diffserve.config import ImageLimits
 from diffserve.core.errors import InvalidInput
+from diffserve.core.offload import Offload
 from diffserve.media.decode import decode_image
 from diffserve.media.inputs import decode_base64
 from diffserve.service.styles import style_presets
@@ -79,14 +79,13 @@ def sd_upscale_size(init_image: str, args: list[Any], limits: ImageLimits) -> tu
     return max(8, int(image.width * scale // 8 * 8)), max(8, int(image.height * scale // 8 * 8)), upscaler
 
 
-async def prepare(req: Any, mode: str, limits: ImageLimits) -> tuple[Any, str, str]:
+async def prepare(req: Any, mode: str, limits: ImageLimits, offload: Offload) -> tuple[Any, str, str]:
     """The request as the script changes it (SD upscale: width and height of the upscaled init image), and the
     prompt and negative prompt with the styles applied."""
     prompt, negative = req.prompt, req.negative_prompt
     if req.styles:
-        prompt, negative = styled(prompt, negative, req.styles, await anyio.to_thread.run_sync(style_presets))
+        prompt, negative = styled(prompt, negative, req.styles, await offload(style_presets))
     if script(req.script_name, mode) == "sd upscale" and req.init_images:
-        width, height, _ = await anyio.to_thread.run_sync(sd_upscale_size, req.init_images[0], req.script_args,
-                                                          limits)
+        width, height, _ = await offload(sd_upscale_size, req.init_images[0], req.script_args, limits)
         req = req.model_copy(update={"width": width, "height": height, "resize_mode": 0})
     return req, prompt, negative

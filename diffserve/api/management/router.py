@@ -10,7 +10,6 @@ import io
 import secrets
 from typing import Any, Callable
 
-import anyio
 from fastapi import APIRouter, Request
 from PIL import Image
 
@@ -26,8 +25,8 @@ from diffserve.store.keys import ApiKey
 from diffserve.api.auth import require_admin
 from diffserve.api.body import json_body_doc, parse_model
 from diffserve.api.modelslab.common import read_and_authenticate
-from diffserve.api.modelslab.router import ModelsLabRoute
-from diffserve.api.pony.protocol import SCHEDULERS as PONY_SCHEDULERS
+from diffserve.api.modelslab.common import ModelsLabRoute
+from diffserve.api.modelslab.pony import SCHEDULERS as PONY_SCHEDULERS
 from diffserve.api.state import AppState
 from diffserve.api.management.protocol import (
     BASE64_TO_URL_MAX_BYTES,
@@ -91,13 +90,13 @@ async def load_model(request: Request) -> dict[str, Any]:
 async def verify_model(request: Request) -> dict[str, Any]:
     ds, body, _ = await _admin_request(request)
     model_id = parse_model(ModelIdRequest, body).required_model_id()
-    return await anyio.to_thread.run_sync(_models(request, ds).verify, model_id)
+    return await ds.offload(_models(request, ds).verify, model_id)
 
 
 @management("get_all_models", KeyOnly, "Every model of this server")
 async def get_all_models(request: Request) -> dict[str, Any]:
     ds, _, _ = await _admin_request(request)
-    details = await anyio.to_thread.run_sync(_models(request, ds).all_models)
+    details = await ds.offload(_models(request, ds).all_models)
     return {"status": "success", "models": [m["model_id"] for m in details], "model_details": details}
 
 
@@ -105,7 +104,7 @@ async def get_all_models(request: Request) -> dict[str, Any]:
 async def delete_model(request: Request) -> dict[str, Any]:
     ds, body, _ = await _admin_request(request)
     model_id = parse_model(ModelIdRequest, body).required_model_id()
-    await anyio.to_thread.run_sync(_models(request, ds).delete, model_id)
+    await ds.offload(_models(request, ds).delete, model_id)
     return {"status": "success", "message": f"Model {model_id} deleted"}
 
 
@@ -136,21 +135,21 @@ async def upload_image(request: Request) -> dict[str, Any]:
 @management("system_details", KeyOnly, "Models loaded, queue length and time, workers")
 async def system_details(request: Request) -> dict[str, Any]:
     ds, _, _ = await _admin_request(request)
-    available = len(await anyio.to_thread.run_sync(ds.registry.ids))
-    return await anyio.to_thread.run_sync(_server(ds).system_details, available)
+    available = len(await ds.offload(ds.registry.ids))
+    return await ds.offload(_server(ds).system_details, available)
 
 
 @management("clear_cache", KeyOnly, "Unload every model from every worker")
 async def clear_cache(request: Request) -> dict[str, Any]:
     ds, _, _ = await _admin_request(request)
-    told = await anyio.to_thread.run_sync(_server(ds).clear_cache)
+    told = await ds.offload(_server(ds).clear_cache)
     return {"status": "success", "message": f"Cache cleared: {told} workers unload their models between jobs"}
 
 
 @management("clear_queue", KeyOnly, "Cancel every queued request (running ones finish)")
 async def clear_queue(request: Request) -> dict[str, Any]:
     ds, _, _ = await _admin_request(request)
-    cancelled = await anyio.to_thread.run_sync(_server(ds).clear_queue)
+    cancelled = await ds.offload(_server(ds).clear_queue)
     return {"status": "success", "message": f"Queue cleared: {len(cancelled)} queued requests cancelled",
             "cancelled": cancelled}
 
@@ -168,7 +167,7 @@ async def update(request: Request) -> dict[str, Any]:
 @management("restart_server", KeyOnly, "Restart the workers (no job is lost)")
 async def restart_server(request: Request) -> dict[str, Any]:
     ds, _, _ = await _admin_request(request)
-    told = await anyio.to_thread.run_sync(_server(ds).restart_workers)
+    told = await ds.offload(_server(ds).restart_workers)
     return {"status": "success",
             "message": f"Restarting {told} workers after their current job; queued requests stay queued"}
 
@@ -178,7 +177,7 @@ async def restart_server(request: Request) -> dict[str, Any]:
 async def model_reload(request: Request) -> dict[str, Any]:
     ds, body, _ = await _admin_request(request)
     model_id = parse_model(ModelIdRequest, body).required_model_id()
-    await anyio.to_thread.run_sync(_models(request, ds).reload, model_id)
+    await ds.offload(_models(request, ds).reload, model_id)
     return {"status": "success", "message": f"Model {model_id} is reloaded on its next request"}
 
 
@@ -206,7 +205,7 @@ async def _store_base64(ds: AppState, request: Request, value: str | None, field
         ext, content_type = IMAGE_TYPES[Image.open(io.BytesIO(data)).format or "PNG"]
         return data, ext, content_type
 
-    data, ext, content_type = await anyio.to_thread.run_sync(decode)
+    data, ext, content_type = await ds.offload(decode)
     key = f"{prefix}{secrets.token_urlsafe(16)}.{ext}"
-    await anyio.to_thread.run_sync(lambda: ds.service.storage.put(key, data, content_type=content_type))
+    await ds.offload(lambda: ds.service.storage.put(key, data, content_type=content_type))
     return ds.service.storage.url(key, ds.base_url(request))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -33,7 +32,7 @@ EVENT_KEEPALIVE_S = 15.0  # a comment line this often while the job does not cha
 
 async def _key(request: Request) -> tuple[AppState, ApiKey]:
     ds = app_state(request)
-    return ds, await authenticate(ds.keys, bearer_token(request))
+    return ds, await authenticate(ds.keys, bearer_token(request), ds.offload)
 
 
 async def _job(ds: AppState, key: ApiKey, job_id: str) -> Job:
@@ -60,8 +59,7 @@ async def create_job(request: Request) -> JSONResponse:
 async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=100),
                     before: int | None = Query(None, ge=1, le=2**63 - 1)) -> dict[str, Any]:
     ds, key = await _key(request)
-    jobs = await anyio.to_thread.run_sync(lambda: ds.service.jobs.list_for_key(key.key_id, limit=limit,
-                                                                               before=before))
+    jobs = await ds.offload(ds.service.jobs.list_for_key, key.key_id, limit=limit, before=before)
     data = [await _render(ds, request, job) for job in jobs]
     return {"data": data, "next_before": jobs[-1].id if len(jobs) == limit else None}
 
@@ -83,7 +81,7 @@ async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
 async def job_preview(request: Request, job_id: str) -> Response:
     ds, key = await _key(request)
     job = await _job(ds, key, job_id)
-    data = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id) if ds.service.progress else None
+    data = await ds.offload(ds.service.progress.preview, job.id) if ds.service.progress else None
     if not data:
         raise NotFound(f"No preview for job {job.id}")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
@@ -104,14 +102,14 @@ async def job_events(request: Request, job_id: str, previews: bool = False) -> S
         try:
             with watch.follow(job.id) as follower:
                 while True:
-                    current = await anyio.to_thread.run_sync(ds.service.jobs.get, job.id)
+                    current = await ds.offload(ds.service.jobs.get, job.id)
                     body = await _render(ds, request, current)
                     state = (body["status"], body["progress"]["step"])
                     if state != last:
                         last = state
                         yield sse(body["status"], body)
                     if previews and body["status"] == "running" and ds.service.progress is not None:
-                        data = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id)
+                        data = await ds.offload(ds.service.progress.preview, job.id)
                         if data and data != last_preview:
                             last_preview = data
                             yield sse("preview", {"id": job.id, "step": body["progress"]["step"],
@@ -130,7 +128,7 @@ async def job_events(request: Request, job_id: str, previews: bool = False) -> S
 @router.get("/v1/models", summary="The model registry (OpenAI's list shape, plus family and limits)")
 async def list_models(request: Request) -> dict[str, Any]:
     ds, _key_ = await _key(request)
-    models = await anyio.to_thread.run_sync(ds.registry.items)
+    models = await ds.offload(ds.registry.items)
     return {"object": "list", "data": [
         {"id": model_id, "object": "model", "created": 0, "owned_by": "diffserve", "family": entry.family,
          "description": entry.description, "builtin": bool(entry.builtin), "limits": entry.limits.model_dump(),

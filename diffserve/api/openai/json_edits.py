@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 
 from diffserve.api.openai.protocol import mask_from_alpha
 from diffserve.api.state import AppState
@@ -62,8 +61,8 @@ async def mask_png(ds: AppState, key: ApiKey, ref: Any) -> str:
     on the key's fetch slot under the network policy; decoding runs off the event loop."""
     url, field, images = reference_url(ref, "mask"), "mask.image_url", ds.settings.images
     if url[:5].lower() == "data:":
-        data = await anyio.to_thread.run_sync(lambda: decode_base64(url, field=field, limits=images))
+        data = await ds.offload(lambda: decode_base64(url, field=field, limits=images))
     else:
         data = await ds.service.fetches.run(key.key_id, lambda: fetch_image_bytes(
             url, field=field, limits=images, allow_private=ds.settings.allow_private_urls, client=ds.service.http))
-    return await anyio.to_thread.run_sync(mask_from_alpha, data, images)
+    return await ds.offload(mask_from_alpha, data, images)

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import UploadFile
@@ -41,7 +40,7 @@ KEEPALIVE_S = 15.0  # a comment line this often on a stream whose job does not c
 
 async def _key(request: Request):
     ds = app_state(request)
-    return ds, await authenticate(ds.keys, bearer_token(request))
+    return ds, await authenticate(ds.keys, bearer_token(request), ds.offload)
 
 
 B64_PIECE = 3 * 256 * 1024  # a multiple of 3: the pieces' base64 joins into the whole's
@@ -110,13 +109,13 @@ async def edits(request: Request) -> Any:
     if len(files) > 16:
         raise InvalidInput("at most 16 images", field="image")
     options = Options(ds, fields, edit=True, form=True)
-    images = [await anyio.to_thread.run_sync(_b64, await f.read()) for f in files]
+    images = [await ds.offload(_b64, await f.read()) for f in files]
     mask = form.get("mask")
     extra: dict[str, Any] = {"init_image": images[0], "init_image_field": "image", "extra_images": images[1:],
                              "extra_images_field": "image",
                              "strength": options.default_strength}
     if isinstance(mask, UploadFile):
-        mask_image = await anyio.to_thread.run_sync(mask_from_alpha, await mask.read(), ds.settings.images)
+        mask_image = await ds.offload(mask_from_alpha, await mask.read(), ds.settings.images)
         extra.update(mode="inpaint", mask_image=mask_image, mask_field="mask", strength=1.0)
     return await _answer(ds, request, key, options, options.draft(**extra))
 
@@ -168,14 +167,14 @@ async def _images(ds: AppState, request: Request, job: Job, options: Options) ->
     ext = {"jpeg": "jpg"}.get(options.output_format, options.output_format)
     out = []
     for key in job.outputs:
-        data = await anyio.to_thread.run_sync(storage.get, key)
-        data = await anyio.to_thread.run_sync(encode, data, options.output_format, options.compression)
+        data = await ds.offload(storage.get, key)
+        data = await ds.offload(encode, data, options.output_format, options.compression)
         if options.response_format == "b64_json":
             out.append({"b64_json": base64.b64encode(data).decode(), "revised_prompt": job.request.prompt})
             continue
         if options.output_format != "png":  # the stored PNG, converted once, beside it
             key = f"{key.rsplit('.', 1)[0]}.{ext}"
-            await anyio.to_thread.run_sync(storage.put, key, data)
+            await ds.offload(storage.put, key, data)
         out.append({"url": storage.url(key, base_url), "revised_prompt": job.request.prompt})
     return out
 
@@ -213,15 +212,14 @@ async def _stream(ds: AppState, request: Request, job: Job, options: Options):
     sent, last = 0, None
     with ds.service.watch.follow(job.id) as follower:
         while True:
-            job = await anyio.to_thread.run_sync(ds.service.jobs.get, job.id)
+            job = await ds.offload(ds.service.jobs.get, job.id)
             if job.status.is_terminal():
                 break
             if sent < options.partial_images and ds.service.progress is not None:
-                preview = await anyio.to_thread.run_sync(ds.service.progress.preview, job.id)
+                preview = await ds.offload(ds.service.progress.preview, job.id)
                 if preview and preview != last:
                     last = preview
-                    data = await anyio.to_thread.run_sync(encode, preview, options.output_format,
-                                                          options.compression)
+                    data = await ds.offload(encode, preview, options.output_format, options.compression)
                     yield sse(f"{options.kind}.partial_image", {
                         "type": f"{options.kind}.partial_image", "b64_json": base64.b64encode(data).decode(),
                         "partial_image_index": sent, **_common(job, options), "created_at": int(time.time())})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -36,7 +35,7 @@ router = APIRouter(route_class=QolabaRoute, tags=["Qolaba"])
 @router.post("/getImagetoImage", openapi_extra=json_body_doc(QolabaImg2ImgRequest), summary="Image to image (Qolaba)")
 async def get_image_to_image(request: Request) -> JSONResponse:
     ds = app_state(request)
-    key = await authenticate(ds.keys, bearer_token(request))
+    key = await authenticate(ds.keys, bearer_token(request), ds.offload)
     req = parse_model(QolabaImg2ImgRequest, await read_json_object(request))
     request.state.qolaba = {"app_id": req.app_id or "", "input": req.echo()}
     app = resolve_app(req.required_app_id(), ds.settings.dialects.qolaba_apps)
@@ -66,7 +65,7 @@ router.add_api_route("/getImageToImage", get_image_to_image, methods=["POST"],
 @router.post("/getImage", openapi_extra=json_body_doc(GetImageRequest), summary="Task status (Qolaba)")
 async def get_image(request: Request) -> JSONResponse:
     ds = app_state(request)
-    key = await authenticate(ds.keys, bearer_token(request))
+    key = await authenticate(ds.keys, bearer_token(request), ds.offload)
     req = parse_model(GetImageRequest, await read_json_object(request))
     if not req.id or not req.id.strip():
         raise InvalidInput("id is required", field="id")
@@ -81,7 +80,7 @@ async def get_image(request: Request) -> JSONResponse:
 
 
 async def _answer(ds: AppState, request: Request, job: Job, status_for_failure: int = 500) -> JSONResponse:
-    body = await anyio.to_thread.run_sync(render_job, job, ds.service.storage, ds.base_url(request))
+    body = await ds.offload(render_job, job, ds.service.storage, ds.base_url(request))
     if not job.status.is_terminal():  # PENDING: how far it is (diffserve's own fields beside the envelope's)
         live = await ds.service.live_state(job)
         body["progress"], body["eta"] = {"step": live.step, "total": live.total}, live.eta
@@ -91,7 +90,7 @@ async def _answer(ds: AppState, request: Request, job: Job, status_for_failure: 
 
 async def _labels(ds: AppState) -> set[str]:
     """GPU classes this server has: its configured local workers' and any live worker's."""
-    live = await anyio.to_thread.run_sync(ds.workers.live)
+    live = await ds.offload(ds.workers.live)
     return configured_labels(ds.settings) | {label for w in live for label in w.labels}
 
 
