@@ -24,21 +24,21 @@ from PIL import Image
 from diffserve.core.batching import batch_key
 from diffserve.core.errors import Cancelled, InvalidInput
 from diffserve.core.request import GenerationRequest
-from diffserve.engine.generate import TINY_BUILDERS, Engine
+from diffserve.engine.generate import Engine
 from diffserve.engine.models.registry import ModelRegistry
 
+from .family_models import BATCHED_FAMILIES, build_tiny, tiny_ids
 from .servers import DiffserveServer, png_bytes
 
 TOLERANCE = 1  # per pixel channel, out of 255
-FAMILY_MODELS = ("tiny-sd", "tiny-sdxl", "tiny-flux")
+FAMILY_MODELS = tiny_ids(*BATCHED_FAMILIES)  # the tiny model of each family with a batched loop
 # and demo-sd, the default model: an SD UNet with a guidance input (run without CFG, timestep_cond per row)
 BATCHED_MODELS = (*FAMILY_MODELS, "demo-sd")
 
 
 @pytest.fixture(scope="module")
 def engine(models_root: Path, one_torch_thread) -> Engine:
-    for model_id in FAMILY_MODELS:
-        TINY_BUILDERS[model_id](models_root / model_id)
+    build_tiny(models_root, *FAMILY_MODELS)
     return Engine(ModelRegistry.load(models_root / "no-models.json", models_root), safety_checker="tiny",
                   models_dir=models_root, max_models=len(BATCHED_MODELS), dtype="fp32")  # auto: bf16 on some CPUs
 
@@ -177,9 +177,10 @@ def test_what_may_share_a_tick():
 def test_families_without_a_batched_loop_run_alone(engine):
     assert engine.open_batch(request("tiny-sd", strength=0.01)) is None  # no step: a key of None
     from diffserve.engine.families import batch_loop
+    from diffserve.engine.models.specs import FAMILIES
 
-    assert [name for name in ("sd", "sdxl", "flux", "flux-kontext", "flux-redux", "flux-canny", "flux-depth",
-                              "flux-pulid", "hidream") if batch_loop(name) is not None] == ["sd", "sdxl", "flux"]
+    assert [spec.name for spec in FAMILIES if batch_loop(spec.name) is not None] == ["sd", "sdxl", "flux"]
+    assert FAMILY_MODELS == ("tiny-sd", "tiny-sdxl", "tiny-flux")
 
 
 def test_claim_batch_rules(tmp_path):

@@ -22,9 +22,11 @@ from diffserve.engine.models.cache import (
     reachable_modules,
     weights_bytes,
 )
-from diffserve.engine.generate import TINY_BUILDERS, Engine
+from diffserve.engine.generate import Engine
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.workers.worker import model_cache_budget
+
+from .family_models import build_tiny, tiny_ids
 
 MB = 1_000_000
 
@@ -141,13 +143,12 @@ def test_budget_setting_and_device_default(monkeypatch):
 # The engine's cache on tiny models
 # --------------------------------------------------------------------------------------------
 
-TINY = ("tiny-flux-canny", "tiny-flux-depth", "tiny-hidream")
+TINY = tiny_ids("flux-canny", "flux-depth", "hidream")
 
 
 @pytest.fixture(scope="module")
 def tiny_registry(models_root: Path) -> ModelRegistry:
-    for model_id in TINY:
-        TINY_BUILDERS[model_id](models_root / model_id)
+    build_tiny(models_root, *TINY)
     return ModelRegistry.load(models_root / "no-models.json", models_root)
 
 

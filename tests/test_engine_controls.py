@@ -21,6 +21,7 @@ from diffserve.core.request import SCHEDULERS as VENDOR_SCHEDULERS
 from diffserve.engine.controls import prompts
 from diffserve.engine.models.capabilities import ALGORITHM_TYPES as ENGINE_ALGORITHMS
 from diffserve.engine.models.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS
+from diffserve.engine.models.specs import FAMILIES
 from diffserve.engine.generate import Engine
 from diffserve.engine.models.registry import ModelEntry, ModelRegistry
 from diffserve.engine.request_rules import model_scheduler_name, resolve_controls
@@ -203,11 +204,13 @@ def test_submit_records_the_scheduler_used_and_resolves_the_flags(engine, regist
     assert png(engine, scheduler=plain.scheduler) == png(engine, scheduler=None)
 
 
-def test_families_without_these_controls_refuse_or_resolve_them(tmp_path):
+@pytest.mark.parametrize("spec", [spec for spec in FAMILIES if not spec.controls.schedulers], ids=lambda s: s.name)
+def test_families_without_these_controls_refuse_or_resolve_them(tmp_path, spec):
+    assert spec.controls.clip_skip_offset is None and not spec.controls.tomesd  # the families' specs say so
     (tmp_path / "scheduler").mkdir()
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(
         json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"}))
-    flux = ModelEntry(kind="folder", location=str(tmp_path), family="flux")
+    flux = ModelEntry(kind="folder", location=str(tmp_path), family=spec.name)
     resolved = resolve_controls(draft(model_id="f", tomesd=True, use_karras_sigmas=True), flux)
     assert (resolved.scheduler, resolved.tomesd, resolved.use_karras_sigmas) == (
         "FlowMatchEulerDiscreteScheduler", False, False)

@@ -17,25 +17,25 @@ from PIL import Image
 
 from diffserve.core.errors import InvalidInput
 from diffserve.core.request import GenerationRequest
-from diffserve.engine.families import family
+from diffserve.engine.families import batch_loop, family
 from diffserve.engine.families.flux_kontext import stitch_references
-from diffserve.engine.generate import TINY_BUILDERS, Engine
+from diffserve.engine.generate import Engine
 from diffserve.engine.models.loading import ModelSource
 from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.models.specs import FAMILIES, family_spec
 from diffserve.engine.tiny.flux import FLUX_REQUIRED_FILES, build_t5_tokenizer
 
+from .family_models import build_tiny, tiny_ids, tiny_spec
 from .servers import png_bytes
 from .test_modelslab_v6 import IMG2IMG, download
 
-FAMILY_MODELS = ("tiny-sdxl", "tiny-flux", "tiny-flux-kontext", "tiny-flux-redux")
+FAMILY_MODELS = tiny_ids("sdxl", "flux", "flux-kontext", "flux-redux")
 FLUX_MODELS = FAMILY_MODELS[1:]
 
 
 @pytest.fixture(scope="session")
 def family_models(models_root: Path) -> Path:
-    for model_id in FAMILY_MODELS:
-        TINY_BUILDERS[model_id](models_root / model_id)
-    return models_root
+    return build_tiny(models_root, *FAMILY_MODELS)
 
 
 @pytest.fixture(scope="module")
@@ -184,14 +184,14 @@ def test_builds_are_deterministic_and_complete(family_models):
     for model_id in FAMILY_MODELS:
         size = sum(p.stat().st_size for p in (family_models / model_id).rglob("*") if p.is_file())
         assert size < 40 * 2**20, (model_id, size)
-        assert TINY_BUILDERS[model_id](family_models / model_id) == family_models / model_id  # already built
+        assert tiny_spec(model_id).tiny.build(family_models / model_id) == family_models / model_id  # already built
 
 
 def test_a_half_built_folder_is_reported_not_overwritten(tmp_path):
     (tmp_path / "tiny-flux").mkdir()
     (tmp_path / "tiny-flux" / "model_index.json").write_text("{}")
     with pytest.raises(FileExistsError, match="not a complete tiny-flux folder"):
-        TINY_BUILDERS["tiny-flux"](tmp_path / "tiny-flux")
+        family_spec("flux").tiny.build(tmp_path / "tiny-flux")
 
 
 def test_t5_tokenizer_covers_ordinary_prompts():
@@ -211,6 +211,31 @@ def test_registry_entries_and_limits(family_models):
         assert entry.limits.max_guidance == 30
         assert entry.limits.size_multiple == (8 if fam == "sdxl" else 16)
     assert registry.get("tiny-flux-redux").limits.default_strength == 1.0
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=lambda spec: spec.name)
+def test_each_family_spec_names_its_parts_and_the_registry_offers_its_tiny_model(spec, tmp_path):
+    """A family is its spec: the pipeline class (load, run), the batched loop and the tiny builder it names
+    resolve, and its tiny model (and vendor ids on it) are built-in entries of that family with its limits."""
+    pipeline = family(spec.name)
+    assert callable(pipeline.load) and callable(pipeline.run) and pipeline.name == spec.name
+    loop = batch_loop(spec.name)
+    assert (loop is None) == (spec.batch_loop is None)
+    if loop is not None:
+        assert all(callable(getattr(loop, part)) for part in ("start", "forward", "finish"))
+    registry = ModelRegistry.load(tmp_path / "no-models.json", tmp_path)
+    for model_id, limits in ((spec.tiny.model_id, spec.tiny.limits),
+                             *((vendor.model_id, vendor.limits) for vendor in spec.vendor_models)):
+        entry = registry.get(model_id)
+        assert (entry.family, entry.builtin, entry.limits) == (spec.name, spec.tiny.model_id, limits)
+        assert entry.location == str(tmp_path / spec.tiny.model_id)
+
+
+def test_a_family_no_spec_names_is_refused_naming_the_known_ones():
+    known = ", ".join(spec.name for spec in FAMILIES)
+    for lookup in (family, batch_loop, family_spec):
+        with pytest.raises(ValueError, match=f"unknown family 'sd3'; known: {known}$"):
+            lookup("sd3")
 
 
 def test_a_model_of_another_family_is_refused_naming_model_id(family_models):

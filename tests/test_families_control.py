@@ -23,22 +23,21 @@ from diffserve.engine.families import family
 from diffserve.engine.families.base import RunInputs
 from diffserve.engine.families.flux_control import CONTROL_IMAGE, control_image_control
 from diffserve.engine.families.hidream import scheduler_starting_at, steps_skipped
-from diffserve.engine.generate import TINY_BUILDERS, Engine
+from diffserve.engine.generate import Engine
 from diffserve.engine.models.registry import ModelEntry, ModelRegistry
 from diffserve.engine.tiny.flux_control import DEPTH_TINY_LIMITS
 from diffserve.engine.tiny.hidream import flow_unipc_scheduler
 
+from .family_models import build_tiny, tiny_ids
 from .servers import png_bytes
 from .test_modelslab_v6 import IMG2IMG, download
 
-CONTROL_MODELS = ("tiny-flux-canny", "tiny-flux-depth", "tiny-hidream")
+CONTROL_MODELS = tiny_ids("flux-canny", "flux-depth", "hidream")
 
 
 @pytest.fixture(scope="session")
 def control_models(models_root: Path) -> Path:
-    for model_id in CONTROL_MODELS:
-        TINY_BUILDERS[model_id](models_root / model_id)
-    return models_root
+    return build_tiny(models_root, *CONTROL_MODELS)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from diffserve.engine.models.precision import resolve_dtype
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.workers.placement import gpu_indices, worker_count, worker_device
 
+from .family_models import build_tiny
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -44,9 +46,8 @@ def registry(models_root, tmp_path_factory):
     channels_last), all from the same built folder."""
     base = ModelRegistry.load(tmp_path_factory.mktemp("reg") / "none.json", models_root)
     base.get("tiny-sd")
-    from diffserve.engine.generate import TINY_BUILDERS
 
-    folder = TINY_BUILDERS["tiny-sd"](models_root / "tiny-sd")
+    folder = build_tiny(models_root, "tiny-sd") / "tiny-sd"
     models = tmp_path_factory.mktemp("gpu") / "models.json"
     models.write_text(json.dumps({"models": {
         "tiny-sd-bf16": {"kind": "folder", "location": str(folder), "dtype": "bf16"},

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,22 +36,25 @@ from diffserve.engine.families.base import RunInputs
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.engine.controls.safety import SHARED_KEY, SafetyCheckers
 from diffserve.engine.demo.build import build_demo_sd
-from diffserve.engine.tiny.sd import build_tiny_sd
-from diffserve.engine.tiny.flux import build_tiny_flux, build_tiny_flux_kontext, build_tiny_flux_redux
-from diffserve.engine.tiny.flux_control import build_tiny_flux_canny, build_tiny_flux_depth
-from diffserve.engine.tiny.flux_pulid import build_tiny_flux_pulid
-from diffserve.engine.tiny.hidream import build_tiny_hidream
-from diffserve.engine.tiny.sdxl import build_tiny_sdxl
+from diffserve.engine.models.specs import FAMILIES, tiny_build
 
 log = logging.getLogger(__name__)
 
-TINY_BUILDERS = {"tiny-sd": build_tiny_sd}
-TINY_BUILDERS.update({"tiny-sdxl": build_tiny_sdxl, "tiny-flux": build_tiny_flux,
-                      "tiny-flux-kontext": build_tiny_flux_kontext, "tiny-flux-redux": build_tiny_flux_redux})
-TINY_BUILDERS.update({"tiny-flux-canny": build_tiny_flux_canny, "tiny-flux-depth": build_tiny_flux_depth,
-                      "tiny-hidream": build_tiny_hidream})
-TINY_BUILDERS["tiny-flux-pulid"] = build_tiny_flux_pulid
-TINY_BUILDERS["demo-sd"] = build_demo_sd  # not tiny nor random: the trained demo model, from the package
+
+def build_builtin(name: str, dest: Path) -> Path:
+    """Build the built-in model `name` (a family spec's tiny build, or demo-sd) into `dest`; returns at once
+    when it is already there. KeyError for a name no spec builds."""
+    if name == "demo-sd":
+        return build_demo_sd(dest)  # not tiny nor random: the trained demo model, from the package
+    tiny = tiny_build(name)
+    if tiny is None:
+        raise KeyError(name)
+    return tiny.build(dest)
+
+
+# model id -> builder(dest) of every built-in model, from the family specs (bench/ builds one by its id)
+TINY_BUILDERS: dict[str, Callable[[Path], Path]] = {
+    **{spec.tiny.model_id: spec.tiny.build for spec in FAMILIES if spec.tiny}, "demo-sd": build_demo_sd}
 
 
 # The VAE decoder's full-resolution peak, per output pixel and sample, in float32 (128 channels, about
@@ -138,7 +141,7 @@ class Engine:
     def _load(self, model_id: str) -> _Loaded:
         entry = self._registry.get(model_id)
         if entry.builtin:
-            TINY_BUILDERS[entry.builtin](Path(entry.location))  # returns at once when already built
+            build_builtin(entry.builtin, Path(entry.location))  # returns at once when already built
         dtype = self.dtype_for(model_id)
         log.info("loading model %s (%s %s %s) on %s in %s", model_id, entry.family, entry.kind, entry.location,
                  self._device, dtype)

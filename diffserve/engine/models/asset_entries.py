@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from diffserve.engine.models.capabilities import check_family
+from diffserve.engine.models.specs import check_family
 
 AssetKind = Literal["loras", "embeddings", "vaes", "ip_adapters"]
 ASSET_KINDS: tuple[AssetKind, ...] = ("loras", "embeddings", "vaes", "ip_adapters")

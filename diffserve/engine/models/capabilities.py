@@ -1,4 +1,5 @@
-"""What the engine can apply, as plain data (no torch or diffusers import).
+"""What the engine can apply, as plain data (no torch or diffusers import): the schedulers, and each
+family's controls (read from its spec, engine/models/specs/).
 
 The API process checks requests against these tables at submit time (a request the engine cannot
 honour is answered 400 and never queued); the worker's controls read the same tables to act.
@@ -23,20 +24,9 @@ diffusers' own names `dpmsolver++` and `sde-dpmsolver++` are accepted too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
-# Every model family the engine knows (engine/families/ has one module each).
-FamilyName = Literal["sd", "sdxl", "flux", "flux-kontext", "flux-redux", "flux-canny", "flux-depth", "flux-pulid",
-                     "hidream"]
-
-
-def check_family(name: str) -> str:
-    """`name` if it is a model family the engine knows (used to validate entries)."""
-    known = get_args(FamilyName)
-    if name not in known:
-        raise ValueError(f"unknown family {name!r}; known: {', '.join(known)}")
-    return name
-
+from diffserve.engine.models.specs import FamilyControls, family_spec
 
 @dataclass(frozen=True)
 class SchedulerSpec:
@@ -92,34 +82,6 @@ ALGORITHM_TYPES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class FamilyControls:
-    """Which of the Stable Diffusion controls a model family takes."""
-
-    schedulers: bool = False  # the v6 scheduler vocabulary applies (UNet + discrete-time schedulers)
-    # diffusers reads the text encoder's hidden_states[-(clip_skip + offset)]; None: no clip_skip.
-    clip_skip_offset: int | None = None
-    tomesd: bool = False  # the UNet has diffusers BasicTransformerBlocks that token merging can patch
-    tiling: bool = False  # a UNet and a VAE of Conv2d layers whose padding can wrap around (seamless tiles)
-    reference_images: bool = False  # extra images (Qolaba file_urls) beside the init image are used
-    needs_face: bool = False  # the init image must show a face (PuLID takes the identity from it)
-    # other tasks from the same loaded weights (diffusers from_pipe, engine/families/base.py call_in_mode)
-    txt2img: bool = False
-    inpaint: bool = False
-
-
-# Families not listed take none of these controls (their requests with them are refused or,
-# for flags whose vendor default is "yes", resolved to "not applied" and shown so in meta).
-FAMILY_CONTROLS: dict[str, FamilyControls] = {
-    "sd": FamilyControls(schedulers=True, clip_skip_offset=1, tomesd=True, tiling=True, txt2img=True, inpaint=True),
-    "sdxl": FamilyControls(schedulers=True, clip_skip_offset=2, tomesd=True, tiling=True, txt2img=True,
-                           inpaint=True),
-    "flux": FamilyControls(txt2img=True, inpaint=True),
-    "flux-kontext": FamilyControls(reference_images=True),  # stitched beside the init image
-    "flux-redux": FamilyControls(reference_images=True),  # each one goes through the Redux prior
-    "flux-pulid": FamilyControls(needs_face=True),
-}
-
-
 def family_controls(family: str) -> FamilyControls:
-    return FAMILY_CONTROLS.get(family, FamilyControls())
+    """Which controls the family takes (its spec, engine/models/specs/)."""
+    return family_spec(family).controls

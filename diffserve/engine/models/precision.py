@@ -4,8 +4,8 @@
 
 * `auto` (default): on the CPU bfloat16 where it computes bfloat16 natively (x86: the AVX512_BF16 or AMX_BF16
   flags; aarch64: BF16), else float32 (torch runs bfloat16 on any CPU, but emulated it is slower than float32);
-  on CUDA bfloat16 where the GPU supports it (Ampere and newer), else float16 -- and Flux / HiDream always
-  bfloat16 (they were trained in it; float16 overflows them);
+  on CUDA bfloat16 where the GPU supports it (Ampere and newer), else float16 -- and the families whose spec
+  says `bf16` (Flux, HiDream: trained in it; float16 overflows them) always bfloat16;
 * `fp32`, `fp16`, `bf16`: that type, whatever the device.
 
 The VAE follows the model's type, as diffusers loads it. SDXL's original VAE overflows in float16;
@@ -24,10 +24,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from diffserve.engine.models.specs import family_spec
+
 DtypeSetting = Literal["auto", "fp32", "fp16", "bf16"]
 DtypeName = Literal["fp32", "fp16", "bf16"]
 TORCH_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-BF16_FAMILIES = {"flux", "flux-kontext", "flux-redux", "flux-canny", "flux-depth", "flux-pulid", "hidream"}
 X86_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo "flags" of x86 CPUs with bfloat16 instructions
 
 
@@ -69,7 +70,7 @@ def resolve_dtype(setting: str, family: str, device: str, *, cpu_bf16: bool | No
         return "bf16" if cpu_bf16 else "fp32"
     if not device.startswith("cuda"):
         return "fp32"
-    if family in BF16_FAMILIES:
+    if family_spec(family).bf16:
         return "bf16"
     import torch
 

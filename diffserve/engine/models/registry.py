@@ -29,9 +29,9 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffserve.core.errors import InvalidInput, ModelNotFound
 from diffserve.core.request import ModelLimits
@@ -46,7 +46,6 @@ from diffserve.engine.models.asset_entries import (
     VaeEntry,
     builtin_ip_adapters,
 )
-from diffserve.engine.models.capabilities import FamilyName
 from diffserve.engine.models.precision import DtypeSetting
 from diffserve.engine.models.sources import ModelSource
 from diffserve.engine.models.registry_file import (
@@ -60,18 +59,14 @@ from diffserve.engine.models.registry_file import (
 )
 from diffserve.engine.demo import (DEMO_SD_DESCRIPTION, DEMO_SD_FOLDER, DEMO_SD_LIMITS, WEIGHTS, preview_rgb,
                                    weights_present)
-from diffserve.engine.tiny.flux import FLUX_REDUX_TINY_LIMITS, FLUX_TINY_LIMITS
-from diffserve.engine.tiny.flux_control import CANNY_TINY_LIMITS, DEPTH_TINY_LIMITS
-from diffserve.engine.tiny.flux_pulid import FLUX_PULID_TINY_LIMITS
-from diffserve.engine.tiny.hidream import HIDREAM_LIMITS, HIDREAM_TINY_LIMITS
-from diffserve.engine.tiny.sdxl import SDXL_TINY_LIMITS
+from diffserve.engine.models.specs import FAMILIES, check_family, family_spec
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ModelEntry", "ModelRegistry", "ModelsFileError", "RegistryDoc", "builtin_models", "read_models_file"]
 
-# Limits of the built-in tiny models: small sizes so tests and a laptop run them in well under a second.
-TINY_LIMITS = ModelLimits(min_size=32, max_size=512)
+# A models file's `family`: one of the family specs' names (engine/models/specs/)
+FamilyName = Annotated[str, AfterValidator(check_family)]
 
 
 class ModelEntry(BaseModel):
@@ -110,8 +105,10 @@ class ModelEntry(BaseModel):
             raise ValueError("config applies to single_file sources only")
         if self.revision is not None and self.kind != "hub":
             raise ValueError("revision applies to hub sources only")
-        if self.depth_model is not None and self.family != "flux-depth":
-            raise ValueError("depth_model applies to flux-depth models only")
+        for name in ("depth_model",):
+            if getattr(self, name) is not None and name not in family_spec(self.family).entry_fields:
+                takers = ", ".join(spec.name for spec in FAMILIES if name in spec.entry_fields)
+                raise ValueError(f"{name} applies to {takers} models only")
         return self
 
     def source(self) -> ModelSource:
@@ -380,45 +377,16 @@ def builtin_models(models_dir: Path, demo_weights: Path = WEIGHTS) -> dict[str, 
             builtin="demo-sd", description=DEMO_SD_DESCRIPTION, preview_rgb=preview_rgb(demo_weights),
         ),
     } if weights_present(demo_weights) else {}
-    return {
-        **demo,
-        "tiny-sd": ModelEntry(
-            kind="folder",
-            location=str(models_dir / "tiny-sd"),
-            family="sd",
-            limits=TINY_LIMITS,
-            builtin="tiny-sd",
-            description="Tiny Stable Diffusion built offline with random weights: its images are noise.",
-        ),
-        **{
-            model_id: ModelEntry(
-                kind="folder", location=str(models_dir / model_id), family=fam, limits=limits, builtin=model_id,
-                description=f"Tiny {what} built offline with random weights: its images are noise.",
-            )
-            for model_id, fam, limits, what in (
-                ("tiny-sdxl", "sdxl", SDXL_TINY_LIMITS, "Stable Diffusion XL img2img"),
-                ("tiny-flux", "flux", FLUX_TINY_LIMITS, "FLUX.1-dev img2img"),
-                ("tiny-flux-kontext", "flux-kontext", FLUX_TINY_LIMITS, "FLUX.1 Kontext image editing"),
-                ("tiny-flux-redux", "flux-redux", FLUX_REDUX_TINY_LIMITS, "FLUX.1 Redux image variation"),
-                ("tiny-flux-canny", "flux-canny", CANNY_TINY_LIMITS, "FLUX.1 Canny (edges of the init image)"),
-                ("tiny-flux-depth", "flux-depth", DEPTH_TINY_LIMITS, "FLUX.1 Depth (depth of the init image)"),
-                ("tiny-flux-pulid", "flux-pulid", FLUX_PULID_TINY_LIMITS, "FLUX.1 PuLID (identity from the face)"),
-                ("tiny-hidream", "hidream", HIDREAM_TINY_LIMITS, "HiDream-I1 img2img"),
-            )
-        },
-        "hidream-o1": hidream_o1(models_dir),
+    # each family's tiny build (made on first use under models_dir), and the vendor ids served on it
+    tiny = {
+        model_id: ModelEntry(kind="folder", location=str(models_dir / spec.tiny.model_id), family=spec.name,
+                             limits=limits, builtin=spec.tiny.model_id, description=description)
+        for spec in FAMILIES if spec.tiny is not None
+        for model_id, limits, description in (
+            (spec.tiny.model_id, spec.tiny.limits, spec.tiny.description),
+            *((vendor.model_id, vendor.limits, vendor.description) for vendor in spec.vendor_models))
     }
-
-
-def hidream_o1(models_dir: Path) -> ModelEntry:
-    """ModelsLab's `hidream-o1` (v6 img2img): a HiDream model with that page's limits (sides 1024-2048,
-    divisible by 8, default 2048; steps 20-50, default 30; guidance 1-20). Offline it runs the tiny
-    HiDream build, at those sizes; a `hidream-o1` entry in the models file points it at real weights."""
-    return ModelEntry(
-        kind="folder", location=str(models_dir / "tiny-hidream"), family="hidream", builtin="tiny-hidream",
-        limits=HIDREAM_LIMITS.model_copy(update={"default_width": 2048, "default_height": 2048}),
-        description="HiDream O1 (ModelsLab id) on the tiny HiDream build with random weights: its images are noise.",
-    )
+    return {**demo, **tiny}
 
 
 def builtin_doc(models_dir: Path) -> RegistryDoc:
