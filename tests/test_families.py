@@ -231,6 +231,32 @@ def test_each_family_spec_names_its_parts_and_the_registry_offers_its_tiny_model
         assert entry.location == str(tmp_path / spec.tiny.model_id)
 
 
+# Where the engine may still spell a family's name outside the family's spec and the modules the spec names:
+# the default family of a models file entry, the vendor IP-Adapters' families, Redux's base model folder.
+NAMED_ELSEWHERE = {("sd", "generate.py"), ("sd", "models/registry.py"), ("sd", "models/asset_entries.py"),
+                   ("sdxl", "models/asset_entries.py"), ("flux", "families/flux_redux.py")}
+
+
+def test_no_engine_module_special_cases_a_family_outside_its_spec():
+    """Adding a family is its spec and one line in the list: no other engine module has a table or an `if`
+    naming one (every string constant of diffserve/engine/ equal to a family's name is looked at)."""
+    import ast
+
+    engine_dir = Path(__file__).resolve().parent.parent / "diffserve" / "engine"
+    found = set()
+    for spec in FAMILIES:
+        own = {part.split(":")[0] for part in (spec.pipeline, spec.batch_loop, spec.tiny.builder) if part}
+        for path in engine_dir.rglob("*.py"):
+            relative = path.relative_to(engine_dir)
+            module = ".".join(("diffserve", "engine", *relative.with_suffix("").parts))
+            if module in own or module.startswith("diffserve.engine.models.specs"):
+                continue
+            if any(isinstance(node, ast.Constant) and node.value == spec.name
+                   for node in ast.walk(ast.parse(path.read_text()))):
+                found.add((spec.name, str(relative)))
+    assert found == NAMED_ELSEWHERE
+
+
 def test_a_family_no_spec_names_is_refused_naming_the_known_ones():
     known = ", ".join(spec.name for spec in FAMILIES)
     for lookup in (family, batch_loop, family_spec):
