@@ -58,7 +58,7 @@ def test_errors_are_in_the_native_shape(jobs, jobs_server, key):
     assert r.status_code == 401 and r.json() == {"error": {"message": "API key required", "code": "unauthorized"}}
     r = jobs.http.post("/v1/jobs", json={"prompt": "x", "init_image": data_uri(), "strength": 3})
     assert r.status_code == 400
-    assert r.json()["error"] == {"message": "strength must be between 0 and 1", "code": "invalid_input",
+    assert r.json()["error"] == {"message": "strength must be between 0 and 1 but is 3", "code": "invalid_input",
                                  "field": "strength"}
     r = jobs.http.post("/v1/jobs", json={"prompt": "x", "init_image": data_uri(), "strenght": 0.5})
     assert r.status_code == 400 and r.json()["error"]["field"] == "strenght"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from diffserve.service.admission import QueueCaps
+from diffserve.service.submit import job_base_url
 from diffserve.config import Settings
 from diffserve.core.job import Job
 from diffserve.core.offload import Offload
@@ -61,10 +62,9 @@ def build_delivery(settings: Settings, db: Engine, jobs: JobStore, storage: Conf
                    renderers: PayloadRenderers | None = None, metrics: Metrics | None = None,
                    offload: Offload | None = None) -> DeliveryServices:
     renderers = renderers or build_payload_renderers()
-    base_url = settings.base_url
 
-    def render(job: Job) -> dict:
-        return renderers.render(job, storage, base_url)
+    def render(job: Job) -> dict:  # the links of the job's own answers (one base-URL rule: job_base_url)
+        return renderers.render(job, storage, job_base_url(job, settings.base_url))
 
     deliveries = DeliveryStore(db)
     dispatcher = WebhookDispatcher(settings.webhooks, deliveries, jobs, render,

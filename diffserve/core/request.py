@@ -1,8 +1,8 @@
 """The canonical generation request: the one engine-facing type every dialect converts into.
 
-Dialects parse their vendor's loose fields, then build a GenerationRequest and call
-`check_against(limits)`, which quotes the bad value in the vendor's wording. Nothing in here
-knows which vendor asked.
+Dialects parse their vendor's loose fields into a RequestDraft; service/validation.py's `validate` checks it
+in one stated order (the range checks here quote the bad value in the vendor's wording) and resolves it into a
+GenerationRequest. Nothing in here knows which vendor asked.
 """
 
 from __future__ import annotations
@@ -96,17 +96,25 @@ class GenerationRequest(RequestOptions):
 
 
 def check_range(field: str, value: float | int | None, lo: float, hi: float) -> None:
-    """Vendor wording: 'samples must be between 1 and 4'."""
+    """The vendor's wording, then the value sent (as diffusers' check_inputs quotes it):
+    'samples must be between 1 and 4 but is 5'."""
     if value is not None and not (lo <= value <= hi):
-        raise InvalidInput(f"{field} must be between {_num(lo)} and {_num(hi)}", field=field)
+        raise InvalidInput(f"{field} must be between {_num(lo)} and {_num(hi)} but is {quoted(value)}", field=field)
 
 
 def check_size(field: str, value: int | None, limits: ModelLimits) -> None:
+    """'height must be divisible by 8 but is 1001'."""
     if value is None:
         return
     check_range(field, value, limits.min_size, limits.max_size)
     if value % limits.size_multiple:
-        raise InvalidInput(f"{field} must be divisible by {limits.size_multiple}", field=field)
+        raise InvalidInput(f"{field} must be divisible by {limits.size_multiple} but is {quoted(value)}", field=field)
+
+
+def quoted(value: object, limit: int = 40) -> str:
+    """A client's value in an error message: numbers as written (1.5, 3, 1e+308), text cut at `limit`."""
+    text = _num(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def output_size(
@@ -139,7 +147,9 @@ def output_size(
 
 
 def _num(x: float | int) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+    if isinstance(x, int):
+        return str(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e16 else str(x)
 
 
 class RequestDraft(RequestOptions):

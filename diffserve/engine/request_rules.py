@@ -78,7 +78,7 @@ def _check_clip_skip(clip_skip: int, model_id: str, entry: ModelEntry, offset: i
     layers = [n for name in TEXT_ENCODERS
               if isinstance(n := (component_config(entry, f"{name}/config.json") or {}).get("num_hidden_layers"), int)]
     if layers and clip_skip > (limit := max_clip_skip(min(layers), offset)):
-        raise InvalidInput(f"clip_skip must be between 1 and {limit} for model {model_id}",
+        raise InvalidInput(f"clip_skip must be between 1 and {limit} for model {model_id} but is {clip_skip}",
                            field="clip_skip")
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -19,17 +18,15 @@ import httpx
 from PIL import Image
 
 from diffserve.service.admission import QueueCaps
+from diffserve.service.validation import InputImage, Inputs, check_draft, validate
 from diffserve.service.watch import JobWatch
 from diffserve.config import Settings
 from diffserve.core.errors import CANCELLED_BY_CLIENT, NotFound, Unavailable
-from diffserve.core.job import Job, JobStatus, input_key
+from diffserve.core.job import Job, JobStatus
 from diffserve.core.offload import Offload
-from diffserve.core.request import (ModelLimits, RequestDraft, check_batch_pixels, check_reference_count,
-                                    output_size)
+from diffserve.core.request import ModelLimits, RequestDraft
 from diffserve.engine.identity.faces import SubmitFaceCheck
 from diffserve.engine.models.registry import ModelRegistry
-from diffserve.engine.request_rules import check_init_image, resolve_controls
-from diffserve.media.fetch import UrlPolicy
 from diffserve.media.inputs import is_base64_image, load_image
 from diffserve.media.slots import FetchSlots
 from diffserve.jobqueue.base import JobQueue
@@ -39,11 +36,19 @@ from diffserve.store.jobs import JobStore, new_output_token
 from diffserve.store.keys import ApiKey
 from diffserve.store.progress import Progress, ProgressStore
 from diffserve.store.workers import WorkerStore
-from diffserve.webhooks.dispatcher import check_webhook_url
 
 _GONE_CHECK_S = 0.5  # how often a synchronous wait asks whether its client is still there
 CLIENT_LEFT = "The client disconnected before the job finished"
 DEFAULT_ETA_S = 10.0
+BASE_URL_PARAM = "base_url"  # in a job's dialect_params: the base of the links its submission's answer held
+
+
+def job_base_url(job: Job, default: str) -> str:
+    """The one base-URL rule for what is sent without a request to answer (webhooks): the base the job's own
+    answers used (recorded at submission: `submit(base_url=...)`, from AppState.base_url), else `default`
+    (the configured base URL, for jobs submitted without one)."""
+    recorded = job.dialect_params.get(BASE_URL_PARAM)
+    return recorded if isinstance(recorded, str) and recorded else default
 
 log = logging.getLogger(__name__)
 
@@ -79,70 +84,35 @@ class GenerationService:
                               self.offload)
 
     async def submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
-                     dialect_params: dict[str, Any] | None = None) -> Job:
-        """Check the server's limits and the key's queue cap, then validate and enqueue (see _submit)."""
-        limits = self.check_draft(draft)
+                     dialect_params: dict[str, Any] | None = None, *, base_url: str | None = None) -> Job:
+        """Validate (service/validation.py, in its stated order), store the input images, create and enqueue
+        the job. The checks without I/O run before the key's queue cap (a 400 before a 429). `base_url`: the
+        base of the links this request's answer holds, recorded so the job's webhook carries the same links
+        (job_base_url)."""
+        self.check_draft(draft)
+        if base_url:
+            dialect_params = {**(dialect_params or {}), BASE_URL_PARAM: base_url}
         if self.caps is None:
-            return await self._submit(key, dialect, draft, limits, dialect_params)
+            return await self._submit(key, dialect, draft, dialect_params)
         async with self.caps.admit(key):  # RateLimited past the cap
-            return await self._submit(key, dialect, draft, limits, dialect_params)
+            return await self._submit(key, dialect, draft, dialect_params)
 
     def check_draft(self, draft: RequestDraft) -> ModelLimits:
-        """The checks that need no image and no I/O, in order: text lengths, the reference-image count, the
-        model (ModelNotFound), then every range against its limits (sizes included). Cheap: a dialect that does
-        work of its own before `submit` (A1111 resizes its init image) calls it first. The limits applied."""
-        draft.check_lengths(self.settings.limits.max_prompt_chars, self.settings.limits.max_text_chars)
-        check_reference_count(draft, self.settings.limits.max_reference_images)
-        limits = self.registry.get(draft.model_id).limits
-        if draft.max_side and draft.max_side < limits.max_size:  # the dialect's cap (realtime: 1024...)
-            limits = limits.model_copy(update={"max_size": draft.max_side})
-        draft.check(limits)
-        return limits
+        """Validation's steps without I/O (text lengths, reference count, model, ranges, assets): cheap, for a
+        dialect that works on its images before `submit` (A1111 resizes its init image). The limits applied."""
+        return check_draft(draft, self.registry, self.settings)
 
-    async def _submit(self, key: ApiKey, dialect: str, draft: RequestDraft, limits: ModelLimits,
+    async def _submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
                       dialect_params: dict[str, Any] | None) -> Job:
-        """Validate against the model (`limits`: check_draft's), fetch and store the images, create and enqueue
-        the job."""
-        entry = self.registry.get(draft.model_id)
-        self.registry.check_request(draft)  # LoRA / embedding / VAE / IP-Adapter ids, families, ip image
-        # the model's family decides which controls apply; prompts enhanced here so meta shows them
-        draft = await self.offload(resolve_controls, draft, entry)
-        if draft.webhook:  # the same network rules as image URLs, refused before anything is fetched
-            policy = UrlPolicy(allow_private=self.settings.allow_private_urls)
-            await self.offload(check_webhook_url, draft.webhook, policy)
         token = new_output_token()
-        if draft.mode == "txt2img":  # no init image: the size asked for, else the model's default
-            default_width, default_height = limits.default_size()
-            width, height = draft.width or default_width, draft.height or default_height
-            init_key = ""
-        else:
-            init = await self._image(key, draft.init_image, draft.init_image_field)
-            await self.offload(check_init_image, entry, init, self.faces)  # e.g. PuLID needs a face
-            width, height = output_size(init.width, init.height, draft.width, draft.height, limits)
-            init_key = input_key(token, temp=draft.temp)
-        check_batch_pixels(draft.samples or 1, width, height, self.settings.limits.max_batch_pixels)
         stored: list[str] = []  # input files written so far: removed again if the request fails after them
+
+        async def keep(image: InputImage) -> None:
+            await self._store_image(image.key, image.image, image.size, stored)
+
+        inputs = Inputs(lambda value, field: self._image(key, value, field), keep, self.offload, self.faces, token)
         try:
-            if init_key:
-                await self._store_image(init_key, init, (width, height), stored)
-            mask_key = None
-            if draft.mode == "inpaint" and draft.mask_image:
-                mask_key = input_key(token, "mask", temp=draft.temp)
-                mask = await self._image(key, draft.mask_image, draft.mask_field)
-                await self._store_image(mask_key, mask.convert("L"), (width, height), stored)
-            extra_keys = []
-            for i, ref in enumerate(draft.extra_images):
-                extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
-                ref_image = await self._image(key, ref, draft.extra_images_field)
-                await self._store_image(extra_keys[-1], ref_image, None, stored)
-            ip_key = None
-            if draft.ip_adapter_image:
-                ip_key = input_key(token, "ip", temp=draft.temp)
-                img = await self._image(key, draft.ip_adapter_image, "ip_adapter_image")
-                await self._store_image(ip_key, img, None, stored)
-            seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
-            request = draft.resolve(limits, init_image_key=init_key, width=width, height=height, seed=seed,
-                                    extra_image_keys=extra_keys, ip_adapter_image_key=ip_key, mask_image_key=mask_key)
+            request = await validate(draft, self.registry, self.settings, inputs)
             job = await anyio.to_thread.run_sync(
                 lambda: self.jobs.create(key_id=key.key_id, dialect=dialect, request=request,
                                          output_token=token, dialect_params=dialect_params))

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from diffserve.config import WebhookSettings
-from diffserve.core.errors import ImageInputError, InvalidInput
+from diffserve.core.errors import ImageInputError
 from diffserve.core.job import Job
 from diffserve.core.threads import periodic
 from diffserve.media.fetch import Deadline, UrlPolicy, pinned_request
@@ -61,23 +61,6 @@ def backoff_s(settings: WebhookSettings, attempts_made: int) -> float:
     """Wait before attempt `attempts_made + 1`: initial, initial*factor, ... capped."""
     return min(settings.backoff_initial_s * settings.backoff_factor ** max(attempts_made - 1, 0),
                settings.backoff_max_s)
-
-
-def check_webhook_url(url: str, policy: UrlPolicy) -> None:
-    """Refuse a webhook URL at submit time (same network rules as image URLs); InvalidInput names it."""
-    unresolvable = InvalidInput("webhook host cannot be resolved", field="webhook")
-    try:
-        target = policy.check(url, field="webhook")
-    except ImageInputError as e:
-        if getattr(e, "reason", None):  # resolution failed: fetch's error wording is about images
-            raise unresolvable from None
-        raise InvalidInput(e.message, field="webhook") from None
-    if target.address is None:  # private URLs allowed: the policy did not resolve; a typo still fails here
-        try:
-            if not policy.resolver(target.host, target.port):
-                raise unresolvable
-        except (OSError, UnicodeError):
-            raise unresolvable from None
 
 
 def webhook_host(url: str) -> str:

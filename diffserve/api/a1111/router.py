@@ -208,7 +208,7 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str,
 async def _run(request: Request, ds: AppState, key: ApiKey, draft: RequestDraft, params: dict[str, Any],
                outputs_only: bool = False) -> Any:
     """Submit a draft, wait while the client is connected, answer the job and its images (or the images)."""
-    job = await ds.service.submit(key, "a1111", draft, params)
+    job = await ds.service.submit(key, "a1111", draft, params, base_url=ds.base_url(request))
     async with client_watch(request) as gone:
         job = await ds.service.wait_for_client(job.id, gone)  # cancelled if the client left
     if job.status is not JobStatus.SUCCEEDED:

@@ -51,7 +51,7 @@ async def create_job(request: Request) -> JSONResponse:
     body = parse_model(JobCreate, await read_json_object(request))
     draft = body.model_copy(update={"model_id": body.model_id or ds.settings.engine.default_model,  # errors name native fields
                                     **NATIVE_IMAGE_FIELDS})
-    job = await ds.service.submit(key, "native", draft, {})
+    job = await ds.service.submit(key, "native", draft, {}, base_url=ds.base_url(request))
     return JSONResponse(await _render(ds, request, job), status_code=202)
 
 

@@ -147,14 +147,14 @@ async def _answer(ds: AppState, request: Request, key: ApiKey, options: Options,
     if options.stream:  # the stream's slot first: a key at its cap of open streams gets 429 before any job
         slot = ds.service.watch.open_stream(key.key_id, ds.settings.limits.max_streams_per_key)
         try:
-            job = await ds.service.submit(key, "openai", draft, {})
+            job = await ds.service.submit(key, "openai", draft, {}, base_url=ds.base_url(request))
         except BaseException:
             slot.release()
             raise
         return StreamingResponse(slot.bind(_events(ds, request, job, options, slot.release)),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", **_size_header(job)})
-    job = await ds.service.submit(key, "openai", draft, {})
+    job = await ds.service.submit(key, "openai", draft, {}, base_url=ds.base_url(request))
     async with client_watch(request) as gone:
         job = await ds.service.wait_for_client(job.id, gone)  # cancelled if the client left
     if job.status is not JobStatus.SUCCEEDED:

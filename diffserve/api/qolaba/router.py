@@ -49,7 +49,7 @@ async def get_image_to_image(request: Request) -> JSONResponse:
     draft = req.to_draft(app, limits.size_multiple, label)
     params = {"app_id": app.app_id, "input": req.echo(), "inference_type": requested,
               "routed_to": label or "any worker"}
-    job = await ds.service.submit(key, "qolaba", draft, params)
+    job = await ds.service.submit(key, "qolaba", draft, params, base_url=ds.base_url(request))
     if not req.celery:
         # a client that leaves stops the wait (the job goes on: it can be fetched by id)
         async with client_watch(request) as gone:

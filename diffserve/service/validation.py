@@ -1,0 +1,140 @@
+"""One validation entry: a dialect's draft becomes the GenerationRequest a job runs, every check in one order.
+
+`validate(draft, registry, settings, inputs)` runs these steps, in this order, and stops at the first refusal
+(InvalidInput naming the dialect's field, quoting the bad value like diffusers' `check_inputs`:
+"height must be divisible by 8 but is 1001"; ModelNotFound for an unknown model):
+
+ 1. text: every text field bounded (`limits.max_prompt_chars`, `max_text_chars`) and valid Unicode -- first, so
+    no later message echoes a huge or unprintable value
+ 2. reference count: the images besides the init image (`limits.max_reference_images`), before any is fetched
+ 3. model: the registry's entry and its limits (a dialect's own size cap, `max_side`, below the model's)
+ 4. ranges: samples, steps, guidance, strength, sizes (range and multiple), seed, clip_skip, scheduler names...
+ 5. model rules: LoRA / embedding / VAE / IP-Adapter ids exist and are of the model's family
+ 6. controls: what the model's family can apply (scheduler, algorithm_type, mode, references, tiling,
+    clip_skip), resolved (karras, tomesd, prompt enhancement)
+ 7. webhook URL: the network rules of image URLs (no private address, the host resolves) -- before any fetch
+ 8. init image: fetched and decoded (sizes checked before decoding), the model's needs (PuLID: a face), the
+    output size it gives
+ 9. batch pixels: samples x width x height (`limits.max_batch_pixels`)
+10. other images: mask, reference images, IP-Adapter image, fetched and decoded
+    -> the GenerationRequest: defaults filled in, seed chosen, each input image's storage key named
+
+Steps 1-5 need no I/O: `check_draft` runs them alone (before the per-key queue cap, and for a dialect that works
+on its images before submitting, as A1111 resizes its init image). Steps 6-10 do I/O (model configs, DNS,
+image fetches) and run off the event loop. Each input image is handed to `Inputs.keep` (the service stores it)
+once the steps up to it passed -- the init image after step 9 -- so at most one decoded image is held at a
+time; the service removes what was kept if a later step refuses the request.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from diffserve.config import Settings
+from diffserve.core.errors import ImageInputError, InvalidInput
+from diffserve.core.job import input_key
+from diffserve.core.offload import Offload
+from diffserve.core.request import (GenerationRequest, ModelLimits, RequestDraft, check_batch_pixels,
+                                    check_reference_count, output_size)
+from diffserve.engine.identity.faces import SubmitFaceCheck
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.request_rules import check_init_image, resolve_controls
+from diffserve.media.fetch import UrlPolicy
+
+LoadImage = Callable[[str, str], Awaitable[Image.Image]]  # (value sent, the dialect's field name) -> decoded
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """A decoded input image and the storage key the request names for it (stored as a PNG of `size`;
+    None: as sent)."""
+
+    key: str
+    image: Image.Image
+    size: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """How validation reaches the outside: `load` fetches or decodes one image (the service's bounded fetch
+    slots), `keep` stores one that passed, `offload` runs blocking checks off the event loop, `faces` is
+    PuLID's face check, `token` names the job's input objects."""
+
+    load: LoadImage
+    keep: Callable[[InputImage], Awaitable[None]]
+    offload: Offload
+    faces: SubmitFaceCheck
+    token: str
+
+
+def check_draft(draft: RequestDraft, registry: ModelRegistry, settings: Settings) -> ModelLimits:
+    """Steps 1-5 (no I/O, cheap); the model's limits as they apply to this draft."""
+    limits = settings.limits
+    draft.check_lengths(limits.max_prompt_chars, limits.max_text_chars)  # 1
+    check_reference_count(draft, limits.max_reference_images)  # 2
+    model = registry.get(draft.model_id).limits  # 3
+    if draft.max_side and draft.max_side < model.max_size:  # the dialect's cap (realtime: 1024...)
+        model = model.model_copy(update={"max_size": draft.max_side})
+    draft.check(model)  # 4
+    registry.check_request(draft)  # 5
+    return model
+
+
+async def validate(draft: RequestDraft, registry: ModelRegistry, settings: Settings,
+                   inputs: Inputs) -> GenerationRequest:
+    """Every step of the module's list, in its order: the request the job will run (its input images kept)."""
+    model = check_draft(draft, registry, settings)  # 1-5
+    entry = registry.get(draft.model_id)
+    draft = await inputs.offload(resolve_controls, draft, entry)  # 6 (reads the model's config files)
+    if draft.webhook:  # 7
+        await inputs.offload(check_webhook_url, draft.webhook, UrlPolicy(allow_private=settings.allow_private_urls))
+    init: InputImage | None = None
+    if draft.mode == "txt2img":  # 8: no init image: the size asked for, else the model's default
+        default_width, default_height = model.default_size()
+        width, height = draft.width or default_width, draft.height or default_height
+    else:
+        image = await inputs.load(draft.init_image, draft.init_image_field)
+        await inputs.offload(check_init_image, entry, image, inputs.faces)  # e.g. PuLID needs a face
+        width, height = output_size(image.width, image.height, draft.width, draft.height, model)
+        init = InputImage(input_key(inputs.token, temp=draft.temp), image, (width, height))
+    check_batch_pixels(draft.samples or 1, width, height, settings.limits.max_batch_pixels)  # 9
+    if init is not None:
+        await inputs.keep(init)
+    mask_key = None  # 10
+    if draft.mode == "inpaint" and draft.mask_image:
+        mask_key = input_key(inputs.token, "mask", temp=draft.temp)
+        mask = await inputs.load(draft.mask_image, draft.mask_field)
+        await inputs.keep(InputImage(mask_key, mask.convert("L"), (width, height)))
+    extra_keys = []
+    for i, ref in enumerate(draft.extra_images):
+        extra_keys.append(input_key(inputs.token, f"ref{i}", temp=draft.temp))
+        await inputs.keep(InputImage(extra_keys[-1], await inputs.load(ref, draft.extra_images_field), None))
+    ip_key = None
+    if draft.ip_adapter_image:
+        ip_key = input_key(inputs.token, "ip", temp=draft.temp)
+        await inputs.keep(InputImage(ip_key, await inputs.load(draft.ip_adapter_image, "ip_adapter_image"), None))
+    seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
+    return draft.resolve(model, init_image_key=init.key if init else "", width=width, height=height, seed=seed,
+                         extra_image_keys=extra_keys, ip_adapter_image_key=ip_key, mask_image_key=mask_key)
+
+
+def check_webhook_url(url: str, policy: UrlPolicy) -> None:
+    """Step 7: the webhook URL under the network rules of image URLs; InvalidInput names `webhook`. Blocking
+    (DNS)."""
+    unresolvable = InvalidInput("webhook host cannot be resolved", field="webhook")
+    try:
+        target = policy.check(url, field="webhook")
+    except ImageInputError as e:
+        if getattr(e, "reason", None):  # resolution failed: fetch's error wording is about images
+            raise unresolvable from None
+        raise InvalidInput(e.message, field="webhook") from None
+    if target.address is None:  # private URLs allowed: the policy did not resolve; a typo still fails here
+        try:
+            if not policy.resolver(target.host, target.port):
+                raise unresolvable
+        except (OSError, UnicodeError):
+            raise unresolvable from None
