@@ -154,6 +154,21 @@ def test_no_module_is_over_500_lines(path):
     assert len(path.read_text().splitlines()) <= 500
 
 
+def test_the_modelslab_dialect_has_one_route_table():
+    """Its routes (v6, v7, enterprise, realtime, pony, their fetch forms, update_s3) are rows of the table in
+    api/modelslab/router.py: no other module of the dialect makes a router or adds a route, and realtime and
+    pony are its sub-modules, not packages of their own."""
+    registering = set()
+    for path in (PACKAGE / "api" / "modelslab").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                called = getattr(node.func, "attr", getattr(node.func, "id", None))
+                if called in {"APIRouter", "add_api_route", "api_route", "post", "include_router"}:
+                    registering.add(path.name)
+    assert registering == {"router.py"}
+    assert not [p for name in ("realtime", "pony") for p in (PACKAGE / "api" / name).glob("*.py")]
+
+
 TESTS = Path(__file__).resolve().parent
 VENDORED_TESTS = {"a1111_upstream"}  # upstream's own test files, kept as upstream wrote them
 

@@ -4,6 +4,10 @@
     "7.5", 7.5, 7            -> 7.5         (LooseFloat; NaN/Infinity are errors)
     "yes"/"no", true/false, "true"/"false", 1/0, "1"/"0" -> bool   (LooseBool)
     null or ""               -> None        (absent: the default applies)
+
+and `unset_word` for a choice (scheduler, vae...) that clients leave to the server with a word:
+    "none", "no", "null", "default", ""  -> None   (the v6 page's default "none", its meta's "no",
+                                                    JSON's null as text, the realtime setting's "default")
 """
 
 from __future__ import annotations
@@ -16,6 +20,14 @@ from pydantic_core import PydanticCustomError
 
 _TRUE = {"yes", "true", "1", "on", "y"}
 _FALSE = {"no", "false", "0", "off", "n", "none"}
+UNSET_WORDS = frozenset({"", "none", "no", "null", "default"})  # a choice left to the server (unset_word)
+
+
+def unset_word(value: str | None) -> str | None:
+    """A choice as sent, stripped; None when it is absent or one of UNSET_WORDS (any case)."""
+    if value is None or value.strip().lower() in UNSET_WORDS:
+        return None
+    return value.strip()
 
 
 def _absent(v: Any) -> bool:

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from diffserve.core.errors import InvalidInput
 from diffserve.management.models import CATEGORY_FAMILY, MODEL_TYPES, LoadSpec
 from diffserve.api.loose import LooseBool, LooseStr, Text
-from diffserve.api.modelslab.protocol import _check_url
+from diffserve.api.modelslab.protocol import check_url
 
 VAE_TYPES = ("diffusers", "safetensors", "pt")
 BASE64_TO_URL_MAX_BYTES = 5 * 1024 * 1024
@@ -57,7 +57,7 @@ class LoadModelRequest(KeyOnly):
             model_type=model_type,
             from_safetensors=bool(self.from_safetensors),
             revision=(self.revision or "").strip() or None,
-            webhook=_check_url("webhook", self.webhook),
+            webhook=check_url("webhook", self.webhook),
             family=(self.family or "").strip() or CATEGORY_FAMILY.get(category),
             config=(self.config or "").strip() or None,
         )

@@ -1,5 +1,6 @@
-"""What every ModelsLab-style router shares (v6, enterprise realtime, enterprise pony): where the key
-comes from, submit-then-answer, fetch by path or by body, and rendering with the caller's fetch URL."""
+"""What every ModelsLab route shares (v6, v7, enterprise, realtime, pony, and the enterprise management routes):
+the route class that answers errors in the vendor's shape, where the key comes from, submit-then-answer, fetch
+by path or by body, and rendering with the caller's fetch URL."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ from diffserve.store.keys import ApiKey
 from diffserve.api.disconnect import client_watch
 from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.body import parse_model, read_json_object
+from diffserve.api.errors import guarded_route
 from diffserve.api.state import AppState, app_state
 from diffserve.api.modelslab.protocol import FetchRequest
-from diffserve.api.modelslab.render import Links, render_job
+from diffserve.api.modelslab.render import Links, error_response, render_job
+
+# Every error on the ModelsLab-style routes leaves in the vendor's shape; nothing else reaches the client.
+ModelsLabRoute = guarded_route(lambda _request, error: error_response(error), "ModelsLabRoute")
 
 
 def key_text(request: Request, body: dict[str, Any]) -> str | None:
@@ -33,7 +38,7 @@ def key_text(request: Request, body: dict[str, Any]) -> str | None:
 async def read_and_authenticate(request: Request) -> tuple[AppState, dict[str, Any], ApiKey]:
     ds = app_state(request)
     body = await read_json_object(request)
-    key = await authenticate(ds.keys, key_text(request, body))
+    key = await authenticate(ds.keys, key_text(request, body), ds.offload)
     return ds, body, key
 
 
@@ -50,7 +55,7 @@ def dialect_params(ds: AppState, draft: RequestDraft, *, instant_response: bool)
 async def submit_and_answer(request: Request, ds: AppState, key: ApiKey, dialect: str, draft: RequestDraft,
                             *, instant_response: bool, fetch_path: str) -> dict[str, Any]:
     """Queue the draft; wait for the result unless the client asked for an instant answer."""
-    params = dialect_params(ds, draft, instant_response=instant_response)
+    params = await ds.offload(dialect_params, ds, draft, instant_response=instant_response)  # the registry: a stat
     job = await ds.service.submit(key, dialect, draft, params)
     if not instant_response:
         # a client that leaves stops the wait (the job goes on: it can be fetched by id)
@@ -71,9 +76,11 @@ async def fetch(request: Request, path_id: str | None, fetch_path: str) -> dict[
 
 
 async def answer(ds: AppState, request: Request, job: Job, fetch_path: str) -> dict[str, Any]:
+    """The job in the vendor's shape, rendered off the event loop: output URLs may be presigned by S3 storage,
+    and a base64 answer reads every output image from storage."""
     links = Links(ds.base_url(request), ds.service.storage, fetch_path=fetch_path)
     eta = None if job.status.is_terminal() else await ds.service.eta(job)
-    return render_job(job, links, eta=eta)
+    return await ds.offload(render_job, job, links, eta=eta)
 
 
 def job_id_from_path(text: str) -> int:

@@ -1,18 +1,33 @@
-"""ModelsLab v6 img2img request fields, in the vendor page's order, in the loose forms clients send."""
+"""ModelsLab request fields (v6 img2img, text2img, inpaint; fetch), in the vendor page's order, in the loose
+forms clients send; the caps every ModelsLab page shares; the context a page's request becomes a draft in."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from diffserve.config import Settings
 from diffserve.core.errors import InvalidInput
-from diffserve.core.request import RequestDraft, check_range
-from diffserve.api.loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
+from diffserve.core.request import ModelLimits, RequestDraft, check_range
+from diffserve.api.loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text, unset_word
 
-# The v6 page's own caps, whatever a model allows (a Flux model takes 8 samples and guidance 30 on Qolaba).
+# The ModelsLab pages' own caps, whatever a model allows (a Flux model takes 8 samples and guidance 30 on Qolaba).
 MAX_SAMPLES = 4
 MIN_GUIDANCE, MAX_GUIDANCE = 1, 20
+MAX_SIDE = 1024  # realtime and pony outputs, and v7's aspect_ratio size (or the model's own maximum if lower)
+
+
+@dataclass(frozen=True)
+class DraftContext:
+    """What a page's request needs beyond its body: the settings, the route's default model and mode."""
+
+    settings: Settings
+    default_model: str
+    mode: str = "img2img"  # img2img, txt2img (no init image) or inpaint (+ mask_image)
+    limits_of: Callable[[str], ModelLimits] | None = None  # a model's limits (v7's aspect_ratio)
 
 
 class V6Img2ImgRequest(BaseModel):
@@ -54,8 +69,16 @@ class V6Img2ImgRequest(BaseModel):
     height: LooseInt = None
     instant_response: LooseBool = None
 
-    def to_draft(self, default_model: str, mode: str = "img2img", mask_image: str | None = None) -> RequestDraft:
-        """mode: img2img (this page), txt2img (the text2img page: no init image) or inpaint (+ mask_image)."""
+    def mask(self) -> str | None:
+        """The inpaint pages' mask_image (none on this page)."""
+        return None
+
+    def to_draft(self, ctx: DraftContext) -> RequestDraft:
+        return self.base_draft(ctx.default_model, ctx.mode, self.mask())
+
+    def base_draft(self, default_model: str, mode: str = "img2img", mask_image: str | None = None) -> RequestDraft:
+        """The v6 conversion the other pages share. mode: img2img (this page), txt2img (the text2img page: no
+        init image) or inpaint (+ mask_image)."""
         if not self.prompt or not self.prompt.strip():
             raise InvalidInput("prompt is required", field="prompt")
         if mode != "txt2img" and (not self.init_image or not self.init_image.strip()):
@@ -77,27 +100,36 @@ class V6Img2ImgRequest(BaseModel):
             guidance_scale=self.guidance_scale,
             strength=self.strength,
             seed=self.seed,
-            scheduler=_none_word(self.scheduler),
+            scheduler=unset_word(self.scheduler),
             use_karras_sigmas=_default_yes(self.use_karras_sigmas),
-            algorithm_type=_none_word(self.algorithm_type),
+            algorithm_type=unset_word(self.algorithm_type),
             clip_skip=self.clip_skip,
             lora_models=loras,
             lora_strengths=_split_floats("lora_strength", self.lora_strength),
-            vae=_none_word(self.vae),
-            embeddings_model=_none_word(self.embeddings_model),
-            ip_adapter_id=_none_word(self.ip_adapter_id),
+            vae=unset_word(self.vae),
+            embeddings_model=unset_word(self.embeddings_model),
+            ip_adapter_id=unset_word(self.ip_adapter_id),
             ip_adapter_scale=self.ip_adapter_scale,
             ip_adapter_image=self.ip_adapter_image or None,
             safety_checker=True if self.safety_checker is None else self.safety_checker,
             safety_checker_type=self.safety_checker_type or "sensitive_content_text",
             enhance_prompt=_default_yes(self.enhance_prompt),
-            enhance_style=_none_word(self.enhance_style),
+            enhance_style=unset_word(self.enhance_style),
             tomesd=_default_yes(self.tomesd),
             output_base64=bool(self.base64),
             temp=bool(self.temp),
-            webhook=_check_url("webhook", self.webhook),
+            webhook=check_url("webhook", self.webhook),
             track_id=self.track_id,
         )
+
+
+class V6InpaintRequest(V6Img2ImgRequest):
+    """POST /api/v6/images/inpaint (and its enterprise and v7 twins): the v6 fields plus the mask."""
+
+    mask_image: Text = Field(None, description="the mask: URL, base64 or data URI; white = repaint, black = keep")
+
+    def mask(self) -> str | None:
+        return (self.mask_image or "").strip() or None
 
 
 class FetchRequest(BaseModel):
@@ -114,13 +146,6 @@ def _default_yes(flag: bool | None) -> bool:
     return True if flag is None else flag
 
 
-def _none_word(value: str | None) -> str | None:
-    """Clients send "none"/"no"/"null" for an unset choice (the vendor's own meta says "no")."""
-    if value is None or value.strip().lower() in ("", "none", "no", "null"):
-        return None
-    return value.strip()
-
-
 def _split_list(value: str | None) -> list[str]:
     return [p.strip() for p in (value or "").split(",") if p.strip()]
 
@@ -135,10 +160,19 @@ def _split_floats(field: str, value: str | None) -> list[float]:
     return out
 
 
-def _check_url(field: str, value: str | None) -> str | None:
+def check_url(field: str, value: str | None) -> str | None:
+    """An http(s) URL with a host, stripped; None when blank; a 400 naming `field` otherwise."""
     if not value or not value.strip():
         return None
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"{field} must be an http(s) URL", field=field)
     return value.strip()
+
+
+class RequestCountRequest(BaseModel):
+    """POST /api/v6/processing/request_count: how many of this key's jobs are queued or running."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    key: LooseStr = None

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from diffserve.config import Settings
 from diffserve.core.request import RequestDraft, check_range
-from diffserve.api.loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
-from diffserve.api.modelslab.protocol import V6Img2ImgRequest
-
-MAX_SIZE = 1024
-MAX_SAMPLES = 4
+from diffserve.api.loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text, unset_word
+from diffserve.api.modelslab.protocol import MAX_SAMPLES, MAX_SIDE, DraftContext, V6Img2ImgRequest
 
 
 class RealtimeImg2ImgRequest(BaseModel):
-    """POST /api/v1/enterprise/realtime/img2img and /api/v6/realtime/img2img."""
+    """POST /api/v1/enterprise/realtime/img2img and /api/v6/realtime/img2img (text2img: the same fields)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -42,20 +38,25 @@ class RealtimeImg2ImgRequest(BaseModel):
     instant_response: LooseBool = Field(None, description="answer `processing` at once (default false)")
     enhance_prompt: LooseBool = None
 
-    def to_draft(self, settings: Settings, mode: str = "img2img", mask_image: str | None = None) -> RequestDraft:
-        """mode: img2img, txt2img (init_image ignored) or inpaint (mask_image required)."""
+    def mask(self) -> str | None:
+        return None
+
+    def to_draft(self, ctx: DraftContext) -> RequestDraft:
+        """ctx.mode: img2img, txt2img (init_image ignored) or inpaint (mask_image required);
+        ctx.default_model: the realtime model."""
         check_range("samples", self.samples, 1, MAX_SAMPLES)
         # the v6 conversion (required fields, flags, webhook URL) is shared, on the fields this page has;
         # the v6 page's "yes" defaults do not apply to flags this page does not have
         fields = {**self.model_dump(), "enhance_prompt": bool(self.enhance_prompt)}
-        v6 = V6Img2ImgRequest.model_construct(**fields, model_id=settings.dialects.realtime_model, tomesd=False,
+        v6 = V6Img2ImgRequest.model_construct(**fields, model_id=ctx.default_model, tomesd=False,
                                               use_karras_sigmas=False)
-        draft = v6.to_draft(settings.dialects.realtime_model, mode=mode, mask_image=mask_image)
+        draft = v6.base_draft(ctx.default_model, ctx.mode, self.mask())
+        dialect = ctx.settings.dialects
         return draft.model_copy(update={
-            "steps": settings.dialects.realtime_steps,
-            "guidance_scale": settings.dialects.realtime_guidance,
-            "scheduler": _none_word(settings.dialects.realtime_scheduler),
-            "max_side": MAX_SIZE,  # width/height at most 1024 (or the model's own maximum if lower)
+            "steps": dialect.realtime_steps,
+            "guidance_scale": dialect.realtime_guidance,
+            "scheduler": unset_word(dialect.realtime_scheduler),
+            "max_side": MAX_SIDE,  # width/height at most 1024 (or the model's own maximum if lower)
         })
 
 
@@ -64,6 +65,5 @@ class RealtimeInpaintRequest(RealtimeImg2ImgRequest):
 
     mask_image: Text = Field(None, description="the mask: URL, base64 or data URI; white = repaint, black = keep")
 
-
-def _none_word(value: str | None) -> str | None:
-    return None if value is None or value.strip().lower() in ("", "none", "default") else value.strip()
+    def mask(self) -> str | None:
+        return (self.mask_image or "").strip() or None

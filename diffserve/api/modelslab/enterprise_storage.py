@@ -10,27 +10,21 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
-import anyio
-from fastapi import APIRouter, Request
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.core.errors import InvalidInput
 from diffserve.storage.s3 import S3Config, S3Storage
 from diffserve.api.auth import require_admin
-from diffserve.api.body import json_body_doc, parse_model
+from diffserve.api.body import parse_model
 from diffserve.api.loose import LooseInt, LooseStr
 from diffserve.api.modelslab.common import read_and_authenticate
-from diffserve.api.modelslab.router import ModelsLabRoute
-from diffserve.api.state import app_state
+from diffserve.api.modelslab.protocol import check_url
 
-PATHS = ("/api/v1/enterprise/update_s3", "/api/v1/enterprise/realtime/update_s3", "/api/v1/enterprise/pony/update_s3")
 PROBE_KEY = ".diffserve-write-check"
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 MAX_EXPIRY_S = 7 * 24 * 3600  # SigV4's longest presigned URL
-
-router = APIRouter(route_class=ModelsLabRoute, tags=["ModelsLab enterprise: server"])
 
 
 class UpdateS3Request(BaseModel):
@@ -80,13 +74,8 @@ def _blank_none(value: str | None) -> str | None:
 
 
 def _http_url(field: str, value: str | None) -> str | None:
-    value = _blank_none(value)
-    if value is None:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(f"{field} must be an http(s) URL", field=field)
-    return value.rstrip("/")
+    url = check_url(field, value)
+    return url.rstrip("/") if url else None
 
 
 def _check_and_probe(storage: S3Storage) -> None:
@@ -105,14 +94,10 @@ async def update_s3(request: Request) -> dict[str, Any]:
     req = parse_model(UpdateS3Request, body)
     config = req.to_config(ds.settings.storage.presign_expiry_s)
     storage = S3Storage(config)
-    await anyio.to_thread.run_sync(_check_and_probe, storage)
-    delivery = app_state(request).delivery
+    await ds.offload(_check_and_probe, storage)
+    delivery = ds.delivery
     assert delivery is not None
-    await anyio.to_thread.run_sync(delivery.storage_config.save, {"backend": "s3", **config.to_dict()})
+    await ds.offload(delivery.storage_config.save, {"backend": "s3", **config.to_dict()})
     delivery.storage.invalidate()
     return {"status": "success", "message": "S3 settings updated", "settings": config.public_view()}
 
-
-for _path in PATHS:
-    router.add_api_route(_path, update_s3, methods=["POST"], openapi_extra=json_body_doc(UpdateS3Request),
-                         summary="Store outputs in an S3-compatible bucket (admin)", name=f"update_s3:{_path}")

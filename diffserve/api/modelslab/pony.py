@@ -12,14 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from diffserve.core.errors import InvalidInput
 from diffserve.core.request import RequestDraft, check_choice, check_range
 from diffserve.api.loose import LooseBool, LooseFloat, LooseInt, LooseStr, Text
-from diffserve.api.modelslab.protocol import V6Img2ImgRequest
+from diffserve.api.modelslab.protocol import (MAX_GUIDANCE, MAX_SAMPLES, MAX_SIDE, MIN_GUIDANCE, DraftContext,
+                                              V6Img2ImgRequest)
 
 DEFAULT_SIZE = 512
-MAX_SIZE = 1024
-MAX_SAMPLES = 4
 STEPS = (21, 31, 41)
 DEFAULT_STEPS = 21
-MIN_GUIDANCE, MAX_GUIDANCE = 1, 20
 SCHEDULERS = (
     "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "HeunDiscreteScheduler",
     "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
@@ -62,17 +60,22 @@ class PonyImg2ImgRequest(BaseModel):
     temp: LooseBool = None
     instant_response: LooseBool = None
 
-    def to_draft(self, default_model: str) -> RequestDraft:
+    def mask(self) -> str | None:
+        return None
+
+    def to_draft(self, ctx: DraftContext) -> RequestDraft:
+        """ctx.default_model: the server's pony model (the page requires a model_id; a request without one
+        gets it)."""
         if self.num_inference_steps is not None and self.num_inference_steps not in STEPS:
             raise InvalidInput(f"num_inference_steps must be one of: 21, 31, 41 (got {self.num_inference_steps})",
                                field="num_inference_steps")
         check_range("samples", self.samples, 1, MAX_SAMPLES)
         check_range("guidance_scale", self.guidance_scale, MIN_GUIDANCE, MAX_GUIDANCE)
-        draft = V6Img2ImgRequest.model_construct(**self.model_dump()).to_draft(default_model)
+        draft = V6Img2ImgRequest.model_construct(**self.model_dump()).base_draft(ctx.default_model)
         check_choice("scheduler", draft.scheduler, SCHEDULERS)
         return draft.model_copy(update={
             "steps": self.num_inference_steps or DEFAULT_STEPS,
             "width": self.width or DEFAULT_SIZE,
             "height": self.height or DEFAULT_SIZE,
-            "max_side": MAX_SIZE,  # at most 1024 (or the model's own maximum if lower)
+            "max_side": MAX_SIDE,  # at most 1024 (or the model's own maximum if lower)
         })
