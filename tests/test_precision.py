@@ -54,3 +54,16 @@ def test_cpuinfo_is_read_from_the_flags_line(tmp_path):
     # this machine: auto is what its own flags say
     here = native_bf16(cpu_flags(), platform.machine())
     assert resolve_dtype("auto", "sd", "cpu") == ("bf16" if here else "fp32")
+
+
+def test_on_cuda_auto_is_bfloat16_for_the_families_whose_spec_says_so():
+    """The precision rule is the family spec's: Flux and HiDream (trained in bfloat16; float16 overflows them)
+    run bf16 on any CUDA device whatever the GPU says; an explicit type still wins."""
+    from diffserve.engine.models.specs import FAMILIES
+
+    bf16 = [spec.name for spec in FAMILIES if spec.bf16]
+    assert bf16 == ["flux", "flux-kontext", "flux-redux", "flux-canny", "flux-depth", "flux-pulid", "hidream"]
+    for name in bf16:
+        assert resolve_dtype("auto", name, "cuda:1") == "bf16"
+        assert resolve_dtype("fp16", name, "cuda") == "fp16"
+        assert resolve_dtype("auto", name, "cpu", cpu_bf16=False) == "fp32"
