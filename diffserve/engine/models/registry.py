@@ -105,7 +105,7 @@ class ModelEntry(BaseModel):
             raise ValueError("config applies to single_file sources only")
         if self.revision is not None and self.kind != "hub":
             raise ValueError("revision applies to hub sources only")
-        for name in ("depth_model",):
+        for name in sorted({field for spec in FAMILIES for field in spec.entry_fields}):  # e.g. depth_model
             if getattr(self, name) is not None and name not in family_spec(self.family).entry_fields:
                 takers = ", ".join(spec.name for spec in FAMILIES if name in spec.entry_fields)
                 raise ValueError(f"{name} applies to {takers} models only")
