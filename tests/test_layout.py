@@ -7,6 +7,7 @@ only type checkers or lazy imports see is still a circle a reader has to untangl
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,72 @@ def test_the_rules_catch_a_broken_one():
     assert not allowed("diffserve.engine.identity.pulid", "diffserve.engine.models.registry")
     assert allowed("diffserve.engine.families.flux_control", "diffserve.engine.controls.base")
     assert not allowed("diffserve.engine.families.flux_control", "diffserve.engine.controls.chain")
+
+
+# -- a job's life has one owner (store/ledger.py) ------------------------------------------------------------
+LEDGER = "diffserve.store.ledger"
+
+
+def job_status_writes(source: str) -> list[int]:
+    """Lines that write a job's status: `update(JobRow)` / `insert(JobRow)` chains whose `.values(...)` name
+    `status`, `JobRow(status=...)`, `<x>.status = ...` in a module that uses JobRow, raw SQL updating jobs'
+    status."""
+    tree = ast.parse(source)
+    uses_jobrow = any(isinstance(n, ast.Name) and n.id == "JobRow" for n in ast.walk(tree))
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            status_kw = any(k.arg == "status" for k in node.keywords)
+            if isinstance(func, ast.Name) and func.id == "JobRow" and status_kw:
+                lines.append(node.lineno)
+            elif isinstance(func, ast.Attribute) and func.attr == "values" and status_kw and any(
+                    isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("update", "insert")
+                    and n.args and isinstance(n.args[0], ast.Name) and n.args[0].id == "JobRow"
+                    for n in ast.walk(func.value)):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Assign) and uses_jobrow:
+            if any(isinstance(t, ast.Attribute) and t.attr == "status" for t in node.targets):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if re.search(r"update\s+jobs\s+set[^;]*\bstatus\b", node.value, re.IGNORECASE | re.DOTALL):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_job_status_changes_only_in_the_ledger():
+    """Every terminal transition (succeed, fail, cancel, requeue) and every other write of a job's status is
+    one of the ledger's transactions: no other module of diffserve/ writes JobRow.status."""
+    found = {name: job_status_writes(path.read_text()) for name, path in MODULES.items() if name != LEDGER}
+    assert {name: lines for name, lines in found.items() if lines} == {}
+    assert job_status_writes(MODULES[LEDGER].read_text())  # the rule sees the ledger's own writes
+
+
+def test_the_status_rule_catches_a_broken_one():
+    assert job_status_writes("s.execute(update(JobRow).where(JobRow.id == 1).values(status='failed'))") == [1]
+    assert job_status_writes("row = s.get(JobRow, 1)\nrow.status = 'queued'") == [2]
+    assert job_status_writes("s.execute(text(\"UPDATE jobs SET error = 'x', status = 'failed'\"))") == [1]
+    assert job_status_writes("s.execute(update(JobRow).values(webhook_status='x'))") == []
+
+
+def private_uses_outside_self(source: str) -> list[str]:
+    """`x._name` where x is not `self` (another object's private members), and annotations typed `Any`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(ast.unparse(node))
+        elif isinstance(node, ast.AnnAssign) and "Any" in ast.unparse(node.annotation):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_the_batcher_runs_jobs_through_the_runner_not_the_worker():
+    """workers/batcher.py takes the job runner (workers/runner.py), not the worker: it imports nothing of
+    workers/worker.py and touches no other object's private members."""
+    batcher = "diffserve.workers.batcher"
+    assert "diffserve.workers.worker" not in GRAPH[batcher]
+    assert "diffserve.workers.runner" in GRAPH[batcher]
+    assert private_uses_outside_self(MODULES[batcher].read_text()) == []
+    assert private_uses_outside_self("w = self.worker\nw._stored(w.jobs.fail)") == ["w._stored"]
+    assert private_uses_outside_self("class B:\n    worker: Any") == ["worker: Any"]

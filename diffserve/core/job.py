@@ -41,8 +41,17 @@ class Job:
     finished_at: datetime | None = None
 
     def output_keys(self) -> list[str]:
-        """Storage keys the job's images get: known at creation, so `future_links` can name them."""
-        return [output_key(self.output_token, i, temp=self.request.temp) for i in range(self.request.samples)]
+        """The job's image keys: once it succeeded, the ones it points at (its winning attempt's); before, the
+        keys its current attempt writes (the first attempt's while queued), so `future_links` can name them."""
+        if self.outputs:
+            return list(self.outputs)
+        return self.attempt_keys(max(1, self.attempts))
+
+    def attempt_keys(self, attempt: int) -> list[str]:
+        """The keys one attempt writes its images to. Each attempt has its own, so an attempt that finishes
+        late (its job handed on meanwhile) never overwrites the images of the attempt the job points at."""
+        return [output_key(self.output_token, i, temp=self.request.temp, attempt=attempt)
+                for i in range(self.request.samples)]
 
     @property
     def generation_time(self) -> float | None:
@@ -55,8 +64,10 @@ class Job:
 TEMP_PREFIX = "temp/"
 
 
-def output_key(token: str, index: int, *, temp: bool = False) -> str:
-    return f"{TEMP_PREFIX if temp else ''}generations/{token}-{index}.png"
+def output_key(token: str, index: int, *, temp: bool = False, attempt: int = 1) -> str:
+    """`generations/<token>-<index>.png` for the first attempt, `<token>-a<attempt>-<index>.png` for later ones."""
+    run = f"-a{attempt}" if attempt > 1 else ""
+    return f"{TEMP_PREFIX if temp else ''}generations/{token}{run}-{index}.png"
 
 
 def input_key(token: str, name: str = "init", *, temp: bool = False) -> str:

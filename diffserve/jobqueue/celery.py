@@ -86,12 +86,24 @@ class CeleryQueue(LocalQueue):
     def enqueue(self, job_id: int) -> None:
         self._send(job_id, self._insert(job_id))
 
-    def release(self, job_id: int) -> None:
-        super().release(job_id)
+    def release(self, job_id: int, attempt: int | None = None) -> bool:
+        if not super().release(job_id, attempt):
+            return False
         self._ack_message(job_id)
         with Session(self._db) as s:
             label = s.scalar(select(QueueRow.label).where(QueueRow.job_id == job_id))
         self._send(job_id, label)
+        return True
+
+    # -- after a ledger change commits (store/ledger.py QueueEvents) -----------------------------------------
+    def enqueued(self, job_id: int, label: str | None) -> None:
+        """A queue row was written or released: its message on the class's queue (re-sent later if the broker
+        is away: resend_missing)."""
+        self._send(job_id, label)
+
+    def forgotten(self, job_id: int) -> None:
+        """The job ended, was refused to this attempt or given back: acknowledge the message that brought it."""
+        self._ack_message(job_id)
 
     def resend_missing(self) -> int:
         """Send a message again for every waiting job the broker's queues do not account for."""
@@ -145,9 +157,10 @@ class CeleryQueue(LocalQueue):
                 if job_id is not None:
                     return job_id
 
-    def ack(self, job_id: int) -> None:
-        super().ack(job_id)
+    def ack(self, job_id: int, attempt: int | None = None) -> bool:
+        dropped = super().ack(job_id, attempt)
         self._ack_message(job_id)
+        return dropped
 
     def _ack_message(self, job_id: int) -> None:
         message = self._held.pop(job_id, None)

@@ -51,6 +51,14 @@ def _label_ok(labels: Sequence[str], label_class: object = ANY_LABEL):
     return or_(label_ok, QueueRow.label.in_(list(labels))) if labels else label_ok
 
 
+def _owned(job_id: int, attempt: int | None) -> list:
+    """The fence of a worker's queue write: its attempt still owns the job (running, same attempt number)."""
+    if attempt is None:
+        return []
+    return [select(JobRow.id).where(JobRow.id == job_id, JobRow.status == "running",
+                                    JobRow.attempts == attempt).exists()]
+
+
 class LocalQueue:
     """Wake-ups (queue/signals.py), so idle workers react at once instead of after a poll interval:
     `notify` is called after each enqueue (the API side pokes the workers); `wake` is this worker's
@@ -67,10 +75,20 @@ class LocalQueue:
         self._affinity_wait_s = affinity_wait_s
 
     def enqueue(self, job_id: int) -> None:
-        """Queue the job, with its routing (model id, worker label) read from the job row."""
-        self._insert(job_id)
+        """Queue a job already in the store, with its routing (model id, worker label) read from the job row.
+        The ledger's `create` writes the job and its queue row in one transaction (store/ledger.py); this is
+        for a job created without (tools, tests)."""
+        self.enqueued(job_id, self._insert(job_id))
+
+    # -- what the ledger tells the queue once a change is committed (store/ledger.py QueueEvents) -------------
+    def enqueued(self, job_id: int, label: str | None) -> None:
+        """A queue row was written or released: wake an idle local worker."""
         if self._notify is not None:
             self._notify()
+
+    def forgotten(self, job_id: int) -> None:
+        """This process's hold on the job ended: nothing to acknowledge here (the table row went with the
+        ledger's transaction); the Celery backend acknowledges the job's message."""
 
     def _insert(self, job_id: int) -> str | None:
         """The queue row (once: enqueueing twice is a no-op); returns the job's worker label."""
@@ -208,15 +226,23 @@ class LocalQueue:
                 .returning(QueueRow.job_id)).scalars().all()
             return sorted(claimed)
 
-    def ack(self, job_id: int) -> None:
+    def ack(self, job_id: int, attempt: int | None = None) -> bool:
+        """Drop the job's queue row. Workers do not call this: `Ledger.finish` deletes the row in the
+        transaction that ends the job. attempt: only while that attempt owns the job (fenced: a late caller
+        never deletes the row of the attempt that took over). True if a row was dropped."""
         with Session(self._db) as s, s.begin():
-            s.execute(delete(QueueRow).where(QueueRow.job_id == job_id))
+            dropped = s.execute(delete(QueueRow).where(QueueRow.job_id == job_id, *_owned(job_id, attempt))).rowcount
+        return dropped == 1
 
-    def release(self, job_id: int) -> None:
+    def release(self, job_id: int, attempt: int | None = None) -> bool:
+        """Put a claimed job's row back for any worker (the job row is the ledger's: `Ledger.requeue` does
+        both in one transaction). attempt: only while that attempt owns the job. True if a row was released."""
         with Session(self._db) as s, s.begin():
-            s.execute(
-                update(QueueRow).where(QueueRow.job_id == job_id).values(claimed_by=None, claimed_at=None)
-            )
+            released = s.execute(
+                update(QueueRow).where(QueueRow.job_id == job_id, *_owned(job_id, attempt))
+                .values(claimed_by=None, claimed_at=None)
+            ).rowcount
+        return released == 1
 
     def cancel(self, job_id: int) -> bool:
         with Session(self._db) as s, s.begin():

@@ -59,9 +59,8 @@ class ServerAdmin:
         """Cancel every job still waiting (running jobs finish). The cancelled job ids."""
         cancelled = []
         for job_id in self.queue.pending():
-            if self.queue.cancel(job_id):  # only rows no worker has claimed
-                if self.jobs.cancel(job_id, reason):
-                    cancelled.append(job_id)
+            if self.jobs.ledger.cancel(job_id, reason):  # one transaction; only jobs no worker has claimed
+                cancelled.append(job_id)
         return cancelled
 
     def clear_cache(self) -> int:

@@ -113,14 +113,14 @@ class GenerationService:
         inputs = Inputs(lambda value, field: self._image(key, value, field), keep, self.offload, self.faces, token)
         try:
             request = await validate(draft, self.registry, self.settings, inputs)
-            job = await anyio.to_thread.run_sync(
-                lambda: self.jobs.create(key_id=key.key_id, dialect=dialect, request=request,
-                                         output_token=token, dialect_params=dialect_params))
+            job = await anyio.to_thread.run_sync(  # the job and its queue row, one transaction (store/ledger.py)
+                lambda: self.jobs.ledger.using(self.queue).create(
+                    key_id=key.key_id, dialect=dialect, request=request, output_token=token,
+                    dialect_params=dialect_params))
         except BaseException:  # a later image refused, the store down, the client gone: no orphan files
             with anyio.CancelScope(shield=True):
                 await self.offload(self._delete_inputs, stored)
             raise
-        await anyio.to_thread.run_sync(self.queue.enqueue, job.id)
         return job
 
     async def wait(self, job_id: int, timeout: float, gone: Callable[[], Awaitable[bool]] | None = None) -> Job:
@@ -198,8 +198,8 @@ class GenerationService:
         """A queued job is dropped at once; a running one is asked to stop (its worker sees it between two
         steps and ends it `cancelled`). The job as it is now."""
         if not job.status.is_terminal():
-            dropped = await anyio.to_thread.run_sync(self.queue.cancel, job.id)  # only if no worker took it
-            if not (dropped and await anyio.to_thread.run_sync(self.jobs.cancel, job.id, reason)):
+            # cancelled with its queue row dropped, in one transaction -- only if no worker took it
+            if not await anyio.to_thread.run_sync(self.jobs.ledger.cancel, job.id, reason):
                 if self.progress is not None:
                     await self.offload(self.progress.request_cancel, job.id)
         return await self.offload(self.jobs.get, job.id)

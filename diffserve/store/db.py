@@ -52,7 +52,8 @@ class JobRow(Base):
 
 
 class WebhookDeliveryRow(Base):
-    """One job's webhook: the rendered payload and its retry schedule (store/deliveries.py).
+    """One job's webhook: written by the ledger in the transaction that finishes the job (store/ledger.py),
+    then its rendered payload and its retry schedule (store/deliveries.py).
 
     `next_attempt_at` is both the schedule and the lease: a dispatcher that takes a delivery pushes it
     past the attempt's timeout, so a delivery whose process died mid-attempt is simply due again later.
@@ -64,7 +65,9 @@ class WebhookDeliveryRow(Base):
     job_id: Mapped[int] = mapped_column(BigInteger, unique=True)
     delivery_id: Mapped[str] = mapped_column(String(64), unique=True)  # sent as webhook-id, same on every retry
     url: Mapped[str] = mapped_column(Text)
-    payload: Mapped[str] = mapped_column(Text)  # the exact JSON body sent (and signed)
+    # the exact JSON body sent (and signed); None until the dispatcher renders it at its first attempt (the
+    # ledger writes the row when the job finishes, in a worker that knows no dialect)
+    payload: Mapped[str | None] = mapped_column(Text, nullable=True)
     state: Mapped[str] = mapped_column(String(16), index=True)  # pending | delivered | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(), index=True)

@@ -1,10 +1,11 @@
 """Webhook deliveries in the database: the payload to send and when to try next.
 
-A job created with a webhook has `webhook_status = "pending"`. Once it is terminal, a dispatcher
-renders the payload and inserts a delivery (one per job: `job_id` is unique, so two API processes
-cannot both create it). Taking a delivery for an attempt moves its `next_attempt_at` past the
-attempt's timeout (a lease): if the process dies mid-attempt, the delivery is due again after that.
-Each outcome is written to the delivery and mirrored in the job's `webhook_status`:
+A job created with a webhook has `webhook_status = "pending"`. The ledger inserts its delivery in the
+transaction that finishes the job (store/ledger.py; one per job: `job_id` is unique), due at once, its
+payload not rendered yet (workers know no dialect): the dispatcher renders it at the first attempt and
+keeps it (`set_payload`), so every retry sends the same body. Taking a delivery for an attempt moves its
+`next_attempt_at` past the attempt's timeout (a lease): if the process dies mid-attempt, the delivery is
+due again after that. Each outcome is written to the delivery and mirrored in the job's `webhook_status`:
 
     pending  -> retrying (after a failed attempt, more to come) -> success | failed
 """
@@ -16,15 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, exists, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from diffserve.core.job import JobStatus
 from diffserve.store.db import JobRow, WebhookDeliveryRow, utcnow
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-_TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class Delivery:
     job_id: int
     delivery_id: str
     url: str
-    payload: str
+    payload: str | None  # None: not rendered yet (the dispatcher renders it before the first attempt)
     state: str
     attempts: int
     next_attempt_at: datetime
@@ -44,18 +43,9 @@ class DeliveryStore:
     def __init__(self, db: Engine) -> None:
         self._db = db
 
-    def jobs_to_deliver(self, limit: int = 50) -> list[int]:
-        """Finished jobs with a webhook and no delivery yet, oldest first."""
-        no_delivery = ~exists().where(WebhookDeliveryRow.job_id == JobRow.id)
-        with Session(self._db) as s:
-            return list(s.scalars(
-                select(JobRow.id)
-                .where(JobRow.webhook_status == "pending", JobRow.status.in_(_TERMINAL), no_delivery)
-                .order_by(JobRow.id).limit(limit)
-            ))
-
-    def create(self, job_id: int, url: str, payload: str) -> bool:
-        """False if the job already has a delivery (another process made it)."""
+    def create(self, job_id: int, url: str, payload: str | None = None) -> bool:
+        """A delivery for a job that has none (the ledger writes them at finish; this is for tools and tests).
+        False if the job already has one."""
         now = utcnow()
         row = WebhookDeliveryRow(
             job_id=job_id, delivery_id=f"msg_{uuid.uuid4().hex}", url=url, payload=payload, state=PENDING,
@@ -107,11 +97,15 @@ class DeliveryStore:
     def failed(self, delivery: Delivery, error: str) -> None:
         self._record(delivery, state=FAILED, job_status="failed", error=error, finished=True)
 
-    def give_up_unrendered(self, job_id: int) -> None:
-        """The payload could not be rendered: no delivery will be made; say so on the job."""
+    def set_payload(self, delivery: Delivery, payload: str) -> Delivery:
+        """Keep the payload rendered for the first attempt (only if none was kept yet); the delivery as kept."""
         with Session(self._db) as s, s.begin():
-            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.webhook_status == "pending")
-                      .values(webhook_status="failed"))
+            s.execute(update(WebhookDeliveryRow)
+                      .where(WebhookDeliveryRow.id == delivery.id, WebhookDeliveryRow.payload.is_(None))
+                      .values(payload=payload))
+            kept = s.scalar(select(WebhookDeliveryRow.payload).where(WebhookDeliveryRow.id == delivery.id))
+        return Delivery(delivery.id, delivery.job_id, delivery.delivery_id, delivery.url, kept, delivery.state,
+                        delivery.attempts, delivery.next_attempt_at, delivery.last_error)
 
     def _record(self, delivery: Delivery, *, state: str, job_status: str, error: str | None,
                 finished: bool = False, next_attempt_at: datetime | None = None) -> None:

@@ -3,7 +3,9 @@
 The worker writes a job's step (throttled: engine progress reports come every step, the row every
 `interval`), the measured time per step and the latest preview; the API reads them for status, ETA and
 the events stream. A client's cancel of a running job sets `cancel_requested`; the worker reads it
-at its next write and stops the job between two steps.
+at its next write and stops the job between two steps. A worker's write names its attempt: once the job
+was handed on, the write changes nothing and raises ClaimLost (store/ledger.py). When a job ends, the ledger
+drops its preview in the same transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from diffserve.store.db import ProgressRow, utcnow
+from diffserve.store.db import JobRow, ProgressRow, utcnow
+from diffserve.store.ledger import RUNNING, ClaimLost
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,13 @@ class ProgressStore:
         self._db = db
 
     def report(self, job_id: int, step: int, total: int, step_s: float | None,
-               preview: bytes | None = None) -> bool:
-        """Record progress; True when a client asked to cancel the job."""
+               preview: bytes | None = None, *, attempt: int | None = None) -> bool:
+        """Record progress; True when a client asked to cancel the job. attempt: the worker's attempt (fenced:
+        raises store.ledger.ClaimLost, writing nothing, once the job was handed on or ended)."""
         with Session(self._db) as s, s.begin():
+            if attempt is not None and s.scalar(select(JobRow.id).where(
+                    JobRow.id == job_id, JobRow.status == RUNNING, JobRow.attempts == attempt)) is None:
+                raise ClaimLost(job_id, attempt)
             row = s.get(ProgressRow, job_id)
             if row is None:
                 row = ProgressRow(job_id=job_id, cancel_requested=False)
@@ -61,8 +68,3 @@ class ProgressStore:
     def cancel_requested(self, job_id: int) -> bool:
         with Session(self._db) as s:
             return bool(s.scalar(select(ProgressRow.cancel_requested).where(ProgressRow.job_id == job_id)))
-
-    def finish(self, job_id: int) -> None:
-        """A job ended: drop its preview (no use once the images exist); its step counts stay."""
-        with Session(self._db) as s, s.begin():
-            s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id).values(preview=None))

@@ -6,14 +6,15 @@ the payloads) and the public base URL, and it keeps network calls to client-chos
 the GPU workers. Several API processes may run it at once: deliveries are claimed with an atomic
 update in the shared database (see store/deliveries.py), so each attempt is made by one of them.
 
-Every `poll_interval_s` it (1) renders a delivery for each newly finished job that has a webhook
-and (2) hands the due deliveries to a pool of `concurrency` sender threads, at most
+The ledger writes a delivery in the transaction that finishes a job with a webhook (store/ledger.py);
+every `poll_interval_s` the dispatcher hands the due deliveries to a pool of `concurrency` sender threads, at most
 `per_host_concurrency` of them to one receiver host (the URL's host name, port aside): a due
 delivery to a host at its bound stays due for a later round, so a receiver that hangs holds its
 own host's senders and never delays deliveries to other hosts. An attempt is one POST, through the
 same network rules as image URLs (UrlPolicy, connection pinned to the checked address, no
 redirects), bounded by `connect_timeout_s` to connect, `read_timeout_s` per read and `timeout_s`
-in total. A 2xx ends the delivery; a timeout, connection error or other
+in total. A delivery's payload is rendered (by the job's dialect) before its first attempt and kept, so
+every retry sends the same body. A 2xx ends the delivery; a timeout, connection error or other
 status schedules the next attempt after an exponential backoff (`backoff_initial_s` times
 `backoff_factor` per attempt, at most `backoff_max_s`) until `max_attempts`. The schedule lives in
 the database, so a restart resumes it. Jobs never wait for any of this.
@@ -137,8 +138,7 @@ class WebhookDispatcher:
         self._http.close()
 
     def tick(self) -> None:
-        """One round: create deliveries for finished jobs, start the due ones."""
-        self._create_deliveries()
+        """One round: start the due deliveries."""
         with self._lock:
             free = self.settings.concurrency - self._in_flight
             busy = Counter(self._per_host)
@@ -167,18 +167,22 @@ class WebhookDispatcher:
                 continue
             self._attempt(delivery)
 
-    def _create_deliveries(self) -> None:
-        for job_id in self.deliveries.jobs_to_deliver():
-            job = self.jobs.get(job_id)
-            if job is None or not job.request.webhook:
-                continue
-            try:
-                payload = json.dumps(self.render(job), separators=(",", ":"), ensure_ascii=False)
-            except Exception:
-                log.exception("cannot render the webhook payload of job %s; no delivery", job_id)
-                self.deliveries.give_up_unrendered(job_id)
-                continue
-            self.deliveries.create(job_id, job.request.webhook, payload)
+    def _rendered(self, delivery: Delivery) -> Delivery | None:
+        """The delivery with its payload: rendered from the job now if it has none yet (then kept). None: it
+        cannot be rendered (the job is gone...): the delivery is failed."""
+        if delivery.payload is not None:
+            return delivery
+        try:
+            job = self.jobs.get(delivery.job_id)
+            if job is None:
+                raise LookupError(f"job {delivery.job_id} is gone")
+            payload = json.dumps(self.render(job), separators=(",", ":"), ensure_ascii=False)
+        except Exception:
+            log.exception("cannot render the webhook payload of job %s; no delivery", delivery.job_id)
+            self.deliveries.failed(delivery, "the payload could not be rendered")
+            self._on_outcome("failed")
+            return None
+        return self.deliveries.set_payload(delivery, payload)
 
     def _attempt(self, delivery: Delivery) -> None:
         try:
@@ -187,11 +191,14 @@ class WebhookDispatcher:
             if delivery.attempts > self.settings.max_attempts:  # a crash ate the last attempt's result
                 self.deliveries.failed(delivery, delivery.last_error or "no answer")
                 return
-            body = delivery.payload.encode()
-            headers = delivery_headers(delivery.delivery_id, body, self._secret)
-            outcome = post_webhook(self._http, self.policy, delivery.url, body, headers, self.settings.timeout_s,
+            rendered = self._rendered(delivery)
+            if rendered is None:
+                return
+            body = rendered.payload.encode()
+            headers = delivery_headers(rendered.delivery_id, body, self._secret)
+            outcome = post_webhook(self._http, self.policy, rendered.url, body, headers, self.settings.timeout_s,
                                    self.settings.connect_timeout_s, self.settings.read_timeout_s)
-            self._record(delivery, outcome)
+            self._record(rendered, outcome)
         except Exception:
             log.exception("webhook delivery %s failed unexpectedly", delivery.delivery_id)
         finally:

@@ -1,14 +1,17 @@
 """Step-level (continuous) batching in the worker: jobs that may share a denoising tick run together.
 
 The worker hands its claimed, started job here when batching is on and the engine can batch it
-(`Engine.open_batch`). The batcher waits up to `max_wait_ms` for company, then loops: tops the batch up
+(`Engine.open_batch`). The batcher works through the worker's job runner (workers/runner.py): it starts
+the jobs that join, reads their images, and ends every job through `JobRunner.end`, the same end the single
+path writes. The batcher waits up to `max_wait_ms` for company, then loops: tops the batch up
 from the queue between two ticks (`claim_batch`: same key, oldest first, bounded by `max_batch` rows and
 `max_pixels`), runs one tick, and finishes every row whose last step is done at once -- decode, safety
 checker, storage, job succeeded, ack -- without waiting for the others. A row whose client cancelled
 leaves at the tick its progress report sees it; a row that fails (its start, its step, its decode, its
-storage) fails alone. Store writes go through the worker's `_stored` (retried while the database is
-away). Every claimed job ends succeeded, failed or cancelled in the store; a worker killed
-mid-batch leaves its claims to the supervisor, which releases them by worker id.
+storage) fails alone; a row whose claim was handed on (its progress write says ClaimLost) leaves silently.
+Every claimed job ends succeeded, failed or cancelled in the store (or goes back to the queue after a
+transient error); a worker killed mid-batch leaves its claims to the supervisor, which releases them by
+worker id.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
 from diffserve.config import BatchingSettings
 from diffserve.core.batching import BatchKey, batch_key
-from diffserve.core.errors import Cancelled, DiffserveError
-from diffserve.core.job import Job, JobStatus
+from diffserve.core.errors import DiffserveError
+from diffserve.core.job import Job
+from diffserve.store.ledger import Outcome
+from diffserve.workers.orders import WorkerOrders
 from diffserve.workers.progress import ProgressReporter
+from diffserve.workers.runner import JobRunner
 
 if TYPE_CHECKING:
     from diffserve.engine.batching import Batch
@@ -49,15 +55,16 @@ class _Active:
 
 @dataclass
 class Batcher:
-    worker: Any  # the workers/worker.py Worker it runs for: its store, queue, storage, engine, reporters
+    runner: JobRunner  # the worker's job runner: starts, reads inputs, writes outputs, ends every job
     settings: BatchingSettings
+    orders: WorkerOrders | None = None  # the API's orders: a batch that sees one takes no new jobs
     stop: threading.Event = field(default_factory=threading.Event)  # the worker's: take no new jobs once set
     _orders_checked: float = field(default=0.0, init=False)
     _orders_seen: bool = field(default=False, init=False)  # an order waits: this batch takes no new jobs
 
     def run(self, job: Job) -> bool:
         """Run the started `job` in a batch, with whatever joins it; False (nothing done) when it cannot batch."""
-        engine = self.worker.engine
+        engine = self.runner.engine
         try:
             batch = engine.open_batch(job.request)
         except Exception:  # noqa: BLE001 - e.g. the request's LoRA does not load: today's path reports it
@@ -80,10 +87,10 @@ class Batcher:
                     if not isinstance(e, DiffserveError):
                         log.exception("batch of jobs %s failed", list(active))
                     for a in list(active.values()):
-                        self._end(a, JobStatus.FAILED, active, error=self._message(e))
+                        self._end(a, e, active)
                     break
-                if self.worker.metrics is not None:
-                    self.worker.metrics.batch_rows.labels(job.request.model_id).observe(rows)
+                if self.runner.metrics is not None:
+                    self.runner.metrics.batch_rows.labels(job.request.model_id).observe(rows)
                 for row in left:
                     self._leave(batch, row, active)
         return True
@@ -107,18 +114,10 @@ class Batcher:
         room = self._rows_limit(first) - batch.size
         if room < 1:
             return 0
-        w = self.worker
-        joined = 0
-        for job_id in w._stored(w.queue.claim_batch, w.worker_id, key, room, labels=w.labels):
-            job = w._stored(w.jobs.start, job_id, w.worker_id)
-            if job is None:  # cancelled or finished meanwhile
-                w._stored(w.queue.ack, job_id)
-                continue
-            joined += self._join(batch, job, active)
-        return joined
+        return sum(self._join(batch, job, active) for job in self.runner.claim_batch(key, room))
 
     def _orders_pending(self) -> bool:
-        orders, now = self.worker.orders, time.monotonic()
+        orders, now = self.orders, time.monotonic()
         if orders is None or self._orders_seen:
             return self._orders_seen
         if now - self._orders_checked >= ORDERS_CHECK_S:
@@ -130,75 +129,38 @@ class Batcher:
         return self._orders_seen
 
     def _join(self, batch: Batch, job: Job, active: dict[int, _Active]) -> int:
-        w = self.worker
-        reporter = w._reporter(job)
+        reporter = self.runner.reporter(job)
         a = _Active(job, None, reporter)  # type: ignore[arg-type]
         try:
             if reporter:
                 reporter.check_cancelled()
-            a.row = batch.join(job.request, w._image(job.request.init_image_key), reporter)
-        except Cancelled as e:
-            self._end(a, JobStatus.CANCELLED, active, error=e.message)
-            return 0
-        except Exception as e:  # noqa: BLE001 - this job fails alone
-            if not isinstance(e, DiffserveError):
-                log.exception("job %s failed to join its batch", job.id)
-            self._end(a, JobStatus.FAILED, active, error=self._message(e))
+            a.row = batch.join(job.request, self.runner.image(job.request.init_image_key), reporter)
+        except Exception as e:  # noqa: BLE001 - this job alone ends (cancelled, failed, lost, given back)
+            self._end(a, e, active)
             return 0
         active[job.id] = a
-        w._stored(w.workers.update, w.worker_id, state="busy", current_job=job.id)
         return 1
 
     def _leave(self, batch: Batch, row: Row, active: dict[int, _Active]) -> None:
         a = next(a for a in active.values() if a.row is row)
-        if isinstance(row.error, Cancelled):
-            self._end(a, JobStatus.CANCELLED, active, error=row.error.message)
-            return
         if row.error is not None:
-            log.error("job %s failed in its batch", a.job.id, exc_info=row.error)
-            self._end(a, JobStatus.FAILED, active, error=self._message(row.error))
+            self._end(a, row.error, active)
             return
         try:
             images, nsfw = batch.finish(row)
-            keys = a.job.output_keys()
-            for key, image in zip(keys, images, strict=True):
-                self.worker.storage.put(key, _png(image))
+            keys = self.runner.write_outputs(a.job, [_png(image) for image in images])
         except Exception as e:  # noqa: BLE001
-            if not isinstance(e, DiffserveError):
-                log.exception("job %s failed", a.job.id)
-            self._end(a, JobStatus.FAILED, active, error=self._message(e))
+            self._end(a, e, active)
             return
         run = {"device": batch.device, "dtype": batch.dtype, "batch_size": row.batch_size}
-        self._end(a, JobStatus.SUCCEEDED, active, outputs=(keys, nsfw, run))
+        self._end(a, Outcome.succeeded(keys, nsfw, run), active)
 
-    def _end(self, a: _Active, status: JobStatus, active: dict[int, _Active], *, error: str = "",
-             outputs: tuple | None = None) -> None:
-        """The job's terminal state in the store, its claim acked, the API told -- as Worker.run_job does."""
-        w, job_id = self.worker, a.job.id
-        active.pop(job_id, None)
-        try:
-            if status is JobStatus.SUCCEEDED:
-                w._stored(w.jobs.succeed, job_id, *outputs[:2], run=outputs[2])
-            elif status is JobStatus.CANCELLED:
-                if not w._stored(w.jobs.cancel, job_id, error, running=True):
-                    status = JobStatus.FAILED
-            else:
-                w._stored(w.jobs.fail, job_id, error)
-        finally:
-            if w.progress is not None:
-                w._stored(w.progress.finish, job_id)
-            if w.metrics is not None:
-                w._count(a.job, status, time.monotonic() - a.started, a.reporter.steps if a.reporter else 0,
-                         rows=0)  # rows per denoising call: observed per tick above
-            w._stored(w.queue.ack, job_id)
-            if w.pipes is not None:
-                w.pipes.job_done()
-            w._stored(w.workers.update, w.worker_id, state="busy" if active else "idle",
-                      current_job=next(iter(active), None), models=w.engine.loaded_models())
-
-    @staticmethod
-    def _message(e: BaseException) -> str:
-        return e.message if isinstance(e, DiffserveError) else f"Image generation failed: {type(e).__name__}"
+    def _end(self, a: _Active, result: Outcome | BaseException, active: dict[int, _Active]) -> None:
+        """The job's end, through the runner (as the single path): the worker row stays busy with the next one."""
+        active.pop(a.job.id, None)
+        self.runner.end(a.job, result, a.started, a.reporter.steps if a.reporter else 0,
+                        rows=0,  # rows per denoising call: observed per tick above
+                        still_running=next(iter(active), None))
 
 
 def _png(image: Image.Image) -> bytes:

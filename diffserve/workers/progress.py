@@ -5,6 +5,10 @@ The engine calls the reporter after every denoising step; it writes to the store
 before it starts), with a preview of the latents, and reads back whether a client asked to cancel: then
 it raises Cancelled and the pipeline call stops between two steps. A finished job needs no last write:
 its status says all steps ran.
+
+Fenced: the reporter writes for one attempt. Once the job was handed on (requeued, maybe running elsewhere),
+its next write -- or the next step after the worker's heartbeat found it (`lost`) -- raises ClaimLost, and
+the runner leaves the job silently (workers/runner.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 from diffserve.core.errors import Cancelled
+from diffserve.store.ledger import ClaimLost
 from diffserve.store.progress import ProgressStore
 
 if TYPE_CHECKING:  # imported where it runs: the worker process (the API process never imports torch)
@@ -28,17 +33,23 @@ class ProgressReporter:
     store: ProgressStore
     interval_s: float = 0.25
     latent_rgb: tuple[tuple[float, float, float], ...] | None = None  # the model's preview factors, if its own
+    attempt: int | None = None  # the attempt this reporter writes for (None: unfenced)
+    lost: set[int] | None = None  # job ids the worker's heartbeat found handed on (shared with the runner)
     _started: float = field(default_factory=time.monotonic)
     _last_write: float | None = None
     steps: int = 0
 
     def check_cancelled(self) -> None:
+        if self.lost is not None and self.job_id in self.lost:
+            raise ClaimLost(self.job_id, self.attempt)
         if self.store.cancel_requested(self.job_id):
             raise Cancelled()
 
     def __call__(self, step: int, total: int, latents: torch.Tensor | None) -> None:
         from diffserve.engine.progress import preview_jpeg
 
+        if self.lost is not None and self.job_id in self.lost:
+            raise ClaimLost(self.job_id, self.attempt)
         self.steps += 1
         now = time.monotonic()
         if now - (self._last_write or self._started) < self.interval_s:
@@ -47,7 +58,7 @@ class ProgressReporter:
         step_s = (now - self._started) / step if step else None
         preview = preview_jpeg(latents, latent_rgb=self.latent_rgb)
         try:
-            cancel = self.store.report(self.job_id, step, total, step_s, preview)
+            cancel = self.store.report(self.job_id, step, total, step_s, preview, attempt=self.attempt)
         except SQLAlchemyError:  # the store is away for a moment: the image goes on, the next write catches up
             return
         if cancel:

@@ -1,5 +1,9 @@
 """Giving jobs back when their worker is gone, so no job is lost: at start-up, when a local worker process
-exits, when a standalone worker stops beating, and when a broker redelivers a dead worker's message."""
+exits, when a standalone worker stops beating, and when a broker redelivers a dead worker's message.
+
+Each give-back is one ledger transaction (store/ledger.py `requeue`): the job queued again and its claim
+released -- only while the gone worker still holds that claim, so a job another worker took meanwhile is
+never touched -- or failed once it used its attempts."""
 
 from __future__ import annotations
 
@@ -24,9 +28,9 @@ def recover_jobs(jobs: JobStore, queue: LocalQueue, max_attempts: int, workers: 
     release_claims(jobs, queue, max_attempts, lambda worker_id: is_local(worker_id) or worker_id not in live)
     waiting = set(queue.pending())
     missing = [j for j in jobs.unfinished_ids() if j not in waiting]
-    for job_id in missing:
-        if jobs.requeue(job_id, max_attempts, CRASH_REASON):
-            queue.enqueue(job_id)
+    ledger = jobs.ledger.using(queue)
+    for job_id in missing:  # queued again with a new queue row, in the same transaction
+        ledger.requeue(job_id, max_attempts, CRASH_REASON)
     return len(missing)
 
 
@@ -50,13 +54,12 @@ def release_claims(jobs: JobStore, queue: LocalQueue, max_attempts: int, gone: C
     for job_id, worker_id in queue.claims():
         if gone(worker_id):
             log.warning("worker %s is gone; job %s goes back to the queue", worker_id, job_id)
-            release(jobs, queue, job_id, max_attempts)
+            release(jobs, queue, job_id, max_attempts, holder=worker_id)
             released.append(job_id)
     return released
 
 
-def release(jobs: JobStore, queue: LocalQueue, job_id: int, max_attempts: int) -> None:
-    if jobs.requeue(job_id, max_attempts, CRASH_REASON):
-        queue.release(job_id)
-    else:
-        queue.ack(job_id)
+def release(jobs: JobStore, queue: LocalQueue, job_id: int, max_attempts: int, holder: str | None = None) -> bool:
+    """The job of a gone worker (`holder`: only while it still holds the claim) back to the queue, or failed
+    after max_attempts. True when it is queued again."""
+    return jobs.ledger.using(queue).requeue(job_id, max_attempts, CRASH_REASON, holder=holder)

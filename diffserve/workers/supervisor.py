@@ -91,6 +91,6 @@ class Supervisor:
                 continue
             log.warning("%s exited (code %s); restarting it", worker_id, proc.exitcode)
             for job_id in self.queue.claimed_by(worker_id):
-                release(self.jobs, self.queue, job_id, self.settings.worker.max_attempts)
+                release(self.jobs, self.queue, job_id, self.settings.worker.max_attempts, holder=worker_id)
             self.workers.remove(worker_id)
             self._spawn(worker_id)

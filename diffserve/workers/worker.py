@@ -6,28 +6,22 @@ shared database so the API can tell it is alive and what it holds.
 
 from __future__ import annotations
 
-import io
 import logging
 import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
 from diffserve.config import BatchingSettings, Settings
-from diffserve.core.errors import Cancelled, DiffserveError
-from diffserve.core.job import Job, JobStatus
 from diffserve.engine.models.registry import ModelRegistry
-from diffserve.jobqueue.base import JobQueue
 from diffserve.jobqueue.configured import build_queue
+from diffserve.jobqueue.local import LocalQueue
 from diffserve.jobqueue.signals import WorkerPipes
-from diffserve.storage.base import Storage
 from diffserve.storage.configured import build_storage
 from diffserve.store.control import ControlLog
 from diffserve.store.db import make_db_engine
@@ -37,41 +31,45 @@ from diffserve.store.workers import WorkerStore
 from diffserve.workers.batcher import Batcher
 from diffserve.workers.placement import worker_device, worker_labels
 from diffserve.workers.orders import WorkerOrders
-from diffserve.workers.progress import ProgressReporter
 from diffserve.workers.recovery import release
+from diffserve.workers.runner import STORE_RETRY_S, JobRunner
 
 if TYPE_CHECKING:  # the model stack is imported by the worker process only (build_worker), never by the API
     from diffserve.engine.generate import Engine
-    from diffserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
 WATCHDOG_S = 0.5
-STORE_RETRY_S = 1.0  # while the job store is unreachable, try again this often
-STORE_OUTAGE_S = 300.0  # a job's end is retried this long before the process gives up
 
 
 @dataclass
 class Worker:
+    """The worker's loop: registers, heartbeats, applies orders between jobs, claims jobs and hands each to
+    its runner (workers/runner.py) -- alone, or to the batcher, which runs it with what may share its ticks."""
+
     worker_id: str
-    jobs: JobStore
-    queue: JobQueue
-    storage: Storage
-    engine: Engine
-    workers: WorkerStore
+    runner: JobRunner
     preload: tuple[str, ...] = ()
-    pipes: WorkerPipes | None = None  # wake-ups from/to the API process (queue/signals.py)
-    labels: tuple[str, ...] = ()  # e.g. ("a100",): jobs that asked for that GPU class may run here
     orders: WorkerOrders | None = None  # the API's control events (clear_cache, restart...)
-    progress: ProgressStore | None = None  # step progress out, client cancels in (store/progress.py)
-    metrics: Metrics | None = None  # Prometheus samples of this process (diffserve/metrics.py)
     batching: BatchingSettings | None = None  # step-level batching (workers/batcher.py); None or mode off: none
     _batcher: Batcher | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.batching is not None and self.batching.mode == "on":
-            self._batcher = Batcher(self, self.batching)
+            self._batcher = Batcher(self.runner, self.batching, orders=self.orders)
+
+    @property
+    def engine(self) -> Engine:
+        return self.runner.engine
+
+    @property
+    def workers(self) -> WorkerStore:
+        return self.runner.workers
+
+    @property
+    def queue(self) -> LocalQueue:
+        return self.runner.queue
 
     def run(self, stop: threading.Event | None = None) -> bool:
         """Take jobs until `stop`; True when it ended for a restart order (the process should start afresh)."""
@@ -79,7 +77,7 @@ class Worker:
         restart = False
         if self._batcher is not None:
             self._batcher.stop = stop  # a stopping worker lets its batch drain, taking no new jobs
-        self.workers.register(self.worker_id, os.getpid(), self.labels)
+        self.workers.register(self.worker_id, os.getpid(), self.runner.labels)
         self.workers.set_device(self.worker_id, self.engine.device, self.engine.default_dtype(),
                                 self.engine.pipelines.budget_bytes)
         if self.orders:
@@ -95,7 +93,7 @@ class Worker:
                         restart = True  # exit cleanly between jobs; a fresh process takes over
                         break
                     job_id = self.queue.claim(self.worker_id, timeout=0.5, loaded=self.engine.loaded_models(),
-                                              labels=self.labels)
+                                              labels=self.runner.labels)
                 except SQLAlchemyError as e:  # the store is away (a database restart): wait for it
                     log.warning("job store unreachable (%s); retrying", type(e).__name__)
                     stop.wait(STORE_RETRY_S)
@@ -106,100 +104,25 @@ class Worker:
                 if job_id is not None:
                     self.run_job(job_id)
         finally:
-            self._stored(self.workers.remove, self.worker_id)
+            self.runner.stored(self.workers.remove, self.worker_id)
         return restart
 
     def _orders_before(self, job_id: int) -> bool:
         """Orders posted while this worker waited for the job (its model registered a moment ago...) apply
         before it runs. False: a restart order came; the job goes back to the queue for the next worker."""
-        if self.orders is None or self._stored(self.orders.apply, self.engine, self.workers, self.worker_id):
+        if self.orders is None or self.runner.stored(self.orders.apply, self.engine, self.workers, self.worker_id):
             return True
-        self._stored(self.queue.release, job_id)
+        self.runner.give_back(job_id)
         return False
 
-    def _stored(self, write, *args, **kwargs):
-        """A store write that must happen (a job's end, its claim): retried while the database is away, up
-        to STORE_OUTAGE_S; past that the error stands and the process exits (its jobs then run elsewhere)."""
-        deadline = time.monotonic() + STORE_OUTAGE_S
-        while True:
-            try:
-                return write(*args, **kwargs)
-            except SQLAlchemyError as e:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("job store unreachable (%s); retrying %s", type(e).__name__, write.__name__)
-                time.sleep(STORE_RETRY_S)
-
     def run_job(self, job_id: int) -> None:
-        job = self._stored(self.jobs.start, job_id, self.worker_id)
-        if job is None:  # cancelled or finished meanwhile
-            self._stored(self.queue.ack, job_id)
+        """Start the claimed job and run it: in a batch when batching is on and it can batch, else alone."""
+        job = self.runner.start(job_id)
+        if job is None:  # cancelled, finished or handed on meanwhile
             return
         if self._batcher is not None and self._batcher.run(job):
             return  # it ran in a batch, with what joined it
-        self._stored(self.workers.update, self.worker_id, state="busy", current_job=job_id)
-        started, status = time.monotonic(), JobStatus.FAILED
-        reporter = self._reporter(job)
-        try:
-            keys, nsfw, run = self._generate(job, reporter)
-        except Cancelled as e:  # a client's cancel, seen between two steps (or before the first)
-            if self._stored(self.jobs.cancel, job_id, e.message, running=True):
-                status = JobStatus.CANCELLED
-        except DiffserveError as e:
-            self._stored(self.jobs.fail, job_id, e.message)
-        except Exception as e:  # the client gets a reason, the log gets the traceback
-            log.exception("job %s failed", job_id)
-            self._stored(self.jobs.fail, job_id, f"Image generation failed: {type(e).__name__}")
-        else:
-            self._stored(self.jobs.succeed, job_id, keys, nsfw, run=run)
-            status = JobStatus.SUCCEEDED
-        finally:
-            if self.progress is not None:
-                self._stored(self.progress.finish, job_id)
-            if self.metrics is not None:
-                self._count(job, status, time.monotonic() - started, reporter.steps if reporter else 0)
-            self._stored(self.queue.ack, job_id)
-            if self.pipes is not None:
-                self.pipes.job_done()
-            self._stored(self.workers.update, self.worker_id, state="idle", current_job=None,
-                         models=self.engine.loaded_models())
-
-    def _count(self, job: Job, status: JobStatus, run_s: float, steps: int, rows: int | None = None) -> None:
-        """rows: image rows per denoising call (default the job's samples; 0: observed elsewhere, the batcher)."""
-        model = job.request.model_id
-        self.metrics.jobs.labels(job.dialect, model, status.value).inc()
-        self.metrics.run_time.labels(model).observe(run_s)
-        if job.started_at and job.created_at:
-            self.metrics.queue_wait.labels(model).observe((job.started_at - job.created_at).total_seconds())
-        if rows != 0:
-            self.metrics.batch_rows.labels(model).observe(rows or job.request.samples)
-        if steps:
-            self.metrics.steps.labels(model).inc(steps)
-
-    def _generate(self, job: Job, reporter: ProgressReporter | None) -> tuple[list[str], list[bool], dict[str, str]]:
-        req = job.request
-        if reporter:
-            reporter.check_cancelled()
-        result = self.engine.generate(
-            req, self._image(req.init_image_key) if req.init_image_key else None,
-            [self._image(k) for k in req.extra_image_keys],
-            self._image(req.ip_adapter_image_key) if req.ip_adapter_image_key else None, progress=reporter,
-            mask_image=self._image(req.mask_image_key).convert("L") if req.mask_image_key else None)
-        keys = job.output_keys()
-        for key, png in zip(keys, result.png_bytes()):
-            self.storage.put(key, png)
-        return keys, result.nsfw, {"device": result.device, "dtype": result.dtype}
-
-    def _reporter(self, job: Job) -> ProgressReporter | None:
-        """The job's progress reporter (steps, step previews in its model's colours, cancel), if progress is kept."""
-        if self.progress is None:
-            return None
-        return ProgressReporter(job.id, self.progress, latent_rgb=self.engine.preview_rgb(job.request.model_id))
-
-    def _image(self, key: str) -> Image.Image:
-        img = Image.open(io.BytesIO(self.storage.get(key)))
-        img.load()
-        return img.convert("RGB")
+        self.runner.run(job)
 
     def _preload(self) -> None:
         """Load the configured models before reporting ready, so the first request does not pay for it."""
@@ -223,6 +146,7 @@ class Worker:
                 ticks = 0
                 try:
                     self.workers.update(self.worker_id)
+                    self.runner.check_claims()  # a job handed on meanwhile: its run stops at the next step
                 except Exception:  # a missed beat is not fatal; the next one retries
                     log.warning("heartbeat failed", exc_info=True)
 
@@ -237,8 +161,10 @@ def model_cache_budget(settings: Settings, device: str) -> int:
 
 
 def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None = None, *,
-                 labels: tuple[str, ...] | None = None, device: str | None = None) -> Worker:
-    """labels / device: a standalone worker's own (`diffserve worker --label --gpu`); else from its index."""
+                 labels: tuple[str, ...] | None = None, device: str | None = None,
+                 engine: Engine | None = None) -> Worker:
+    """labels / device: a standalone worker's own (`diffserve worker --label --gpu`); else from its index.
+    engine: one built elsewhere (bench/control_plane.py's stand-in); else the diffusion Engine on `device`."""
     from diffserve.engine.generate import Engine
     from diffserve.metrics import Metrics
 
@@ -249,27 +175,35 @@ def build_worker(settings: Settings, worker_id: str, pipes: WorkerPipes | None =
     device = device or worker_device(settings, worker_id)
     budget = model_cache_budget(settings, device)
     activations = int(settings.engine.activation_budget_gb * 1024**3) if settings.engine.activation_budget_gb else None
+    engine = engine or Engine(
+        registry, device=device, dtype=settings.engine.dtype, safety_checker=settings.engine.safety_checker,
+        models_dir=settings.models_dir, max_models=settings.engine.max_loaded_models, cache_budget_bytes=budget,
+        activation_budget_bytes=activations, vae_tiling_pixels=settings.engine.vae_tiling_pixels,
+        compile_backend=settings.engine.compile_backend, compile_mode=settings.engine.compile_mode,
+        cache_observer=metrics)
     jobs = JobStore(db)
     storage = build_storage(settings, db)  # local or S3, following update_s3 without a restart
-    return Worker(
+    queue = build_queue(settings, db, wake=pipes,
+                        on_orphan=lambda queue, job_id: release(jobs, queue, job_id, settings.worker.max_attempts))
+    runner = JobRunner(
         worker_id=worker_id,
-        jobs=jobs,
-        queue=build_queue(settings, db, wake=pipes,
-                          on_orphan=lambda queue, job_id: release(jobs, queue, job_id, settings.worker.max_attempts)),
+        ledger=jobs.ledger.using(queue),
+        queue=queue,
         storage=storage,
-        engine=Engine(registry, device=device, dtype=settings.engine.dtype, safety_checker=settings.engine.safety_checker,
-                      models_dir=settings.models_dir, max_models=settings.engine.max_loaded_models,
-                      cache_budget_bytes=budget, activation_budget_bytes=activations,
-                      vae_tiling_pixels=settings.engine.vae_tiling_pixels, compile_backend=settings.engine.compile_backend,
-                      compile_mode=settings.engine.compile_mode, cache_observer=metrics),
+        engine=engine,
         workers=WorkerStore(db),
-        preload=tuple(settings.engine.preload_models),
-        pipes=pipes,
         labels=labels if labels is not None else worker_labels(settings, worker_id),
-        orders=WorkerOrders(ControlLog(db), registry=registry, storage=storage,
-                            downloads=settings.models_dir / "downloads"),
         progress=ProgressStore(db),
         metrics=metrics,
+        pipes=pipes,
+        max_attempts=settings.worker.max_attempts,
+    )
+    return Worker(
+        worker_id=worker_id,
+        runner=runner,
+        preload=tuple(settings.engine.preload_models),
+        orders=WorkerOrders(ControlLog(db), registry=registry, storage=storage,
+                            downloads=settings.models_dir / "downloads"),
         batching=settings.batching,
     )
 
