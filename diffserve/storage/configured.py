@@ -4,6 +4,8 @@ Settings saved by `update_s3` (the database) win over the environment (`DIFFSERV
 Every process re-reads the saved settings' version at most every `storage.refresh_s` seconds, so a
 change reaches the API and every worker without a restart. Objects written before a change stay
 where they were (local files are still served at their old URLs); new objects go to the new place.
+A re-read that fails (the database away for a moment, a network partition) is no storage error: the
+backend in use stays, and the next operation past `refresh_s` reads again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from diffserve.config import Settings
 from diffserve.store.storage_config import StorageConfigStore
@@ -58,8 +62,12 @@ class ConfiguredStorage:
             return self._backend
         with self._lock:
             if now - self._checked_at >= self._refresh_s:
-                self._reload()
                 self._checked_at = now
+                try:
+                    self._reload()
+                except SQLAlchemyError as e:  # transient: a job's image must not fail on reading settings
+                    log.warning("storage settings unreadable (%s); %s stays until the next read",
+                                type(e).__name__, type(self._backend).__name__)
             return self._backend
 
     def invalidate(self) -> None:
