@@ -58,6 +58,14 @@ BENCHES = {
           ("BiSeNet face parsing, 128 px (fp32)", "EVA02-CLIP-L-14-336 visual, 56 px", "IDFormer (4 ID tokens)")),
         rf"^total per request \(without antelopev2\)\s+{NUM}$",
     ]),
+    "control_plane": ([], [
+        r"^control plane bench \(\S+ \S+; 16 jobs x 4 steps of 10 ms, stand-in engine; ",
+        *(rf"^{backend}\s+2 \|\s+{NUM} ->\s+{NUM} \|\s+{NUM}\s+{NUM} \|\s+{NUM}\s+{NUM} \| "
+          rf"api\s+{NUM}\s+workers\s+{NUM}{pg}\s+\(pool checkouts {NUM}\)" for backend, pg in
+          (("local", ""), ("celery", rf"\s+pg xact_commit\s+{NUM}"))),
+        rf"^    CPU ms per job: api {NUM}, workers {NUM}, bench clients {NUM}; all {NUM} \(\d+ cores: a ceiling of {NUM}",
+        rf"^    CPU ms per job: api {NUM}, workers {NUM}, postgres {NUM}, redis {NUM}, bench clients {NUM}; all {NUM}",
+    ]),
     "demo_quality": ([], [
         *(rf"^   {photo}\s+PSNR {NUM} dB  SSIM {NUM}$" for photo in ("chelsea", "rocket")),
         r"^prompt\s+str\s+PSNR in\s+SSIM in\s+PSNR tgt",

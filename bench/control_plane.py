@@ -1,0 +1,488 @@
+"""The control plane at fleet scale: the real API, store and queue, with a model-free stand-in engine in the workers.
+
+What runs: `diffserve serve --workers 0` (the real API process) on each backend --
+  local:  SQLite (WAL) store, the local queue table;
+  celery: PostgreSQL store, Celery 5 + Redis wake-ups (tests/pgserver.py, tests/redisserver.py start them)
+-- and 1 to 64 simulated workers: real `diffserve.workers.worker.Worker` objects (claim, start, progress, storage,
+finish, ack, heartbeats, orders: the product's code), each built by `stand_in_worker` below with `StandInEngine`, a
+test double that sleeps `--step-ms` per denoising step and returns a tiny PNG. It lives here, never in diffserve/.
+The workers run as threads, up to 16 per process, in up to 4 processes this bench starts (`--role workers`), each
+simulated worker with its own database pool and broker connection, as separate machines would have.
+
+The bench submits `--jobs` native jobs (POST /v1/jobs, 64x64 init image, 4 steps) from 8 HTTP clients, waits until
+all are done, and prints per backend and worker count:
+  jobs/s submitted (API accepted) -> finished (last finish - first submit);
+  queue wait p50/p99 (started_at - created_at, from the job rows);
+  claim latency p50/p99: from the moment a job is in the store or the worker asks (whichever is later) to the
+    worker's queue.claim returning it: wake-up/poll delay plus the claim transaction;
+  database transactions per job: commits counted by a SQLAlchemy event listener in the API and worker processes
+    (`api`/`workers`; reads that end in a rollback are not counted) and, on PostgreSQL, pg_stat_database's
+    xact_commit delta (everything: API, workers, the bench's own polling), minus the idle rate measured before.
+The idle rate (heartbeats, orders checks, idle claims of idle workers) is printed beside: it is part of what a
+job costs at low load.
+
+Figures from this machine are from a shared 2-core VM (other sessions' jobs run beside), few repetitions: read
+them as shapes, not absolutes; docs/performance.md ("Control plane") has a run and where it saturates.
+Asserts nothing. Usage:
+    .venv/bin/python bench/control_plane.py [--workers 1,8,64] [--jobs 300] [--backends local,celery] [--quick]
+--quick (tests/test_benches.py runs it): 2 workers, 16 jobs, both backends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STEPS = 4  # per job (strength 1.0)
+CLIENTS = 8
+THREADS_PER_PROCESS = 16
+MAX_PROCESSES = 4
+MODEL = "tiny-sd"
+
+
+# ---------------------------------------------------------------- in the processes this bench starts
+
+
+def count_transactions(out: Path) -> None:
+    """Count the commits and pool checkouts of every SQLAlchemy engine of this process; write them to `out`
+    every 50 ms."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import Pool
+
+    counts = {"commit": 0, "checkout": 0}
+
+    def on_commit(_conn) -> None:  # noqa: ANN001
+        counts["commit"] += 1
+
+    def on_checkout(*_args) -> None:  # noqa: ANN002
+        counts["checkout"] += 1
+
+    event.listen(Engine, "commit", on_commit)
+    event.listen(Pool, "checkout", on_checkout)
+
+    def write() -> None:
+        tmp = out.with_suffix(".tmp")
+        while True:
+            tmp.write_text(f"{counts['commit']} {counts['checkout']}")
+            tmp.replace(out)
+            time.sleep(0.05)
+
+    threading.Thread(target=write, daemon=True).start()
+
+
+class _Pipelines:
+    budget_bytes = 0
+
+    def get(self, model_id: str) -> None:
+        return None
+
+    def clear(self) -> None:
+        return None
+
+    def evict(self, model_id: str) -> None:
+        return None
+
+
+class _Result:
+    def __init__(self, png: bytes, samples: int) -> None:
+        self._png, self.nsfw, self.device, self.dtype = png, [False] * samples, "cpu", "fp32"
+
+    def png_bytes(self) -> list[bytes]:
+        return [self._png] * len(self.nsfw)
+
+
+class StandInEngine:
+    """A test double for the diffusion Engine: `step_s` of sleep per step (reported to `progress` like the real
+    one), a tiny PNG per sample. No model, no torch."""
+
+    device = "cpu"
+
+    def __init__(self, step_s: float, model_id: str = MODEL) -> None:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (30, 120, 200)).save(buf, format="PNG")
+        self.step_s, self.model_id, self.png, self.pipelines = step_s, model_id, buf.getvalue(), _Pipelines()
+
+    def default_dtype(self) -> str:
+        return "fp32"
+
+    def loaded_models(self) -> list[str]:
+        return [self.model_id]
+
+    def preview_rgb(self, model_id: str) -> None:
+        return None
+
+    def generate(self, req, init_image=None, extra_images=(), ip_adapter_image=None, *, progress=None,  # noqa: ANN001
+                 mask_image=None) -> _Result:
+        total = max(1, int(req.steps * req.strength))
+        for step in range(1, total + 1):
+            time.sleep(self.step_s)
+            if progress is not None:
+                progress(step, total, None)
+        return _Result(self.png, req.samples)
+
+
+def stand_in_worker(settings, worker_id: str, step_s: float):  # noqa: ANN001
+    """The one place this bench knows how a worker is put together: diffserve's build_worker with the engine
+    replaced by StandInEngine (and no batching: the stand-in has no batched loop)."""
+    from diffserve.jobqueue.configured import build_queue
+    from diffserve.storage.configured import build_storage
+    from diffserve.store.control import ControlLog
+    from diffserve.store.db import make_db_engine
+    from diffserve.store.jobs import JobStore
+    from diffserve.store.progress import ProgressStore
+    from diffserve.store.workers import WorkerStore
+    from diffserve.workers.orders import WorkerOrders
+    from diffserve.workers.recovery import release
+    from diffserve.workers.worker import Worker
+
+    db = make_db_engine(settings.db_url)
+    jobs = JobStore(db)
+    return Worker(
+        worker_id=worker_id, jobs=jobs,
+        queue=build_queue(settings, db, on_orphan=lambda queue, job_id: release(jobs, queue, job_id,
+                                                                                 settings.worker.max_attempts)),
+        storage=build_storage(settings, db), engine=StandInEngine(step_s), workers=WorkerStore(db),
+        orders=WorkerOrders(ControlLog(db)), progress=ProgressStore(db), metrics=None, batching=None)
+
+
+def timed_claims(worker, records: list) -> None:  # noqa: ANN001
+    """Record (job id, call time, return time) of each of the worker's claims that returned a job."""
+    claim = worker.queue.claim
+
+    def timed(*args, **kwargs):  # noqa: ANN002, ANN003
+        t = time.time()
+        job_id = claim(*args, **kwargs)
+        if job_id is not None:
+            records.append((job_id, t, time.time()))
+        return job_id
+
+    worker.queue.claim = timed
+
+
+def run_workers(ids: list[str], step_s: float, counts: Path, claims_out: Path) -> None:
+    """`--role workers`: these simulated workers as threads until SIGTERM, then their claim records to a file."""
+    from diffserve.config import Settings
+
+    import diffserve.engine.progress  # noqa: F401 - torch, as a real worker has it before its first job
+
+    count_transactions(counts)
+    settings = Settings()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    records: list = []
+    threads = []
+    for worker_id in ids:
+        worker = stand_in_worker(settings, worker_id, step_s)
+        timed_claims(worker, records)
+        threads.append(threading.Thread(target=worker.run, args=(stop,), daemon=True))
+        threads[-1].start()
+    stop.wait()
+    for t in threads:
+        t.join(30)
+    claims_out.write_text(json.dumps(records))
+
+
+def serve_api(port: int, counts: Path) -> None:
+    """`--role api`: `diffserve serve --workers 0` with the commit counter installed."""
+    from diffserve.cli.main import main as cli
+
+    count_transactions(counts)
+    sys.exit(cli(["serve", "--port", str(port), "--workers", "0"]))
+
+
+# ---------------------------------------------------------------- the bench itself
+
+
+def commits(counts: Path, prefix: str, field: int = 0) -> int:
+    """Commits (field 0) or pool checkouts (1) counted so far by the processes whose file names start so."""
+    return sum(int(p.read_text().split()[field]) for p in counts.glob(f"{prefix}*.n"))
+
+
+class PgStats:
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine
+
+        self.db = create_engine(url, poolclass=__import__("sqlalchemy.pool", fromlist=["NullPool"]).NullPool)
+
+    def xact_commit(self) -> int:
+        from sqlalchemy import text
+
+        time.sleep(1.1)  # backends flush their counters at most once a second
+        with self.db.connect() as c:
+            c.execute(text("SELECT pg_stat_clear_snapshot()"))
+            return int(c.execute(text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+                       .scalar_one())
+
+
+def _stat(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2:].split()  # from field 3 (state) on
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of a process, its threads, its children that ended (waited for) and those still running."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        own = _stat(pid)
+    except FileNotFoundError:
+        return 0.0
+    total = sum(int(v) for v in own[11:15])  # utime stime cutime cstime
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                st = _stat(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                continue
+            if int(st[1]) == pid:
+                total += int(st[11]) + int(st[12])
+    return total / tick
+
+
+def cpu_by_part(parts: dict[str, list[int]]) -> dict[str, float]:
+    out = {name: sum(cpu_s(pid) for pid in pids) for name, pids in parts.items()}
+    times = os.times()
+    out["bench clients"] = times.user + times.system
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
+
+
+def epoch(dt: datetime) -> float:
+    return dt.replace(tzinfo=timezone.utc).timestamp()
+
+
+def wait_for(check, timeout: float, what: str, every: float = 0.2):  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(what)
+
+
+def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Path, servers: dict) -> dict:
+    import httpx
+    from sqlalchemy import func, select
+
+    from diffserve.store.db import JobRow, WorkerRow, make_db_engine
+    from tests.jobs_helpers import data_uri
+    from tests.servers import DiffserveServer, free_port
+
+    data = root / f"{backend}-{n_workers}"
+    counts = data / "counts"
+    counts.mkdir(parents=True)
+    overrides = {"DIFFSERVE_WORKERS": "0", "DIFFSERVE_PRELOAD_MODELS": "[]"}
+    if backend == "celery":
+        pg, redis = servers["pg"], servers["redis"]
+        db_name = f"bench_{n_workers}_{int(time.time() * 1000) % 10**8}"
+        with make_db_engine(pg.url).connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.exec_driver_sql(f"CREATE DATABASE {db_name}")
+        overrides.update({"DIFFSERVE_DATABASE_URL": pg.url.rsplit("/", 1)[0] + "/" + db_name,
+                          "DIFFSERVE_QUEUE__BACKEND": "celery", "DIFFSERVE_QUEUE__BROKER_URL": redis.url})
+    srv = DiffserveServer(data, root / "models", overrides)
+    env = srv.env()
+    subprocess.run([sys.executable, "-m", "diffserve.cli.main", "db", "upgrade"], env=env, check=True,
+                   capture_output=True)
+    srv.port = free_port()
+    srv.log_path = data / "api.log"
+    log = open(srv.log_path, "ab")
+    srv.proc = subprocess.Popen([sys.executable, __file__, "--role", "api", "--port", str(srv.port),
+                                 "--counts", str(counts / "api-0.n")], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    procs: list[subprocess.Popen] = []
+    try:
+        srv.wait_healthy(180, "/health")
+        key = srv.create_key("--max-queued", "0")
+        db = make_db_engine(env.get("DIFFSERVE_DATABASE_URL") or f"sqlite:///{data / 'diffserve.db'}")
+        ids = [f"sim-{i:02d}" for i in range(n_workers)]
+        n_procs = min(MAX_PROCESSES, -(-n_workers // THREADS_PER_PROCESS))
+        for p in range(n_procs):
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "--role", "workers", "--ids", ",".join(ids[p::n_procs]),
+                 "--step-ms", str(step_s * 1000), "--counts", str(counts / f"workers-{p}.n"),
+                 "--claims", str(data / f"claims-{p}.json")],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
+
+        def registered() -> bool:
+            with db.connect() as c:
+                return c.execute(select(func.count()).select_from(WorkerRow)).scalar_one() >= n_workers
+
+        wait_for(registered, 120, "the simulated workers did not register")
+        pg_stats = PgStats(env["DIFFSERVE_DATABASE_URL"]) if backend == "celery" else None
+        http = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                            limits=httpx.Limits(max_connections=CLIENTS))
+        image = data_uri(64, 64)
+
+        def submit(i: int) -> int:
+            r = http.post("/v1/jobs", json={"model_id": MODEL, "prompt": f"job {i}", "init_image": image,
+                                            "steps": STEPS, "strength": 1.0, "seed": 1000 + i})
+            if r.status_code != 202:
+                raise RuntimeError(f"POST /v1/jobs answered {r.status_code}: {r.text}")
+            return r.json()["id"]
+
+        warm = submit(-1)  # warm: the API's first request (imports, pools), a worker's first job
+
+        def warm_done() -> bool:
+            with db.connect() as c:
+                return c.execute(select(JobRow.status).where(JobRow.id == warm)).scalar_one() == "succeeded"
+
+        wait_for(warm_done, 60, "the warm-up job did not finish", every=0.05)
+        time.sleep(0.5)
+        # the idle rate: what the control plane commits per second with nothing to do
+        idle_t, idle_c, idle_pg = time.monotonic(), commits(counts, ""), pg_stats.xact_commit() if pg_stats else 0
+        time.sleep(2.0)
+        idle_s = time.monotonic() - idle_t
+        idle = {"commits_s": (commits(counts, "") - idle_c) / idle_s}
+        if pg_stats:
+            idle["pg_s"] = (pg_stats.xact_commit() - idle_pg) / (time.monotonic() - idle_t)
+
+        pg0 = pg_stats.xact_commit() if pg_stats else 0
+        t_pg0 = time.monotonic()
+        api0, workers0, out0 = commits(counts, "api"), commits(counts, "workers"), commits(counts, "", 1)
+        parts = {"api": [srv.proc.pid], "workers": [p.pid for p in procs]}
+        if backend == "celery":
+            parts["postgres"] = [int((pg.root / "data" / "postmaster.pid").read_text().split()[0])]
+            parts["redis"] = [redis.proc.pid]
+        cpu0 = cpu_by_part(parts)
+        t0 = time.time()
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            job_ids = list(pool.map(submit, range(n_jobs)))
+        t_submitted = time.time()
+        first = min(job_ids)
+
+        def all_done() -> bool:
+            with db.connect() as c:
+                return c.execute(select(func.count()).select_from(JobRow).where(
+                    JobRow.id >= first, JobRow.status.in_(("succeeded", "failed", "cancelled")))).scalar_one() \
+                    >= n_jobs
+
+        wait_for(all_done, 60 + n_jobs * STEPS * step_s * 2, "the jobs did not finish", every=0.05)
+        t_done = time.time()
+        cpu1 = cpu_by_part(parts)
+        time.sleep(0.1)  # the counters' files are written every 50 ms
+        api1, workers1, out1 = commits(counts, "api"), commits(counts, "workers"), commits(counts, "", 1)
+        pg_extra = 0.0
+        if pg_stats:
+            pg1 = pg_stats.xact_commit()
+            settle = (time.monotonic() - t_pg0) - (t_done - t0)  # idle time inside the xact_commit window
+            pg_extra = (pg1 - pg0 - idle["pg_s"] * settle) / n_jobs
+        http.close()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(60)
+        claims = [c for p in range(n_procs) for c in json.loads((data / f"claims-{p}.json").read_text())]
+        with db.connect() as c:
+            rows = c.execute(select(JobRow.id, JobRow.status, JobRow.attempts, JobRow.created_at, JobRow.started_at,
+                                    JobRow.finished_at).where(JobRow.id >= first)).all()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        srv.stop()
+    created = {r.id: epoch(r.created_at) for r in rows}
+    failed = [r for r in rows if r.status != "succeeded"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} jobs did not succeed: {failed[:3]}")
+    return {
+        "submitted": n_jobs / (t_submitted - t0),
+        "finished": n_jobs / (max(epoch(r.finished_at) for r in rows) - t0),
+        "wait": [epoch(r.started_at) - epoch(r.created_at) for r in rows if r.started_at],
+        # a job given to another worker (its first worker's heartbeat looked stale): attempts > 1, and when the
+        # first worker finished it after the hand-over, no start time (the issue's unfenced finish)
+        "rerun": sum(r.attempts > 1 for r in rows), "unstarted": sum(r.started_at is None for r in rows),
+        "claim": [end - max(start, created[job]) for job, start, end in claims if job in created],
+        "api": (api1 - api0) / n_jobs, "workers": (workers1 - workers0) / n_jobs, "pg": pg_extra,
+        "checkouts": (out1 - out0) / n_jobs,
+        "idle": idle, "wall": t_done - t0, "cpu": {k: (cpu1[k] - cpu0[k]) / n_jobs * 1000 for k in cpu0},
+    }
+
+
+def report(backend: str, n_workers: int, r: dict) -> str:
+    ms = lambda v, q: pct(v, q) * 1000  # noqa: E731
+    pg = f"  pg xact_commit {r['pg']:5.1f}" if backend == "celery" else ""
+    idle = f"  (idle: {r['idle']['commits_s']:.0f} commits/s" + (
+        f", pg {r['idle']['pg_s']:.0f} xact/s)" if "pg_s" in r["idle"] else ")")
+    return (f"{backend:<7}{n_workers:>4} | {r['submitted']:7.1f} -> {r['finished']:7.1f} | "
+            f"{ms(r['wait'], .5):7.1f} {ms(r['wait'], .99):7.1f} | {ms(r['claim'], .5):7.1f} "
+            f"{ms(r['claim'], .99):7.1f} | api {r['api']:4.1f}  workers {r['workers']:4.1f}{pg}  "
+            f"(pool checkouts {r['checkouts']:.1f}){idle}"
+            + (f"  [{r['rerun']} jobs handed on, {r['unstarted']} finished with no start]" if r["rerun"] else "")
+            + "\n    CPU ms per job: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu"].items())
+            + f"; all {sum(r['cpu'].values()):.1f} ({os.cpu_count()} cores: a ceiling of "
+            f"{os.cpu_count() * 1000 / sum(r['cpu'].values()):.0f} jobs/s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 workers, 16 jobs, both backends")
+    ap.add_argument("--workers", default="1,8,64", help="simulated worker counts, comma-separated (1..64)")
+    ap.add_argument("--jobs", type=int, default=300, help="jobs per case")
+    ap.add_argument("--backends", default="local,celery")
+    ap.add_argument("--step-ms", type=float, default=10.0, help="the stand-in engine's time per step")
+    ap.add_argument("--role", choices=("api", "workers"), help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--ids", help=argparse.SUPPRESS)
+    ap.add_argument("--counts", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--claims", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role == "api":
+        return serve_api(args.port, args.counts)
+    if args.role == "workers":
+        return run_workers(args.ids.split(","), args.step_ms / 1000, args.counts, args.claims)
+
+    from tests.pgserver import PostgresServer
+    from tests.redisserver import RedisServer
+
+    counts = [2] if args.quick else [int(w) for w in args.workers.split(",")]
+    n_jobs = 16 if args.quick else args.jobs
+    backends = args.backends.split(",")
+    servers: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if "celery" in backends:
+                servers["redis"] = RedisServer().start()
+                servers["pg"] = pg = PostgresServer().start()
+                with open(pg.root / "data" / "postgresql.conf", "a") as conf:
+                    conf.write("\nmax_connections = 400\n")  # 64 workers x (claims + heartbeats) + the API
+                pg.pause()
+                pg.resume()
+            print(f"control plane bench ({datetime.now():%Y-%m-%d %H:%M}; {n_jobs} jobs x {STEPS} steps of "
+                  f"{args.step_ms:g} ms, stand-in engine; {CLIENTS} HTTP clients; {os.cpu_count()} cores, "
+                  f"load {os.getloadavg()[0]:.1f})")
+            print("backend workers | jobs/s submitted -> finished | queue wait ms p50 p99 | claim ms p50 p99 | "
+                  "commits per job", flush=True)
+            for backend in backends:
+                for n in counts:
+                    r = run_case(backend, n, n_jobs, args.step_ms / 1000, Path(tmp), servers)
+                    print(report(backend, n, r), flush=True)
+        finally:
+            for s in servers.values():
+                s.stop()
+
+
+if __name__ == "__main__":
+    main()
