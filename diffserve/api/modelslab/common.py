@@ -56,7 +56,7 @@ async def submit_and_answer(request: Request, ds: AppState, key: ApiKey, dialect
                             *, instant_response: bool, fetch_path: str) -> dict[str, Any]:
     """Queue the draft; wait for the result unless the client asked for an instant answer."""
     params = await ds.offload(dialect_params, ds, draft, instant_response=instant_response)  # the registry: a stat
-    job = await ds.service.submit(key, dialect, draft, params)
+    job = await ds.service.submit(key, dialect, draft, params, base_url=ds.base_url(request))  # webhook links too
     if not instant_response:
         # a client that leaves stops the wait (the job goes on: it can be fetched by id)
         async with client_watch(request) as gone:

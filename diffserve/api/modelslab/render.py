@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from diffserve.core.errors import DiffserveError, RateLimited
 from diffserve.core.job import Job, JobStatus
 from diffserve.storage.base import Storage
+from diffserve.api.modelslab.paths import V6_FETCH
 
 INTERNAL_ERROR = "Internal server error. Please try again."
 
@@ -21,7 +22,7 @@ class Links:
 
     base_url: str
     storage: Storage
-    fetch_path: str = "/api/v6/images/fetch"
+    fetch_path: str = V6_FETCH
 
     def outputs(self, job: Job) -> list[str]:
         return [self.storage.url(k, self.base_url) for k in job.output_keys()]
