@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import httpx
@@ -12,6 +11,7 @@ import httpx
 from diffserve.engine.tiny.flux import FLUX_TINY_LIMITS
 
 from .servers import DiffserveServer
+from .waiting import wait_until
 
 FLUX_DEV = "ap-fGhKl3mfkdlpqrshuwwabc"
 IDEOGRAM = "ap-hTjXy7qplkzvnmwqrsdabc"
@@ -70,13 +70,8 @@ def job_row(server: DiffserveServer, job_id: int, *columns: str) -> tuple:
 
 def poll_modelslab(server: DiffserveServer, url: str, body: dict, timeout: float = 120) -> dict:
     """POST `url` until the answer is no longer `processing`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = httpx.post(url, json=body, timeout=60).json()
-        if out["status"] != "processing":
-            return out
-        time.sleep(0.2)
-    raise TimeoutError(url)
+    return wait_until(lambda: httpx.post(url, json=body, timeout=60).json(), timeout, every=0.2,
+                      accept=lambda out: out["status"] != "processing", what=f"{url} to answer other than processing")
 
 
 def download(url: str) -> bytes:

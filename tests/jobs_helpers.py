@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import time
 
 import httpx
 
 from .servers import png_bytes
+from .waiting import wait_until
 
 
 def data_uri(width: int = 64, height: int = 64) -> str:
@@ -30,13 +30,8 @@ class Jobs:
         return self.http.get(f"/v1/jobs/{job_id}").json()
 
     def wait(self, job_id: int, predicate, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.get(job_id)
-            if predicate(job):
-                return job
-            time.sleep(0.05)
-        raise TimeoutError(f"job {job_id}: {self.get(job_id)}")
+        return wait_until(lambda: self.get(job_id), timeout, every=0.05, accept=predicate,
+                          what=f"job {job_id}: {getattr(predicate, '__qualname__', predicate)}")
 
     def done(self, job_id: int, timeout: float = 120) -> dict:
         return self.wait(job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), timeout)

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from .waiting import wait_until
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -135,17 +137,17 @@ class DiffserveServer:
         return self
 
     def wait_healthy(self, timeout: float, until: str = "/ready") -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
+        """Seconds until `until` answers 200; a server that exits meanwhile fails at once, with its log."""
+
+        def answer() -> int:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}{until}", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not healthy after {timeout}s:\n{self.log_tail()}")
+            return httpx.get(f"{self.url}{until}", timeout=2).status_code
+
+        t0 = time.monotonic()
+        wait_until(answer, timeout, every=0.1, accept=lambda status: status == 200, ignore=httpx.HTTPError,
+                   what=f"{self.url}{until} to answer 200", context=self.log_tail)
+        return time.monotonic() - t0
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
         """SIGTERM: graceful stop. SIGKILL: the whole process group dies at once (a crash)."""

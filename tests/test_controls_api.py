@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import sqlite3
-import time
 
 import httpx
 import numpy as np
@@ -23,6 +22,7 @@ from diffserve.engine.models.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDUL
 from diffserve.engine.controls.prompts import QUALITY_NEGATIVE, QUALITY_TERMS
 
 from .servers import DiffserveServer
+from .waiting import wait_until
 
 IMG2IMG = "/api/v6/images/img2img"
 
@@ -66,13 +66,8 @@ def success(server, b) -> dict:
 
 
 def until_done(server, key, job_id, timeout=60) -> dict:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        out = server.post(f"/api/v6/images/fetch/{job_id}", {"key": key}).json()
-        if out["status"] != "processing":
-            return out
-        time.sleep(0.1)
-    raise TimeoutError(job_id)
+    return wait_until(lambda: server.post(f"/api/v6/images/fetch/{job_id}", {"key": key}).json(), timeout,
+                      accept=lambda out: out["status"] != "processing", what=f"job {job_id} to finish")
 
 
 REFUSED = [({"scheduler": name}, f"scheduler {name} cannot run image-to-image") for name in UNSUPPORTED_SCHEDULERS] + [

@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 
 import httpx
@@ -20,6 +19,7 @@ from PIL import Image, PngImagePlugin
 from .bodies import IMG2IMG, body
 from .hardened import QOLABA_APP
 from .servers import DiffserveServer, png_bytes
+from .waiting import wait_until
 
 REQUEST_COUNT = "/api/v6/processing/request_count"
 LIMITS = {
@@ -76,8 +76,8 @@ def workers_paused(server, image_host):
     for _ in range(20):
         blocker = server.post(IMG2IMG, body(BLOCKER[0], image_host, num_inference_steps=50, instant_response="yes"))
         job_id = blocker.json()["id"]
-        while status(server, job_id) == "queued":
-            time.sleep(0.005)
+        wait_until(lambda: status(server, job_id), every=0.005, accept=lambda s: s != "queued",
+                   what=f"blocker job {job_id} out of the queue")
         os.kill(pid, signal.SIGSTOP)
         if status(server, job_id) == "running" and writable(server):
             break
@@ -110,9 +110,7 @@ def writable(server) -> bool:
 
 
 def wait_idle(server, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while unfinished(server) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: unfinished(server), timeout, accept=lambda n: n == 0, what="no unfinished job")
     assert unfinished(server) == 0
 
 

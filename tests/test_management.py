@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import time
 
 import httpx
 import pytest
 
 from .dialects import download, jobs_table, poll_modelslab
 from .servers import png_bytes
+from .waiting import wait_until
 from .webhook_receiver import Receiver
 
 ENT = "/api/v1/enterprise"
@@ -41,19 +41,9 @@ def gen(key, image_host, **over):
     return b
 
 
-def wait_until(check, timeout=60.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(check)
-
-
 def verify_until(server, admin, model_id, states, timeout=120):
-    return wait_until(lambda: (lambda v: v if v.get("model_status") in states else None)(
-        call(server, admin, "verify_model", model_id=model_id).json()), timeout)
+    return wait_until(lambda: call(server, admin, "verify_model", model_id=model_id).json(), timeout,
+                      accept=lambda v: v.get("model_status") in states, what=f"verify_model {model_id}: one of {states}")
 
 
 @pytest.mark.parametrize("prefix", [ENT, f"{ENT}/realtime", f"{ENT}/pony"])
@@ -114,7 +104,8 @@ def test_load_verify_use_and_delete_a_local_folder_model(dialect_server, admin, 
     assert gone.status_code == 400 and gone.json() == {"status": "error", "message": "Model not found: my-sd"}
     refused = dialect_server.post(V6, gen(user, image_host, model_id="my-sd")).json()
     assert refused["message"] == "Model not found: my-sd"
-    wait_until(lambda: "my-sd" not in httpx.get(f"{dialect_server.url}/health").json()["models_loaded"])
+    wait_until(lambda: httpx.get(f"{dialect_server.url}/health").json()["models_loaded"],
+               accept=lambda loaded: "my-sd" not in loaded, what="my-sd out of /health's models_loaded")
 
 
 def test_load_a_checkpoint_from_a_url(dialect_server, admin, user, image_host, models_root, tmp_path):
@@ -147,7 +138,8 @@ def test_a_model_that_cannot_load_is_reported_failed_and_leaves_no_entry(dialect
     v = verify_until(dialect_server, admin, "uncached", ("failed",))
     assert v["status"] == "error" and "could not be loaded" in v["message"]
     assert "some-org/not-in-the-cache" in v["message"]
-    wait_until(lambda: "uncached" not in model_ids(dialect_server, admin))  # the failed warm-up removed it
+    wait_until(lambda: model_ids(dialect_server, admin), accept=lambda ids: "uncached" not in ids,
+               what="uncached removed from the models")  # the failed warm-up removed it
     assert "uncached" not in (dialect_server.data_dir / "models.json").read_text()
     v = call(dialect_server, admin, "verify_model", model_id="uncached").json()
     assert v["model_status"] == "failed" and "some-org/not-in-the-cache" in v["message"], v  # still says why
@@ -254,13 +246,15 @@ def test_clear_cache_makes_workers_drop_their_models(dialect_server, admin, user
     assert "tiny-sd" in httpx.get(f"{dialect_server.url}/health").json()["models_loaded"]
     out = call(dialect_server, admin, "clear_cache").json()
     assert out["status"] == "success", out
-    wait_until(lambda: httpx.get(f"{dialect_server.url}/health").json()["models_loaded"] == [])
+    wait_until(lambda: httpx.get(f"{dialect_server.url}/health").json()["models_loaded"],
+               accept=lambda loaded: loaded == [], what="no model in /health's models_loaded")
     assert call(dialect_server, admin, "system_details").json()["model_count"] == 0
     assert dialect_server.post(V6, gen(user, image_host)).json()["status"] == "success"  # loads it again
     assert httpx.get(f"{dialect_server.url}/health").json()["models_loaded"] == ["tiny-sd"]
     reload = dialect_server.post("/api/v6/images/model_reload", {"key": admin, "model_id": "tiny-sd"}).json()
     assert reload["status"] == "success", reload
-    wait_until(lambda: httpx.get(f"{dialect_server.url}/health").json()["models_loaded"] == [])
+    wait_until(lambda: httpx.get(f"{dialect_server.url}/health").json()["models_loaded"],
+               accept=lambda loaded: loaded == [], what="no model in /health's models_loaded")
     r = dialect_server.post("/api/v6/images/model_reload", {"key": admin, "model_id": "nope"})
     assert r.status_code == 400 and r.json()["message"] == "Model not found: nope"
 
@@ -278,7 +272,7 @@ def running(server, job_id):
 
 def test_clear_queue_cancels_waiting_jobs_with_a_reason(dialect_server, admin, user, image_host):
     first = dialect_server.post(V6, slow(user, image_host, 1)).json()
-    wait_until(lambda: running(dialect_server, first["id"]), every=0.02)
+    wait_until(lambda: running(dialect_server, first["id"]), every=0.02, what=f"job {first['id']} running")
     queued = [dialect_server.post(V6, gen(user, image_host, instant_response="yes", seed=s)).json()["id"]
               for s in (2, 3)]
     out = call(dialect_server, admin, "clear_queue").json()
@@ -293,14 +287,15 @@ def test_clear_queue_cancels_waiting_jobs_with_a_reason(dialect_server, admin, u
 def test_restart_server_restarts_workers_without_losing_jobs(dialect_server, admin, user, image_host):
     before = call(dialect_server, admin, "system_details").json()["workers"][0]
     first = dialect_server.post(V6, slow(user, image_host, 4)).json()
-    wait_until(lambda: running(dialect_server, first["id"]), every=0.02)
+    wait_until(lambda: running(dialect_server, first["id"]), every=0.02, what=f"job {first['id']} running")
     waiting = dialect_server.post(V6, gen(user, image_host, instant_response="yes", seed=5)).json()
     out = call(dialect_server, admin, "restart_server").json()
     assert out["status"] == "success", out
     for job in (first, waiting):
         assert poll_modelslab(dialect_server, job["fetch_result"], {"key": user})["status"] == "success"
-    after = wait_until(lambda: (lambda w: w if w and w[0]["pid"] != before["pid"] and w[0]["state"] == "idle"
-                                else None)(call(dialect_server, admin, "system_details").json()["workers"]))
+    after = wait_until(lambda: call(dialect_server, admin, "system_details").json()["workers"],
+                       accept=lambda w: w and w[0]["pid"] != before["pid"] and w[0]["state"] == "idle",
+                       what="a new idle worker process")
     assert after[0]["worker_id"] == "worker-0"
     workers = jobs_table(dialect_server, "worker_id", "attempts")
     assert workers[first["id"]] == ("worker-0", 1)  # finished by the old process, not run twice

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ from .dialects import (
     job_row,
 )
 from .servers import png_bytes
+from .waiting import wait_until
 
 ENVELOPE_KEYS = {"time_required", "error", "error_data", "input", "output", "app_id", "task_id", "status"}
 
@@ -44,14 +44,13 @@ def body(image_host, **over):
 
 
 def wait_task(server, key_text, task_id, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answer() -> dict:
         r = post(server, key_text, "/getImage", id=task_id, refID="my-ref")
         assert r.status_code == 200, r.text
-        if r.json()["status"] != "PENDING":
-            return r.json()
-        time.sleep(0.2)
-    raise TimeoutError(task_id)
+        return r.json()
+
+    return wait_until(answer, timeout, every=0.2, accept=lambda out: out["status"] != "PENDING",
+                      what=f"task {task_id} to leave PENDING")
 
 
 def test_sync_request_answers_success_with_images_and_low_res_copies(dialect_server, key, image_host):

@@ -14,6 +14,7 @@ import pytest
 
 from .jobs_helpers import MEDIUM, Jobs
 from .servers import DiffserveServer
+from .waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +34,14 @@ def workers(server, admin) -> list[dict]:
     return httpx.post(f"{server.url}/api/v1/enterprise/system_details", json={"key": admin}).json()["workers"]
 
 
-def wait_for(predicate, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError
-
-
 def test_a_standalone_worker_joins_takes_its_label_and_its_jobs_survive_a_kill(server):
     admin = server.create_key("--admin")
     jobs = Jobs(server, server.create_key())
     first = start_worker(server, "--label", "ext", "--preload", "tiny-sd")
     second = None
     try:
-        ext = wait_for(lambda: next((w for w in workers(server, admin) if w["labels"] == ["ext"]
-                                     and w["state"] == "idle"), None))
+        ext = wait_until(lambda: next((w for w in workers(server, admin) if w["labels"] == ["ext"]
+                                       and w["state"] == "idle"), None), 90, what="an idle worker labelled ext")
         assert ext["worker_id"] != "worker-0" and ext["device"] == "cpu" and ext["dtype"] == "fp32"
         assert httpx.get(f"{server.url}/health").json()["workers"] == 2
         labelled = jobs.done(jobs.submit(steps=4, worker_label="ext")["id"])

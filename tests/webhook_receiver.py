@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .waiting import wait_until
+
 
 def verify_signature(secret: str, headers, body: bytes, tolerance_s: int = 300) -> bool:
     key = base64.b64decode(secret.removeprefix("whsec_")) if secret.startswith("whsec_") else secret.encode()
@@ -94,10 +96,8 @@ class Receiver:
         return f"http://{self.host}:{self.port}/hook"
 
     def wait_for(self, count: int, timeout: float = 30) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(self.received) >= count, f"{len(self.received)} deliveries after {timeout}s, wanted {count}"
+        wait_until(lambda: len(self.received), timeout, every=0.05, accept=lambda n: n >= count,
+                   what=f"{count} webhook deliveries")
         return self.received
 
     def stop(self) -> None:
