@@ -15,9 +15,10 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .waiting import wait_until
 
 DOCKERD = "/usr/sbin/dockerd"
 CLIENT = "/usr/bin/docker"
@@ -56,14 +57,14 @@ class Dockerd:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.sock}", "DOCKER_BUILDKIT": "1",
                     "DOCKER_CONFIG": str(self.root / "client")}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def up() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dockerd exited:\n{self.log_tail()}")
-            if self.sock.exists() and self.docker("info", check=False, timeout=30).returncode == 0:
-                return self
-            time.sleep(0.5)
-        raise TimeoutError(f"dockerd not up after {timeout}s:\n{self.log_tail()}")
+            return self.sock.exists() and self.docker("info", check=False, timeout=30).returncode == 0
+
+        wait_until(up, timeout, every=0.5, what="dockerd to answer `docker info`", context=self.log_tail)
+        return self
 
     def docker(self, *args: str, check: bool = True, timeout: float = 600,
                **kwargs) -> subprocess.CompletedProcess:

@@ -7,10 +7,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from .servers import free_port
+from .waiting import wait_until
 
 
 class RedisServer:
@@ -28,16 +28,15 @@ class RedisServer:
             [binary, "--port", str(self.port), "--bind", *self.bind.split(), "--save", "", "--appendonly", "no",
              "--dir", str(self.root), "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.address, self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
+
+        def ping() -> bytes:
+            with socket.create_connection((self.address, self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16)
+
+        wait_until(ping, 20, every=0.05, accept=lambda answer: answer.startswith(b"+PONG"), ignore=OSError,
+                   what=f"redis-server on {self.address}:{self.port} to answer PING")
+        return self
 
     @property
     def address(self) -> str:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from tests.dockerd import Dockerd, WheelServer, build_base_image, missing_tools
 from tests.servers import free_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_TAG = "diffserve-base:test"
@@ -112,8 +113,7 @@ def container(daemon, image):
 
 
 def wait_for_health(daemon: Dockerd, url: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def health() -> dict | None:
         try:
             r = httpx.get(f"{url}/health", timeout=5)
             if r.status_code == 200 and r.json()["status"] == "ok":
@@ -122,8 +122,9 @@ def wait_for_health(daemon: Dockerd, url: str, timeout: float) -> dict:
             pass
         state = daemon.docker("inspect", "-f", "{{.State.Status}}", "diffserve-test").stdout.strip()
         assert state == "running", f"the container is {state}"
-        time.sleep(1)
-    raise TimeoutError(f"/health not ok after {timeout}s")
+        return None
+
+    return wait_until(health, timeout, every=1, what=f"{url}/health to answer ok")
 
 
 def test_worked_example_in_the_container(daemon, container):
