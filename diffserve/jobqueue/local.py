@@ -15,6 +15,12 @@ worker takes, in this order:
 
 Only the oldest `SCAN_LIMIT` waiting rows are considered per claim.
 
+A claim hands out a job id; the worker then starts it through the ledger (store/ledger.py `start`), which
+counts the attempt (the started job's `attempts`) that fences every later write of that run. Ending and
+giving back a job are the ledger's too: its transaction deletes or releases this table's row with the job's
+own change, and tells the backend afterwards (`enqueued`, `forgotten`). `ack` and `release` here take the
+attempt as a fence for any other caller.
+
 A worker running a batch (workers/batcher.py) tops it up between two steps with `claim_batch`: waiting jobs
 of the batch's key (core/batching.py), oldest first -- rule 2 above, for one model and size -- but none at
 all once a job it may take that cannot join is overdue (rule 1), so that job is next.

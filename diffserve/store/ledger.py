@@ -190,28 +190,27 @@ class Ledger:
                 status, attempts, request = state
                 if attempt is not None and (status != RUNNING or attempts != attempt):
                     return False
+                # the job row first, then the queue row: the order finish locks them in (no deadlock on PostgreSQL)
                 same = [JobRow.status == status, JobRow.attempts == attempts]
                 if holder is not None:
-                    released = s.execute(update(QueueRow)
-                                         .where(QueueRow.job_id == job_id, QueueRow.claimed_by == holder)
-                                         .values(claimed_by=None, claimed_at=None)).rowcount
-                    if released != 1:
-                        return False  # not (or no longer) this worker's claim
+                    same.append(exists().where(QueueRow.job_id == job_id, QueueRow.claimed_by == holder))
                 if max_attempts is not None and attempts >= max_attempts:
                     if not self._end(s, job_id, same, Outcome.failed(f"{reason} ({attempts} attempts)")):
-                        raise _Refused
+                        raise _Refused  # changed meanwhile, or not (no longer) this holder's claim
                     requeued = False
                 else:
                     if s.execute(update(JobRow).where(JobRow.id == job_id, *same)
                                  .values(status=QUEUED, worker_id=None, started_at=None)).rowcount != 1:
                         raise _Refused
-                    if holder is None and s.get(QueueRow, job_id) is None:  # its queue row was lost: again
+                    claimed = [QueueRow.claimed_by == holder] if holder is not None else []
+                    released = s.execute(update(QueueRow).where(QueueRow.job_id == job_id, *claimed)
+                                         .values(claimed_by=None, claimed_at=None)).rowcount
+                    if released != 1 and holder is not None:
+                        raise _Refused  # the claim moved between the two statements
+                    if released != 1:  # its queue row was lost (a crash before this release): written again
                         s.execute(insert(QueueRow).values(job_id=job_id, model_id=(request or {}).get("model_id"),
                                                           label=(request or {}).get("worker_label"),
                                                           enqueued_at=utcnow()))
-                    elif holder is None:
-                        s.execute(update(QueueRow).where(QueueRow.job_id == job_id)
-                                  .values(claimed_by=None, claimed_at=None))
                     requeued = True
         except _Refused:
             return False
