@@ -140,3 +140,20 @@ def test_a_job_fails_for_its_own_error(db, tmp_path):
     failed = jobs.get(job.id)
     assert failed.status is JobStatus.FAILED and failed.error == "No such object: inputs/x.png"
     assert r.queue.pending() == []
+
+
+def test_a_job_costs_four_transactions_from_submit_to_end(db, tmp_path):
+    """create+enqueue 1, claim 1, start 1 (worker row busy inside), end 1 (queue ack, progress, delivery,
+    worker row idle inside). Before the ledger: 2 + 1 + 2 + 4 (+1 for the webhook delivery row) = 10."""
+    from sqlalchemy import event
+
+    seen: list[int] = []
+    event.listen(db, "commit", lambda _conn: seen.append(1))
+    r = runner(db, "w1", LocalStorage(tmp_path))
+    seen.clear()
+    job = queued_job(db)
+    claimed(db, r)
+    started = r.start(job.id)
+    keys = r.write_outputs(started, [b"a", b"b"])
+    assert r.end(started, Outcome.succeeded(keys, [False, False]), 0.0) is JobStatus.SUCCEEDED
+    assert len(seen) == 4

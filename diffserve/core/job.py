@@ -42,10 +42,10 @@ class Job:
 
     def output_keys(self) -> list[str]:
         """The job's image keys: once it succeeded, the ones it points at (its winning attempt's); before, the
-        keys its current attempt writes (the first attempt's while queued), so `future_links` can name them."""
+        keys its running attempt writes, or the next attempt's while queued, so `future_links` can name them."""
         if self.outputs:
             return list(self.outputs)
-        return self.attempt_keys(max(1, self.attempts))
+        return self.attempt_keys(self.attempts + 1 if self.status is JobStatus.QUEUED else max(1, self.attempts))
 
     def attempt_keys(self, attempt: int) -> list[str]:
         """The keys one attempt writes its images to. Each attempt has its own, so an attempt that finishes
