@@ -1,7 +1,9 @@
 """A fleet on one machine for the tests: real PostgreSQL, Redis and SeaweedFS, API processes with no local
 workers (`serve --workers 0`), and `diffserve worker` processes -- each worker, when the test may make network
 namespaces (root + iproute2), on a host of its own: a namespace joined to this one by a veth pair on a private
-/24 the test owns, reaching the database, the broker and S3 only across that link."""
+/24 the test owns, reaching the database, the broker and S3 only across that link. A host can be cut off
+(`Host.cut`): its link drops every packet, or refuses every TCP connection with a reset (iptables in its
+namespace), until `Host.heal`."""
 
 from __future__ import annotations
 
@@ -40,6 +42,16 @@ def can_make_hosts() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
 
 
+def can_cut_hosts() -> bool:
+    return can_make_hosts() and shutil.which("iptables") is not None
+
+
+# how a host is cut off from the others: "drop" (a pulled cable, a black-holing firewall: nothing comes back,
+# calls hang until their timeouts) or "refuse" (a host that answers every TCP packet with a reset: connections
+# fail at once, "connection refused" / "connection reset by peer")
+CUTS = {"drop": ["-j", "DROP"], "refuse": ["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]}
+
+
 @dataclass
 class Host:
     """Another machine: a network namespace with one link to this one."""
@@ -68,11 +80,22 @@ class Host:
                     ["-n", self.name, "link", "set", inner, "up"],
                     ["-n", self.name, "link", "set", "lo", "up"]):
             subprocess.run(["ip", *cmd], check=True, capture_output=True, timeout=30)
-        self._outer = outer
+        self._outer, self._inner = outer, inner
         return self
 
     def command(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
+
+    def cut(self, how: str = "drop") -> None:
+        """Cut this host off from every other: its link drops or refuses (TCP reset) all traffic, both ways,
+        for connections open already and new ones alike. Its processes keep running."""
+        for chain, side in (("INPUT", "-i"), ("OUTPUT", "-o")):
+            subprocess.run(self.command(["iptables", "-w", "-A", chain, side, self._inner, *CUTS[how]]),
+                           check=True, capture_output=True, timeout=30)
+
+    def heal(self) -> None:
+        for chain in ("INPUT", "OUTPUT"):
+            subprocess.run(self.command(["iptables", "-w", "-F", chain]), check=True, capture_output=True, timeout=30)
 
     def delete(self) -> None:
         subprocess.run(["ip", "link", "del", self._outer], capture_output=True, timeout=30)
@@ -167,6 +190,15 @@ class Fleet:
         import redis
 
         return redis.Redis.from_url(self.redis.url).llen(queue)
+
+    def host_of(self, i: int) -> Host:
+        """The host worker `i` runs on (workers i and i + hosts share one)."""
+        return self.host_list[i % len(self.host_list)]
+
+    def pause_worker(self, i: int, paused: bool = True) -> None:
+        """SIGSTOP / SIGCONT: a worker that takes nothing for a moment (past the stale timeout, its jobs would be
+        handed on)."""
+        os.killpg(self.workers[i].pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
     def kill_worker(self, i: int) -> None:
         proc = self.workers.pop(i)
