@@ -4,8 +4,9 @@ What runs: `diffserve serve --workers 0` (the real API process) on each backend 
   local:  SQLite (WAL) store, the local queue table;
   celery: PostgreSQL store, Celery 5 + Redis wake-ups (tests/pgserver.py, tests/redisserver.py start them)
 -- and 1 to 64 simulated workers: real `diffserve.workers.worker.Worker` objects (claim, start, progress, storage,
-finish, ack, heartbeats, orders: the product's code), each built by `stand_in_worker` below with `StandInEngine`, a
-test double that sleeps `--step-ms` per denoising step and returns a tiny PNG. It lives here, never in diffserve/.
+finish through the ledger, heartbeats, orders: the product's code), each built by `stand_in_worker` below
+(diffserve's build_worker given `StandInEngine`, a test double that sleeps `--step-ms` per denoising step and returns
+a tiny PNG; it lives here, never in diffserve/).
 The workers run as threads, up to 16 per process, in up to 4 processes this bench starts (`--role workers`), each
 simulated worker with its own database pool and broker connection, as separate machines would have.
 
@@ -16,13 +17,20 @@ all are done, and prints per backend and worker count:
   claim latency p50/p99: from the moment a job is in the store or the worker asks (whichever is later) to the
     worker's queue.claim returning it: wake-up/poll delay plus the claim transaction;
   database transactions per job: commits counted by a SQLAlchemy event listener in the API and worker processes
-    (`api`/`workers`; reads that end in a rollback are not counted) and, on PostgreSQL, pg_stat_database's
-    xact_commit delta (everything: API, workers, the bench's own polling), minus the idle rate measured before.
-The idle rate (heartbeats, orders checks, idle claims of idle workers) is printed beside: it is part of what a
+    (`api`/`workers`, and by diffserve call site; reads that end in a rollback are not counted), pool checkouts by
+    call site, and on PostgreSQL pg_stat_database's xact_commit delta (every process; each checkout's pre-ping
+    is a transaction of its own), minus the idle rate measured before;
+  CPU ms per job of each process (/proc), and the ceiling that gives on this machine's cores.
+The idle rate (heartbeats, orders checks, empty claims of idle workers) is printed beside: it is part of what a
 job costs at low load.
 
-Figures from this machine are from a shared 2-core VM (other sessions' jobs run beside), few repetitions: read
-them as shapes, not absolutes; docs/performance.md ("Control plane") has a run and where it saturates.
+Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. A job costs ~30-35 ms of CPU on
+SQLite and ~60-70 ms on PostgreSQL + Celery (API, workers, PostgreSQL together), so two free cores cap it near 60
+and 30 jobs/s; past ~8 workers idle polling (a claim transaction every 10-100 ms per idle worker) eats the rest.
+Finishing a job is one transaction (ledger.finish); the target of 200 jobs/s on PostgreSQL is not reached here.
+
+Figures from this machine come from a shared 2-core VM (other sessions' jobs beside, load 9-20), one run each:
+read them as shapes, not absolutes.
 Asserts nothing. Usage:
     .venv/bin/python bench/control_plane.py [--workers 1,8,64] [--jobs 300] [--backends local,celery] [--quick]
 --quick (tests/test_benches.py runs it): 2 workers, 16 jobs, both backends.
@@ -58,20 +66,34 @@ MODEL = "tiny-sd"
 # ---------------------------------------------------------------- in the processes this bench starts
 
 
+def _call_site() -> str:
+    """The diffserve function that asked for this commit (module.function), e.g. ledger.finish."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if "/diffserve/" in path and not path.endswith("/store/db.py"):
+            return f"{Path(path).stem}.{frame.f_code.co_name}"
+        frame = frame.f_back
+    return "other"
+
+
 def count_transactions(out: Path) -> None:
-    """Count the commits and pool checkouts of every SQLAlchemy engine of this process; write them to `out`
-    every 50 ms."""
+    """Count the commits (by diffserve call site) and pool checkouts of every SQLAlchemy engine of this process;
+    write them to `out` as JSON every 50 ms."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
 
-    counts = {"commit": 0, "checkout": 0}
+    sites: dict[str, int] = {}
+    checkouts: dict[str, int] = {}
 
     def on_commit(_conn) -> None:  # noqa: ANN001
-        counts["commit"] += 1
+        site = _call_site()
+        sites[site] = sites.get(site, 0) + 1
 
     def on_checkout(*_args) -> None:  # noqa: ANN002
-        counts["checkout"] += 1
+        site = _call_site()
+        checkouts[site] = checkouts.get(site, 0) + 1
 
     event.listen(Engine, "commit", on_commit)
     event.listen(Pool, "checkout", on_checkout)
@@ -79,7 +101,7 @@ def count_transactions(out: Path) -> None:
     def write() -> None:
         tmp = out.with_suffix(".tmp")
         while True:
-            tmp.write_text(f"{counts['commit']} {counts['checkout']}")
+            tmp.write_text(json.dumps({"checkouts": dict(checkouts), "sites": dict(sites)}))
             tmp.replace(out)
             time.sleep(0.05)
 
@@ -88,15 +110,7 @@ def count_transactions(out: Path) -> None:
 
 class _Pipelines:
     budget_bytes = 0
-
-    def get(self, model_id: str) -> None:
-        return None
-
-    def clear(self) -> None:
-        return None
-
-    def evict(self, model_id: str) -> None:
-        return None
+    get = clear = evict = staticmethod(lambda *_: None)  # no models to load or drop
 
 
 class _Result:
@@ -140,27 +154,11 @@ class StandInEngine:
 
 
 def stand_in_worker(settings, worker_id: str, step_s: float):  # noqa: ANN001
-    """The one place this bench knows how a worker is put together: diffserve's build_worker with the engine
-    replaced by StandInEngine (and no batching: the stand-in has no batched loop)."""
-    from diffserve.jobqueue.configured import build_queue
-    from diffserve.storage.configured import build_storage
-    from diffserve.store.control import ControlLog
-    from diffserve.store.db import make_db_engine
-    from diffserve.store.jobs import JobStore
-    from diffserve.store.progress import ProgressStore
-    from diffserve.store.workers import WorkerStore
-    from diffserve.workers.orders import WorkerOrders
-    from diffserve.workers.recovery import release
-    from diffserve.workers.worker import Worker
+    """The one place this bench knows how a worker is put together: diffserve's own build_worker, with
+    StandInEngine for the diffusion engine (the bench's env turns batching off: the stand-in has no batched loop)."""
+    from diffserve.workers.worker import build_worker
 
-    db = make_db_engine(settings.db_url)
-    jobs = JobStore(db)
-    return Worker(
-        worker_id=worker_id, jobs=jobs,
-        queue=build_queue(settings, db, on_orphan=lambda queue, job_id: release(jobs, queue, job_id,
-                                                                                 settings.worker.max_attempts)),
-        storage=build_storage(settings, db), engine=StandInEngine(step_s), workers=WorkerStore(db),
-        orders=WorkerOrders(ControlLog(db)), progress=ProgressStore(db), metrics=None, batching=None)
+    return build_worker(settings, worker_id, labels=(), device="cpu", engine=StandInEngine(step_s))
 
 
 def timed_claims(worker, records: list) -> None:  # noqa: ANN001
@@ -211,16 +209,27 @@ def serve_api(port: int, counts: Path) -> None:
 # ---------------------------------------------------------------- the bench itself
 
 
-def commits(counts: Path, prefix: str, field: int = 0) -> int:
-    """Commits (field 0) or pool checkouts (1) counted so far by the processes whose file names start so."""
-    return sum(int(p.read_text().split()[field]) for p in counts.glob(f"{prefix}*.n"))
+def counted(counts: Path, prefix: str = "") -> dict:
+    """Commits and pool checkouts by call site so far, summed over the processes whose file names start so."""
+    total: dict = {"checkouts": {}, "sites": {}}
+    for p in counts.glob(f"{prefix}*.n"):
+        one = json.loads(p.read_text())
+        for kind in total:
+            for site, n in one[kind].items():
+                total[kind][site] = total[kind].get(site, 0) + n
+    return total
+
+
+def commits(counts: Path, prefix: str = "") -> int:
+    return sum(counted(counts, prefix)["sites"].values())
 
 
 class PgStats:
     def __init__(self, url: str) -> None:
         from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
 
-        self.db = create_engine(url, poolclass=__import__("sqlalchemy.pool", fromlist=["NullPool"]).NullPool)
+        self.db = create_engine(url, poolclass=NullPool)
 
     def xact_commit(self) -> int:
         from sqlalchemy import text
@@ -272,16 +281,6 @@ def epoch(dt: datetime) -> float:
     return dt.replace(tzinfo=timezone.utc).timestamp()
 
 
-def wait_for(check, timeout: float, what: str, every: float = 0.2):  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(what)
-
-
 def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Path, servers: dict) -> dict:
     import httpx
     from sqlalchemy import func, select
@@ -289,11 +288,12 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
     from diffserve.store.db import JobRow, WorkerRow, make_db_engine
     from tests.jobs_helpers import data_uri
     from tests.servers import DiffserveServer, free_port
+    from tests.waiting import wait_until
 
     data = root / f"{backend}-{n_workers}"
     counts = data / "counts"
     counts.mkdir(parents=True)
-    overrides = {"DIFFSERVE_WORKERS": "0", "DIFFSERVE_PRELOAD_MODELS": "[]"}
+    overrides = {"DIFFSERVE_WORKERS": "0", "DIFFSERVE_PRELOAD_MODELS": "[]", "DIFFSERVE_BATCHING__MODE": "off"}
     if backend == "celery":
         pg, redis = servers["pg"], servers["redis"]
         db_name = f"bench_{n_workers}_{int(time.time() * 1000) % 10**8}"
@@ -329,7 +329,7 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
             with db.connect() as c:
                 return c.execute(select(func.count()).select_from(WorkerRow)).scalar_one() >= n_workers
 
-        wait_for(registered, 120, "the simulated workers did not register")
+        wait_until(registered, 120, 0.2, "the simulated workers to register")
         pg_stats = PgStats(env["DIFFSERVE_DATABASE_URL"]) if backend == "celery" else None
         http = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
                             limits=httpx.Limits(max_connections=CLIENTS))
@@ -348,7 +348,7 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
             with db.connect() as c:
                 return c.execute(select(JobRow.status).where(JobRow.id == warm)).scalar_one() == "succeeded"
 
-        wait_for(warm_done, 60, "the warm-up job did not finish", every=0.05)
+        wait_until(warm_done, 60, 0.05, "the warm-up job to finish")
         time.sleep(0.5)
         # the idle rate: what the control plane commits per second with nothing to do
         idle_t, idle_c, idle_pg = time.monotonic(), commits(counts, ""), pg_stats.xact_commit() if pg_stats else 0
@@ -360,7 +360,7 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
 
         pg0 = pg_stats.xact_commit() if pg_stats else 0
         t_pg0 = time.monotonic()
-        api0, workers0, out0 = commits(counts, "api"), commits(counts, "workers"), commits(counts, "", 1)
+        api0, workers0, all0 = commits(counts, "api"), commits(counts, "workers"), counted(counts)
         parts = {"api": [srv.proc.pid], "workers": [p.pid for p in procs]}
         if backend == "celery":
             parts["postgres"] = [int((pg.root / "data" / "postmaster.pid").read_text().split()[0])]
@@ -378,11 +378,11 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
                     JobRow.id >= first, JobRow.status.in_(("succeeded", "failed", "cancelled")))).scalar_one() \
                     >= n_jobs
 
-        wait_for(all_done, 60 + n_jobs * STEPS * step_s * 2, "the jobs did not finish", every=0.05)
+        wait_until(all_done, 120 + n_jobs * (1 + STEPS * step_s), 0.05, f"{n_jobs} jobs to finish")
         t_done = time.time()
         cpu1 = cpu_by_part(parts)
         time.sleep(0.1)  # the counters' files are written every 50 ms
-        api1, workers1, out1 = commits(counts, "api"), commits(counts, "workers"), commits(counts, "", 1)
+        api1, workers1, all1 = commits(counts, "api"), commits(counts, "workers"), counted(counts)
         pg_extra = 0.0
         if pg_stats:
             pg1 = pg_stats.xact_commit()
@@ -416,7 +416,8 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
         "rerun": sum(r.attempts > 1 for r in rows), "unstarted": sum(r.started_at is None for r in rows),
         "claim": [end - max(start, created[job]) for job, start, end in claims if job in created],
         "api": (api1 - api0) / n_jobs, "workers": (workers1 - workers0) / n_jobs, "pg": pg_extra,
-        "checkouts": (out1 - out0) / n_jobs,
+        **{kind: {k: (v - all0[kind].get(k, 0)) / n_jobs for k, v in all1[kind].items()}
+           for kind in ("sites", "checkouts")},
         "idle": idle, "wall": t_done - t0, "cpu": {k: (cpu1[k] - cpu0[k]) / n_jobs * 1000 for k in cpu0},
     }
 
@@ -429,8 +430,12 @@ def report(backend: str, n_workers: int, r: dict) -> str:
     return (f"{backend:<7}{n_workers:>4} | {r['submitted']:7.1f} -> {r['finished']:7.1f} | "
             f"{ms(r['wait'], .5):7.1f} {ms(r['wait'], .99):7.1f} | {ms(r['claim'], .5):7.1f} "
             f"{ms(r['claim'], .99):7.1f} | api {r['api']:4.1f}  workers {r['workers']:4.1f}{pg}  "
-            f"(pool checkouts {r['checkouts']:.1f}){idle}"
+            f"(pool checkouts {sum(r['checkouts'].values()):.1f}){idle}"
             + (f"  [{r['rerun']} jobs handed on, {r['unstarted']} finished with no start]" if r["rerun"] else "")
+            + "\n    commits per job by call site: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(r["sites"].items(), key=lambda kv: -kv[1]) if v >= 0.005)
+            + "\n    pool checkouts per job by call site: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(r["checkouts"].items(), key=lambda kv: -kv[1]) if v >= 0.05)
             + "\n    CPU ms per job: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu"].items())
             + f"; all {sum(r['cpu'].values()):.1f} ({os.cpu_count()} cores: a ceiling of "
             f"{os.cpu_count() * 1000 / sum(r['cpu'].values()):.0f} jobs/s)")

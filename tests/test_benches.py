@@ -63,7 +63,8 @@ BENCHES = {
         *(rf"^{backend}\s+2 \|\s+{NUM} ->\s+{NUM} \|\s+{NUM}\s+{NUM} \|\s+{NUM}\s+{NUM} \| "
           rf"api\s+{NUM}\s+workers\s+{NUM}{pg}\s+\(pool checkouts {NUM}\)" for backend, pg in
           (("local", ""), ("celery", rf"\s+pg xact_commit\s+{NUM}"))),
-        rf"^    CPU ms per job: api {NUM}, workers {NUM}, bench clients {NUM}; all {NUM} \(\d+ cores: a ceiling of {NUM}",
+        rf"^    CPU ms per job: api {NUM}, workers {NUM}, bench clients {NUM}; all {NUM} "
+        rf"\(\d+ cores: a ceiling of {NUM}",
         rf"^    CPU ms per job: api {NUM}, workers {NUM}, postgres {NUM}, redis {NUM}, bench clients {NUM}; all {NUM}",
     ]),
     "demo_quality": ([], [
