@@ -130,7 +130,7 @@ class Ledger:
         the returned Job's `attempts` is the number every later write of this run names. None when it is not
         this worker's to start (cancelled or finished meanwhile, requeued to another, already running): then a
         finished job's leftover queue row held by this worker is dropped. worker_row: WorkerRow values written
-        in the same transaction (state, current_job)."""
+        in the same transaction when it starts (state, current_job)."""
         now = utcnow()
         someone_else = exists().where(QueueRow.job_id == job_id,
                                       or_(QueueRow.claimed_by.is_(None), QueueRow.claimed_by != worker_id))
@@ -147,7 +147,7 @@ class Ledger:
                 s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id)
                           .values(step=0, total=0, step_s=None, preview=None, updated_at=now))
                 job = to_job(row)
-            self._worker_row(s, worker_id, worker_row)
+                self._worker_row(s, worker_id, worker_row)
         if job is None and self._events is not None:
             self._events.forgotten(job_id)
         return job
