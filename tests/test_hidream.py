@@ -61,13 +61,13 @@ def test_page_defaults_2048_square_and_30_steps(dialect_server, key, image_host)
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"width": 512}, "width must be between 1024 and 2048"),
-    ({"height": 4096}, "height must be between 1024 and 2048"),
-    ({"width": 1028}, "width must be divisible by 8"),
-    ({"num_inference_steps": 10}, "num_inference_steps must be between 20 and 50"),
-    ({"num_inference_steps": 51}, "num_inference_steps must be between 20 and 50"),
-    ({"guidance_scale": 25}, "guidance_scale must be between 1 and 20"),
-    ({"samples": 5}, "samples must be between 1 and 4"),
+    ({"width": 512}, "width must be between 1024 and 2048 but is 512"),
+    ({"height": 4096}, "height must be between 1024 and 2048 but is 4096"),
+    ({"width": 1028}, "width must be divisible by 8 but is 1028"),
+    ({"num_inference_steps": 10}, "num_inference_steps must be between 20 and 50 but is 10"),
+    ({"num_inference_steps": 51}, "num_inference_steps must be between 20 and 50 but is 51"),
+    ({"guidance_scale": 25}, "guidance_scale must be between 1 and 20 but is 25"),
+    ({"samples": 5}, "samples must be between 1 and 4 but is 5"),
 ])
 def test_page_limits(dialect_server, key, image_host, change, message):
     r = dialect_server.post(IMG2IMG, body(key, image_host, **change))
