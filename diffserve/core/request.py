@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffserve.core.errors import InvalidInput
+from diffserve.core.step_cache import StepCache
 from diffserve.core.text import check_text
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 0 .. 2**64-1
@@ -65,6 +66,8 @@ class RequestOptions(BaseModel):
     enhance_prompt: bool = False
     enhance_style: str | None = None
     tomesd: bool = False
+    # per-request step caching (core/step_cache.py); None: the model's own setting (models.json), else off
+    step_cache: StepCache | None = None
     tiling: bool = False  # seamless tiles: circular padding in the UNet's and VAE's convolutions (A1111's tiling)
     output_base64: bool = False
     temp: bool = False

@@ -24,6 +24,7 @@ from diffserve.engine.controls.chain import BATCH_CONTROLS, POSTPROCESSORS, ROW_
 from diffserve.engine.families.base import RunInputs
 from diffserve.engine.families.batched import BatchLoop, Row, StepReport, tick
 from diffserve.engine.models.cache import release_memory
+from diffserve.engine.stepcache import row_cache
 
 
 class Batch:
@@ -70,6 +71,7 @@ class Batch:
             for control in ROW_CONTROLS:
                 stack.enter_context(control(self.pipe, inputs, self.ctx))
             row = self.loop.start(self.pipe, inputs, copy.deepcopy(self.pipe.scheduler))
+        row.cache = row_cache(req.step_cache)
         row.report = report
         self.rows.append(row)
         return row

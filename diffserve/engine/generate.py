@@ -37,6 +37,7 @@ from diffserve.engine.models.registry import ModelRegistry
 from diffserve.engine.controls.safety import SHARED_KEY, SafetyCheckers
 from diffserve.engine.demo.build import build_demo_sd
 from diffserve.engine.models.specs import FAMILIES, tiny_build
+from diffserve.engine.stepcache import describe
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class GenerationResult:
     nsfw: list[bool]
     device: str = "cpu"
     dtype: str = "fp32"
+    step_cache: dict[str, Any] | str = "off"  # what ran (engine/stepcache.describe)
 
     def png_bytes(self) -> list[bytes]:
         out = []
@@ -175,7 +177,10 @@ class Engine:
         if mask_image is not None and mask_image.size != size:
             mask_image = mask_image.resize(size, Image.Resampling.LANCZOS)
         self._check_activations(req, loaded)
+        cached = req.step_cache is not None and req.step_cache.on and not extra_images and init_image is not None
         try:
+            if cached and (batch := self.open_batch(req)) is not None:
+                return self._run_alone_in_batch(batch, req, init_image, progress)
             images, nsfw = self._run(req, loaded, init_image, extra_images, ip_adapter_image, progress, mask_image)
         except torch.OutOfMemoryError:
             log.warning("out of memory on %s for %s (%d x %dx%d)", self._device, req.model_id, req.samples,
@@ -183,6 +188,21 @@ class Engine:
             release_memory()  # what the failed call held goes back before the next job
             raise OutOfDeviceMemory(self._oom_message(req, loaded)) from None
         return GenerationResult(images, nsfw, device=self._device, dtype=loaded.dtype)
+
+    @staticmethod
+    def _run_alone_in_batch(batch: Batch, req: GenerationRequest, init_image: Image.Image,
+                            progress: Report | None) -> GenerationResult:
+        """A request with a step cache runs as the one row of its own batch: the cache lives in the batched
+        loop, so the request alone gives what it gives in a batch with others."""
+        with batch:
+            row = batch.join(req, init_image, progress)
+            while not row.done:
+                batch.tick()
+                if row.error is not None:
+                    raise row.error
+            images, nsfw = batch.finish(row)
+        return GenerationResult(images, nsfw, device=batch.device, dtype=batch.dtype,
+                                step_cache=describe(row.cache))
 
     def _oom_message(self, req: GenerationRequest, loaded: _Loaded) -> str:
         return (f"Out of memory on {self._device} generating {req.samples} x {req.width}x{req.height} with "

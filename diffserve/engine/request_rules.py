@@ -16,6 +16,7 @@ from PIL import Image
 
 from diffserve.core.errors import InvalidInput
 from diffserve.core.request import RequestDraft
+from diffserve.core.step_cache import OFF
 from diffserve.engine.models.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS, family_controls
 from diffserve.engine.controls.clip_skip import TEXT_ENCODERS, max_clip_skip
 from diffserve.engine.identity.errors import NoFaceFound
@@ -56,6 +57,16 @@ def resolve_controls(draft: RequestDraft, entry: ModelEntry) -> RequestDraft:
     if draft.tiling and not controls.tiling:
         raise InvalidInput(f"tiling is not supported by model {draft.model_id} ({entry.family} models): it needs "
                            f"a UNet model (sd, sdxl)", field="tiling")
+    step_cache = draft.step_cache or entry.step_cache or OFF
+    if step_cache.on and (draft.mode != "img2img" or draft.mask_image or draft.ip_adapter_id):
+        if draft.step_cache is not None and draft.step_cache.on:  # asked for: say why not
+            raise InvalidInput("step_cache applies to image-to-image without a mask or an IP-Adapter (it runs "
+                               "in the batched loop)", field="step_cache")
+        step_cache = OFF  # the model's default does not apply: meta says what runs
+    if step_cache.on and step_cache.method != controls.step_cache:
+        takes = f"it takes {controls.step_cache}" if controls.step_cache else "it has no step cache"
+        raise InvalidInput(f"step_cache {step_cache.method} is not supported by model {draft.model_id} "
+                           f"({entry.family} models: {takes})", field="step_cache")
     if draft.clip_skip is not None and draft.clip_skip > 1:
         _check_clip_skip(draft.clip_skip, draft.model_id, entry, controls.clip_skip_offset)
     style = style_name(draft.enhance_style)
@@ -65,6 +76,7 @@ def resolve_controls(draft: RequestDraft, entry: ModelEntry) -> RequestDraft:
         "scheduler": scheduler,
         "use_karras_sigmas": bool(draft.use_karras_sigmas and spec and spec.karras),
         "tomesd": draft.tomesd and controls.tomesd,
+        "step_cache": step_cache,
         "enhance_style": style,
         "prompt": prompt,
         "negative_prompt": negative,

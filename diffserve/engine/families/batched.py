@@ -21,7 +21,7 @@ from PIL import Image
 
 from diffserve.engine.families.base import RunInputs
 
-StepReport = Callable[[int, int, torch.Tensor | None], None]
+StepReport = Callable[[int, int, torch.Tensor | None], bool | None]  # True: end the denoising here
 
 
 @dataclass(kw_only=True)
@@ -38,11 +38,13 @@ class Row:
     report: StepReport | None = None
     index: int = 0
     batch_size: int = 0  # the most rows (samples) it shared a tick with
+    cache: Any = None  # its own step cache (engine/stepcache), None: every step runs the whole network
     error: BaseException | None = None  # its own step or progress report raised (a cancel...): it leaves
+    stopped: bool = False  # its report asked to end the denoising now (finish now): done, decoded as it is
 
     @property
     def done(self) -> bool:
-        return self.index >= len(self.timesteps)
+        return self.stopped or self.index >= len(self.timesteps)
 
     @property
     def samples(self) -> int:
@@ -66,7 +68,8 @@ class BatchLoop(Protocol):
 
 def tick(loop: BatchLoop, pipe: Any, rows: list[Row]) -> None:
     """One denoising step for every row (all not done, none failed): one forward, then each row's scheduler
-    step and progress report. What one row's step or report raises (a client's cancel) is kept on that row
+    step and progress report (a report answering True ends that row's denoising: finish now). What one row's
+    step or report raises (a client's cancel) is kept on that row
     (`error`) and the others go on; only the shared forward failing raises."""
     total = sum(row.samples for row in rows)
     outputs = loop.forward(pipe, rows)
@@ -75,8 +78,8 @@ def tick(loop: BatchLoop, pipe: Any, rows: list[Row]) -> None:
         try:
             row.latents = row.scheduler.step(output, row.t, row.latents, **row.step_kwargs, return_dict=False)[0]
             row.index += 1
-            if row.report is not None:
-                row.report(row.index, len(row.timesteps), row.latents)
+            if row.report is not None and row.report(row.index, len(row.timesteps), row.latents):
+                row.stopped = True
         except Exception as e:  # noqa: BLE001 - the row's own failure, reported for it alone
             row.error = e
 

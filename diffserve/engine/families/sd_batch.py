@@ -5,6 +5,7 @@ the row's own scheduler in place, so a row alone gives the pipeline's image."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from PIL import Image
 
 from diffserve.engine.families.base import RunInputs
 from diffserve.engine.families.batched import Row, scheduler_of, split_guided, step_kwargs
+from diffserve.engine.stepcache.deepcache import capture, shallow_forward
 
 
 def timesteps_for(pipe: Any, scheduler: Any, steps: int, strength: float, device: Any) -> torch.Tensor:
@@ -50,14 +52,41 @@ class StableDiffusionBatchLoop:
                    guidance=req.guidance_scale, cfg=cfg, cond=cond, step_kwargs=step_kwargs(scheduler, inputs.generators))
 
     def forward(self, pipe: Any, rows: list[Row]) -> list[torch.Tensor]:
+        """Rows whose DeepCache (engine/stepcache/deepcache.py) wants this step full, and rows without a cache,
+        share one whole-UNet forward; the rows on a cached step share one shallow forward."""
+        full = [row for row in rows if row.cache is None or row.cache.wants_full(row.index)]
+        cached = [row for row in rows if row not in full]
+        outputs: dict[int, torch.Tensor] = {}
+        if full:
+            sample, timestep = self.model_input(full)
+            keep = any(row.cache is not None for row in full)
+            with capture(pipe.unet) if keep else nullcontext([]) as seen:
+                output = pipe.unet(sample, timestep, **self.conditioning(pipe, full), return_dict=False)[0]
+            at = 0
+            for row in full:
+                n = row.samples * (2 if row.cfg else 1)
+                if row.cache is not None:
+                    row.cache.features, row.cache.full_steps = seen[-1][at:at + n].clone(), row.cache.full_steps + 1
+                at += n
+            outputs.update(zip(map(id, full), split_guided(output, full)))
+        if cached:
+            sample, timestep = self.model_input(cached)
+            features = torch.cat([row.cache.features for row in cached])
+            output = shallow_forward(pipe.unet, sample, timestep, features, **self.conditioning(pipe, cached))
+            for row in cached:
+                row.cache.cached_steps += 1
+            outputs.update(zip(map(id, cached), split_guided(output, cached)))
+        return [outputs[id(row)] for row in rows]
+
+    @staticmethod
+    def model_input(rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' scaled latents (CFG rows doubled) and one timestep per batch row."""
         samples, timesteps = [], []
         for row in rows:
             x = torch.cat([row.latents] * 2) if row.cfg else row.latents
             samples.append(row.scheduler.scale_model_input(x, row.t))
             timesteps.append(row.t.float().expand(x.shape[0]))
-        output = pipe.unet(torch.cat(samples), torch.cat(timesteps), **self.conditioning(pipe, rows),
-                           return_dict=False)[0]
-        return split_guided(output, rows)
+        return torch.cat(samples), torch.cat(timesteps)
 
     @staticmethod
     def conditioning(pipe: Any, rows: list[Row]) -> dict[str, Any]:

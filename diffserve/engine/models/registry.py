@@ -35,6 +35,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from diffserve.core.errors import InvalidInput, ModelNotFound
 from diffserve.core.request import ModelLimits
+from diffserve.core.step_cache import StepCache
 from diffserve.engine.models.asset_entries import (
     ASSET_KINDS,
     ENTRY_TYPES,
@@ -88,6 +89,8 @@ class ModelEntry(BaseModel):
     dtype: DtypeSetting | None = None
     compile: bool = False
     channels_last: bool = False
+    # the step cache its requests get when they name none (core/step_cache.py); None: off
+    step_cache: StepCache | None = None
     # step previews (engine/progress.py): the RGB each latent channel maps to, one row per latent channel;
     # None: SD 1.x's factors. demo-sd's latents are colours: its rows come from its VAE's scaling factor
     preview_rgb: tuple[tuple[float, float, float], ...] | None = None

@@ -29,6 +29,8 @@ class FamilyControls:
     reference_images: bool = False  # extra images (Qolaba file_urls) beside the init image are used
     needs_face: bool = False  # the init image must show a face (PuLID takes the identity from it)
     # other tasks from the same loaded weights (diffusers from_pipe, engine/families/base.py call_in_mode)
+    # the step cache method its batched loop implements (core/step_cache.py): deepcache (UNet), fbcache (Flux)
+    step_cache: str | None = None
     txt2img: bool = False
     inpaint: bool = False
 

@@ -6,7 +6,7 @@ from diffserve.engine.tiny.flux import FLUX_LIMITS, FLUX_TINY_LIMITS
 SPEC = FamilySpec(
     name="flux",
     pipeline="diffserve.engine.families.flux:FluxFamily",
-    controls=FamilyControls(txt2img=True, inpaint=True),
+    controls=FamilyControls(txt2img=True, inpaint=True, step_cache="fbcache"),
     batch_loop="diffserve.engine.families.flux_batch:FluxBatchLoop",
     bf16=True,
     limits=FLUX_LIMITS,

@@ -7,7 +7,7 @@ SPEC = FamilySpec(
     name="sdxl",
     pipeline="diffserve.engine.families.sdxl:StableDiffusionXLFamily",
     controls=FamilyControls(schedulers=True, clip_skip_offset=2, tomesd=True, tiling=True, txt2img=True,
-                            inpaint=True),
+                            inpaint=True, step_cache="deepcache"),
     batch_loop="diffserve.engine.families.sdxl_batch:StableDiffusionXLBatchLoop",
     limits=SDXL_LIMITS,
     tiny=TinyBuild("tiny-sdxl", "diffserve.engine.tiny.sdxl:build_tiny_sdxl", SDXL_TINY_LIMITS,

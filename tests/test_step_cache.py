@@ -1,0 +1,109 @@
+"""Per-request step caching inside step-level batching (engine/stepcache): DeepCache for the UNet families,
+First-Block Cache for Flux. Each row keeps its own cache and decision, so a request alone gives what it gives
+in a batch beside other (cached and uncached) requests; the shallow path recomputes exactly what the full
+UNet computes from the same deep features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffserve.core.errors import InvalidInput
+from diffserve.core.request import RequestDraft
+from diffserve.core.step_cache import StepCache
+from diffserve.engine.generate import Engine
+from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.request_rules import resolve_controls
+
+from .family_models import build_tiny, tiny_ids
+from .test_batching import TOLERANCE, init_image, max_diff, request, run_batched
+
+DEEPCACHE_MODELS = (*tiny_ids("sd", "sdxl"), "demo-sd")
+CACHED_MODELS = (*DEEPCACHE_MODELS, *tiny_ids("flux"))
+METHOD = {"tiny-flux": StepCache(method="fbcache", threshold=0.2)}
+
+
+@pytest.fixture(scope="module")
+def engine(models_root: Path, one_torch_thread) -> Engine:
+    build_tiny(models_root, *tiny_ids("sd", "sdxl", "flux"))
+    return Engine(ModelRegistry.load(models_root / "no-models.json", models_root), safety_checker="tiny",
+                  models_dir=models_root, max_models=len(CACHED_MODELS), dtype="fp32")
+
+
+def cache_of(model: str) -> StepCache:
+    return METHOD.get(model, StepCache(method="deepcache", interval=3))
+
+
+@pytest.mark.parametrize("model", CACHED_MODELS)
+def test_a_cached_request_alone_is_the_same_in_a_batch(engine, model):
+    """Cached rows (own interval / threshold, steps, strength, CFG or not) beside an uncached one."""
+    image = init_image()
+    reqs = [request(model, prompt="a cat", seed=3, steps=9, step_cache=cache_of(model)),
+            request(model, prompt="a dog", seed=4, steps=6, strength=0.9, guidance_scale=1.0),
+            request(model, prompt="a boat", seed=5, steps=7, negative_prompt="blurry", samples=2,
+                    step_cache=StepCache(method="deepcache", interval=2) if model in DEEPCACHE_MODELS
+                    else StepCache(method="fbcache", threshold=0.5))]
+    batched = run_batched(engine, reqs, image, join_every=2)
+    for i, req in enumerate(reqs):
+        result = engine.generate(req, image)
+        diffs = [max_diff(a, b) for a, b in zip(result.images, batched[i])]
+        assert max(diffs) <= TOLERANCE, (i, diffs)
+        if req.step_cache is not None:
+            assert result.step_cache["method"] == req.step_cache.method
+            assert result.step_cache["full_steps"] >= 1 and result.step_cache["cached_steps"] >= 1
+
+
+@pytest.mark.parametrize("model", DEEPCACHE_MODELS)
+def test_deepcache_skips_steps_and_stays_near_the_uncached_image(engine, model):
+    image = init_image()
+    plain = engine.generate(request(model, steps=10, strength=1.0), image)
+    cached = engine.generate(request(model, steps=10, strength=1.0, step_cache=cache_of(model)), image)
+    assert plain.step_cache == "off"
+    ran = cached.step_cache
+    total = ran["full_steps"] + ran["cached_steps"]  # 10 (PNDM: 11, its first step twice)
+    assert ran["method"] == "deepcache" and ran["interval"] == 3 and total in (10, 11)
+    assert ran["full_steps"] == -(-total // 3)  # steps 0, 3, 6, 9 full
+    assert 0 < max_diff(plain.images[0], cached.images[0])
+
+
+@pytest.mark.parametrize("model", DEEPCACHE_MODELS)
+def test_the_shallow_path_on_fresh_features_is_the_full_unet(engine, model):
+    from diffserve.engine.stepcache.deepcache import capture, shallow_forward
+
+    unet = engine.pipelines.get(model).pipe.unet
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, unet.config.in_channels, 8, 8, generator=gen)
+    timestep = torch.tensor([500.0, 20.0])
+    cond = {"encoder_hidden_states": torch.randn(2, 7, unet.config.cross_attention_dim, generator=gen)}
+    if unet.config.time_cond_proj_dim is not None:
+        cond["timestep_cond"] = torch.randn(2, unet.config.time_cond_proj_dim, generator=gen)
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+        cond["added_cond_kwargs"] = {"text_embeds": torch.randn(2, pooled, generator=gen),
+                                     "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    with torch.inference_mode():
+        with capture(unet) as seen:
+            full = unet(sample, timestep, **cond, return_dict=False)[0]
+        shallow = shallow_forward(unet, sample, timestep, seen[-1], **cond)
+    torch.testing.assert_close(shallow, full, rtol=1e-4, atol=1e-5)
+
+
+def test_the_setting_is_checked_and_resolved_at_submit(models_root):
+    registry = ModelRegistry.load(models_root / "no-models.json", models_root)
+
+    def resolve(model: str, **fields):
+        draft = RequestDraft(model_id=model, prompt="p", init_image="x", **fields)
+        return resolve_controls(draft, registry.get(model)).step_cache
+
+    assert resolve("tiny-sd") == StepCache(method="off")
+    assert resolve("tiny-sd", step_cache={"method": "deepcache"}).describe() == {"method": "deepcache",
+                                                                                 "interval": 3}
+    assert resolve("tiny-flux", step_cache="fbcache").threshold == 0.1
+    with pytest.raises(InvalidInput, match="step_cache deepcache is not supported by model tiny-flux"):
+        resolve("tiny-flux", step_cache={"method": "deepcache", "interval": 2})
+    with pytest.raises(InvalidInput, match="image-to-image"):
+        resolve("tiny-sd", step_cache="deepcache", mode="txt2img")
+    with pytest.raises(ValueError, match="threshold applies to method fbcache only"):
+        StepCache.model_validate({"method": "deepcache", "threshold": 0.1})
