@@ -10,13 +10,13 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from .servers import free_port
+from .waiting import wait_until
 
 ACCESS_KEY = "diffserve-test"
 SECRET_KEY = "diffserve-test-secret-0123456789"
@@ -77,8 +77,8 @@ class SeaweedS3:
 
     def _wait_ready(self, timeout: float) -> None:
         """Up when a signed write to each bucket works (the buckets are made during start-up)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool | Exception:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited:\n{(self.root / 'weed.log').read_text()[-3000:]}")
             try:
@@ -87,10 +87,11 @@ class SeaweedS3:
                 for bucket in (PRIVATE_BUCKET, PUBLIC_BUCKET):
                     s3.put_object(Bucket=bucket, Key="ready", Body=b"1")
                     s3.delete_object(Bucket=bucket, Key="ready")
-                return
-            except Exception:
-                time.sleep(0.2)
-        raise TimeoutError(f"S3 not ready after {timeout}s")
+                return True
+            except Exception as error:  # not up yet: the error is what a timeout reports
+                return error
+
+        wait_until(ready, timeout, every=0.2, accept=lambda v: v is True, what=f"S3 at {self.endpoint} to take writes")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -22,6 +22,7 @@ import pytest
 
 from .bodies import IMG2IMG, body
 from .servers import DiffserveServer, png_bytes
+from .waiting import wait_until
 from .webhook_receiver import Receiver
 
 SLOW_S = 8.0  # the slow image host answers after this long
@@ -260,9 +261,8 @@ def test_synchronous_wait_ends_when_the_client_leaves(bounded, bkey, path, paylo
         httpx.post(f"{bounded.url}{path}", json=payload, headers={"Authorization": f"Bearer {bkey}"}, timeout=1.0)
     left = time.monotonic()
     job = native(bounded, bkey, "GET", "/v1/jobs", params={"limit": 1}).json()["data"][0]
-    while job["status"] != "cancelled" and time.monotonic() - left < 5:
-        time.sleep(0.1)
-        job = native(bounded, bkey, "GET", f"/v1/jobs/{job['id']}").json()
+    job = wait_until(lambda: native(bounded, bkey, "GET", f"/v1/jobs/{job['id']}").json(), 5,
+                     accept=lambda j: j["status"] == "cancelled", what=f"job {job['id']} cancelled")
     assert job["status"] == "cancelled", job
     assert "disconnected" in str(job.get("error")), job
     assert time.monotonic() - left < 3
@@ -278,9 +278,8 @@ def test_hanging_webhook_receivers_delay_only_themselves(bounded, bkey):
         jobs = [queued_job(bounded, bkey, webhook=h.url) for h in hanging for _ in range(3)]
         for job_id in jobs:
             native(bounded, bkey, "POST", f"/v1/jobs/{job_id}/cancel")
-        deadline = time.monotonic() + 15
-        while sum(len(h.received) for h in hanging) < 16 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: sum(len(h.received) for h in hanging), 15, every=0.05, accept=lambda n: n >= 16,
+                   what="16 delivery attempts at the hanging receivers")
         time.sleep(0.5)  # any attempt past the per-host bound would arrive now
         assert [len(h.received) for h in hanging] == [2] * 8
 

@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
 
 from .jobs_helpers import LONG, Jobs
 from .servers import free_port, png_bytes
+from .waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +88,10 @@ def test_ctrl_c_cancels_the_job_on_the_server(jobs_server, key, tmp_path):
                             # give the CLI the default a user's terminal gives it
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     jobs = Jobs(jobs_server, key)
-    deadline = time.monotonic() + 60
-    job = None
-    while time.monotonic() < deadline:
-        latest = jobs.http.get("/v1/jobs", params={"limit": 1}).json()["data"]
-        if latest and latest[0]["meta"]["prompt"] == "slow" and latest[0]["status"] == "running":
-            job = latest[0]
-            break
-        time.sleep(0.05)
+    latest = wait_until(lambda: jobs.http.get("/v1/jobs", params={"limit": 1}).json()["data"], 60, every=0.05,
+                        accept=lambda latest: latest and latest[0]["meta"]["prompt"] == "slow"
+                        and latest[0]["status"] == "running", what="the CLI's job running")
+    job = latest[0]
     assert job is not None
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)

@@ -18,6 +18,7 @@ import pytest
 
 from .jobs_helpers import Jobs, data_uri
 from .s3server import PRIVATE_BUCKET
+from .waiting import wait_until
 from .webhook_receiver import Receiver
 
 V6 = "/api/v6/images/img2img"
@@ -132,9 +133,8 @@ def test_killing_an_api_process_loses_no_job_and_its_webhooks_still_go_out(fleet
         second.stop(sig=signal.SIGKILL)
         for job_id in submitted:
             assert jobs.done(job_id, timeout=120)["status"] == "succeeded"  # read through the first API
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len({r.payload["id"] for r in receiver.received}) < 4:
-            time.sleep(0.2)
+        wait_until(lambda: {r.payload["id"] for r in receiver.received}, 60, every=0.2,
+                   accept=lambda ids: len(ids) >= 4, what="webhooks for 4 distinct jobs")
         delivered = [r.payload["id"] for r in receiver.received]
         assert sorted(delivered) == sorted(submitted), delivered  # each once, by the API still alive
     finally:
@@ -146,19 +146,16 @@ def test_management_reaches_every_worker(fleet, fleet_admin, jobs):
     assert any(w["models"] for w in fleet.worker_rows(fleet_admin))
     r = fleet.api.post("/api/v1/enterprise/clear_cache", {"key": fleet_admin}).json()
     assert r["status"] == "success", r
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(w["models"] for w in fleet.worker_rows(fleet_admin)):
-        time.sleep(0.2)
+    wait_until(lambda: [w["models"] for w in fleet.worker_rows(fleet_admin)], 30, every=0.2,
+               accept=lambda models: not any(models), what="every worker's loaded models cleared")
     assert not any(w["models"] for w in fleet.worker_rows(fleet_admin))
     before = {w["worker_id"]: w["started_at"] for w in fleet.worker_rows(fleet_admin)}
     assert all(w["machine"] for w in fleet.worker_rows(fleet_admin))  # standalone workers: <machine>-<pid>
     assert fleet.api.post("/api/v1/enterprise/restart_server", {"key": fleet_admin}).json()["status"] == "success"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        now = {w["worker_id"]: w["started_at"] for w in fleet.worker_rows(fleet_admin) if w["state"] == "idle"}
-        if len(now) == 2 and all(now[w] != before.get(w) for w in now):
-            break
-        time.sleep(0.3)
+    now = wait_until(
+        lambda: {w["worker_id"]: w["started_at"] for w in fleet.worker_rows(fleet_admin) if w["state"] == "idle"},
+        120, every=0.3, accept=lambda now: len(now) == 2 and all(now[w] != before.get(w) for w in now),
+        what="two idle workers, each started afresh")
     assert len(now) == 2 and all(now[w] != before.get(w) for w in now), (before, now)  # each started afresh
     assert jobs.done(jobs.submit(steps=2)["id"])["status"] == "succeeded"
 
@@ -185,12 +182,13 @@ def test_load_model_and_delete_model_reach_every_machine(fleet, fleet_admin, job
         models = json.loads((fleet.root / f"worker-{i}" / "models.json").read_text())["models"]
         return "fleet-ckpt" in models and Path(models["fleet-ckpt"]["location"]).is_file()
 
-    wait_for(lambda: registered(0) and registered(1))
+    wait_until(lambda: registered(0) and registered(1), 60, every=0.2, what="fleet-ckpt registered on both workers")
     for i in (0, 1):  # the weights came from S3 into each worker's own folder
         location = json.loads((fleet.root / f"worker-{i}" / "models.json").read_text())["models"]["fleet-ckpt"]
         assert str(fleet.root / f"worker-{i}") in location["location"]
-    wait_for(lambda: fleet.api.post("/api/v1/enterprise/verify_model", {"key": fleet_admin, "model_id": "fleet-ckpt"})
-             .json().get("model_status") == "loaded")
+    wait_until(lambda: fleet.api.post("/api/v1/enterprise/verify_model",
+                                      {"key": fleet_admin, "model_id": "fleet-ckpt"}).json().get("model_status"),
+               60, every=0.2, accept=lambda status: status == "loaded", what="verify_model fleet-ckpt: loaded")
     body = {"key": jobs.key, "model_id": "fleet-ckpt", "prompt": "p", "init_image": data_uri(), "strength": 0.5,
             "num_inference_steps": 2, "safety_checker": "no"}  # the model is not built in: no offline checker
     assert fleet.api.post(V6, body).json()["status"] == "success"
@@ -200,19 +198,13 @@ def test_load_model_and_delete_model_reach_every_machine(fleet, fleet_admin, job
         assert out["status"] == "success", out  # the second API learnt the model from the store
         assert fleet.api.post("/api/v1/enterprise/delete_model",
                               {"key": fleet_admin, "model_id": "fleet-ckpt"}).json()["status"] == "success"
-        wait_for(lambda: not registered(0) and not registered(1))
-        wait_for(lambda: other.post(V6, body).json().get("message") == "Model not found: fleet-ckpt")
+        wait_until(lambda: not registered(0) and not registered(1), 60, every=0.2,
+                   what="fleet-ckpt gone from both workers")
+        wait_until(lambda: other.post(V6, body).json().get("message"), 60, every=0.2,
+                   accept=lambda message: message == "Model not found: fleet-ckpt",
+                   what="the second API to answer Model not found: fleet-ckpt")
     finally:
         other.stop()
-
-
-def wait_for(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(predicate)
 
 
 def test_postgres_down_answers_503_in_the_dialect_shape_and_recovers(fleet, jobs):
@@ -223,14 +215,12 @@ def test_postgres_down_answers_503_in_the_dialect_shape_and_recovers(fleet, jobs
         assert r.status_code == 503 and r.json()["status"] == "error", r.text
     finally:
         fleet.pg.resume()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        r = fleet.api.post(V6, {"key": jobs.key, "prompt": "p", "init_image": data_uri(), "num_inference_steps": 2},
-                           timeout=60)
-        if r.status_code == 200 and r.json()["status"] == "success":
-            return
-        time.sleep(1)
-    raise AssertionError(f"no recovery: {r.status_code} {r.text}")
+    r = wait_until(
+        lambda: fleet.api.post(V6, {"key": jobs.key, "prompt": "p", "init_image": data_uri(),
+                                    "num_inference_steps": 2}, timeout=60),
+        60, every=1, accept=lambda r: r.status_code == 200 and r.json()["status"] == "success",
+        what="v6 img2img to succeed again after PostgreSQL resumed")
+    assert r.status_code == 200 and r.json()["status"] == "success", f"no recovery: {r.status_code} {r.text}"
 
 
 def test_an_api_process_s_own_workers_are_named_apart_in_a_fleet():

@@ -25,6 +25,7 @@ from .bodies import IMG2IMG, body
 from .hardened import QOLABA_REFS_APP
 from .hostile_corpus import b64, valid_png
 from .servers import png_bytes
+from .waiting import wait_until
 
 INIT = b64(png_bytes(64, 64))
 HUGE = 20000  # px: a requested side far past every model's maximum
@@ -276,13 +277,10 @@ def test_an_extreme_kontext_reference_keeps_within_the_output_area(server, key):
                                  "extra_images": [b64(reference)], "width": 256, "height": 256})
         assert r.status_code == 202, r.text
         headers = {"Authorization": f"Bearer {key}"}
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            job = httpx.get(f"{server.url}/v1/jobs/{r.json()['id']}", headers=headers, timeout=30).json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(0.1)
-        raise TimeoutError(job)
+        return wait_until(lambda: httpx.get(f"{server.url}/v1/jobs/{r.json()['id']}", headers=headers,
+                                            timeout=30).json(), 300,
+                          accept=lambda job: job["status"] in ("succeeded", "failed", "cancelled"),
+                          what=f"job {r.json()['id']} to end")
 
     assert run(png_bytes(64, 64))["status"] == "succeeded"
     before = worker_peak_mb(server)

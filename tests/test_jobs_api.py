@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ from PIL import Image
 
 from .jobs_helpers import LONG, Jobs, data_uri
 from .servers import DiffserveServer, free_port
+from .waiting import wait_until
 from .webhook_receiver import Receiver
 
 
@@ -211,22 +211,21 @@ def test_health_answers_before_the_worker_is_ready(tmp_path, models_root):
                                 env=srv.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
     try:
-        seen_ready_503 = False
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                health = httpx.get(f"{srv.url}/health", timeout=2)
-                ready = httpx.get(f"{srv.url}/ready", timeout=2)
-            except httpx.HTTPError:
-                time.sleep(0.05)
-                continue
+        seen_ready_503 = []
+
+        def ready_status() -> int:
+            health = httpx.get(f"{srv.url}/health", timeout=2)
+            ready = httpx.get(f"{srv.url}/ready", timeout=2)
             assert health.status_code == 200
             if ready.status_code == 503:
-                seen_ready_503 = True
+                seen_ready_503.append(ready.json())
                 assert ready.json()["status"] == "starting" and ready.json()["store"] == "ok"
             else:
                 assert ready.status_code == 200 and ready.json()["workers"] == 1
-                break
+            return ready.status_code
+
+        wait_until(ready_status, 120, every=0.05, accept=lambda status: status == 200, ignore=httpx.HTTPError,
+                   what="/ready to answer 200")
         assert seen_ready_503  # /health was up while the worker was still loading
     finally:
         srv.stop()

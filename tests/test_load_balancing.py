@@ -12,6 +12,7 @@ import pytest
 
 from .dialects import LOCAL_SD, jobs_table, poll_modelslab
 from .servers import DiffserveServer, png_bytes
+from .waiting import wait_until
 
 V6 = "/api/v6/images/img2img"
 AFFINITY_WAIT_S = 1.0
@@ -52,12 +53,8 @@ def worker_of(server, job_id) -> str:
 
 
 def wait_both_ready(server):
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if httpx.get(f"{server.url}/health").json()["workers"] == 2:
-            return
-        time.sleep(0.2)
-    raise TimeoutError("two workers")
+    wait_until(lambda: httpx.get(f"{server.url}/health").json()["workers"], 120, every=0.2,
+               accept=lambda n: n == 2, what="/health to count two workers")
 
 
 def test_jobs_spread_over_both_workers(fleet, key, image_host):
@@ -89,8 +86,8 @@ def test_no_job_waits_for_a_busy_holder_longer_than_the_affinity_wait(fleet, key
     holder = worker_of(fleet, warm["id"])
     long = fleet.post(V6, gen(key, image_host, model="tiny-sd-b", steps=50, strength=1, samples=2,
                               instant_response="yes", init_image=image_host.url("/lb.png"))).json()
-    while jobs_table(fleet, "status")[long["id"]][0] == "queued":
-        time.sleep(0.02)
+    wait_until(lambda: jobs_table(fleet, "status")[long["id"]][0], every=0.02, accept=lambda s: s != "queued",
+               what=f"job {long['id']} out of the queue")
     assert worker_of(fleet, long["id"]) == holder
     short = fleet.post(V6, gen(key, image_host, model="tiny-sd-b", instant_response="yes")).json()
     assert poll_modelslab(fleet, short["fetch_result"], {"key": key})["status"] == "success"

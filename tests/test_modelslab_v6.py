@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import sqlite3
-import time
 
 import httpx
 import pytest
 from PIL import Image
 
 from .servers import png_bytes
+from .waiting import wait_until
 
 IMG2IMG = "/api/v6/images/img2img"
 
@@ -57,13 +57,9 @@ def job_count(server) -> int:
 
 
 def poll(server, job_id, key, path=None, timeout=60):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        r = server.post(path or f"/api/v6/images/fetch/{job_id}", {"key": key})
-        if r.json()["status"] != "processing":
-            return r.json()
-        time.sleep(0.2)
-    raise TimeoutError(job_id)
+    path = path or f"/api/v6/images/fetch/{job_id}"
+    return wait_until(lambda: server.post(path, {"key": key}).json(), timeout, every=0.2,
+                      accept=lambda out: out["status"] != "processing", what=f"{path} to answer other than processing")
 
 
 def test_vendor_example_returns_an_image(server, key, image_host):

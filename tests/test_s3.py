@@ -17,6 +17,7 @@ from PIL import Image
 from .bodies import IMG2IMG, body
 from .s3server import ACCESS_KEY, PRIVATE_BUCKET, PUBLIC_BUCKET, SECRET_KEY, SeaweedS3
 from .servers import DiffserveServer, png_bytes
+from .waiting import wait_until
 
 UPDATE_S3 = "/api/v1/enterprise/update_s3"
 TEMP_TTL_S = 3.0
@@ -170,10 +171,9 @@ def test_temp_outputs_expire_on_both_backends_and_others_stay(server, user, imag
     assert get(temp["output"][0]).status_code == 200
     token = token_of(temp["output"][0])
     assert f"imgs/temp/inputs/{token}-init.png" in s3.keys(PUBLIC_BUCKET, "imgs/temp/")
-    deadline = time.monotonic() + TEMP_TTL_S + 10
-    while time.monotonic() < deadline and (s3.keys(PUBLIC_BUCKET, f"imgs/temp/generations/{token}")
-                                           or get(upload).status_code != 404):
-        time.sleep(0.2)
+    wait_until(lambda: (s3.keys(PUBLIC_BUCKET, f"imgs/temp/generations/{token}"), get(upload).status_code),
+               TEMP_TTL_S + 10, every=0.2, accept=lambda seen: not seen[0] and seen[1] == 404,
+               what="the temp generation gone from S3 and the upload answering 404")
     assert not s3.keys(PUBLIC_BUCKET, f"imgs/temp/generations/{token}")
     assert not s3.keys(PUBLIC_BUCKET, f"imgs/temp/inputs/{token}")
     assert get(temp["output"][0]).status_code == 404

@@ -11,6 +11,7 @@ import pytest
 
 from .servers import DiffserveServer, free_port
 from .bodies import IMG2IMG, body
+from .waiting import wait_until
 from .webhook_receiver import Receiver, verify_signature
 
 SECRET = "whsec_" + base64.b64encode(b"a signing secret of thirty-two by").decode()
@@ -52,13 +53,8 @@ def fetch(server, key, job_id) -> dict:
 
 
 def wait_webhook_status(server, key, job_id, wanted: set[str], timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = fetch(server, key, job_id)["webhook_status"]
-        if status in wanted:
-            return status
-        time.sleep(0.1)
-    raise TimeoutError(f"webhook_status of {job_id} never became {wanted}")
+    return wait_until(lambda: fetch(server, key, job_id)["webhook_status"], timeout,
+                      accept=lambda status: status in wanted, what=f"webhook_status of {job_id} in {wanted}")
 
 
 def test_flaky_receiver_gets_the_payload_after_two_failures(hook_server, hook_key, image_host, receiver):
