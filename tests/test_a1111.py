@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -15,6 +14,7 @@ from PIL import Image
 
 from .jobs_helpers import Jobs
 from .servers import png_bytes
+from .waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +85,8 @@ def test_progress_and_interrupt_of_the_callers_job(api, jobs_server, key):
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("error", _slow(api)))
     worker.start()
-    deadline = time.monotonic() + 60
-    seen = None
-    while time.monotonic() < deadline:
-        progress = api.get_progress()
-        if progress["state"]["sampling_step"] >= 1:
-            seen = progress
-            break
-        time.sleep(0.05)
+    seen = wait_until(api.get_progress, 60, every=0.05, accept=lambda progress: progress["state"]["sampling_step"] >= 1,
+                      what="progress past the first sampling step")
     assert seen and 0 < seen["progress"] < 1 and seen["state"]["sampling_steps"] == 50 and seen["eta_relative"] > 0
     assert seen["state"]["job_count"] == 1
     other = webuiapi.WebUIApi(baseurl=f"{jobs_server.url}/sdapi/v1")
