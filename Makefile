@@ -62,8 +62,11 @@ serve: install
 system-deps:
 	bash scripts/system-deps.sh
 
+# The suite runs as groups of test files, TEST_JOBS pytest processes at a time (tests/parallel.py: files that
+# share a session server stay in one group; one pytest kept CI's second core idle). TEST_JOBS=1: one plain pytest.
+TEST_JOBS ?= 2
 test: install-test system-deps
-	$(PY) -m pytest -q --ignore=tests/test_container.py $(PYTEST_ARGS)
+	$(PY) tests/parallel.py --jobs $(TEST_JOBS) --ignore tests/test_container.py -- -q $(PYTEST_ARGS)
 
 # The container image built from the Dockerfile and run (README "Deploy"): its own dockerd, a Debian 12 base
 # made with mmdebstrap (Debian's docker.io + mmdebstrap: system-deps.sh --container, root), the README's worked
