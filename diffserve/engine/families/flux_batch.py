@@ -16,6 +16,7 @@ from PIL import Image
 from diffserve.engine.families.base import RunInputs
 from diffserve.engine.families.batched import Row, scheduler_of, split_guided
 from diffserve.engine.families.flux import TRUE_CFG_SCALE
+from diffserve.engine.stepcache import fbcache
 
 MAX_SEQUENCE_LENGTH = 512  # FluxImg2ImgPipeline.__call__'s default, which the family's call keeps
 
@@ -59,8 +60,14 @@ class FluxBatchLoop:
             hidden.append(x)
             timesteps.append(row.t.expand(x.shape[0]).to(x.dtype))
         cond = {key: torch.cat([row.cond[key] for row in rows]) for key in rows[0].cond}
-        output = pipe.transformer(hidden_states=torch.cat(hidden), timestep=torch.cat(timesteps) / 1000,
-                                  joint_attention_kwargs={}, return_dict=False, **rows[0].fixed, **cond)[0]
+        if any(row.cache is not None for row in rows):  # First-Block Cache, each row its own (stepcache/fbcache.py)
+            caches = [(row.samples * (2 if row.cfg else 1), row.cache) for row in rows]
+            output = fbcache.forward(pipe.transformer, caches, hidden_states=torch.cat(hidden),
+                                     timestep=torch.cat(timesteps) / 1000, joint_attention_kwargs={},
+                                     **rows[0].fixed, **cond)
+        else:
+            output = pipe.transformer(hidden_states=torch.cat(hidden), timestep=torch.cat(timesteps) / 1000,
+                                      joint_attention_kwargs={}, return_dict=False, **rows[0].fixed, **cond)[0]
         return split_guided(output, rows)
 
     def finish(self, pipe: Any, row: Row) -> list[Image.Image]:
