@@ -250,3 +250,17 @@ def test_json_edits_through_openais_client(client, image_host):
         "prompt": "a watercolor", "model": "tiny-sd", "quality": "hd", "images": [{"image_url": hosted}]})
     assert out.quality == "high" and out.size is None and out.output_format == "png"
     assert image_of({"b64_json": out.data[0].b64_json}).size == (64, 64)
+
+
+def test_openapi_documents_both_edits_bodies(http):
+    """/openapi.json gives /v1/images/edits both of the spec's bodies: multipart (CreateImageEditRequest) and
+    JSON (EditImageBodyJsonParam), the JSON one with the spec's required fields and only the spec's fields
+    (plus response_format, which diffserve also reads there)."""
+    spec = json.loads(SPEC.read_text())["components"]["schemas"]["EditImageBodyJsonParam"]
+    content = http.get("/openapi.json").json()["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
+    assert set(content) == {"multipart/form-data", "application/json"}
+    ours = content["application/json"]["schema"]
+    assert set(ours["required"]) == set(spec["required"]) == {"images", "prompt"}
+    assert set(ours["properties"]) - {"response_format"} <= set(spec["properties"])
+    assert ours["properties"]["images"]["items"]["properties"].keys() == {"image_url", "file_id"}
+    assert {"image", "prompt"} <= set(content["multipart/form-data"]["schema"]["required"])

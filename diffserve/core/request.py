@@ -54,6 +54,7 @@ class RequestOptions(BaseModel):
     use_karras_sigmas: bool = False
     algorithm_type: str | None = None
     clip_skip: int | None = None
+    eta_noise_seed_delta: int = 0  # ancestral/SDE samplers' between-step noise from seed + i + this (A1111's ENSD)
     lora_models: list[str] = Field(default_factory=list)
     lora_strengths: list[float] = Field(default_factory=list)
     vae: str | None = None
@@ -186,6 +187,7 @@ class RequestDraft(RequestOptions):
         check_size("height", self.height, limits)
         check_range("seed", self.seed, 0, MAX_SEED)
         check_range("clip_skip", self.clip_skip, 1, 8)
+        check_range("eta_noise_seed_delta", self.eta_noise_seed_delta, 0, 2**32 - 1)
         check_range("ip_adapter_scale", self.ip_adapter_scale, 0, 1)
         check_choice("scheduler", self.scheduler, SCHEDULERS)
         check_choice("safety_checker_type", self.safety_checker_type, SAFETY_CHECKER_TYPES)

@@ -21,6 +21,7 @@ from diffserve.core.errors import DiffserveError
 from diffserve.core.request import GenerationRequest
 from diffserve.engine.controls.base import ControlContext
 from diffserve.engine.controls.chain import BATCH_CONTROLS, POSTPROCESSORS, ROW_CONTROLS
+from diffserve.engine.controls.eta_noise import row_step_kwargs
 from diffserve.engine.families.base import RunInputs
 from diffserve.engine.families.batched import BatchLoop, Row, StepReport, tick
 from diffserve.engine.models.cache import release_memory
@@ -71,6 +72,7 @@ class Batch:
             for control in ROW_CONTROLS:
                 stack.enter_context(control(self.pipe, inputs, self.ctx))
             row = self.loop.start(self.pipe, inputs, copy.deepcopy(self.pipe.scheduler))
+        row.step_kwargs = row_step_kwargs(req, row.step_kwargs)  # eta_noise_seed_delta's generators
         row.cache = row_cache(req.step_cache)
         row.report = report
         self.rows.append(row)

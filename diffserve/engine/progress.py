@@ -2,7 +2,9 @@
 
 `step_kwargs(report)` gives the pipeline call arguments that call `report(step, total, latents)` after
 every denoising step (step counts from 1; total is the steps this img2img call runs, after `strength`).
-`report` may raise (e.g. core.errors.Cancelled) to stop the call between two steps.
+`report` may raise (e.g. core.errors.Cancelled) to stop the call between two steps, or answer True to end the
+denoising there and keep the image so far: the pipeline's own early end (`pipe._interrupt`, which diffusers'
+pipelines check before each step; they then decode the current latents).
 
 `preview_jpeg(latents)` makes a small JPEG of SD / SDXL latents without the VAE: a linear map of the 4
 latent channels to RGB (the approximation A1111 and ComfyUI use for live previews; the factors below are
@@ -19,7 +21,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-Report = Callable[[int, int, torch.Tensor | None], None]
+Report = Callable[[int, int, torch.Tensor | None], bool | None]
 
 LATENT_RGB = torch.tensor([[0.3512, 0.2297, 0.3227],
                            [0.3250, 0.4974, 0.2350],
@@ -31,7 +33,8 @@ PREVIEW_SIDE = 128
 def step_kwargs(report: Report) -> dict[str, Any]:
     def on_step_end(pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         total = getattr(pipe, "_num_timesteps", None) or step + 1
-        report(step + 1, int(total), kwargs.get("latents"))
+        if report(step + 1, int(total), kwargs.get("latents")):
+            pipe._interrupt = True  # the remaining steps are skipped, the latents so far decoded
         return kwargs
 
     return {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}

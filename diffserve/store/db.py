@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -141,7 +142,7 @@ class WorkerRow(Base):
 
 class ProgressRow(Base):
     """A running job's denoising progress (written by its worker, throttled), its latest step preview, and
-    whether a client asked to cancel it (read by the worker between steps)."""
+    whether a client asked to cancel it or to finish it now (read by the worker between steps)."""
 
     __tablename__ = "job_progress"
 
@@ -151,6 +152,8 @@ class ProgressRow(Base):
     step_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # measured seconds per step
     preview: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # small JPEG of the latents
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # a client asked to end the denoising now and keep the image so far (A1111's /interrupt): the job succeeds
+    finish_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 

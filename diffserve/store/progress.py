@@ -3,20 +3,26 @@
 The worker writes a job's step (throttled: engine progress reports come every step, the row every
 `interval`), the measured time per step and the latest preview; the API reads them for status, ETA and
 the events stream. A client's cancel of a running job sets `cancel_requested`; the worker reads it
-at its next write and stops the job between two steps. A worker's write names its attempt: once the job
-was handed on, the write changes nothing and raises ClaimLost (store/ledger.py). When a job ends, the ledger
+at its next write and stops the job between two steps. A "finish now" (`finish_requested`, A1111's /interrupt)
+is read the same way: the worker ends the denoising there and the job succeeds with the image so far.
+A worker's write names its attempt: once the job was handed on, the write changes nothing and raises ClaimLost (store/ledger.py). When a job ends, the ledger
 drops its preview in the same transaction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from diffserve.store.db import JobRow, ProgressRow, utcnow
 from diffserve.store.ledger import RUNNING, ClaimLost
+
+
+CANCEL, FINISH = "cancel", "finish"  # what a client asked of a running job (`report` answers it)
+Asked = Literal["cancel", "finish"] | None
 
 
 @dataclass(frozen=True)
@@ -32,9 +38,10 @@ class ProgressStore:
         self._db = db
 
     def report(self, job_id: int, step: int, total: int, step_s: float | None,
-               preview: bytes | None = None, *, attempt: int | None = None) -> bool:
-        """Record progress; True when a client asked to cancel the job. attempt: the worker's attempt (fenced:
-        raises store.ledger.ClaimLost, writing nothing, once the job was handed on or ended)."""
+               preview: bytes | None = None, *, attempt: int | None = None) -> Asked:
+        """Record progress; what a client asked meanwhile: CANCEL (it wins), FINISH (end now, keep the image) or
+        None. attempt: the worker's attempt (fenced: raises store.ledger.ClaimLost, writing nothing, once the
+        job was handed on or ended)."""
         with Session(self._db) as s, s.begin():
             if attempt is not None and s.scalar(select(JobRow.id).where(
                     JobRow.id == job_id, JobRow.status == RUNNING, JobRow.attempts == attempt)) is None:
@@ -46,7 +53,7 @@ class ProgressStore:
             row.step, row.total, row.step_s, row.updated_at = step, total, step_s, utcnow()
             if preview is not None:
                 row.preview = preview
-            return bool(row.cancel_requested)
+            return CANCEL if row.cancel_requested else FINISH if row.finish_requested else None
 
     def get(self, job_id: int) -> Progress | None:
         with Session(self._db) as s:
@@ -59,11 +66,18 @@ class ProgressStore:
             return s.scalar(select(ProgressRow.preview).where(ProgressRow.job_id == job_id))
 
     def request_cancel(self, job_id: int) -> None:
+        self._ask(job_id, cancel_requested=True)
+
+    def request_finish(self, job_id: int) -> None:
+        """Ask the worker to end the denoising at its next step and keep the image so far (the job succeeds)."""
+        self._ask(job_id, finish_requested=True)
+
+    def _ask(self, job_id: int, **flag: bool) -> None:
         with Session(self._db) as s, s.begin():
-            updated = s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id)
-                                .values(cancel_requested=True)).rowcount
+            updated = s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id).values(**flag)).rowcount
             if not updated:
-                s.add(ProgressRow(job_id=job_id, step=0, total=0, cancel_requested=True, updated_at=utcnow()))
+                s.add(ProgressRow(**{"job_id": job_id, "step": 0, "total": 0, "cancel_requested": False,
+                                     "finish_requested": False, "updated_at": utcnow(), **flag}))
 
     def cancel_requested(self, job_id: int) -> bool:
         with Session(self._db) as s:

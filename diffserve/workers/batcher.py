@@ -152,7 +152,8 @@ class Batcher:
         except Exception as e:  # noqa: BLE001
             self._end(a, e, active)
             return
-        run = {"device": batch.device, "dtype": batch.dtype, "batch_size": row.batch_size}
+        run = {"device": batch.device, "dtype": batch.dtype, "batch_size": row.batch_size,
+               **(a.reporter.run_meta() if a.reporter else {})}  # stopped_at_step: a "finish now" ended it
         self._end(a, Outcome.succeeded(keys, nsfw, run), active)
 
     def _end(self, a: _Active, result: Outcome | BaseException, active: dict[int, _Active]) -> None:

@@ -7,8 +7,8 @@ registry's assets, by id: a server path is nobody's business), `hypernetworks`, 
 diffserve), `memory` (RAM from /proc/meminfo; the API process has no torch, so `cuda` carries an error, as A1111's
 answer does when it has no CUDA). Housekeeping: `refresh-checkpoints` re-reads the registry file;
 `unload-checkpoint` (workers unload every model between jobs) and `reload-checkpoint` (workers drop the key's
-checkpoint, read again from disk on its next job) need an admin key; `skip` stops the caller's running job like
-`/interrupt` (diffserve runs a batch as one job: there is no single image to skip).
+checkpoint, read again from disk on its next job) need an admin key; `skip` ends the caller's running job like
+`/interrupt`, keeping the image so far (diffserve runs a batch as one job: there is no single image to skip).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 
 from diffserve.api.a1111.hires import LATENT_MODES
 from diffserve.api.a1111.scripts import UPSCALERS
-from diffserve.api.a1111.router import A1111Route, _key, cancel_running
+from diffserve.api.a1111.router import A1111Route, _key, finish_running
 from diffserve.api.auth import require_admin
 from diffserve.core.errors import Unavailable
 from diffserve.management.server import ServerAdmin
@@ -151,6 +151,6 @@ async def reload_checkpoint(request: Request) -> None:
     await ds.offload(_server(ds).drop_models, [model_id])
 
 
-@router.post("/skip", summary="Stop the caller's running job (a batch is one job)")
+@router.post("/skip", summary="End the caller's running job now, keeping the image so far (a batch is one job)")
 async def skip(request: Request) -> dict[str, Any]:
-    return await cancel_running(request)
+    return await finish_running(request)

@@ -2,10 +2,11 @@
 back by GET over A1111's defaults for the ones diffserve knows.
 
 Acted on: `sd_model_checkpoint` (the model when a request names none), `CLIP_stop_at_last_layers` (clip_skip:
-the same convention, 1 = the last layer) and `sd_vae` (a registry VAE id; Automatic or None: the model's own).
-Kept and read back, not acted on: `send_seed` and the other UI options, and `eta_noise_seed_delta` (A1111 adds
-it to the seed of its k-diffusion noise; diffusers' schedulers draw their noise from the request's own generator,
-so there is nothing to add it to). `override_settings` of a request counts over the stored options, as in A1111.
+the same convention, 1 = the last layer), `sd_vae` (a registry VAE id; Automatic or None: the model's own) and
+`eta_noise_seed_delta` (as A1111: the noise ancestral and SDE samplers add between steps comes from seed + i +
+delta, the initial noise from seed + i; the infotext says `ENSD: n` for the samplers A1111 writes it for).
+Kept and read back, not acted on: `send_seed` and the other UI options. `override_settings` of a request counts
+over the stored options, as in A1111.
 """
 
 from __future__ import annotations

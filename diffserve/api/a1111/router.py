@@ -4,7 +4,8 @@ Auth: HTTP Basic with the diffserve key as the password (any user name), or `Aut
 img2img / txt2img answer `{images, parameters, info}`: base64 PNGs (the grid first when several images are
 made, as A1111 does; then the init images with `include_init_images`), `info` a JSON string with the
 seeds and A1111's infotexts. `batch_size` x `n_iter` images, image i with seed + i. `/progress` and
-`/interrupt` act on the caller's own jobs. The options, lists and extras: options.py, lists.py, extras.py.
+`/interrupt` act on the caller's own jobs: an interrupted job ends its denoising at the next step and its call
+answers 200 with the image so far, as A1111's does. The options, lists and extras: options.py, lists.py, extras.py.
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ async def _generate(request: Request, req: Txt2ImgRequest, mode: str,
         draft = draft.model_copy(update=images)
     params = {"sampler_name": choice.sampler_name, "schedule": choice.schedule}
     job, outputs = await _run(request, ds, key, draft, params)
+    if hr_draft is not None and "stopped_at_step" in (job.dialect_params.get("run") or {}):
+        hr_draft = None  # an interrupted first pass skips the second, as A1111's sample_hr_pass does
     if hr_draft is not None:
         outputs = await second_pass(hr, hr_draft, job, outputs,
                                     lambda d: _run(request, ds, key, d, params, outputs_only=True), ds.offload)
@@ -249,6 +252,9 @@ def _info(job: Job, grid: bool) -> dict[str, Any]:
             parts.append(f"Denoising strength: {r.strength:g}")
         if r.clip_skip and r.clip_skip > 1:
             parts.append(f"Clip skip: {r.clip_skip}")
+        sampler = SAMPLERS.get(p.get("sampler_name") or "")
+        if r.eta_noise_seed_delta and sampler is not None and sampler.uses_ensd:
+            parts.append(f"ENSD: {r.eta_noise_seed_delta}")
         if r.tiling:
             parts.append("Tiling: True")
         negative = f"\nNegative prompt: {r.negative_prompt}" if r.negative_prompt else ""
@@ -301,18 +307,23 @@ async def progress(request: Request, skip_current_image: bool = False) -> dict[s
             "current_image": image, "textinfo": None, "current_task": f"task({running.id})" if running else None}
 
 
-async def cancel_running(request: Request) -> dict[str, Any]:
-    """Cancel the caller's running jobs (at their next step): /interrupt and /skip (a batch is one job)."""
+async def finish_running(request: Request) -> dict[str, Any]:
+    """/interrupt and /skip (a batch is one job): the caller's running jobs end their denoising at the next step
+    and succeed with the image so far, which their waiting txt2img/img2img call answers (200), as A1111's
+    interrupted generation does. Queued jobs are not touched (A1111's interrupt stops the current job only)."""
     ds, key = await _key(request)
     for job in await _active(ds, key):
         if job.status is JobStatus.RUNNING:
-            await ds.service.cancel(job)
+            if ds.service.progress is not None:
+                await ds.offload(ds.service.progress.request_finish, job.id)
+            else:  # no progress kept, so no step-level channel to the worker: the job's cancel is all there is
+                await ds.service.cancel(job)
     return {}
 
 
-@router.post("/interrupt", summary="Stop the caller's running job (at its next step)")
+@router.post("/interrupt", summary="End the caller's running job at its next step (the image so far is answered)")
 async def interrupt(request: Request) -> dict[str, Any]:
-    return await cancel_running(request)
+    return await finish_running(request)
 
 
 @router.get("/sd-models", summary="The registry's models")

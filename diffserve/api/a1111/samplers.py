@@ -20,17 +20,20 @@ class Sampler:
     scheduler: str  # diffusers class
     algorithm_type: str | None = None
     aliases: tuple[str, ...] = ()
+    uses_ensd: bool = False  # draws eta noise between steps: A1111's infotext names eta_noise_seed_delta (ENSD)
 
 
 SAMPLERS: dict[str, Sampler] = {
-    "Euler a": Sampler("EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral")),
+    "Euler a": Sampler("EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral"),
+                       uses_ensd=True),
     "Euler": Sampler("EulerDiscreteScheduler", aliases=("k_euler",)),
     "LMS": Sampler("LMSDiscreteScheduler", aliases=("k_lms",)),
     "Heun": Sampler("HeunDiscreteScheduler", aliases=("k_heun",)),
     "DPM2": Sampler("KDPM2DiscreteScheduler", aliases=("k_dpm_2",)),
-    "DPM2 a": Sampler("KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",)),
+    "DPM2 a": Sampler("KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), uses_ensd=True),
     "DPM++ 2M": Sampler("DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m",)),
-    "DPM++ 2M SDE": Sampler("DPMSolverMultistepScheduler", "sde-dpmsolver++", aliases=("k_dpmpp_2m_sde",)),
+    "DPM++ 2M SDE": Sampler("DPMSolverMultistepScheduler", "sde-dpmsolver++", aliases=("k_dpmpp_2m_sde",),
+                            uses_ensd=True),
     "DDIM": Sampler("DDIMScheduler"),
     "PLMS": Sampler("PNDMScheduler"),
     "UniPC": Sampler("UniPCMultistepScheduler"),

@@ -60,13 +60,30 @@ class ImageGenerationBody(BaseModel):
     partial_images: int | None = Field(None, ge=0, le=3)
 
 
-EDITS_BODY_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["image", "prompt"],
-    "properties": {"image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary"},
-                   **{name: {"type": "string"} for name in ("prompt", "model", "size", "quality", "response_format",
-                                                            "output_format", "background")},
-                   **{name: {"type": "integer"} for name in ("n", "output_compression", "partial_images")},
-                   "stream": {"type": "boolean"}}}}}}}
+_TEXT_FIELDS = ("prompt", "model", "size", "quality", "response_format", "output_format", "background")
+_INT_FIELDS = ("n", "output_compression", "partial_images")
+# the spec's ImageRefParam: an http(s) or data URL (file_id is refused: no Files API, api/openai/json_edits.py)
+_IMAGE_REF = {"type": "object", "additionalProperties": False, "properties": {
+    "image_url": {"type": "string", "description": "an http(s) URL (fetched under the network policy) or a "
+                                                   "data:image/...;base64 URL"},
+    "file_id": {"type": "string", "description": "refused with a 400: diffserve has no Files API"}}}
+# Both bodies the spec gives /images/edits: CreateImageEditRequest (multipart) and EditImageBodyJsonParam (JSON)
+EDITS_BODY_DOC = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["image", "prompt"],
+        "properties": {"image": {"type": "string", "format": "binary"},
+                       "mask": {"type": "string", "format": "binary"},
+                       **{name: {"type": "string"} for name in _TEXT_FIELDS},
+                       **{name: {"type": "integer"} for name in _INT_FIELDS},
+                       "stream": {"type": "boolean"}}}},
+    "application/json": {"schema": {
+        "title": "EditImageBodyJsonParam", "type": "object", "required": ["images", "prompt"],
+        "properties": {"images": {"type": "array", "minItems": 1, "maxItems": 16, "items": _IMAGE_REF,
+                                  "description": "the first is the image to edit, the rest are references"},
+                       "mask": {**_IMAGE_REF, "description": "alpha 0 = repaint"},
+                       **{name: {"type": "string"} for name in _TEXT_FIELDS},
+                       **{name: {"type": "integer"} for name in _INT_FIELDS},
+                       "stream": {"type": "boolean"}}}}}}}
 
 
 class Params:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from diffserve.engine.controls.base import Control, PostProcessor
 from diffserve.engine.controls.clip_skip import clip_skip_control
 from diffserve.engine.controls.embeddings import use_embedding
+from diffserve.engine.controls.eta_noise import eta_noise_control
 from diffserve.engine.controls.ip_adapter import use_ip_adapter
 from diffserve.engine.controls.lora import apply_loras
 from diffserve.engine.controls.safety import safety_postprocessor
@@ -18,8 +19,8 @@ from diffserve.engine.controls.vae import use_vae
 from diffserve.engine.families.flux_control import control_image_control
 
 # Order matters: pipeline-replacing controls (VAE, scheduler) before weight patches (LoRA) and call args.
-CONTROLS: list[Control] = [scheduler_control, use_vae, apply_loras, use_embedding, tomesd_control,
-                           tiling_control, clip_skip_control, use_ip_adapter, control_image_control]
+CONTROLS: list[Control] = [scheduler_control, eta_noise_control, use_vae, apply_loras, use_embedding,
+                           tomesd_control, tiling_control, clip_skip_control, use_ip_adapter, control_image_control]
 POSTPROCESSORS: list[PostProcessor] = [safety_postprocessor]
 
 # Step-level batching (engine/batching.py): the controls that act on one request's own objects (its scheduler
@@ -27,4 +28,6 @@ POSTPROCESSORS: list[PostProcessor] = [safety_postprocessor]
 # batch, whose rows all ask for the same ones (core/batching.py's key, tomesd and tiling included; IP-Adapter is never
 # batched).
 ROW_CONTROLS: list[Control] = [scheduler_control, clip_skip_control]
-BATCH_CONTROLS: list[Control] = [control for control in CONTROLS if control not in ROW_CONTROLS]
+# eta noise: a batched row's own step arguments carry it (engine/batching.py), never the shared scheduler
+BATCH_CONTROLS: list[Control] = [control for control in CONTROLS
+                                 if control not in ROW_CONTROLS and control is not eta_noise_control]
