@@ -159,14 +159,12 @@ def test_runs_as_non_root_with_data_on_a_volume(daemon, container):
 
 def test_healthcheck_reports_healthy(daemon, container):
     """Docker's own HEALTHCHECK (the Dockerfile's /health probe) turns the container healthy."""
-    deadline = time.monotonic() + 120
-    status = ""
-    while time.monotonic() < deadline:
+    def health() -> str:
         status = daemon.docker("inspect", "-f", "{{.State.Health.Status}}", "diffserve-test").stdout.strip()
-        if status == "healthy":
-            break
         assert status in ("starting", "healthy"), status
-        time.sleep(2)
+        return status
+
+    status = wait_until(health, 120, every=2, accept=lambda s: s == "healthy", what="Docker's health status healthy")
     assert status == "healthy"
 
 
