@@ -48,6 +48,11 @@ def receiver():
 def jobs(fleet):
     if len(fleet.host_list) < 2:
         pytest.skip("the fleet's workers are not on hosts of their own")
+    for i in range(2):  # one on each host (a test before may have killed one and failed before restarting it)
+        if i not in fleet.workers or fleet.workers[i].poll() is not None:
+            fleet.workers.pop(i, None)
+            fleet.start_worker(i)
+    fleet.wait_workers(2)
     return Jobs(fleet.api, fleet.api.create_key("--max-queued", "0"))
 
 
