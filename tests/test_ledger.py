@@ -10,6 +10,7 @@ import itertools
 import subprocess
 import sys
 import textwrap
+from datetime import datetime
 
 import pytest
 from sqlalchemy import event, select, text
@@ -256,3 +257,32 @@ def test_a_worker_killed_at_any_statement_of_a_finish_leaves_all_or_nothing(db, 
         assert finished is (child.returncode == 0)
         if finished:
             break
+
+
+def test_the_upgrade_gives_finished_jobs_of_the_release_before_their_webhook_delivery(url):
+    """Revision 0003: the dispatcher no longer looks for finished jobs with `webhook_status = 'pending'`, so the
+    upgrade writes their deliveries (payload rendered at the first attempt); other jobs get none."""
+    from alembic import command
+
+    from diffserve.store.schema import _config, head, upgrade
+
+    engine = make_db_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0002")
+    jobs = {"done": ("succeeded", "pending", HOOK), "sent": ("succeeded", "success", HOOK),
+            "running": ("running", "pending", HOOK), "plain": ("failed", "", None)}
+    with engine.begin() as conn:
+        for i, (name, (status, hook_status, hook)) in enumerate(jobs.items(), 1):
+            conn.execute(JobRow.__table__.insert().values(
+                id=i, key_id="k", dialect="native", status=status, request=request_(hook).model_dump(mode="json"),
+                dialect_params={}, output_token=name, outputs=[], nsfw=[], attempts=1, webhook_status=hook_status,
+                created_at=datetime(2026, 1, 1)))
+        conn.execute(text("INSERT INTO webhook_deliveries (job_id, delivery_id, url, payload, state, attempts, "
+                          "next_attempt_at, created_at) VALUES (2, 'msg_sent', :u, '{}', 'delivered', 1, "
+                          "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"), {"u": HOOK})
+    assert upgrade(engine) == ("0002", head())
+    with Session(engine) as s:
+        rows = s.execute(select(WebhookDeliveryRow.job_id, WebhookDeliveryRow.url, WebhookDeliveryRow.payload,
+                                WebhookDeliveryRow.state).order_by(WebhookDeliveryRow.job_id)).all()
+    assert [tuple(r) for r in rows] == [(1, HOOK, None, "pending"), (2, HOOK, "{}", "delivered")]
+    engine.dispose()
