@@ -62,11 +62,11 @@ serve: install
 system-deps:
 	bash scripts/system-deps.sh
 
-# The suite runs as groups of test files, TEST_JOBS pytest processes at a time (tests/parallel.py: files that
-# share a session server stay in one group; one pytest kept CI's second core idle). TEST_JOBS=1: one plain pytest.
+# The suite runs on TEST_JOBS processes (pytest-xdist): tests/conftest.py puts files that share a session server in
+# one group, so each server starts once; one pytest kept CI's second core idle. TEST_JOBS=0: one plain pytest.
 TEST_JOBS ?= 2
 test: install-test system-deps
-	$(PY) tests/parallel.py --jobs $(TEST_JOBS) --ignore tests/test_container.py -- -q $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder -q --ignore=tests/test_container.py $(PYTEST_ARGS)
 
 # The container image built from the Dockerfile and run (README "Deploy"): its own dockerd, a Debian 12 base
 # made with mmdebstrap (Debian's docker.io + mmdebstrap: system-deps.sh --container, root), the README's worked

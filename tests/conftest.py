@@ -112,3 +112,43 @@ def fleet(tmp_path_factory, models_root):
 @pytest.fixture(scope="session")
 def fleet_admin(fleet):
     return fleet.api.create_key("--admin")
+
+
+# `make test` runs the suite on two processes (pytest-xdist, `-n 2 --dist loadgroup`): every test is put in the
+# group of its file, and files sharing an expensive session fixture of this conftest (a server, the fleet...) are
+# one group, so such a fixture still starts once and a module's own server too. The groups that cost most run first.
+CHEAP_SHARED = {"models_root", "image_host"}
+HEAVY_FILES_S = {  # seconds a file costs beyond its test count (CI, 2 cores): the long ones start first
+    "test_benches.py": 330, "test_schemathesis.py": 110, "test_demo_sd.py": 120, "test_lock_pythons.py": 70,
+    "test_fleet.py": 120, "test_partition.py": 120, "test_standalone_worker.py": 50, "test_gpu_path.py": 60,
+    "test_schema.py": 60, "test_restart.py": 60, "test_batching.py": 70, "test_families_control.py": 90,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        parent.setdefault(name, name)
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        info = getattr(item, "_fixtureinfo", None)
+        shared = [name for name, defs in (info.name2fixturedefs.items() if info else ())
+                  if defs[-1].scope == "session" and name not in CHEAP_SHARED
+                  and getattr(defs[-1].func, "__module__", "").startswith("tests.")]  # this suite's, not pytest's
+        for name in shared:
+            parent[find(path)] = find("fixture:" + name)
+    cost: dict[str, float] = {}
+    for path in sorted({item.nodeid.split("::")[0] for item in items}):
+        cost[find(path)] = cost.get(find(path), 0) + HEAVY_FILES_S.get(path.rsplit("/", 1)[-1], 0)
+    for item in items:
+        group = find(item.nodeid.split("::")[0])
+        cost[group] += 1
+        item.add_marker(pytest.mark.xdist_group(group.replace("fixture:", "shared-").replace("/", "_")))
+    order = {group: rank for rank, group in enumerate(sorted(cost, key=lambda g: (-cost[g], g)))}
+    items.sort(key=lambda item: order[find(item.nodeid.split("::")[0])])  # stable: a file keeps its order
