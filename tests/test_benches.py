@@ -67,6 +67,13 @@ BENCHES = {
         rf"\(\d+ cores: a ceiling of {NUM}",
         rf"^    CPU ms per job: api {NUM}, workers {NUM}, postgres {NUM}, redis {NUM}, bench clients {NUM}; all {NUM}",
     ]),
+    "step_cache": ([], [
+        r"^model\s+step cache\s+denoise s\s+speed-up\s+full/cached\s+PSNR dB$",
+        rf"^demo-sd\s+off\s+{NUM}\s+1\.00x\s+-\s+-$",
+        *(rf"^demo-sd\s+method deepcache, interval {i}\s+{NUM}\s+{NUM}x\s+\d+/\d+\s+{NUM}$" for i in (2, 3)),
+        rf"^tiny-flux\s+method fbcache, threshold 0\.5\s+{NUM}\s+{NUM}x\s+\d+/\d+\s+{NUM}$",
+        rf"^method deepcache, interval 3\s+{NUM}\s+{NUM}x\s+2/4\s+{NUM}$",
+    ]),
     "demo_quality": ([], [
         *(rf"^   {photo}\s+PSNR {NUM} dB  SSIM {NUM}$" for photo in ("chelsea", "rocket")),
         r"^prompt\s+str\s+PSNR in\s+SSIM in\s+PSNR tgt",
