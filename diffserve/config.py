@@ -130,7 +130,7 @@ class StorageSettings(BaseModel):
 class QueueSettings(BaseModel):
     """How jobs reach workers. `local`: a table in the store, wake-ups through pipes (one machine). `celery`: the
     same claims in the store, with Celery 5 messages on a Redis broker waking workers on any machine
-    (queue/celery.py; docs/fleet.md)."""
+    (jobqueue/celery.py; docs/fleet.md)."""
 
     backend: Literal["local", "celery"] = "local"
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis) for backend=celery")

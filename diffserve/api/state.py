@@ -13,7 +13,7 @@ from diffserve.engine.models.registry import ModelRegistry
 from diffserve.management.registrations import RegistrationFollower
 from diffserve.metrics import Metrics
 from diffserve.jobqueue.configured import build_queue
-from diffserve.jobqueue.local import LocalQueue
+from diffserve.jobqueue.base import JobQueue
 from diffserve.jobqueue.signals import CompletionBroadcaster, LocalSignals
 from diffserve.service.submit import GenerationService
 from diffserve.storage.configured import build_storage
@@ -42,7 +42,7 @@ class AppState:
     delivery: DeliveryServices | None = None  # webhooks, temp cleanup, storage settings, per-key caps
     control: ControlLog | None = None  # orders to every worker (clear_cache, restart...): api/management
     metrics: Metrics | None = None  # this process's Prometheus samples (diffserve/metrics.py)
-    queue: LocalQueue | None = None  # read for the queue-depth gauges
+    queue: JobQueue | None = None  # read for the queue-depth gauges
     key_options: KeyOptions | None = None  # per-key client settings (the A1111 API's /options)
     listener: JobDoneListener | None = None  # PostgreSQL: jobs finished by workers anywhere wake waiters here
     registrations: RegistrationFollower | None = None  # models other API processes add or delete

@@ -1,6 +1,6 @@
 """Fleet queue backend: the claims stay in the job store, Celery 5 messages on Redis carry the wake-ups.
 
-The store is the single source of truth (queue/local.py's table and its affinity, label and fairness rules,
+The store is the single source of truth (jobqueue/local.py's table and its affinity, label and fairness rules,
 now across machines: every worker's loaded models are in the shared database). The broker adds what a fleet
 needs: a worker on another machine hears of a job at once, and delivery is at least once.
 

@@ -1,4 +1,4 @@
-"""The queue backend Settings ask for: `local` (one machine) or `celery` (a fleet; queue/celery.py)."""
+"""The queue backend Settings ask for: `local` (one machine) or `celery` (a fleet; jobqueue/celery.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from typing import Callable
 from sqlalchemy import Engine
 
 from diffserve.config import Settings
+from diffserve.jobqueue.base import JobQueue
 from diffserve.jobqueue.local import LocalQueue
 from diffserve.jobqueue.signals import WorkerPipes
 
 
 def build_queue(settings: Settings, db: Engine, *, notify: Callable[[], None] | None = None,
                 wake: WorkerPipes | None = None,
-                on_orphan: Callable[[LocalQueue, int], None] | None = None) -> LocalQueue:
+                on_orphan: Callable[[JobQueue, int], None] | None = None) -> JobQueue:
     """notify / wake: the local pipes (API side / worker side); on_orphan: how a worker gives back a job whose
     claimant died, when the broker delivers its message again (the Celery backend)."""
     if settings.queue.backend == "celery":

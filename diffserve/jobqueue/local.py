@@ -66,7 +66,7 @@ def _owned(job_id: int, attempt: int | None) -> list:
 
 
 class LocalQueue:
-    """Wake-ups (queue/signals.py), so idle workers react at once instead of after a poll interval:
+    """Wake-ups (jobqueue/signals.py), so idle workers react at once instead of after a poll interval:
     `notify` is called after each enqueue (the API side pokes the workers); `wake` is this worker's
     end of its `ready` pipe (the worker side waits on it)."""
 

@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from diffserve.jobqueue.local import LocalQueue
+from diffserve.jobqueue.base import JobQueue
 from diffserve.service.submit import DEFAULT_ETA_S
 from diffserve.store.control import CLEAR_CACHE, RESTART, ControlLog
 from diffserve.store.jobs import JobStore
@@ -24,7 +24,7 @@ CLEAR_QUEUE_REASON = "Cancelled by the server operator (clear_queue)"
 @dataclass
 class ServerAdmin:
     jobs: JobStore
-    queue: LocalQueue
+    queue: JobQueue
     workers: WorkerStore
     control: ControlLog
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from diffserve.jobqueue.local import LocalQueue
+from diffserve.jobqueue.base import JobQueue
 from diffserve.store.jobs import JobStore
 from diffserve.store.workers import WorkerStore
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 CRASH_REASON = "Worker stopped while generating this image"
 
 
-def recover_jobs(jobs: JobStore, queue: LocalQueue, max_attempts: int, workers: WorkerStore | None = None,
+def recover_jobs(jobs: JobStore, queue: JobQueue, max_attempts: int, workers: WorkerStore | None = None,
                  stale_s: float = 15.0) -> int:
     """At start-up no local worker is alive: every job they claimed goes back to the queue (or fails after
     too many attempts) -- and so does every job of a standalone worker (`diffserve worker`) whose heartbeat is
@@ -40,7 +40,7 @@ def is_local(worker_id: str) -> bool:
     return prefix == "worker" and number.isdigit()
 
 
-def recover_stale(jobs: JobStore, queue: LocalQueue, workers: WorkerStore, max_attempts: int,
+def recover_stale(jobs: JobStore, queue: JobQueue, workers: WorkerStore, max_attempts: int,
                   stale_s: float) -> list[int]:
     """Jobs claimed by a standalone worker that stopped beating (killed, machine gone): run them elsewhere."""
     live = {w.worker_id for w in workers.live(stale_s)}
@@ -48,7 +48,7 @@ def recover_stale(jobs: JobStore, queue: LocalQueue, workers: WorkerStore, max_a
                           lambda worker_id: not is_local(worker_id) and worker_id not in live)
 
 
-def release_claims(jobs: JobStore, queue: LocalQueue, max_attempts: int, gone: Callable[[str], bool]) -> list[int]:
+def release_claims(jobs: JobStore, queue: JobQueue, max_attempts: int, gone: Callable[[str], bool]) -> list[int]:
     """Give back (or fail) every claimed job whose worker `gone(worker_id)` says is not coming back."""
     released = []
     for job_id, worker_id in queue.claims():
@@ -59,7 +59,7 @@ def release_claims(jobs: JobStore, queue: LocalQueue, max_attempts: int, gone: C
     return released
 
 
-def release(jobs: JobStore, queue: LocalQueue, job_id: int, max_attempts: int, holder: str | None = None) -> bool:
+def release(jobs: JobStore, queue: JobQueue, job_id: int, max_attempts: int, holder: str | None = None) -> bool:
     """The job of a gone worker (`holder`: only while it still holds the claim) back to the queue, or failed
     after max_attempts. True when it is queued again."""
     return jobs.ledger.using(queue).requeue(job_id, max_attempts, CRASH_REASON, holder=holder)

@@ -42,7 +42,7 @@ from diffserve.workers.progress import ProgressReporter
 
 if TYPE_CHECKING:  # the model stack is imported by the worker process only
     from diffserve.engine.generate import Engine
-    from diffserve.jobqueue.local import LocalQueue
+    from diffserve.jobqueue.base import JobQueue
     from diffserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def failure_message(e: BaseException) -> str:
 class JobRunner:
     worker_id: str
     ledger: Ledger  # told of the queue backend (Ledger.using(queue)): messages acked, workers woken
-    queue: LocalQueue
+    queue: JobQueue
     storage: Storage
     engine: Engine
     workers: WorkerStore

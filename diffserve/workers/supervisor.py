@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from diffserve.config import Settings
 from diffserve.core.threads import Background, periodic
-from diffserve.jobqueue.local import LocalQueue
+from diffserve.jobqueue.base import JobQueue
 from diffserve.jobqueue.signals import LocalSignals
 from diffserve.store.jobs import JobStore
 from diffserve.store.workers import WorkerStore
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class Supervisor:
     settings: Settings
     jobs: JobStore
-    queue: LocalQueue
+    queue: JobQueue
     workers: WorkerStore
     signals: LocalSignals
     _procs: dict[str, mp.process.BaseProcess] = field(default_factory=dict)

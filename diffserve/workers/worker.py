@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from diffserve.config import BatchingSettings, Settings
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.jobqueue.configured import build_queue
-from diffserve.jobqueue.local import LocalQueue
+from diffserve.jobqueue.base import JobQueue
 from diffserve.jobqueue.signals import WorkerPipes
 from diffserve.storage.configured import build_storage
 from diffserve.store.control import ControlLog
@@ -68,7 +68,7 @@ class Worker:
         return self.runner.workers
 
     @property
-    def queue(self) -> LocalQueue:
+    def queue(self) -> JobQueue:
         return self.runner.queue
 
     def run(self, stop: threading.Event | None = None) -> bool:
