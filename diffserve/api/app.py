@@ -47,13 +47,11 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
             state.service.completions.start(asyncio.get_running_loop())
         if state.listener:
             state.listener.start()
-        if state.registrations:  # models added through another API process of the fleet
-            await offload(state.registrations.catch_up)
-            state.registrations.start()
+        await offload(state.registrations.catch_up)  # models added through another API process of the fleet
+        state.registrations.start()
         if state.supervisor:
             await offload(state.supervisor.start)
-        if state.delivery:  # webhook deliveries (resumed after a restart) and temp cleanup
-            state.delivery.start()
+        state.delivery.start()  # webhook deliveries (resumed after a restart) and temp cleanup
         app.state.ds = state
         try:
             yield

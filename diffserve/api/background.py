@@ -1,7 +1,6 @@
-"""Delivery, storage and limits as the API process runs them: built once with the app state.
+"""Delivery and storage as the API process runs them: built once with the app state.
 
 - storage: the configured backend (local or S3; update_s3 switches it at run time)
-- caps: the per-key cap on queued+running jobs
 - dispatcher: the webhook delivery thread (webhooks/dispatcher.py says why it lives here)
 - cleaner: the thread deleting expired `temp` objects
 - payloads: which dialect renders which webhook body (dialects register here)
@@ -13,11 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from diffserve.service.admission import QueueCaps
 from diffserve.service.submit import job_base_url
 from diffserve.config import Settings
 from diffserve.core.job import Job
-from diffserve.core.offload import Offload
 from diffserve.media.fetch import UrlPolicy
 from diffserve.metrics import Metrics
 from diffserve.storage.cleanup import TempCleaner
@@ -44,7 +41,6 @@ def build_payload_renderers() -> PayloadRenderers:
 class DeliveryServices:
     storage: ConfiguredStorage
     storage_config: StorageConfigStore
-    caps: QueueCaps
     deliveries: DeliveryStore
     dispatcher: WebhookDispatcher
     cleaner: TempCleaner
@@ -59,8 +55,7 @@ class DeliveryServices:
 
 
 def build_delivery(settings: Settings, db: Engine, jobs: JobStore, storage: ConfiguredStorage,
-                   renderers: PayloadRenderers | None = None, metrics: Metrics | None = None,
-                   offload: Offload | None = None) -> DeliveryServices:
+                   renderers: PayloadRenderers | None = None, metrics: Metrics | None = None) -> DeliveryServices:
     renderers = renderers or build_payload_renderers()
 
     def render(job: Job) -> dict:  # the links of the job's own answers (one base-URL rule: job_base_url)
@@ -72,5 +67,4 @@ def build_delivery(settings: Settings, db: Engine, jobs: JobStore, storage: Conf
                                    on_outcome=(lambda outcome: metrics.webhooks.labels(outcome).inc()) if metrics
                                    else None)
     cleaner = TempCleaner(storage, settings.storage.temp_ttl_s, settings.storage.cleanup_interval_s)
-    caps = QueueCaps(jobs, settings.limits.max_queued_per_key, offload)
-    return DeliveryServices(storage, StorageConfigStore(db), caps, deliveries, dispatcher, cleaner)
+    return DeliveryServices(storage, StorageConfigStore(db), deliveries, dispatcher, cleaner)

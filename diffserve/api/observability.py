@@ -66,7 +66,7 @@ def install(app: FastAPI) -> None:
                                     headers={"WWW-Authenticate": "Bearer"})
 
         def gauges() -> Iterable[tuple[str, str, dict[str, str], float]]:
-            for model, label, state, count in (ds.queue.depth() if ds.queue else []):
+            for model, label, state, count in ds.queue.depth():
                 yield ("diffserve_queue_depth", "Jobs in the queue", {"model": model or "", "label": label or "",
                                                                       "state": state}, count)
             states: dict[str, int] = {}

@@ -15,6 +15,7 @@ from diffserve.metrics import Metrics
 from diffserve.jobqueue.configured import build_queue
 from diffserve.jobqueue.base import JobQueue
 from diffserve.jobqueue.signals import CompletionBroadcaster, LocalSignals
+from diffserve.service.admission import QueueCaps
 from diffserve.service.submit import GenerationService
 from diffserve.storage.configured import build_storage
 from diffserve.store.control import ControlLog
@@ -36,16 +37,17 @@ class AppState:
     registry: ModelRegistry
     keys: KeyStore
     workers: WorkerStore
-    service: GenerationService
+    service: GenerationService  # submission, validation, waits, the per-key cap (service.caps)
     http: httpx.Client
-    supervisor: Supervisor | None = None
-    delivery: DeliveryServices | None = None  # webhooks, temp cleanup, storage settings, per-key caps
-    control: ControlLog | None = None  # orders to every worker (clear_cache, restart...): api/management
+    delivery: DeliveryServices  # webhooks, temp cleanup, storage and its saved settings
+    control: ControlLog  # orders to every worker (clear_cache, restart...): api/management
+    queue: JobQueue  # read for the queue-depth gauges and by management
+    key_options: KeyOptions  # per-key client settings (the A1111 API's /options)
+    registrations: RegistrationFollower  # models other API processes add or delete
+    # what only some deployments have:
+    supervisor: Supervisor | None = None  # local worker processes (`serve --workers N`, N > 0)
     metrics: Metrics | None = None  # this process's Prometheus samples (diffserve/metrics.py)
-    queue: JobQueue | None = None  # read for the queue-depth gauges
-    key_options: KeyOptions | None = None  # per-key client settings (the A1111 API's /options)
     listener: JobDoneListener | None = None  # PostgreSQL: jobs finished by workers anywhere wake waiters here
-    registrations: RegistrationFollower | None = None  # models other API processes add or delete
 
     @property
     def offload(self) -> Offload:
@@ -69,14 +71,12 @@ class AppState:
         return f"{request.url.scheme}://{address}:{port}{request.scope.get('root_path', '')}".rstrip("/")
 
     def close(self) -> None:
-        if self.delivery:
-            self.delivery.stop()
+        self.delivery.stop()
         if self.supervisor:
             self.supervisor.stop()
         if self.listener:
             self.listener.stop()
-        if self.registrations:
-            self.registrations.stop()
+        self.registrations.stop()
         if self.service.completions:
             self.service.completions.stop()
         self.http.close()
@@ -97,15 +97,16 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
         if completions and listens(settings.db_url) else None
     storage = build_storage(settings, db)
     offload = offload or Offload(settings.server.blocking_threads)
-    delivery = build_delivery(settings, db, jobs, storage, metrics=metrics, offload=offload)
+    delivery = build_delivery(settings, db, jobs, storage, metrics=metrics)
+    caps = QueueCaps(jobs, settings.limits.max_queued_per_key, offload)
     progress = ProgressStore(db)
-    service = GenerationService(settings, jobs, queue, storage, registry, http, completions, caps=delivery.caps,
+    service = GenerationService(settings, jobs, queue, storage, registry, http, completions, caps=caps,
                                 progress=progress, workers=workers, offload=offload)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
     control = ControlLog(db)
-    return AppState(settings, registry, KeyStore(db), workers, service, http, supervisor, delivery=delivery,
-                    control=control, metrics=metrics, queue=queue, key_options=KeyOptions(db),
-                    listener=listener, registrations=RegistrationFollower(control, registry))
+    return AppState(settings, registry, KeyStore(db), workers, service, http, delivery=delivery, control=control,
+                    queue=queue, key_options=KeyOptions(db), registrations=RegistrationFollower(control, registry),
+                    supervisor=supervisor, metrics=metrics, listener=listener)
 
 
 def app_state(request: Request) -> AppState:

@@ -66,7 +66,6 @@ async def _admin_request(request: Request) -> tuple[AppState, dict[str, Any], Ap
 
 
 def _server(ds: AppState) -> ServerAdmin:
-    assert ds.control is not None
     return ServerAdmin(ds.service.jobs, ds.service.queue, ds.workers, ds.control)
 
 

@@ -80,8 +80,8 @@ async def fetch_job(request: Request, route: Route, request_id: str | None) -> d
 
 async def request_count(request: Request, _route: Route, _request_id: str | None) -> dict[str, Any]:
     ds, _body, key = await read_and_authenticate(request)
-    assert ds.delivery is not None
-    return {"status": "success", "processing_count": await ds.delivery.caps.processing_count(key)}
+    assert ds.service.caps is not None  # build_state always gives the service its cap
+    return {"status": "success", "processing_count": await ds.service.caps.processing_count(key)}
 
 
 async def store_outputs_in_s3(request: Request, _route: Route, _request_id: str | None) -> dict[str, Any]:
