@@ -192,7 +192,10 @@ def make_db_engine(url: str) -> Engine:
             cur.close()
 
     else:  # a server: a dead connection is noticed before use, and a down server fails fast (no hang)
-        connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+        # PostgreSQL (libpq): TCP keepalives and a user timeout, so a connection whose packets are dropped (a
+        # network partition) fails within ~15 s instead of waiting for TCP's retransmits (minutes)
+        connect_args = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                        "keepalives_count": 3, "tcp_user_timeout": 15000} if url.startswith("postgresql") else {}
         engine = create_engine(url, pool_pre_ping=True, pool_timeout=10, connect_args=connect_args)
     return engine
 
