@@ -37,8 +37,7 @@ from diffserve.core.request import ModelLimits, RequestDraft
 from diffserve.engine.models.sources import SINGLE_FILE_SUFFIXES
 from diffserve.engine.models.registry import ModelEntry, ModelRegistry
 from diffserve.engine.models.registry_file import check_entry_id
-from diffserve.engine.tiny.flux import FLUX_LIMITS
-from diffserve.engine.tiny.sdxl import SDXL_LIMITS
+from diffserve.engine.models.specs import FAMILIES
 from diffserve.media.fetch import check_url
 from diffserve.service.submit import GenerationService
 from diffserve.store.control import REGISTER_MODEL, UNREGISTER_MODEL
@@ -54,7 +53,6 @@ CATEGORY_FAMILY = {"stable_diffusion": "sd", "stable_diffusion_xl": "sdxl", "sdx
 PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd",
                    "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
                    "FluxPipeline": "flux", "FluxImg2ImgPipeline": "flux"}
-FAMILY_LIMITS = {"sd": ModelLimits(), "sdxl": SDXL_LIMITS, "flux": FLUX_LIMITS}
 PRECISIONS = ("fp16", "fp32")  # ModelsLab's `revision` values: a precision, not a git revision
 MAX_REDIRECTS = 5
 DOWNLOAD_TIMEOUT_S = 3600.0
@@ -308,6 +306,11 @@ def warm_up_draft(model_id: str, limits: ModelLimits, webhook: str | None) -> Re
                         safety_checker=False, webhook=webhook, track_id=model_id)
 
 
+def _family_limits(family: str) -> ModelLimits:
+    """A real model's limits from its family's spec (an unknown family is refused by the entry's check)."""
+    return next((f.limits for f in FAMILIES if f.name == family), ModelLimits())
+
+
 def _model_entry(spec: LoadSpec, path: Path | None) -> dict[str, Any]:
     single = path is not None and path.is_file()
     if path is None:
@@ -318,7 +321,7 @@ def _model_entry(spec: LoadSpec, path: Path | None) -> dict[str, Any]:
         raise InvalidInput("url: from_safetensors needs a checkpoint file, got a folder", field="url")
     family = spec.family or (_folder_family(path) if kind == "folder" else None) or "sd"
     entry: dict[str, Any] = {"kind": kind, "location": location, "family": family,
-                             "limits": FAMILY_LIMITS.get(family, ModelLimits()).model_dump(),
+                             "limits": _family_limits(family).model_dump(),
                              "description": _described(kind, spec.url)}
     if kind == "hub" and spec.revision and spec.revision not in PRECISIONS:
         entry["revision"] = spec.revision
