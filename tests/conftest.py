@@ -119,7 +119,7 @@ def fleet_admin(fleet):
 # one group, so such a fixture still starts once and a module's own server too. The groups that cost most run first.
 CHEAP_SHARED = {"models_root", "image_host"}
 HEAVY_FILES_S = {  # seconds a file costs beyond its test count (CI, 2 cores): the long ones start first
-    "test_benches.py": 330, "test_schemathesis.py": 110, "test_demo_sd.py": 120, "test_lock_pythons.py": 70,
+    "test_benches.py": 330, "test_schemathesis.py": 110, "test_demo_sd.py": 420, "test_lock_pythons.py": 70,
     "test_fleet.py": 120, "test_partition.py": 120, "test_standalone_worker.py": 50, "test_gpu_path.py": 60,
     "test_schema.py": 60, "test_restart.py": 60, "test_batching.py": 70, "test_families_control.py": 90,
 }

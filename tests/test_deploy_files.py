@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from diffserve.config import Settings
+from diffserve.config import SHORT_NAMES, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -43,8 +43,8 @@ def unknown_settings(env: dict[str, str]) -> list[str]:
     """DIFFSERVE_* names that match no Settings field (nested ones through '__')."""
     unknown = []
     for name in env:
-        if not name.startswith("DIFFSERVE_"):
-            continue
+        if not name.startswith("DIFFSERVE_") or name.removeprefix("DIFFSERVE_").lower() in SHORT_NAMES:
+            continue  # a short name (DIFFSERVE_PUBLIC_URL) is read into its group's field
         model: type[BaseModel] = Settings
         for part in name.removeprefix("DIFFSERVE_").lower().split("__"):
             field = model.model_fields.get(part)

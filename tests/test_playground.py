@@ -116,8 +116,9 @@ def test_a_bad_input_shows_the_servers_message(page, tmp_path):
 
 def test_history_and_admin_views(page, tmp_path):
     page.click("button[data-view=history]")
-    expect(page.locator("#history tbody tr").first).to_be_visible()
-    expect(page.locator("#history tbody")).to_contain_text("a lighthouse at dusk")
+    # the list comes from the server, which shares CI's two cores with the rest of the suite: a generous wait
+    expect(page.locator("#history tbody tr").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#history tbody")).to_contain_text("a lighthouse at dusk", timeout=30_000)
     page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
     page.click("button[data-view=admin]")
     expect(page.locator("#workers tbody")).to_contain_text("worker-0")
