@@ -40,6 +40,9 @@ def use_multiprocess_dir(folder: Path, *, wipe: bool) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
+WEBHOOK_OUTCOMES = ("delivered", "retry", "failed")  # webhooks/dispatcher.py on_outcome
+
+
 class Metrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -60,6 +63,8 @@ class Metrics:
                                          buckets=SECONDS, registry=r)
         self.webhooks = Counter("diffserve_webhook_deliveries_total", "Webhook attempts by outcome", ["outcome"],
                                 registry=r)
+        for outcome in WEBHOOK_OUTCOMES:  # every outcome's series exists (at 0) before the first delivery
+            self.webhooks.labels(outcome)
         self.http = Counter("diffserve_http_requests_total", "HTTP requests", ["route", "method", "status"],
                             registry=r)
         self.http_time = Histogram("diffserve_http_request_seconds", "HTTP request time", ["route", "method"],
