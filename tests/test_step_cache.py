@@ -132,3 +132,53 @@ def test_fbcache_computes_the_transformer_until_it_reuses(engine):
     torch.testing.assert_close(first, full, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(again, full, rtol=1e-4, atol=1e-5)  # same inputs: the cached residual is exact
     assert (one.full_steps, one.cached_steps, two.full_steps) == (1, 1, 1)
+
+
+def test_the_jobs_meta_says_how_many_steps_ran_full_and_cached(engine, tmp_path):
+    """Through the worker's runner (a job alone) and its batcher (a cached job beside an uncached one): the job's
+    run meta, and the native API's meta.step_cache, count the steps that ran the whole UNet and the cached path."""
+    import io
+
+    from diffserve.api.native.render import render_job
+    from diffserve.config import BatchingSettings
+    from diffserve.jobqueue.local import LocalQueue
+    from diffserve.storage.local import LocalStorage
+    from diffserve.store.db import make_db_engine
+    from diffserve.store.jobs import JobStore, new_output_token
+    from diffserve.store.schema import ensure_schema
+    from diffserve.store.workers import WorkerStore
+    from diffserve.workers.batcher import Batcher
+    from diffserve.service.submit import LiveState
+    from diffserve.workers.runner import JobRunner
+
+    db = make_db_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    ensure_schema(db)
+    storage, queue, jobs = LocalStorage(tmp_path / "files"), LocalQueue(db), JobStore(db)
+    png = io.BytesIO()
+    init_image().save(png, format="PNG")
+    storage.put("inputs/k.png", png.getvalue())
+    WorkerStore(db).register("w1", 1)
+    runner = JobRunner("w1", jobs.ledger.using(queue), queue, storage, engine, WorkerStore(db))
+
+    def submit(**over):
+        req = request("tiny-sd", init_image_key="inputs/k.png", steps=7, strength=1.0, **over)
+        return jobs.ledger.using(queue).create(key_id="k", dialect="native", request=req,
+                                               output_token=new_output_token())
+
+    cached = StepCache(method="deepcache", interval=3)
+    alone = submit(step_cache=cached)
+    assert queue.claim("w1", 0) == alone.id
+    runner.run(runner.start(alone.id))
+    first, plain = submit(step_cache=cached), submit(seed=9)
+    assert queue.claim("w1", 0) == first.id
+    assert Batcher(runner, BatchingSettings(max_wait_ms=2000)).run(runner.start(first.id))
+    ran = {job.id: jobs.get(job.id) for job in (alone, first, plain)}
+    assert all(job.status.value == "succeeded" for job in ran.values()), ran
+    # tiny-sd's PNDM runs 7 steps as 8 UNet calls (its first twice): calls 0, 3, 6 full, the other 5 cached
+    counts = {"method": "deepcache", "interval": 3, "full_steps": 3, "cached_steps": 5}
+    assert ran[alone.id].dialect_params["run"]["step_cache"] == counts
+    assert ran[first.id].dialect_params["run"]["step_cache"] == counts
+    assert ran[first.id].dialect_params["run"]["batch_size"] == 2  # it shared its ticks with the uncached job
+    assert ran[plain.id].dialect_params["run"]["step_cache"] == "off"
+    meta = render_job(ran[first.id], storage, "http://x", LiveState(0, 0, None, False))["meta"]
+    assert meta["step_cache"] == counts

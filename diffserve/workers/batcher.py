@@ -153,6 +153,7 @@ class Batcher:
             self._end(a, e, active)
             return
         run = {"device": batch.device, "dtype": batch.dtype, "batch_size": row.batch_size,
+               "step_cache": row.cache.describe() if row.cache is not None else "off",  # full / cached steps
                **(a.reporter.run_meta() if a.reporter else {})}  # stopped_at_step: a "finish now" ended it
         self._end(a, Outcome.succeeded(keys, nsfw, run), active)
 

@@ -118,7 +118,8 @@ class JobRunner:
             mask = self.image(req.mask_image_key).convert("L") if req.mask_image_key else None
             result = self.engine.generate(req, init, extras, ip_image, progress=reporter, mask_image=mask)
             keys = self.write_outputs(job, result.png_bytes())
-            run = {"device": result.device, "dtype": result.dtype, **(reporter.run_meta() if reporter else {})}
+            run = {"device": result.device, "dtype": result.dtype, "step_cache": result.step_cache,  # what ran
+                   **(reporter.run_meta() if reporter else {})}
             outcome: Outcome | BaseException = Outcome.succeeded(keys, result.nsfw, run)
         except Exception as e:  # noqa: BLE001 - classified by `end`
             outcome = e

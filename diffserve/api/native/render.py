@@ -51,7 +51,8 @@ def render_job(job: Job, storage: Storage, base_url: str, live: LiveState) -> di
             "seed": r.seed, "scheduler": r.scheduler, "lora_models": r.lora_models, "vae": r.vae,
             "enhance_style": r.enhance_style, "device": run.get("device"), "dtype": run.get("dtype"),
             "batch_size": run.get("batch_size"),
-            "step_cache": r.step_cache.describe() if r.step_cache else "off",  # resolved at submit: what runs
+            # what ran (full / cached steps) once done; before: the setting resolved at submit
+            "step_cache": run.get("step_cache") or (r.step_cache.describe() if r.step_cache else "off"),
         },
         "created_at": _time(job.created_at),
         "started_at": _time(job.started_at),
