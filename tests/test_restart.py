@@ -133,3 +133,9 @@ def test_a_killed_worker_is_replaced_and_its_job_still_finishes(slow_server, ima
     with sqlite3.connect(srv.data_dir / "diffserve.db") as db:
         (attempts,) = db.execute("select attempts from jobs where id = ?", (slow["id"],)).fetchone()
     assert attempts == 2
+    # the links handed out while attempt 1 was queued answer the winning attempt's images (api/outputs.py)
+    final = results[slow["id"]]["output"]
+    assert len(slow["future_links"]) == len(final) == 2 and all("-a2-" in u for u in final)
+    for link, url in zip(slow["future_links"], final):
+        early = httpx.get(link, timeout=10)
+        assert early.status_code == 200 and early.content == httpx.get(url, timeout=10).content

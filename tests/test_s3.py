@@ -122,6 +122,8 @@ def test_presigned_outputs_in_the_bucket(server, admin, user, s3, image_host):
     assert png_size(get(url).content) == (64, 64)
     assert get(f"{s3.endpoint}{parts.path}").status_code == 403  # the bucket is private: unsigned is refused
     token = token_of(url)
+    # the job's link name (ModelsLab's future_links) is answered by the API, from the bucket (api/outputs.py)
+    assert get(f"{server.url}/generations/{token}-0.png").content == get(url).content
     # written by the worker (output) and by the API (input), both in the bucket; nothing on local disk
     assert {f"diffserve/out/generations/{token}-0.png", f"diffserve/out/inputs/{token}-init.png"} <= set(
         s3.keys(PRIVATE_BUCKET, "diffserve/out/"))

@@ -22,6 +22,7 @@ from diffserve.api.a1111.more import router as a1111_more_router
 from diffserve.api.modelslab.router import build_router as modelslab_router
 from diffserve.api.qolaba.router import router as qolaba_router
 from diffserve.api.body_limit import BodyLimit
+from diffserve.api.outputs import OutputFiles
 from diffserve.api.observability import install as install_observability
 from diffserve.api.security import SecurityHeaders
 from diffserve.api.unknown_paths import install as install_unknown_paths
@@ -81,9 +82,13 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
         return RedirectResponse("/ui/")
 
     (settings.data_dir / PUBLIC_PREFIX).mkdir(parents=True, exist_ok=True)
-    app.mount(f"/{PUBLIC_PREFIX}", StaticFiles(directory=settings.data_dir / PUBLIC_PREFIX), name="generations")
+    # images; a job's link names resolve to its winning attempt's image (api/outputs.py)
+    app.mount(f"/{PUBLIC_PREFIX}", OutputFiles(directory=settings.data_dir / PUBLIC_PREFIX,
+                                               prefix=f"{PUBLIC_PREFIX}/"), name="generations")
     temp_outputs = settings.data_dir / TEMP_PREFIX / PUBLIC_PREFIX  # `temp: yes` outputs (inputs stay unserved)
     temp_outputs.mkdir(parents=True, exist_ok=True)
-    app.mount(f"/{TEMP_PREFIX}{PUBLIC_PREFIX}", StaticFiles(directory=temp_outputs), name="temp-generations")
+    app.mount(f"/{TEMP_PREFIX}{PUBLIC_PREFIX}", OutputFiles(directory=temp_outputs,
+                                                            prefix=f"{TEMP_PREFIX}{PUBLIC_PREFIX}/"),
+              name="temp-generations")
 
     return app

@@ -41,11 +41,18 @@ class Job:
     finished_at: datetime | None = None
 
     def output_keys(self) -> list[str]:
-        """The job's image keys: once it succeeded, the ones it points at (its winning attempt's); before, the
-        keys its running attempt writes, or the next attempt's while queued, so `future_links` can name them."""
+        """The job's image keys: once it succeeded, the ones it points at (its winning attempt's); before, its
+        link keys (`future_links`), which hold whichever attempt wins."""
         if self.outputs:
             return list(self.outputs)
-        return self.attempt_keys(self.attempts + 1 if self.status is JobStatus.QUEUED else max(1, self.attempts))
+        return self.link_keys()
+
+    def link_keys(self) -> list[str]:
+        """Names for the job's images that hold whichever attempt wins: early links (ModelsLab's `future_links`)
+        name these, and the API resolves each through the job to its winning attempt's image once the job
+        succeeded (api/outputs.py), never a running or handed-on attempt's. They are spelled as the first
+        attempt's keys, so in the usual case (the first attempt wins) an early link is the final link."""
+        return [output_key(self.output_token, i, temp=self.request.temp) for i in range(self.request.samples)]
 
     def attempt_keys(self, attempt: int) -> list[str]:
         """The keys one attempt writes its images to. Each attempt has its own, so an attempt that finishes

@@ -42,6 +42,12 @@ class JobStore:
             row = s.get(JobRow, job_id)
             return to_job(row) if row else None
 
+    def by_token(self, output_token: str) -> Job | None:
+        """The job whose images are named by `output_token` (unique): early links resolve through it."""
+        with Session(self._db) as s:
+            row = s.scalars(select(JobRow).where(JobRow.output_token == output_token)).first()
+            return to_job(row) if row else None
+
     def start(self, job_id: int, worker_id: str) -> Job | None:
         """queued -> running, counting the attempt. None if the job is no longer queued (Ledger.start)."""
         return self.ledger.start(job_id, worker_id)

@@ -12,6 +12,7 @@ from diffserve.core.errors import DiffserveError, RateLimited
 from diffserve.core.job import Job, JobStatus
 from diffserve.storage.base import Storage
 from diffserve.api.modelslab.paths import V6_FETCH
+from diffserve.api.outputs import served_url
 
 INTERNAL_ERROR = "Internal server error. Please try again."
 
@@ -25,7 +26,9 @@ class Links:
     fetch_path: str = V6_FETCH
 
     def outputs(self, job: Job) -> list[str]:
-        return [self.storage.url(k, self.base_url) for k in job.output_keys()]
+        """Early links (`future_links`) of an unfinished job: its link names, served by this server whatever the
+        storage, answering 404 until the job succeeded, then its winning attempt's image (api/outputs.py)."""
+        return [served_url(self.base_url, k) for k in job.link_keys()]
 
     def fetch(self, job: Job) -> str:
         return f"{self.base_url}{self.fetch_path}/{job.id}"
