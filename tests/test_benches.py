@@ -73,6 +73,9 @@ BENCHES = {
         *(rf"^demo-sd\s+method deepcache, interval {i}\s+{NUM}\s+{NUM}x\s+\d+/\d+\s+{NUM}$" for i in (2, 3)),
         rf"^tiny-flux\s+method fbcache, threshold 0\.5\s+{NUM}\s+{NUM}x\s+\d+/\d+\s+{NUM}$",
         rf"^method deepcache, interval 3\s+{NUM}\s+{NUM}x\s+2/4\s+{NUM}$",
+        rf"^method fbcache, threshold 0\.5\s+{NUM}\s+{NUM}x\s+\d+/\d+\s+(?:{NUM}|-)",
+        rf"^grayscale\s+{NUM}\s+{NUM}\s+{NUM}%",
+        rf"^mean kept\s+interval 3: {NUM}% \(PSNR to uncached, mean over the outputs {NUM} dB\)$",
     ]),
     "demo_quality": ([], [
         *(rf"^   {photo}\s+PSNR {NUM} dB  SSIM {NUM}$" for photo in ("chelsea", "rocket")),
