@@ -9,20 +9,11 @@ import base64
 import io
 import json
 
-import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
+from .a1111_client import call  # noqa: F401 (the shared A1111 client fixture)
 from .servers import png_bytes
-
-
-@pytest.fixture(scope="module")
-def call(jobs_server):
-    key = jobs_server.create_key("--name", "a1111-effects")
-    client = httpx.Client(base_url=f"{jobs_server.url}/sdapi/v1", auth=("u", key), timeout=300)
-    yield client.request
-    client.close()
 
 
 def generate(call, path: str = "/txt2img", **fields) -> tuple[np.ndarray, str, str]:

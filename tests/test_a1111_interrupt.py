@@ -11,22 +11,13 @@ import io
 import json
 import threading
 
-import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
+from .a1111_client import call  # noqa: F401 (the shared A1111 client fixture)
 from .waiting import wait_until
 
 STEPS = 50  # the most the tiny model takes: slow enough to be seen running, then stopped
-
-
-@pytest.fixture(scope="module")
-def call(jobs_server):
-    key = jobs_server.create_key("--name", "a1111-interrupt")
-    client = httpx.Client(base_url=f"{jobs_server.url}/sdapi/v1", auth=("u", key), timeout=300)
-    yield client.request
-    client.close()
 
 
 def in_background(call, path: str, body: dict) -> tuple[threading.Thread, dict]:
