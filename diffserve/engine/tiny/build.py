@@ -1,8 +1,7 @@
 """Shared plumbing for the tiny offline models: seeded construction and atomic folder builds.
 
-engine/tiny/sd.py builds tiny-sd with the same recipe; the tiny SDXL / Flux builders (sdxl.py,
-flux.py) and anyone adding another tiny model use these helpers so every build is
-deterministic (same weight bytes each time) and atomic (a half-written folder is never visible).
+Every tiny builder (sd.py, sdxl.py, flux.py...) and anyone adding another tiny model use these helpers so
+every build is deterministic (same weight bytes each time) and atomic (a half-written folder is never visible).
 """
 
 from __future__ import annotations
@@ -14,14 +13,30 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from diffserve.engine.tiny.sd import MARKER_FILE, _make_world_readable, _seeded
-
 __all__ = ["MARKER_FILE", "build_atomically", "folder_is_complete", "seeded", "write_marker"]
+
+MARKER_FILE = "diffserve_tiny.json"  # written last: its presence means the build finished
+_SEED = 0
 
 
 def seeded(factory):
     """Build one module from the fixed tiny-model seed without disturbing the caller's global RNG."""
-    return _seeded(factory)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        module = factory()
+    return module.eval()
+
+
+def make_world_readable(folder: Path) -> None:
+    # mkdtemp makes 0700 and the safetensors writers leave 0600: make the shared folder readable.
+    os.chmod(folder, 0o755)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
 
 
 def folder_is_complete(folder: Path, required: Iterable[str]) -> bool:
@@ -54,10 +69,12 @@ def build_atomically(dest: Path, write: Callable[[Path], None], required: tuple[
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
     try:
         write(staging)
+        if folder_is_complete(dest, required):  # another process finished first: its folder is kept
+            return dest
         missing = [name for name in required if not (staging / name).is_file()]
         if missing:
             raise RuntimeError(f"{what} build is missing {', '.join(missing)}")
-        _make_world_readable(staging)
+        make_world_readable(staging)
         try:
             os.replace(staging, dest)  # atomic; replaces only a missing or empty dest
         except OSError:

@@ -21,15 +21,13 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from diffserve.engine.tiny.build import MARKER_FILE, build_atomically, folder_is_complete, seeded
 
 # Bump when the recipe below changes; recorded in the folder's marker file.
 TINY_SD_RECIPE_VERSION = 1
-MARKER_FILE = "diffserve_tiny.json"
 
 # CLIP's vocabulary: 256 byte symbols, the same with '</w>', 48894 merges, 2 special tokens.
 CLIP_VOCAB_SIZE = 49408
@@ -38,8 +36,6 @@ CLIP_BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"
 CLIP_MAX_LENGTH = 77
-
-_SEED = 0
 
 # Files whose presence makes an existing folder "complete" (written last: the marker).
 _REQUIRED_FILES = (
@@ -238,25 +234,15 @@ def _sd15_scheduler():
     )
 
 
-def _seeded(factory):
-    """Build one module from a fixed seed without disturbing the caller's global RNG."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
-        module = factory()
-    return module.eval()
-
-
 def _write_pipeline(folder: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
     tokenizer = write_clip_tokenizer(folder / "tokenizer")
     pipe = StableDiffusionPipeline(
-        vae=_seeded(_tiny_vae),
-        text_encoder=_seeded(_tiny_text_encoder),
+        vae=seeded(_tiny_vae),
+        text_encoder=seeded(_tiny_text_encoder),
         tokenizer=tokenizer,
-        unet=_seeded(_tiny_unet),
+        unet=seeded(_tiny_unet),
         scheduler=_sd15_scheduler(),
         safety_checker=None,
         feature_extractor=None,
@@ -276,19 +262,9 @@ def _write_pipeline(folder: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _make_world_readable(folder: Path) -> None:
-    # mkdtemp makes 0700 and the safetensors writers leave 0600: make the shared folder readable.
-    os.chmod(folder, 0o755)
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)
-
-
 def is_complete(folder: Path) -> bool:
     """True when `folder` holds every file a tiny SD build writes."""
-    return all((folder / name).is_file() for name in _REQUIRED_FILES)
+    return folder_is_complete(folder, _REQUIRED_FILES)
 
 
 def build_tiny_sd(dest: Path) -> Path:
@@ -298,25 +274,4 @@ def build_tiny_sd(dest: Path) -> Path:
     half-written folder is never visible at `dest`. A complete existing folder is returned as is.
     A non-empty `dest` that is not a complete build is left alone and reported (FileExistsError).
     """
-    dest = Path(dest)
-    if is_complete(dest):
-        return dest
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FileExistsError(f"{dest} exists and is not a complete tiny SD folder; remove it first.")
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
-    try:
-        _write_pipeline(staging)
-        _make_world_readable(staging)
-        try:
-            os.replace(staging, dest)  # atomic; replaces only a missing or empty dest
-        except OSError:
-            # Someone else finished first: theirs is as good as ours.
-            if is_complete(dest):
-                return dest
-            raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return dest
+    return build_atomically(Path(dest), _write_pipeline, _REQUIRED_FILES, "tiny SD")
