@@ -52,6 +52,24 @@ class Family(Protocol):
 TinyBuilder = Callable[[Path], Path]
 
 
+def img2img_kwargs(inputs: RunInputs, **family: Any) -> dict[str, Any]:
+    """The img2img call diffusers' img2img pipelines share: one init image per sample (each encoded with its own
+    generator: diffusers deprecates duplicating one), the request's strength, steps, guidance and sample count,
+    PIL images out; plus the family's own arguments (prompt or embeddings, size...) and the controls'."""
+    req = inputs.request
+    return dict(
+        image=[inputs.init_image] * req.samples,
+        strength=req.strength,
+        num_inference_steps=req.steps,
+        guidance_scale=req.guidance_scale,
+        num_images_per_prompt=req.samples,
+        generator=inputs.generators,
+        output_type="pil",
+        **family,
+        **inputs.call_kwargs,
+    )
+
+
 def call_in_mode(pipe: Any, inputs: RunInputs, kwargs: dict[str, Any]) -> list[Image.Image]:
     """Call the loaded img2img pipeline -- or, for text to image and inpainting, diffusers' pipeline of that
     task built `from_pipe` on the same components at call time (no second copy of any weight; the controls'

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
-from diffserve.engine.families.base import RunInputs, call_in_mode
+from diffserve.engine.families.base import RunInputs, call_in_mode, img2img_kwargs
 from diffserve.engine.families.checks import require_pipeline
 
 FLUX_PIPELINES = ("FluxImg2ImgPipeline",)
@@ -39,17 +39,5 @@ class FluxFamily:
 
     def run(self, pipe: Any, inputs: RunInputs) -> list[Image.Image]:
         req = inputs.request
-        return call_in_mode(pipe, inputs, dict(
-            prompt=inputs.prompt,
-            image=[inputs.init_image] * req.samples,  # one per sample, each encoded with its own generator
-            height=req.height,
-            width=req.width,
-            strength=req.strength,
-            num_inference_steps=req.steps,
-            guidance_scale=req.guidance_scale,
-            num_images_per_prompt=req.samples,
-            generator=inputs.generators,
-            output_type="pil",
-            **negative_prompt_kwargs(inputs),
-            **inputs.call_kwargs,
-        ))
+        return call_in_mode(pipe, inputs, img2img_kwargs(
+            inputs, prompt=inputs.prompt, height=req.height, width=req.width, **negative_prompt_kwargs(inputs)))

@@ -31,7 +31,7 @@ from PIL import Image
 from diffserve.core.errors import InvalidInput
 from diffserve.engine.families.control_images import DepthEstimator, canny_edges
 from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
-from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.base import RunInputs, img2img_kwargs
 from diffserve.engine.families.checks import require_pipeline
 
 if TYPE_CHECKING:
@@ -55,19 +55,7 @@ class FluxControlFamily:
         req = inputs.request
         if CONTROL_IMAGE not in inputs.call_kwargs:
             raise RuntimeError(f"{self.name}: no control image (control_image_control did not run)")
-        out = pipe(
-            prompt=inputs.prompt,
-            image=[inputs.init_image] * req.samples,  # one per sample, each encoded with its own generator
-            height=req.height,
-            width=req.width,
-            strength=req.strength,
-            num_inference_steps=req.steps,
-            guidance_scale=req.guidance_scale,
-            num_images_per_prompt=req.samples,
-            generator=inputs.generators,
-            output_type="pil",
-            **inputs.call_kwargs,
-        )
+        out = pipe(**img2img_kwargs(inputs, prompt=inputs.prompt, height=req.height, width=req.width))
         # Flux floors sizes to multiples of 16; the engine decides the output size.
         size = (req.width, req.height)
         return [img if img.size == size else img.resize(size, Image.Resampling.LANCZOS) for img in out.images]

@@ -27,7 +27,7 @@ from PIL import Image
 
 from diffserve.core.errors import InvalidInput
 from diffserve.engine.models.loading import ModelSource, _load_errors, load_img2img_pipeline
-from diffserve.engine.families.base import RunInputs
+from diffserve.engine.families.base import RunInputs, img2img_kwargs
 from diffserve.engine.families.checks import require_pipeline
 from diffserve.engine.families.flux import FLUX_PIPELINES
 
@@ -96,18 +96,7 @@ class FluxReduxFamily:
             prompt_embeds_scale=weights,
             pooled_prompt_embeds_scale=weights,
         )
-        out = pipe(
-            prompt_embeds=embeds.prompt_embeds,
-            pooled_prompt_embeds=embeds.pooled_prompt_embeds,
-            image=[inputs.init_image] * req.samples,
-            height=req.height,
-            width=req.width,
-            strength=req.strength,
-            num_inference_steps=req.steps,
-            guidance_scale=req.guidance_scale,
-            num_images_per_prompt=req.samples,
-            generator=inputs.generators,
-            output_type="pil",
-            **inputs.call_kwargs,
-        )
+        out = pipe(**img2img_kwargs(inputs, prompt_embeds=embeds.prompt_embeds,
+                                    pooled_prompt_embeds=embeds.pooled_prompt_embeds,
+                                    height=req.height, width=req.width))
         return list(out.images)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from diffserve.engine.models.loading import ModelSource, load_img2img_pipeline
-from diffserve.engine.families.base import RunInputs, call_in_mode
+from diffserve.engine.families.base import RunInputs, call_in_mode, img2img_kwargs
 
 
 class StableDiffusionFamily:
@@ -18,16 +18,5 @@ class StableDiffusionFamily:
         return load_img2img_pipeline(source, device=device, dtype=dtype)
 
     def run(self, pipe: Any, inputs: RunInputs) -> list[Image.Image]:
-        req = inputs.request
-        return call_in_mode(pipe, inputs, dict(
-            prompt=inputs.prompt,
-            negative_prompt=inputs.negative_prompt or None,
-            image=[inputs.init_image] * req.samples,  # one per sample: diffusers deprecates duplicating one
-            strength=req.strength,
-            num_inference_steps=req.steps,
-            guidance_scale=req.guidance_scale,
-            num_images_per_prompt=req.samples,
-            generator=inputs.generators,
-            output_type="pil",
-            **inputs.call_kwargs,
-        ))
+        return call_in_mode(pipe, inputs, img2img_kwargs(
+            inputs, prompt=inputs.prompt, negative_prompt=inputs.negative_prompt or None))
