@@ -59,16 +59,31 @@ KEPT_DB = 19.0
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(2)
+def pipe(tmp_path_factory, one_torch_thread):
+    """On one torch thread: under xdist the other process keeps the second core busy, and two OpenMP threads
+    that wait on each other made a generation 10-20x slower on 2 shared cores (the strength test hit CI's
+    300 s timeout with two)."""
     return quality.load_pipeline(build_demo_sd(tmp_path_factory.mktemp("models") / DEMO_SD_FOLDER))
 
 
 @pytest.fixture(scope="module")
 def images():
     return quality.held_out_images(256)
+
+
+@pytest.fixture(scope="module")
+def generated(pipe, images):
+    """`generated(photo, prompt, strength, steps)`: demo-sd's output for a held-out photo, made once per module
+    (seed 0: the same arguments give the same image), so the tests share their neutral and edited outputs."""
+    made: dict[tuple, np.ndarray] = {}
+
+    def generate(name: str, prompt: str, strength: float = STRENGTH, steps: int = quality.DEFAULT_STEPS):
+        key = (name, prompt, float(strength), int(steps))
+        if key not in made:
+            made[key] = quality.generate(pipe, images[name], prompt, strength=strength, steps=steps)
+        return made[key]
+
+    return generate
 
 
 def test_demo_sd_is_built_in_only_once_its_weights_are_there(tmp_path):
@@ -154,12 +169,12 @@ def test_the_autoencoder_keeps_the_held_out_photos_and_previews_show_their_colou
 
 @needs_weights
 @pytest.mark.parametrize("word", LEARNED)
-def test_each_edit_word_has_its_effect_on_held_out_photos(pipe, images, word):
+def test_each_edit_word_has_its_effect_on_held_out_photos(generated, images, word):
     """Against the neutral prompt's output (same seed and strength): what the word itself does."""
     effect = quality.EFFECTS[word]
     for name, image in images.items():
-        neutral = quality.generate(pipe, image, NEUTRAL, strength=STRENGTH)
-        out = quality.generate(pipe, image, word, strength=STRENGTH)
+        neutral = generated(name, NEUTRAL)
+        out = generated(name, word)
         gain = quality.word_gain(word, image, neutral, out)
         moved = effect.moved(neutral, out)
         assert gain > GAIN_DB[word], f"{word} on {name}: {gain:+.2f} dB closer to the target than neutral"
@@ -167,12 +182,12 @@ def test_each_edit_word_has_its_effect_on_held_out_photos(pipe, images, word):
 
 
 @needs_weights
-def test_cartoon_flattens_and_outlines(pipe, images):
+def test_cartoon_flattens_and_outlines(generated, images):
     """posterize (cartoon: flat colour inside dark outlines) comes closer to its target on both held-out photos;
     its outlines (near-black pixels) show on chelsea, while on rocket, a dark photo, it only flattens."""
     for name, image in images.items():
-        neutral = quality.generate(pipe, image, NEUTRAL, strength=STRENGTH)
-        out = quality.generate(pipe, image, "posterize", strength=STRENGTH)
+        neutral = generated(name, NEUTRAL)
+        out = generated(name, "posterize")
         gain = quality.word_gain("posterize", image, neutral, out)
         assert gain > GAIN_DB["posterize"], f"posterize on {name}: {gain:+.2f} dB"
         if name == "chelsea":
@@ -181,51 +196,50 @@ def test_cartoon_flattens_and_outlines(pipe, images):
 
 
 @needs_weights
-def test_a_prompt_outside_the_vocabulary_keeps_the_image(pipe, images):
+def test_a_prompt_outside_the_vocabulary_keeps_the_image(generated, images):
     for name, image in images.items():
-        neutral = quality.generate(pipe, image, NEUTRAL, strength=STRENGTH)
-        edited = quality.generate(pipe, image, "sketch", strength=STRENGTH)
+        neutral = generated(name, NEUTRAL)
+        edited = generated(name, "sketch")
         kept = edits.psnr(neutral, image)
         assert kept > KEPT_DB, f"{name}: {kept:.2f} dB"
         assert kept > edits.psnr(edited, image) + 5.0
         assert edits.saturation(neutral) > 0.5 * edits.saturation(image)  # colour kept (grain costs some)
-        empty = quality.generate(pipe, image, "", strength=STRENGTH)
+        empty = generated(name, "")
         assert edits.psnr(empty, image) > KEPT_DB, name
 
 
 @needs_weights
-def test_strength_sets_how_much_of_the_picture_is_redrawn_and_of_the_edit_applied(pipe, images):
+def test_strength_sets_how_much_of_the_picture_is_redrawn_and_of_the_edit_applied(generated, images):
     """Low strength keeps more of the input than high for a neutral prompt, and applies less of an edit: at
     0.2 (one step of 8) under a quarter of it, at the default 0.3 about a third to three quarters, at 0.9 no less
     (quality.edit_amount: the output's change from the neutral output projected on the exact edit's change)."""
     for name, image in images.items():
-        kept = {s: quality.generate(pipe, image, NEUTRAL, strength=s) for s in (0.2, 0.3, 0.9)}
+        kept = {s: generated(name, NEUTRAL, s) for s in (0.2, STRENGTH, 0.9)}
         psnr = {s: edits.psnr(out, image) for s, out in kept.items()}
         assert psnr[0.2] > psnr[0.3] + 1.0 and psnr[0.3] > psnr[0.9] + 3.0, (name, psnr)
         for word in SCALED:
-            amount = {s: quality.edit_amount(word, image, kept[s], quality.generate(pipe, image, word, strength=s))
-                      for s in kept}
+            amount = {s: quality.edit_amount(word, image, kept[s], generated(name, word, s)) for s in kept}
             assert amount[0.2] < 0.25, (name, word, amount)
             assert amount[0.3] > 0.25 and amount[0.3] > amount[0.2] + 0.2, (name, word, amount)
             assert amount[0.9] > amount[0.3] - 0.05, (name, word, amount)
 
 
 @needs_weights
-def test_more_steps_keep_the_picture_and_the_edit(pipe, images):
+def test_more_steps_keep_the_picture_and_the_edit(generated, images):
     """At the default strength, 20 steps (a client's usual count; demo-sd's default is 8) keep the picture and
     apply no less of an edit (measured, means of both photos at 8 / 20 steps: sepia 0.56 / 0.62, sketch 0.69 /
     0.73, warm 0.56 / 0.83, cool 0.43 / 0.65; the neutral output 25.3 / 23.9 dB from the input: a little grainier)."""
     for name, image in images.items():
-        neutral = {steps: quality.generate(pipe, image, NEUTRAL, strength=STRENGTH, steps=steps) for steps in (8, 20)}
+        neutral = {steps: generated(name, NEUTRAL, steps=steps) for steps in (8, 20)}
         assert edits.psnr(neutral[20], image) > KEPT_DB, name
         for word in SCALED:
-            amount = {steps: quality.edit_amount(word, image, neutral[steps], quality.generate(
-                pipe, image, word, strength=STRENGTH, steps=steps)) for steps in neutral}
+            amount = {steps: quality.edit_amount(word, image, neutral[steps], generated(name, word, steps=steps))
+                      for steps in neutral}
             assert amount[20] > amount[8] - 0.05, (name, word, amount)
 
 
 @needs_weights
-def test_the_v6_prompt_enhancement_keeps_the_edits(pipe, images):
+def test_the_v6_prompt_enhancement_keeps_the_edits(generated, images):
     """A ModelsLab v6 request gets prompt enhancement unless it sends "enhance_prompt": "no": quality terms
     appended to the prompt. demo-sd was trained with such phrases appended to its captions, so the edit stays:
     with them the words apply nearly the share they apply alone (version 6, trained on bare words, lost most of
@@ -236,22 +250,18 @@ def test_the_v6_prompt_enhancement_keeps_the_edits(pipe, images):
         return enhance(prompt, None, enhance_prompt=True, style=None)[0]
 
     for name, image in images.items():
-        neutral = quality.generate(pipe, image, NEUTRAL, strength=STRENGTH)
-        neutral_enhanced = quality.generate(pipe, image, enhanced(NEUTRAL), strength=STRENGTH)
+        neutral = generated(name, NEUTRAL)
+        neutral_enhanced = generated(name, enhanced(NEUTRAL))
         assert edits.psnr(neutral_enhanced, image) > KEPT_DB, name
         for word in ENHANCED:
-            alone = quality.edit_amount(word, image, neutral, quality.generate(pipe, image, word, strength=STRENGTH))
-            amount = quality.edit_amount(word, image, neutral_enhanced,
-                                         quality.generate(pipe, image, enhanced(word), strength=STRENGTH))
+            alone = quality.edit_amount(word, image, neutral, generated(name, word))
+            amount = quality.edit_amount(word, image, neutral_enhanced, generated(name, enhanced(word)))
             assert amount > ENHANCED_AMOUNT and amount > 0.85 * alone, (name, word, amount, alone)
 
 
 @needs_weights
-def test_synonym_cartoon_posterizes(pipe, images):
-    image = images["chelsea"]
-    neutral = quality.generate(pipe, image, NEUTRAL, strength=STRENGTH)
-    cartoon = quality.generate(pipe, image, "cartoon", strength=STRENGTH)
-    posterize = quality.generate(pipe, image, "posterize", strength=STRENGTH)
+def test_synonym_cartoon_posterizes(generated):
+    neutral, cartoon, posterize = (generated("chelsea", prompt) for prompt in (NEUTRAL, "cartoon", "posterize"))
     assert edits.psnr(cartoon, posterize) > edits.psnr(cartoon, neutral)  # the synonym names the same edit
 
 
