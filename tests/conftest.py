@@ -1,8 +1,49 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from .servers import DiffserveServer, ImageHost, png_bytes
+
+GROUPS_FILE = pytest.StashKey[Path]()  # xdist's controller: where its workers write each test's group
+WORKER_GROUPS_FILE = "diffserve_test_groups"  # the workers' workerinput key for it
+
+
+def pytest_configure(config):
+    """One OpenMP thread for torch (and numpy's BLAS) in the test processes, unless the caller set another
+    count: `make test` runs two pytest processes on two cores beside the servers they start, and two OpenMP
+    threads that wait on each other on a busy core made demo-sd's generations 10-20x slower than one (measured
+    on 2 shared cores; the strength test hit CI's 300 s timeout). Servers and workers set their own count
+    (DIFFSERVE_TORCH_THREADS=1 in tests/servers.py), scripts theirs (--threads)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if getattr(config.option, "dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+        from .xdist_groups import groups_file
+
+        config.stash[GROUPS_FILE] = groups_file()  # xdist's controller: the workers write the groups there
+
+
+def pytest_unconfigure(config):
+    if GROUPS_FILE in config.stash:
+        config.stash[GROUPS_FILE].unlink(missing_ok=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist's controller tells each worker where to write the groups (tests/xdist_groups.py)."""
+    if GROUPS_FILE in node.config.stash:
+        node.workerinput[WORKER_GROUPS_FILE] = str(node.config.stash[GROUPS_FILE])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup`: the groups of pytest_collection_modifyitems below, read from the workers' file."""
+    if GROUPS_FILE in config.stash:
+        from .xdist_groups import GroupScheduling
+
+        return GroupScheduling(config, log, config.stash[GROUPS_FILE])
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +157,8 @@ def fleet_admin(fleet):
 
 # `make test` runs the suite on two processes (pytest-xdist, `-n 2 --dist loadgroup`): every test is put in the
 # group of its file, and files sharing an expensive session fixture of this conftest (a server, the fleet...) are
-# one group, so such a fixture still starts once and a module's own server too. The groups that cost most run first.
+# one group, so such a fixture still starts once and a module's own server too (one process runs a group whole:
+# tests/xdist_groups.py). The groups that cost most run first.
 CHEAP_SHARED = {"models_root", "image_host"}
 HEAVY_FILES_S = {  # seconds a file costs beyond its test count (CI, 2 cores): the long ones start first
     "test_benches.py": 330, "test_schemathesis.py": 110, "test_demo_sd.py": 420, "test_lock_pythons.py": 70,
@@ -147,8 +189,12 @@ def pytest_collection_modifyitems(config, items):
     for path in sorted({item.nodeid.split("::")[0] for item in items}):
         cost[find(path)] = cost.get(find(path), 0) + HEAVY_FILES_S.get(path.rsplit("/", 1)[-1], 0)
     for item in items:
-        group = find(item.nodeid.split("::")[0])
-        cost[group] += 1
-        item.add_marker(pytest.mark.xdist_group(group.replace("fixture:", "shared-").replace("/", "_")))
+        cost[find(item.nodeid.split("::")[0])] += 1
     order = {group: rank for rank, group in enumerate(sorted(cost, key=lambda g: (-cost[g], g)))}
     items.sort(key=lambda item: order[find(item.nodeid.split("::")[0])])  # stable: a file keeps its order
+    groups_path = getattr(config, "workerinput", {}).get(WORKER_GROUPS_FILE)
+    if groups_path:  # an xdist worker under `--dist loadgroup` (tests/xdist_groups.py)
+        from .xdist_groups import record
+
+        record(Path(groups_path), {item.nodeid: find(item.nodeid.split("::")[0]).replace("fixture:", "shared-")
+                                   for item in items})
