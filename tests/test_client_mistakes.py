@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from diffserve.api.auth import authenticate
 from diffserve.api.errors import total_renderer
 from diffserve.core.errors import InvalidInput, ModelNotFound, Unauthorized
+from diffserve.core.offload import Offload
 from diffserve.core.text import check_text, invalid_text_path
 from diffserve.store.db import make_db_engine
 from diffserve.store.keys import KeyStore
@@ -170,9 +171,9 @@ def test_the_key_lookup_refuses_text_that_is_not_unicode(tmp_path):
     ensure_schema(engine)
     keys = KeyStore(engine)
     _, full = keys.create("alice")
-    assert anyio.run(authenticate, keys, full).name == "alice"
+    assert anyio.run(authenticate, keys, full, Offload()).name == "alice"
     with pytest.raises(Unauthorized, match="Invalid API key"):
-        anyio.run(authenticate, keys, full[:-1] + SURROGATE)
+        anyio.run(authenticate, keys, full[:-1] + SURROGATE, Offload())
 
 
 def test_finding_lone_surrogates_in_decoded_json():

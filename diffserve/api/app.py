@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 from contextlib import asynccontextmanager
@@ -54,6 +55,10 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
             await offload(state.supervisor.start)
         state.delivery.start()  # webhook deliveries (resumed after a restart) and temp cleanup
         app.state.ds = state
+        # what start-up built (routes, models, SQLAlchemy's and pydantic's caches: ~150k objects) lives as long as
+        # the process: frozen, the collector's full passes skip it instead of pausing every request for it
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -66,8 +71,8 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
         description="Self-hosted image-to-image server speaking the ModelsLab and Qolaba img2img APIs.",
         lifespan=lifespan,
     )
-    # every body, chunked or not; innermost, so routes see its refusal as it is (BaseHTTPMiddleware, which
-    # install_observability adds, would wrap it in an exception group)
+    # every body, chunked or not; innermost, so routes see its refusal as it is (a BaseHTTPMiddleware outside it
+    # would wrap it in an exception group)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     install_observability(app)
     app.add_middleware(SecurityHeaders)  # CSP, no framing, nosniff on every answer (api/security.py)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import anyio
 from fastapi import Request
 
 from diffserve.core.errors import Forbidden, Unauthorized
@@ -11,17 +10,24 @@ from diffserve.core.text import is_valid_text
 from diffserve.store.keys import ApiKey, KeyStore
 
 
-async def authenticate(keys: KeyStore, key_text: str | None, offload: Offload | None = None) -> ApiKey:
-    """The key `key_text` names, verified on `offload` (the app's pool: pass `ds.offload`); Unauthorized if none."""
+def check_key(keys: KeyStore, key_text: str | None) -> ApiKey:
+    """The key `key_text` names, read from the key store (blocking: call it off the event loop, alone through
+    `authenticate` or as the first step of a handler's one offloaded call); Unauthorized if none."""
     if not key_text or not key_text.strip():
         raise Unauthorized("API key required")
     if not is_valid_text(key_text):  # a lone surrogate cannot be hashed: no key has it
         raise Unauthorized("Invalid API key")
-    key = await (offload(keys.verify, key_text.strip()) if offload
-                 else anyio.to_thread.run_sync(keys.verify, key_text.strip()))
+    key = keys.verify(key_text.strip())
     if key is None:
         raise Unauthorized("Invalid API key")
     return key
+
+
+async def authenticate(keys: KeyStore, key_text: str | None, offload: Offload) -> ApiKey:
+    """The key `key_text` names, verified on `offload` (the app's pool: pass `ds.offload`); Unauthorized if none."""
+    if not key_text or not key_text.strip():
+        raise Unauthorized("API key required")  # no thread hop for a request without a key
+    return await offload(check_key, keys, key_text)
 
 
 def require_admin(key: ApiKey) -> None:

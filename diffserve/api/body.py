@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from diffserve.core.errors import InvalidInput
 from diffserve.core.text import check_text
 
-DEFAULT_MAX_BODY = 32 * 1024 * 1024  # a 20 MB image as base64 fits
-DEFAULT_MAX_VALUES = 100_000
 PARSE_INLINE = 64 * 1024  # bodies up to this size parse in well under a millisecond: on the loop
 
 
@@ -26,21 +23,14 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _configured_limits(request: Request) -> tuple[int, int]:
-    """The server's `limits.max_body_bytes` and `limits.max_json_values` (the defaults outside a running app)."""
-    ds = getattr(request.app.state, "ds", None)
-    if ds is None:
-        return DEFAULT_MAX_BODY, DEFAULT_MAX_VALUES
-    return ds.settings.limits.max_body_bytes, ds.settings.limits.max_json_values
-
-
 def _values(chunk: bytes) -> int:
     return chunk.count(b",") + chunk.count(b"[") + chunk.count(b"{")
 
 
 async def read_json_object(request: Request, max_bytes: int | None = None) -> dict[str, Any]:
-    configured_bytes, max_values = _configured_limits(request)
-    max_bytes = configured_bytes if max_bytes is None else max_bytes
+    ds = request.app.state.ds  # the app's AppState (api/state.py): its limits and its offload pool
+    max_values = ds.settings.limits.max_json_values
+    max_bytes = ds.settings.limits.max_body_bytes if max_bytes is None else max_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise InvalidInput(f"Request body is too large (max {max_bytes} bytes)")
@@ -55,10 +45,7 @@ async def read_json_object(request: Request, max_bytes: int | None = None) -> di
         chunks.append(chunk)
     raw = b"".join(chunks)
     if len(raw) > PARSE_INLINE:
-        ds = getattr(request.app.state, "ds", None)
-        if ds is not None:
-            return await ds.offload(_parse_object, raw)
-        return await anyio.to_thread.run_sync(_parse_object, raw)  # outside a running app (tests)
+        return await ds.offload(_parse_object, raw)
     return _parse_object(raw)
 
 

@@ -1,7 +1,7 @@
 """Whether the client of a request is still there, for requests that wait (synchronous answers).
 
 Starlette's `Request.is_disconnected()` peeks at `receive` in an already-cancelled scope; behind a
-BaseHTTPMiddleware (the metrics middleware) that peek is itself cancelled, so it never sees a
+BaseHTTPMiddleware (as the metrics middleware was) that peek is itself cancelled, so it never sees a
 disconnect. Here a task listens on `receive` for the whole wait instead (the body has been read by
 then: all that can come is `http.disconnect`), and `gone()` reads its flag.
 """

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from diffserve.api.auth import authenticate, bearer_token
 from diffserve.api.state import app_state
@@ -23,17 +24,33 @@ def _workers(live: list) -> tuple[int, list[str]]:
     return sum(w.state in ("idle", "busy") for w in live), sorted({m for w in live for m in w.models})
 
 
-def install(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
+class RequestMetrics:
+    """Counts every HTTP answer by route, method and status, and observes its time to the response's start.
+    A pure ASGI middleware: no task, stream or buffering per request (BaseHTTPMiddleware costs all three)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        ds = getattr(request.app.state, "ds", None)
-        if ds is not None and ds.metrics is not None:
-            route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-            ds.metrics.http.labels(route, request.method, str(response.status_code)).inc()
-            ds.metrics.http_time.labels(route, request.method).observe(time.perf_counter() - started)
-        return response
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ds = getattr(scope["app"].state, "ds", None)
+                if ds is not None and ds.metrics is not None:
+                    route = getattr(scope.get("route"), "path", None) or "unmatched"
+                    ds.metrics.http.labels(route, scope["method"], str(message["status"])).inc()
+                    ds.metrics.http_time.labels(route, scope["method"]).observe(time.perf_counter() - started)
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
+def install(app: FastAPI) -> None:
+    app.add_middleware(RequestMetrics)
 
     @app.get("/health", tags=["server"], summary="Alive: 200 as soon as the API answers (see /ready)")
     async def health(request: Request) -> Any:

@@ -160,23 +160,41 @@ class GenerationService:
         """A key sees only its own jobs; another key's job is reported as not found."""
         valid = job_id is not None and 0 < job_id < 2**63
         job = await self.offload(self.jobs.get, job_id) if valid else None
+        return self._owned(job, job_id, key)
+
+    def job_for_key(self, job_id: int | None, key: ApiKey) -> Job:
+        """get_for_key, blocking (for a handler's one offloaded call that reads the key, the job and more)."""
+        valid = job_id is not None and 0 < job_id < 2**63
+        return self._owned(self.jobs.get(job_id) if valid else None, job_id, key)
+
+    @staticmethod
+    def _owned(job: Job | None, job_id: int | None, key: ApiKey) -> Job:
         if job is None or job.key_id != key.key_id:
             raise NotFound(f"Request not found: {job_id}")
         return job
 
     async def eta(self, job: Job) -> float:
         """Seconds until the job should be done (see live_state)."""
-        return await self._eta(job, await self.progress_of(job))
+        return await self.offload(self.eta_now, job)
+
+    def eta_now(self, job: Job) -> float:
+        """eta, blocking: every store read it needs in one call (one thread hop for the API)."""
+        return self._eta_of(job, self.progress.get(job.id) if self.progress is not None else None)
 
     async def _eta(self, job: Job, progress: Progress | None) -> float:
+        if job.status is JobStatus.RUNNING and progress and progress.step_s and progress.total:
+            return self._eta_of(job, progress)  # from its own progress: no store read
+        return await self.offload(self._eta_of, job, progress)
+
+    def _eta_of(self, job: Job, progress: Progress | None) -> float:
         """Running with progress: its remaining steps times its own measured time per step. Otherwise: jobs
         ahead of it times the recent median run time."""
         if job.status is JobStatus.RUNNING and progress and progress.step_s and progress.total:
             return round(max(0, progress.total - progress.step) * progress.step_s, 2)
-        durations = await self.offload(self.jobs.recent_durations)
+        durations = self.jobs.recent_durations()
         per_job = statistics.median(durations) if durations else DEFAULT_ETA_S
-        ahead = await self.offload(self.jobs.position, job.id)
-        live = len(await self.offload(self.workers.live)) if self.workers else self.settings.worker.count
+        ahead = self.jobs.position(job.id)
+        live = len(self.workers.live()) if self.workers else self.settings.worker.count
         workers = max(1, live)
         return round(per_job * (1 + ahead / workers), 2)
 

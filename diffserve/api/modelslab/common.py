@@ -14,7 +14,7 @@ from diffserve.core.request import RequestDraft
 from diffserve.media.inputs import is_base64_image
 from diffserve.store.keys import ApiKey
 from diffserve.api.disconnect import client_watch
-from diffserve.api.auth import authenticate, bearer_token
+from diffserve.api.auth import authenticate, bearer_token, check_key
 from diffserve.api.body import parse_model, read_json_object
 from diffserve.api.errors import guarded_route
 from diffserve.api.state import AppState, app_state
@@ -65,14 +65,24 @@ async def submit_and_answer(request: Request, ds: AppState, key: ApiKey, dialect
 
 
 async def fetch(request: Request, path_id: str | None, fetch_path: str) -> dict[str, Any]:
-    """A job of this key, by the id in the path or `request_id` in the body."""
-    ds, body, key = await read_and_authenticate(request)
+    """A job of this key, by the id in the path or `request_id` in the body. What clients poll, so everything
+    blocking -- the key, the job, its eta, rendering (presigned URLs, base64 reads) -- is one offloaded call."""
+    ds = app_state(request)
+    body = await read_json_object(request)
+    links = Links(ds.base_url(request), ds.service.storage, fetch_path=fetch_path)
+    return await ds.offload(_fetch_now, ds, key_text(request, body), body, path_id, links)
+
+
+def _fetch_now(ds: AppState, text: str | None, body: dict[str, Any], path_id: str | None,
+               links: Links) -> dict[str, Any]:
+    """fetch's blocking part, in the order its errors are answered: the key, the body, the id, the job."""
+    key = check_key(ds.keys, text)
     req = parse_model(FetchRequest, body)
     job_id = job_id_from_path(path_id) if path_id is not None else req.request_id
     if job_id is None:
         raise InvalidInput("request_id is required", field="request_id")
-    job = await ds.service.get_for_key(job_id, key)
-    return await answer(ds, request, job, fetch_path)
+    job = ds.service.job_for_key(job_id, key)
+    return render_job(job, links, eta=None if job.status.is_terminal() else ds.service.eta_now(job))
 
 
 async def answer(ds: AppState, request: Request, job: Job, fetch_path: str) -> dict[str, Any]:
