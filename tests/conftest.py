@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
@@ -160,10 +161,13 @@ def fleet_admin(fleet):
 # one group, so such a fixture still starts once and a module's own server too (one process runs a group whole:
 # tests/xdist_groups.py). The groups that cost most run first.
 CHEAP_SHARED = {"models_root", "image_host"}
-HEAVY_FILES_S = {  # seconds a file costs beyond its test count (CI, 2 cores): the long ones start first
-    "test_benches.py": 330, "test_schemathesis.py": 110, "test_demo_sd.py": 420, "test_lock_pythons.py": 70,
-    "test_fleet.py": 120, "test_partition.py": 120, "test_standalone_worker.py": 50, "test_gpu_path.py": 60,
-    "test_schema.py": 60, "test_restart.py": 60, "test_batching.py": 70, "test_families_control.py": 90,
+FILE_COST_S = {  # seconds a file takes on one of CI's two processes (quiet-run and CI durations); others: 1 s a test
+    "test_benches.py": 340, "test_demo_sd.py": 200, "test_layout.py": 30, "test_lock_pythons.py": 75,
+    "test_fleet.py": 150, "test_partition.py": 180, "test_fleet_dialects.py": 25,  # the fleet
+    "test_schemathesis.py": 110, "test_families_control.py": 110, "test_modelslab_v6.py": 70,
+    "test_a1111_upstream.py": 25, "test_load_balancing.py": 110, "test_batching.py": 90, "test_gpu_path.py": 70,
+    "test_schema.py": 70, "test_restart.py": 65, "test_standalone_worker.py": 55, "test_transient_errors.py": 60,
+    "test_webhooks.py": 50,
 }
 
 
@@ -185,11 +189,10 @@ def pytest_collection_modifyitems(config, items):
                   and getattr(defs[-1].func, "__module__", "").startswith("tests.")]  # this suite's, not pytest's
         for name in shared:
             parent[find(path)] = find("fixture:" + name)
-    cost: dict[str, float] = {}
-    for path in sorted({item.nodeid.split("::")[0] for item in items}):
-        cost[find(path)] = cost.get(find(path), 0) + HEAVY_FILES_S.get(path.rsplit("/", 1)[-1], 0)
-    for item in items:
-        cost[find(item.nodeid.split("::")[0])] += 1
+    counts = collections.Counter(item.nodeid.split("::")[0] for item in items)
+    cost: dict[str, float] = collections.Counter()
+    for path, count in counts.items():
+        cost[find(path)] += FILE_COST_S.get(path.rsplit("/", 1)[-1], count)
     order = {group: rank for rank, group in enumerate(sorted(cost, key=lambda g: (-cost[g], g)))}
     items.sort(key=lambda item: order[find(item.nodeid.split("::")[0])])  # stable: a file keeps its order
     groups_path = getattr(config, "workerinput", {}).get(WORKER_GROUPS_FILE)
