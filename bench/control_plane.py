@@ -95,7 +95,15 @@ def count_transactions(out: Path) -> None:
         site = _call_site()
         checkouts[site] = checkouts.get(site, 0) + 1
 
+    def on_statement(conn, _cursor, statement, *_args) -> None:  # noqa: ANN001, ANN002 - a write outside a
+        # transaction commits alone (a read there is not counted, as a read that ends in a rollback is not)
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT" \
+                and not statement.lstrip()[:6].upper().startswith("SELECT"):
+            site = _call_site() + "*"
+            sites[site] = sites.get(site, 0) + 1
+
     event.listen(Engine, "commit", on_commit)
+    event.listen(Engine, "before_cursor_execute", on_statement)
     event.listen(Pool, "checkout", on_checkout)
 
     def write() -> None:
@@ -116,6 +124,7 @@ class _Pipelines:
 class _Result:
     def __init__(self, png: bytes, samples: int) -> None:
         self._png, self.nsfw, self.device, self.dtype = png, [False] * samples, "cpu", "fp32"
+        self.step_cache = "off"  # what ran: no step cache in a stand-in
 
     def png_bytes(self) -> list[bytes]:
         return [self._png] * len(self.nsfw)
@@ -281,7 +290,26 @@ def epoch(dt: datetime) -> float:
     return dt.replace(tzinfo=timezone.utc).timestamp()
 
 
-def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Path, servers: dict) -> dict:
+def profile_on_signal(out: Path) -> None:
+    """`--profile DIR`: yappi (CPU clock, every thread) runs in this process between SIGUSR1 and SIGUSR2, which
+    writes DIR/<role>-<pid>.pstats (pstats format: `python -m pstats`). yappi is not a dependency of diffserve:
+    `pip install yappi` to use this."""
+    import yappi
+
+    def begin(*_) -> None:  # noqa: ANN002
+        yappi.set_clock_type("cpu")
+        yappi.start(builtins=True, profile_threads=True)
+
+    def end(*_) -> None:  # noqa: ANN002
+        yappi.stop()
+        yappi.get_func_stats().save(str(out / f"{os.environ.get('BENCH_ROLE', 'x')}-{os.getpid()}.pstats"), "pstat")
+
+    signal.signal(signal.SIGUSR1, begin)
+    signal.signal(signal.SIGUSR2, end)
+
+
+def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Path, servers: dict,
+             profile: Path | None = None) -> dict:
     import httpx
     from sqlalchemy import func, select
 
@@ -308,8 +336,12 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
     srv.port = free_port()
     srv.log_path = data / "api.log"
     log = open(srv.log_path, "ab")
+    prof = ["--profile", str(profile)] if profile else []
+    if profile:
+        profile.mkdir(parents=True, exist_ok=True)
     srv.proc = subprocess.Popen([sys.executable, __file__, "--role", "api", "--port", str(srv.port),
-                                 "--counts", str(counts / "api-0.n")], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 "--counts", str(counts / "api-0.n"), *prof],
+                                env={**env, "BENCH_ROLE": f"{backend}-{n_workers}-api"}, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     procs: list[subprocess.Popen] = []
     try:
@@ -322,8 +354,8 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
             procs.append(subprocess.Popen(
                 [sys.executable, __file__, "--role", "workers", "--ids", ",".join(ids[p::n_procs]),
                  "--step-ms", str(step_s * 1000), "--counts", str(counts / f"workers-{p}.n"),
-                 "--claims", str(data / f"claims-{p}.json")],
-                env=env, stdout=log, stderr=subprocess.STDOUT))
+                 "--claims", str(data / f"claims-{p}.json"), *prof],
+                env={**env, "BENCH_ROLE": f"{backend}-{n_workers}-workers"}, stdout=log, stderr=subprocess.STDOUT))
 
         def registered() -> bool:
             with db.connect() as c:
@@ -346,7 +378,10 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
 
         def warm_done() -> bool:
             with db.connect() as c:
-                return c.execute(select(JobRow.status).where(JobRow.id == warm)).scalar_one() == "succeeded"
+                status, error = c.execute(select(JobRow.status, JobRow.error).where(JobRow.id == warm)).one()
+            if status in ("failed", "cancelled"):
+                raise RuntimeError(f"the warm-up job {status}: {error} (log: {srv.log_path.read_text()[-2000:]})")
+            return status == "succeeded"
 
         wait_until(warm_done, 60, 0.05, "the warm-up job to finish")
         time.sleep(0.5)
@@ -366,6 +401,9 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
             parts["postgres"] = [int((pg.root / "data" / "postmaster.pid").read_text().split()[0])]
             parts["redis"] = [redis.proc.pid]
         cpu0 = cpu_by_part(parts)
+        profiled = [srv.proc.pid, *(p.pid for p in procs)] if profile else []
+        for pid in profiled:
+            os.kill(pid, signal.SIGUSR1)
         t0 = time.time()
         with ThreadPoolExecutor(CLIENTS) as pool:
             job_ids = list(pool.map(submit, range(n_jobs)))
@@ -381,6 +419,9 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
         wait_until(all_done, 120 + n_jobs * (1 + STEPS * step_s), 0.05, f"{n_jobs} jobs to finish")
         t_done = time.time()
         cpu1 = cpu_by_part(parts)
+        for pid in profiled:
+            os.kill(pid, signal.SIGUSR2)
+        time.sleep(3 if profiled else 0)
         time.sleep(0.1)  # the counters' files are written every 50 ms
         api1, workers1, all1 = commits(counts, "api"), commits(counts, "workers"), counted(counts)
         pg_extra = 0.0
@@ -448,12 +489,15 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=300, help="jobs per case")
     ap.add_argument("--backends", default="local,celery")
     ap.add_argument("--step-ms", type=float, default=10.0, help="the stand-in engine's time per step")
+    ap.add_argument("--profile", type=Path, help="profile the API and workers with yappi into this folder")
     ap.add_argument("--role", choices=("api", "workers"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
     ap.add_argument("--counts", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--claims", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.profile and args.role:
+        profile_on_signal(args.profile)
     if args.role == "api":
         return serve_api(args.port, args.counts)
     if args.role == "workers":
@@ -482,7 +526,7 @@ def main() -> None:
                   "commits per job", flush=True)
             for backend in backends:
                 for n in counts:
-                    r = run_case(backend, n, n_jobs, args.step_ms / 1000, Path(tmp), servers)
+                    r = run_case(backend, n, n_jobs, args.step_ms / 1000, Path(tmp), servers, args.profile)
                     print(report(backend, n, r), flush=True)
         finally:
             for s in servers.values():

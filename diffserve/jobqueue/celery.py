@@ -194,11 +194,13 @@ class CeleryQueue(LocalQueue):
         return None
 
     def _take_over_if_orphaned(self, job_id: int, worker_id: str) -> None:
-        with Session(self._db) as s:
-            holder = s.scalar(select(QueueRow.claimed_by).where(QueueRow.job_id == job_id))
-            if holder is None or holder == worker_id:
-                return
-            beat = s.scalar(select(WorkerRow.heartbeat_at).where(WorkerRow.worker_id == holder))
+        with self._now.connect() as c:  # the holder and its heartbeat, one read
+            row = c.execute(select(QueueRow.claimed_by, WorkerRow.heartbeat_at)
+                            .outerjoin(WorkerRow, WorkerRow.worker_id == QueueRow.claimed_by)
+                            .where(QueueRow.job_id == job_id)).first()
+        if row is None or row[0] is None or row[0] == worker_id:
+            return
+        holder, beat = row
         if beat is not None and beat >= utcnow() - timedelta(seconds=self._live_worker_s):
             return  # its worker is alive and running it: this message is a duplicate
         log.warning("job %s was claimed by %s, which is gone: running it again", job_id, holder)
@@ -207,8 +209,8 @@ class CeleryQueue(LocalQueue):
 
     def _waiting(self, label: str | None) -> bool:
         cond = QueueRow.label.is_(None) if label is None else QueueRow.label == label
-        with Session(self._db) as s:
-            return s.scalar(select(QueueRow.job_id).where(QueueRow.claimed_by.is_(None), cond).limit(1)) is not None
+        with self._now.connect() as c:
+            return c.scalar(select(QueueRow.job_id).where(QueueRow.claimed_by.is_(None), cond).limit(1)) is not None
 
     def _receive(self, labels: Sequence[str], timeout: float):
         names = tuple(queue_name(label) for label in (None, *sorted(labels)))

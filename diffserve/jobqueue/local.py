@@ -13,7 +13,11 @@ worker takes, in this order:
 4. else nothing: the remaining jobs are for models another worker holds, and that worker takes them
    when it is free, or any worker does once they have waited `affinity_wait_s`.
 
-Only the oldest `SCAN_LIMIT` waiting rows are considered per claim.
+Only the oldest `SCAN_LIMIT` waiting rows are considered per claim. Rules 1 and 2 are first tried as one
+statement (`_claim_first`: the oldest waiting job that is overdue or for a loaded model, taken with `FOR UPDATE
+SKIP LOCKED` on PostgreSQL so that workers claiming at once take different rows); a job's `enqueued_at` follows
+its id, so the oldest such job is the one the rules name. Only when it finds none are the waiting rows read
+(rule 3, and the answer "nothing for you").
 
 A claim hands out a job id; the worker then starts it through the ledger (store/ledger.py `start`), which
 counts the attempt (the started job's `attempts`) that fences every later write of that run. Ending and
@@ -37,7 +41,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from diffserve.core.batching import BatchKey, batch_key
-from diffserve.store.db import JobRow, QueueRow, WorkerRow, utcnow
+from diffserve.store.db import JobRow, QueueRow, WorkerRow, autocommit, utcnow
 from diffserve.jobqueue.signals import WorkerPipes
 
 _POLL_MIN_S = 0.01
@@ -75,6 +79,7 @@ class LocalQueue:
                  live_worker_s: float = LIVE_WORKER_S) -> None:
         """live_worker_s: a worker silent longer is gone (DIFFSERVE_WORKER_STALE_S): its models hold no job back."""
         self._db = db
+        self._now = autocommit(db)  # single statements: a claim is one atomic UPDATE, no transaction around it
         self._live_worker_s = live_worker_s
         self._notify = notify
         self._wake = wake
@@ -145,8 +150,11 @@ class LocalQueue:
     def _claim_one(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
                    label_class: object = ANY_LABEL) -> int | None:
         now = utcnow()
-        with Session(self._db) as s, s.begin():
-            waiting = s.execute(
+        with self._db.begin() as c:  # one transaction, as before; usually its first statement claims
+            job_id = self._claim_first(c, worker_id, loaded, labels, label_class, now)
+            if job_id is not None:
+                return job_id
+            waiting = c.execute(
                 select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
                 .where(QueueRow.claimed_by.is_(None), _label_ok(labels, label_class))
                 .order_by(QueueRow.job_id)
@@ -154,17 +162,32 @@ class LocalQueue:
             ).all()
             if not waiting:
                 return None
-            job_id = self._pick(s, worker_id, waiting, set(loaded), now)
+            job_id = self._pick(c, worker_id, waiting, set(loaded), now)
             if job_id is None:
                 return None
-            return s.execute(
+            return c.execute(  # compare-and-set: another worker may have taken it since the read
                 update(QueueRow)
                 .where(QueueRow.job_id == job_id, QueueRow.claimed_by.is_(None))
                 .values(claimed_by=worker_id, claimed_at=now)
                 .returning(QueueRow.job_id)
             ).scalar_one_or_none()
 
-    def _pick(self, s: Session, worker_id: str, waiting: list, loaded: set[str], now) -> int | None:
+    def _claim_first(self, c, worker_id: str, loaded: Sequence[str], labels: Sequence[str], label_class: object,
+                     now) -> int | None:
+        """Rules 1 and 2 in one statement: the oldest waiting job that is overdue or for a loaded model."""
+        takeable = QueueRow.enqueued_at <= now - timedelta(seconds=self._affinity_wait_s)
+        if loaded:
+            takeable = or_(takeable, QueueRow.model_id.in_(list(loaded)))
+        first = (select(QueueRow.job_id)
+                 .where(QueueRow.claimed_by.is_(None), _label_ok(labels, label_class), takeable)
+                 .order_by(QueueRow.job_id).limit(1)
+                 .with_for_update(skip_locked=True)  # PostgreSQL: a row another claim holds is passed over
+                 .scalar_subquery())
+        return c.execute(
+            update(QueueRow).where(QueueRow.job_id == first, QueueRow.claimed_by.is_(None))
+            .values(claimed_by=worker_id, claimed_at=now).returning(QueueRow.job_id)).scalar_one_or_none()
+
+    def _pick(self, s, worker_id: str, waiting: list, loaded: set[str], now) -> int | None:
         overdue = now - timedelta(seconds=self._affinity_wait_s)
         for job_id, _, _, enqueued_at in waiting:
             if enqueued_at is None or enqueued_at <= overdue:
@@ -179,7 +202,7 @@ class LocalQueue:
                 return job_id
         return None
 
-    def _other_workers(self, s: Session, worker_id: str, now) -> list[tuple[set[str], set[str]]]:
+    def _other_workers(self, s, worker_id: str, now) -> list[tuple[set[str], set[str]]]:
         """(models loaded, labels) of every other live worker."""
         rows = s.execute(select(WorkerRow.models, WorkerRow.labels).where(
             WorkerRow.worker_id != worker_id, WorkerRow.heartbeat_at >= now - timedelta(seconds=self._live_worker_s),

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from diffserve.store.db import ControlEventRow, utcnow
+from diffserve.store.db import ControlEventRow, autocommit, utcnow
 
 CLEAR_CACHE = "clear_cache"  # payload {"models": null (all) | [model_id, ...]}
 RESTART = "restart"  # exit cleanly after the current job; the supervisor starts a fresh process
@@ -36,6 +36,7 @@ class ControlEvent:
 class ControlLog:
     def __init__(self, db: Engine) -> None:
         self._db = db
+        self._read = autocommit(db)  # every worker asks before each job: one statement, no transaction
 
     def post(self, kind: str, payload: dict[str, Any] | None = None) -> int:
         if kind not in KINDS:
@@ -56,13 +57,14 @@ class ControlLog:
         return sorted(last.values(), key=lambda e: e.id)
 
     def latest_id(self) -> int:
-        with Session(self._db) as s:
-            return int(s.scalar(select(func.max(ControlEventRow.id))) or 0)
+        with self._read.connect() as c:
+            return int(c.scalar(select(func.max(ControlEventRow.id))) or 0)
 
     def since(self, after_id: int, kinds: tuple[str, ...] | None = None) -> list[ControlEvent]:
-        q = select(ControlEventRow).where(ControlEventRow.id > after_id)
+        q = select(ControlEventRow.id, ControlEventRow.kind, ControlEventRow.payload).where(
+            ControlEventRow.id > after_id)
         if kinds is not None:
             q = q.where(ControlEventRow.kind.in_(kinds))
-        with Session(self._db) as s:
-            rows = s.scalars(q.order_by(ControlEventRow.id)).all()
-            return [ControlEvent(r.id, r.kind, dict(r.payload or {})) for r in rows]
+        with self._read.connect() as c:
+            return [ControlEvent(i, kind, dict(payload or {})) for i, kind, payload in c.execute(q.order_by(
+                ControlEventRow.id))]

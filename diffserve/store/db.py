@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -19,6 +20,7 @@ from sqlalchemy import (
     event,
     false,
 )
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -177,6 +179,9 @@ class WorkerDeviceRow(Base):
     cache_budget_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
+PING_AFTER_IDLE_S = 1.0  # a pooled server connection unused this long is pinged before it is handed out
+
+
 def make_db_engine(url: str) -> Engine:
     """One engine per process. SQLite gets WAL and a busy timeout so API and workers share it."""
     if url.startswith("sqlite"):
@@ -196,6 +201,38 @@ def make_db_engine(url: str) -> Engine:
         # network partition) fails within ~15 s instead of waiting for TCP's retransmits (minutes)
         connect_args = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                         "keepalives_count": 3, "tcp_user_timeout": 15000} if url.startswith("postgresql") else {}
-        engine = create_engine(url, pool_pre_ping=True, pool_timeout=10, connect_args=connect_args)
+        # LIFO: the connections in use stay few and warm, the others idle (and are pinged when taken again)
+        engine = create_engine(url, pool_timeout=10, pool_use_lifo=True, connect_args=connect_args)
+        ping_when_idle(engine, PING_AFTER_IDLE_S)
     return engine
 
+
+def ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """pool_pre_ping, only for connections that sat in the pool `idle_s` or longer: a dead one (the server
+    restarted, the network dropped it) is replaced before use. A connection handed back a moment ago is used
+    as it is -- pinging it on every checkout cost a round trip and a server transaction per store call (~15 per
+    job, docs/performance.md "Control plane"); if the server went away within that moment, the statement fails
+    as a disconnect, which invalidates the pool, and the caller's retry (or its 503) follows."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record) -> None:  # noqa: ANN001
+        if record is not None:
+            record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy) -> None:  # noqa: ANN001
+        since = record.info.get("checked_in")
+        if since is None or time.monotonic() - since < idle_s:
+            return  # new (just connected) or just used
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as e:  # noqa: BLE001 - any failure of the ping: take another connection
+            raise DisconnectionError(f"pooled connection failed its ping: {e}") from e
+        if alive is False:
+            raise DisconnectionError("pooled connection failed its ping")
+
+
+def autocommit(db: Engine) -> Engine:
+    """The same engine (same pool) for single-statement reads and writes: no BEGIN and COMMIT/ROLLBACK around
+    the statement (one round trip instead of three on PostgreSQL). For what needs no transaction of its own."""
+    return db.execution_options(isolation_level="AUTOCOMMIT")

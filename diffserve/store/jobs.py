@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any, Iterable
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
 
 from diffserve.core.job import Job, JobStatus
 from diffserve.core.request import GenerationRequest
-from diffserve.store.db import JobRow, ProgressRow
+from diffserve.store.db import JobRow, ProgressRow, autocommit
 from diffserve.store.ledger import Ledger, Outcome, to_job
 
+DURATIONS_FRESH_S = 1.0
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
@@ -22,7 +23,9 @@ class JobStore:
 
     def __init__(self, db: Engine) -> None:
         self._db = db
+        self._read = autocommit(db)  # reads are single statements: no transaction around them
         self.ledger = Ledger(db)
+        self._durations: dict[int, tuple[float, list[float]]] = {}  # limit -> (read at, run times)
 
     def create(
         self,
@@ -38,14 +41,12 @@ class JobStore:
                                   dialect_params=dialect_params, enqueue=False)
 
     def get(self, job_id: int) -> Job | None:
-        with Session(self._db) as s:
-            row = s.get(JobRow, job_id)
-            return to_job(row) if row else None
+        return self.ledger.job(job_id)
 
     def by_token(self, output_token: str) -> Job | None:
         """The job whose images are named by `output_token` (unique): early links resolve through it."""
-        with Session(self._db) as s:
-            row = s.scalars(select(JobRow).where(JobRow.output_token == output_token)).first()
+        with self._read.connect() as s:
+            row = s.execute(select(*JobRow.__table__.columns).where(JobRow.output_token == output_token)).first()
             return to_job(row) if row else None
 
     def start(self, job_id: int, worker_id: str) -> Job | None:
@@ -67,11 +68,11 @@ class JobStore:
 
     def list_for_key(self, key_id: str, *, limit: int = 20, before: int | None = None) -> list[Job]:
         """A key's jobs, newest first; `before`: only ids below it (the next page)."""
-        q = select(JobRow).where(JobRow.key_id == key_id)
+        q = select(*JobRow.__table__.columns).where(JobRow.key_id == key_id)
         if before is not None:
             q = q.where(JobRow.id < before)
-        with Session(self._db) as s:
-            return [to_job(row) for row in s.scalars(q.order_by(JobRow.id.desc()).limit(limit))]
+        with self._read.connect() as c:
+            return [to_job(row) for row in c.execute(q.order_by(JobRow.id.desc()).limit(limit))]
 
     def requeue(self, job_id: int, max_attempts: int, reason: str) -> bool:
         """A job whose worker died: queue it again, or fail it once it used its attempts (Ledger.requeue).
@@ -86,7 +87,7 @@ class JobStore:
         ids = list(job_ids)
         if not ids:
             return {}
-        with Session(self._db) as s:
+        with self._read.connect() as s:
             rows = s.execute(
                 select(JobRow.id, JobRow.status, JobRow.attempts, ProgressRow.step, ProgressRow.updated_at)
                 .outerjoin(ProgressRow, ProgressRow.job_id == JobRow.id).where(JobRow.id.in_(ids))
@@ -94,7 +95,7 @@ class JobStore:
         return {row[0]: tuple(row[1:]) for row in rows}
 
     def unfinished_ids(self) -> list[int]:
-        with Session(self._db) as s:
+        with self._read.connect() as s:
             return list(
                 s.scalars(select(JobRow.id).where(JobRow.status.in_(_UNFINISHED)).order_by(JobRow.id))
             )
@@ -103,12 +104,22 @@ class JobStore:
         q = select(func.count()).select_from(JobRow).where(JobRow.status.in_(_UNFINISHED))
         if key_id is not None:
             q = q.where(JobRow.key_id == key_id)
-        with Session(self._db) as s:
+        with self._read.connect() as s:
             return int(s.scalar(q) or 0)
 
     def recent_durations(self, limit: int = 20) -> list[float]:
-        """Run times (s) of the latest succeeded jobs, for ETA estimates."""
-        with Session(self._db) as s:
+        """Run times (s) of the latest succeeded jobs, for ETA estimates: read at most once per
+        DURATIONS_FRESH_S (every answer with an ETA asks; an estimate needs them no fresher)."""
+        now = time.monotonic()
+        kept = self._durations.get(limit)
+        if kept is not None and now - kept[0] < DURATIONS_FRESH_S:
+            return list(kept[1])
+        durations = self._read_durations(limit)
+        self._durations[limit] = (now, durations)
+        return list(durations)
+
+    def _read_durations(self, limit: int) -> list[float]:
+        with self._read.connect() as s:
             rows = s.execute(
                 select(JobRow.started_at, JobRow.finished_at)
                 .where(JobRow.status == JobStatus.SUCCEEDED.value)
@@ -119,7 +130,7 @@ class JobStore:
 
     def position(self, job_id: int) -> int:
         """How many unfinished jobs are ahead of this one."""
-        with Session(self._db) as s:
+        with self._read.connect() as s:
             return int(
                 s.scalar(
                     select(func.count())

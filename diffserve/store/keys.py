@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
-from diffserve.store.db import KeyRow, utcnow
+from diffserve.store.db import KeyRow, autocommit, utcnow
 
 _ALPHABET = string.ascii_letters + string.digits
 _ID_LEN = 12
@@ -41,6 +41,7 @@ class ApiKey:
 class KeyStore:
     def __init__(self, db: Engine) -> None:
         self._db = db
+        self._read = autocommit(db)  # every request's key check: one statement
 
     def create(self, name: str | None = None, role: str = "user", max_queued: int | None = None) -> tuple[ApiKey, str]:
         """Returns the stored key and the full key text (shown once, never stored)."""
@@ -67,8 +68,8 @@ class KeyStore:
         """The live key this text is, or None. Constant-time comparison of hashes."""
         if not full_key or len(full_key) != _ID_LEN + _SECRET_LEN:
             return None
-        with Session(self._db) as s:
-            row = s.get(KeyRow, full_key[:_ID_LEN])
+        with self._read.connect() as c:  # one statement, no transaction around it
+            row = c.execute(select(*KeyRow.__table__.columns).where(KeyRow.key_id == full_key[:_ID_LEN])).first()
             candidate = row.secret_hash if row is not None else _hash("")
             ok = hmac.compare_digest(candidate, _hash(full_key))
             if row is None or not ok or row.revoked_at is not None:

@@ -27,12 +27,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, delete, exists, insert, or_, select, update
+from sqlalchemy import Connection, Engine, delete, exists, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from diffserve.core.job import Job, JobStatus
 from diffserve.core.request import GenerationRequest
-from diffserve.store.db import JobRow, ProgressRow, QueueRow, WebhookDeliveryRow, WorkerRow, utcnow
+from diffserve.store.db import JobRow, ProgressRow, QueueRow, WebhookDeliveryRow, WorkerRow, autocommit, utcnow
 from diffserve.store.notify import notify_done
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class _Refused(Exception):
 class Ledger:
     def __init__(self, db: Engine, events: QueueEvents | None = None) -> None:
         self._db = db
+        self._read = autocommit(db)  # single-statement reads
         self._events = events
 
     def using(self, events: QueueEvents | None) -> Ledger:
@@ -103,16 +104,17 @@ class Ledger:
                dialect_params: dict[str, Any] | None = None, enqueue: bool = True) -> Job:
         """The job row and (enqueue=True) its queue row, in one transaction; then the queue is told."""
         now = utcnow()
-        row = JobRow(key_id=key_id, dialect=dialect, status=QUEUED, request=request.model_dump(mode="json"),
-                     dialect_params=dialect_params or {}, output_token=output_token, outputs=[], nsfw=[],
-                     attempts=0, webhook_status="pending" if request.webhook else "", created_at=now)
-        with Session(self._db) as s, s.begin():
-            s.add(row)
-            s.flush()
+        params, hook = dict(dialect_params or {}), "pending" if request.webhook else ""
+        with self._db.begin() as c:  # Core statements: the ORM's unit of work costs more than the insert
+            job_id = c.execute(insert(JobRow).values(
+                key_id=key_id, dialect=dialect, status=QUEUED, request=request.model_dump(mode="json"),
+                dialect_params=params, output_token=output_token, outputs=[], nsfw=[], attempts=0,
+                webhook_status=hook, created_at=now).returning(JobRow.id)).scalar_one()
             if enqueue:
-                s.execute(insert(QueueRow).values(job_id=row.id, model_id=request.model_id,
+                c.execute(insert(QueueRow).values(job_id=job_id, model_id=request.model_id,
                                                   label=request.worker_label, enqueued_at=now))
-            job = to_job(row)
+        job = Job(id=job_id, key_id=key_id, dialect=dialect, status=JobStatus.QUEUED, request=request,
+                  output_token=output_token, dialect_params=params, webhook_status=hook, created_at=now)
         if enqueue and self._events is not None:
             self._events.enqueued(job.id, request.worker_label)
         return job
@@ -134,11 +136,11 @@ class Ledger:
         now = utcnow()
         someone_else = exists().where(QueueRow.job_id == job_id,
                                       or_(QueueRow.claimed_by.is_(None), QueueRow.claimed_by != worker_id))
-        with Session(self._db) as s, s.begin():
+        with self._db.begin() as s:
             row = s.execute(
                 update(JobRow).where(JobRow.id == job_id, JobRow.status == QUEUED, ~someone_else)
                 .values(status=RUNNING, worker_id=worker_id, started_at=now, attempts=JobRow.attempts + 1)
-                .returning(JobRow)).scalar_one_or_none()
+                .returning(*JobRow.__table__.columns)).first()
             if row is None:
                 ended = exists().where(JobRow.id == job_id, JobRow.status.in_(TERMINAL))
                 s.execute(delete(QueueRow).where(QueueRow.job_id == job_id, QueueRow.claimed_by == worker_id, ended))
@@ -164,7 +166,7 @@ class Ledger:
             cond = [JobRow.status.in_(UNFINISHED)]
         else:
             cond = [JobRow.status == RUNNING, JobRow.attempts == attempt]
-        with Session(self._db) as s, s.begin():
+        with self._db.begin() as s:
             done = self._end(s, job_id, cond, outcome)
             if worker_id is not None:
                 self._worker_row(s, worker_id, worker_row)
@@ -230,18 +232,18 @@ class Ledger:
             self._events.forgotten(job_id)
 
     def job(self, job_id: int) -> Job | None:
-        with Session(self._db) as s:
-            row = s.get(JobRow, job_id)
+        with self._read.connect() as c:
+            row = c.execute(select(*JobRow.__table__.columns).where(JobRow.id == job_id)).first()
             return to_job(row) if row else None
 
     def holds(self, job_id: int, attempt: int) -> bool:
         """Does this attempt still own the job (running, same attempt)? The worker's heartbeat asks."""
-        with Session(self._db) as s:
+        with self._read.connect() as s:
             return s.scalar(select(JobRow.id).where(JobRow.id == job_id, JobRow.status == RUNNING,
                                                     JobRow.attempts == attempt)) is not None
 
     # -- inside a transaction -----------------------------------------------------------------------------
-    def _end(self, s: Session, job_id: int, cond: list, outcome: Outcome) -> bool:
+    def _end(self, s: Session | Connection, job_id: int, cond: list, outcome: Outcome) -> bool:
         now = utcnow()
         row = s.execute(
             update(JobRow).where(JobRow.id == job_id, *cond)
@@ -265,13 +267,13 @@ class Ledger:
         return True
 
     @staticmethod
-    def _worker_row(s: Session, worker_id: str, values: dict[str, Any] | None) -> None:
+    def _worker_row(s: Session | Connection, worker_id: str, values: dict[str, Any] | None) -> None:
         if values is not None:
             s.execute(update(WorkerRow).where(WorkerRow.worker_id == worker_id)
                       .values(heartbeat_at=utcnow(), **values))
 
 
-def to_job(row: JobRow) -> Job:
+def to_job(row) -> Job:  # noqa: ANN001 - a JobRow, or a result row of the jobs table's columns
     return Job(
         id=row.id,
         key_id=row.key_id,

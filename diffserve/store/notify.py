@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Callable
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 CHANNEL = "diffserve_job_done"
 
 
-def notify_done(session: Session, job_id: int) -> None:
-    if session.get_bind().dialect.name == "postgresql":
+def notify_done(session: Session | Connection, job_id: int) -> None:
+    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
+    if dialect.name == "postgresql":
         session.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": CHANNEL, "id": str(job_id)})
 
 

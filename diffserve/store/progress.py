@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
-from diffserve.store.db import JobRow, ProgressRow, utcnow
+from diffserve.store.db import JobRow, ProgressRow, autocommit, utcnow
 from diffserve.store.ledger import RUNNING, ClaimLost
 
 
@@ -36,33 +36,39 @@ class Progress:
 class ProgressStore:
     def __init__(self, db: Engine) -> None:
         self._db = db
+        self._read = autocommit(db)  # reads are single statements: no transaction around them
 
     def report(self, job_id: int, step: int, total: int, step_s: float | None,
                preview: bytes | None = None, *, attempt: int | None = None) -> Asked:
         """Record progress; what a client asked meanwhile: CANCEL (it wins), FINISH (end now, keep the image) or
         None. attempt: the worker's attempt (fenced: raises store.ledger.ClaimLost, writing nothing, once the
         job was handed on or ended)."""
-        with Session(self._db) as s, s.begin():
-            if attempt is not None and s.scalar(select(JobRow.id).where(
-                    JobRow.id == job_id, JobRow.status == RUNNING, JobRow.attempts == attempt)) is None:
-                raise ClaimLost(job_id, attempt)
-            row = s.get(ProgressRow, job_id)
-            if row is None:
-                row = ProgressRow(job_id=job_id, cancel_requested=False)
-                s.add(row)
-            row.step, row.total, row.step_s, row.updated_at = step, total, step_s, utcnow()
-            if preview is not None:
-                row.preview = preview
-            return CANCEL if row.cancel_requested else FINISH if row.finish_requested else None
+        now = utcnow()
+        values = {"step": step, "total": total, "step_s": step_s, "updated_at": now}
+        if preview is not None:
+            values["preview"] = preview
+        fence = [select(JobRow.id).where(JobRow.id == job_id, JobRow.status == RUNNING,
+                                         JobRow.attempts == attempt).exists()] if attempt is not None else []
+        with self._db.begin() as c:  # the row's update and the fence, one statement in the usual case
+            asked = c.execute(update(ProgressRow).where(ProgressRow.job_id == job_id, *fence).values(**values)
+                              .returning(ProgressRow.cancel_requested, ProgressRow.finish_requested)).first()
+            if asked is None:  # no row yet, or the fence refused: tell them apart
+                if fence and c.scalar(select(fence[0])) is not True:
+                    raise ClaimLost(job_id, attempt)
+                c.execute(insert(ProgressRow).values(job_id=job_id, cancel_requested=False, finish_requested=False,
+                                                     **values))
+                return None
+        cancel, finish = asked
+        return CANCEL if cancel else FINISH if finish else None
 
     def get(self, job_id: int) -> Progress | None:
-        with Session(self._db) as s:
+        with self._read.connect() as s:
             row = s.execute(select(ProgressRow.step, ProgressRow.total, ProgressRow.step_s,
                                    ProgressRow.preview.is_not(None)).where(ProgressRow.job_id == job_id)).first()
             return Progress(row[0], row[1], row[2], bool(row[3])) if row else None
 
     def preview(self, job_id: int) -> bytes | None:
-        with Session(self._db) as s:
+        with self._read.connect() as s:
             return s.scalar(select(ProgressRow.preview).where(ProgressRow.job_id == job_id))
 
     def request_cancel(self, job_id: int) -> None:
@@ -80,5 +86,5 @@ class ProgressStore:
                                      "finish_requested": False, "updated_at": utcnow(), **flag}))
 
     def cancel_requested(self, job_id: int) -> bool:
-        with Session(self._db) as s:
+        with self._read.connect() as s:
             return bool(s.scalar(select(ProgressRow.cancel_requested).where(ProgressRow.job_id == job_id)))

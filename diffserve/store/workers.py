@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
-from diffserve.store.db import WorkerDeviceRow, WorkerRow, utcnow
+from diffserve.store.db import WorkerDeviceRow, WorkerRow, autocommit, utcnow
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class WorkerInfo:
 class WorkerStore:
     def __init__(self, db: Engine) -> None:
         self._db = db
+        self._now = autocommit(db)  # single statements (a heartbeat, a read): no transaction around them
 
     def register(self, worker_id: str, pid: int, labels: tuple[str, ...] = ()) -> None:
         with Session(self._db) as s, s.begin():
@@ -47,7 +48,7 @@ class WorkerStore:
                                     cache_budget_bytes=cache_budget_bytes))
 
     def update(self, worker_id: str, **values) -> None:
-        with Session(self._db) as s, s.begin():
+        with self._now.connect() as s:
             s.execute(update(WorkerRow).where(WorkerRow.worker_id == worker_id)
                       .values(heartbeat_at=utcnow(), **values))
 
@@ -58,11 +59,12 @@ class WorkerStore:
 
     def live(self, max_age_s: float = 15.0) -> list[WorkerInfo]:
         cutoff = utcnow() - timedelta(seconds=max_age_s)
-        with Session(self._db) as s:
-            rows = s.execute(select(WorkerRow, WorkerDeviceRow)
+        with self._now.connect() as c:
+            rows = c.execute(select(WorkerRow.worker_id, WorkerRow.pid, WorkerRow.state, WorkerRow.current_job,
+                                    WorkerRow.models, WorkerRow.heartbeat_at, WorkerRow.labels, WorkerRow.started_at,
+                                    WorkerDeviceRow.device, WorkerDeviceRow.dtype, WorkerDeviceRow.cache_budget_bytes)
                              .outerjoin(WorkerDeviceRow, WorkerDeviceRow.worker_id == WorkerRow.worker_id)
                              .where(WorkerRow.heartbeat_at >= cutoff).order_by(WorkerRow.worker_id)).all()
-            return [WorkerInfo(r.worker_id, r.pid, r.state, r.current_job, list(r.models or []), r.heartbeat_at,
-                               tuple(r.labels or ()), r.started_at, d.device if d else None, d.dtype if d else None,
-                               d.cache_budget_bytes if d else None)
-                    for r, d in rows]
+        return [WorkerInfo(r.worker_id, r.pid, r.state, r.current_job, list(r.models or []), r.heartbeat_at,
+                           tuple(r.labels or ()), r.started_at, r.device, r.dtype, r.cache_budget_bytes)
+                for r in rows]

@@ -86,12 +86,14 @@ class Worker:
         beat.start()
         self._preload()
         self.workers.update(self.worker_id, state="idle", models=self.engine.loaded_models())
+        ran = False  # a job ran since the orders were last read: they are read again before the next job runs
         try:
             while not stop.is_set():
                 try:
-                    if self.orders and not self.orders.apply(self.engine, self.workers, self.worker_id):
+                    if self.orders and not ran and not self.orders.apply(self.engine, self.workers, self.worker_id):
                         restart = True  # exit cleanly between jobs; a fresh process takes over
                         break
+                    ran = False
                     job_id = self.queue.claim(self.worker_id, timeout=0.5, loaded=self.engine.loaded_models(),
                                               labels=self.runner.labels)
                 except SQLAlchemyError as e:  # the store is away (a database restart): wait for it
@@ -103,6 +105,7 @@ class Worker:
                     break
                 if job_id is not None:
                     self.run_job(job_id)
+                    ran = True
         finally:
             self.runner.stored(self.workers.remove, self.worker_id)
         return restart
