@@ -20,7 +20,7 @@ from .servers import DiffserveServer, png_bytes
 from .waiting import wait_until
 
 UPDATE_S3 = "/api/v1/enterprise/update_s3"
-TEMP_TTL_S = 3.0
+TEMP_TTL_S = 4.0
 INIT_B64 = base64.b64encode(png_bytes(64, 64)).decode()
 
 
@@ -165,14 +165,16 @@ def test_public_url_outputs(server, admin, user, s3, image_host):
 
 
 def test_temp_outputs_expire_on_both_backends_and_others_stay(server, user, image_host, s3):
+    # each temp object is looked at right after the request that wrote it: it lives TEMP_TTL_S from then (the
+    # input from the submission), and two more generations first took longer than that on a loaded machine
     temp = server.post(IMG2IMG, body(user, image_host, temp=True)).json()
-    keep = server.post(IMG2IMG, body(user, image_host)).json()
-    upload = server.post("/api/v6/base64_to_url", {"key": user, "base64_string": INIT_B64}).json()["output"][0]
-    assert "/imgs/temp/" in upload and get(upload).status_code == 200  # base64_to_url: 24 h, same cleanup
     assert "/imgs/temp/generations/" in temp["output"][0]
     assert get(temp["output"][0]).status_code == 200
     token = token_of(temp["output"][0])
     assert f"imgs/temp/inputs/{token}-init.png" in s3.keys(PUBLIC_BUCKET, "imgs/temp/")
+    upload = server.post("/api/v6/base64_to_url", {"key": user, "base64_string": INIT_B64}).json()["output"][0]
+    assert "/imgs/temp/" in upload and get(upload).status_code == 200  # base64_to_url: 24 h, same cleanup
+    keep = server.post(IMG2IMG, body(user, image_host)).json()
     wait_until(lambda: (s3.keys(PUBLIC_BUCKET, f"imgs/temp/generations/{token}"), get(upload).status_code),
                TEMP_TTL_S + 10, every=0.2, accept=lambda seen: not seen[0] and seen[1] == 404,
                what="the temp generation gone from S3 and the upload answering 404")
@@ -184,6 +186,33 @@ def test_temp_outputs_expire_on_both_backends_and_others_stay(server, user, imag
     # the local temp output from before the switch expired too; the other local output stays
     assert get(LOCAL_TEMP["temp"]).status_code == 404
     assert get(LOCAL_TEMP["keep"]).status_code == 200
+
+
+def test_a_temp_object_in_s3_is_kept_for_its_whole_ttl(tmp_path, s3):
+    """S3 lists LastModified in whole seconds: an object written at 12:00:00.7 is listed at 12:00:00. The cleaner
+    must not take it for older than it is (it deleted such objects up to a second before their TTL)."""
+    from datetime import timedelta
+
+    from diffserve.config import Settings, StorageSettings
+    from diffserve.storage.cleanup import TempCleaner
+    from diffserve.storage.configured import build_storage
+    from diffserve.store.db import make_db_engine, utcnow
+    from diffserve.store.schema import ensure_schema
+
+    settings = Settings(data_dir=tmp_path, storage=StorageSettings(
+        backend="s3", bucket=PRIVATE_BUCKET, endpoint_url=s3.endpoint, access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY, prefix="ttl", refresh_s=0))
+    engine = make_db_engine(settings.db_url)
+    ensure_schema(engine)
+    storage = build_storage(settings, engine)
+    cleaner = TempCleaner(storage, ttl_s=60, interval_s=60)  # rounds run here, not on its thread
+    time.sleep((0.5 - utcnow().microsecond / 1e6) % 1.0)  # written mid-second: listed about 0.5 s early
+    written_after = utcnow()
+    storage.put("temp/generations/young.png", b"Y")
+    assert cleaner.run_once(now=written_after + timedelta(seconds=59.9)) == 0  # younger than the TTL: kept
+    assert s3.keys(PRIVATE_BUCKET, "ttl/") == ["ttl/temp/generations/young.png"]
+    assert cleaner.run_once(now=written_after + timedelta(seconds=62)) == 1  # older: deleted
+    assert s3.keys(PRIVATE_BUCKET, "ttl/") == []
 
 
 def test_env_settings_and_saved_settings_in_process(tmp_path, s3):

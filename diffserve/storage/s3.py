@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import timezone
+from datetime import timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +18,7 @@ from diffserve.core.errors import InvalidInput, NotFound
 from diffserve.storage.base import StoredObject
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_LISTED_SECOND = timedelta(seconds=1)  # the resolution of a listing's LastModified
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class S3Storage:
         for page in pages:
             for item in page.get("Contents", []):
                 modified = item["LastModified"].astimezone(timezone.utc).replace(tzinfo=None)
+                if not modified.microsecond:  # listed in whole seconds (SeaweedFS, AWS): written within the
+                    modified += _LISTED_SECOND  # second after it; its end, so an age is never overstated
                 yield StoredObject(item["Key"][cut:], modified)
 
     def check_access(self) -> None:

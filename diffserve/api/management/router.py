@@ -206,5 +206,11 @@ async def _store_base64(ds: AppState, request: Request, value: str | None, field
 
     data, ext, content_type = await ds.offload(decode)
     key = f"{prefix}{secrets.token_urlsafe(16)}.{ext}"
-    await ds.offload(lambda: ds.service.storage.put(key, data, content_type=content_type))
-    return ds.service.storage.url(key, ds.base_url(request))
+    base_url = ds.base_url(request)
+
+    def store() -> str:  # one backend for the object and its URL, even if update_s3 switches it meanwhile
+        backend = ds.delivery.storage.current()  # a settings re-read and S3 presigning: off the event loop
+        backend.put(key, data, content_type=content_type)
+        return backend.url(key, base_url)
+
+    return await ds.offload(store)
