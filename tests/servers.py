@@ -125,16 +125,22 @@ class DiffserveServer:
 
     def start(self, timeout: float = 180.0, *, until: str = "/ready") -> "DiffserveServer":
         """until: /ready (a worker is up) or /health (the API answers: `--workers 0`, workers come later)."""
+        self.launch()
+        self.wait_healthy(timeout, until)
+        return self
+
+    def launch(self) -> float:
+        """Start `diffserve serve` without waiting for it (`wait_healthy` next); the monotonic time it started."""
         self.port = self.port or free_port()
         self.log_path = self.data_dir / f"server-{self.port}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
+        started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "diffserve.cli.main", "serve", "--port", str(self.port)],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        self.wait_healthy(timeout, until)
-        return self
+        return started
 
     def wait_healthy(self, timeout: float, until: str = "/ready") -> float:
         """Seconds until `until` answers 200; a server that exits meanwhile fails at once, with its log."""
