@@ -18,6 +18,7 @@ from .bodies import IMG2IMG, body
 from .s3server import ACCESS_KEY, PRIVATE_BUCKET, PUBLIC_BUCKET, SECRET_KEY, SeaweedS3
 from .servers import DiffserveServer, png_bytes
 from .waiting import wait_until
+from .webhook_receiver import Receiver
 
 UPDATE_S3 = "/api/v1/enterprise/update_s3"
 TEMP_TTL_S = 4.0
@@ -158,10 +159,17 @@ def test_public_url_outputs(server, admin, user, s3, image_host):
                                            image_directory="imgs"))
     assert r.status_code == 200, r.text
     time.sleep(0.5)
-    out = server.post(IMG2IMG, body(user, image_host)).json()
-    url = out["output"][0]
-    assert url.startswith(f"{public}/imgs/generations/") and "?" not in url
-    assert png_size(get(url).content) == (64, 64)
+    receiver = Receiver().start()
+    try:
+        out = server.post(IMG2IMG, body(user, image_host, webhook=receiver.url)).json()
+        url = out["output"][0]
+        assert url.startswith(f"{public}/imgs/generations/") and "?" not in url
+        assert png_size(get(url).content) == (64, 64)
+        # the webhook and a fetch answer the same link, under the settings in force
+        assert receiver.wait_for(1)[0].payload["output"] == [url]
+        assert server.post(f"/api/v6/images/fetch/{out['id']}", {"key": user}).json()["output"] == [url]
+    finally:
+        receiver.stop()
 
 
 def test_temp_outputs_expire_on_both_backends_and_others_stay(server, user, image_host, s3):
