@@ -22,6 +22,8 @@ BENCHES = {
         *(rf"^  {row}\s+{NUM} ms" for row in ("bare pipeline call", "job run time in the worker",
                                                "end to end over HTTP", "serving overhead")),
         rf"^  without\s+{NUM} ms\s+with\s+{NUM} ms\s+extra [+-]{NUM} ms \([+-]{NUM}% of the job\)$",
+        r"^fetch under load: ModelsLab v6 fetch at 160 req/s for 1 s per kind and round, worker busy",
+        *(rf"^  this tree\s+{kind}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}$" for kind in ("finished", "queued")),
     ]),
     "wakeup": ([], [
         r"answer time minus job run time, 3 runs:$",
