@@ -184,14 +184,14 @@ def main() -> None:
         root = Path(tmp)
         if args.model in TINY_BUILDERS:  # the bare pipeline's ceiling, for the built-in models
             bare_ceiling(root / "models", args.model, sizes, int(args.threads), args.steps)
-        servers = {}
-        for mode in ("off", "on"):
-            servers[mode] = DiffserveServer(root / mode, root / "models", env_overrides={
-                "DIFFSERVE_BATCHING__MODE": mode, "DIFFSERVE_TORCH_THREADS": args.threads,
-                "DIFFSERVE_PRELOAD_MODELS": f'["{args.model}"]', "DIFFSERVE_SYNC_WAIT_S": "600",
-                "DIFFSERVE_LIMITS__MAX_QUEUED_PER_KEY": "0", "DIFFSERVE_DEVICE": args.device,
-                **({"DIFFSERVE_MODELS_FILE": args.models_file} if args.models_file else {})}).start(timeout=600)
+        servers = {mode: DiffserveServer(root / mode, root / "models", env_overrides={
+            "DIFFSERVE_BATCHING__MODE": mode, "DIFFSERVE_TORCH_THREADS": args.threads,
+            "DIFFSERVE_PRELOAD_MODELS": f'["{args.model}"]', "DIFFSERVE_SYNC_WAIT_S": "600",
+            "DIFFSERVE_LIMITS__MAX_QUEUED_PER_KEY": "0", "DIFFSERVE_DEVICE": args.device,
+            **({"DIFFSERVE_MODELS_FILE": args.models_file} if args.models_file else {})}) for mode in ("off", "on")}
         try:
+            with ThreadPoolExecutor(2) as pool:  # both start at once: their start-ups overlap (--quick's time)
+                list(pool.map(lambda srv: srv.start(timeout=600), servers.values()))
             keys = {mode: srv.create_key() for mode, srv in servers.items()}
             for mode, srv in servers.items():  # warm-up: first call costs
                 run_cell(srv.url, bodies("identical", 2, 64, keys[mode], args.model, random.Random(0),

@@ -122,6 +122,33 @@ def test_a_mixed_batch_gives_each_request_its_image_alone(engine, model):
         assert max(diffs) <= TOLERANCE, (i, diffs)
 
 
+def test_rows_start_and_finish_on_another_thread_while_ticks_run(engine):
+    """As the worker's batcher runs them: a row starts (prompt and VAE encode) and a done row finishes (VAE
+    decode) on a side thread while the batch ticks on this one; each image still equals its request alone."""
+    image = init_image()
+    reqs = mixed("tiny-sd")[:3]
+    batch = engine.open_batch(reqs[0])
+    out: dict[int, list[Image.Image]] = {}
+    with batch, ThreadPoolExecutor(1) as side:
+        rows = {0: batch.join(reqs[0], image)}
+        starting = {i: side.submit(batch.start, reqs[i], image) for i in (1, 2)}
+        finishing = {}
+        while batch.rows or starting:
+            for i, started in list(starting.items()):
+                if started.done():
+                    rows[i] = started.result()
+                    batch.add(rows[i])
+                    del starting[i]
+            if batch.rows:
+                for row in batch.tick():
+                    finishing[next(i for i, r in rows.items() if r is row)] = side.submit(batch.finish, row)
+        out = {i: f.result()[0] for i, f in finishing.items()}
+    assert sorted(out) == [0, 1, 2]
+    for i, req in enumerate(reqs):
+        alone = engine.generate(req, image).images
+        assert max(max_diff(a, b) for a, b in zip(alone, out[i])) <= TOLERANCE, i
+
+
 def test_the_batch_shares_its_forward(engine):
     """The rows really run in one forward: a row reports the most rows it shared a tick with."""
     image = init_image()

@@ -63,6 +63,20 @@ class Batch:
 
     def join(self, req: GenerationRequest, init_image: Image.Image, report: StepReport | None = None) -> Row:
         """Start the request's row (it runs from the next tick). Raises for this request alone."""
+        row = self.start(req, init_image, report)
+        self.add(row)
+        return row
+
+    def add(self, row: Row) -> None:
+        """A started row joins: it runs from the next tick (call it between two ticks, on the ticking thread)."""
+        self.rows.append(row)
+
+    def start(self, req: GenerationRequest, init_image: Image.Image, report: StepReport | None = None) -> Row:
+        """The request's row, started (prompt encoded, init image encoded and noised) but not yet in the batch:
+        `add` puts it in. It uses the text encoder, the VAE and a scheduler copy, never the denoiser or the
+        rows, so it may run on another thread while a tick runs (the worker's batcher does: workers/batcher.py),
+        as may `finish`; `start` and `finish` calls must not overlap each other (they share the VAE). Raises
+        for this request alone."""
         self._check(req)
         size = (req.width, req.height)
         if init_image.size != size:
@@ -75,7 +89,6 @@ class Batch:
         row.step_kwargs = row_step_kwargs(req, row.step_kwargs)  # eta_noise_seed_delta's generators
         row.cache = row_cache(req.step_cache)
         row.report = report
-        self.rows.append(row)
         return row
 
     def tick(self) -> list[Row]:

@@ -20,6 +20,7 @@ import io
 import logging
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,9 +62,18 @@ class Batcher:
     stop: threading.Event = field(default_factory=threading.Event)  # the worker's: take no new jobs once set
     _orders_checked: float = field(default=0.0, init=False)
     _orders_seen: bool = field(default=False, init=False)  # an order waits: this batch takes no new jobs
+    # every job of the open batch not yet ended (starting on the side thread, in the batch, finishing): the
+    # worker row names one of them while any is left. Written by both threads, under _lock.
+    _live: dict[int, _Active] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def run(self, job: Job) -> bool:
-        """Run the started `job` in a batch, with whatever joins it; False (nothing done) when it cannot batch."""
+        """Run the started `job` in a batch, with whatever joins it; False (nothing done) when it cannot batch.
+
+        Two threads: this one runs the denoising ticks; a side thread starts joining rows (prompt and VAE
+        encode) and finishes leaving ones (VAE decode, safety checker, PNG, storage, the job's end), one at a
+        time in the order given, so that work overlaps the next ticks instead of stalling them. The batch stays
+        open while rows finish: jobs arriving meanwhile join it at once."""
         engine = self.runner.engine
         try:
             batch = engine.open_batch(job.request)
@@ -74,47 +84,72 @@ class Batcher:
             return False
         key = batch_key(job.request.model_dump(mode="json"))
         self._orders_seen = False
-        with batch:
-            active: dict[int, _Active] = {}
-            self._join(batch, job, active)
-            self._wait_for_company(batch, key, active)
-            while active:
-                self._top_up(batch, key, active)
+        self._live = {}
+        limit = self._rows_limit(job)
+        side_work: list[Future[None]] = []
+        with batch, ThreadPoolExecutor(1, thread_name_prefix="batch-side") as side:
+            joining: dict[int, tuple[Job, Future[_Active | None]]] = {}  # job id -> rows started on the side
+
+            def join(j: Job) -> None:
+                joining[j.id] = j, side.submit(self._start, batch, j)
+
+            def top_up() -> int:
+                if self.stop.is_set() or self._orders_pending():
+                    return 0
+                room = limit - batch.size - sum(j.request.samples for j, _ in joining.values())
+                jobs = self.runner.claim_batch(key, room) if room >= 1 else []
+                for j in jobs:
+                    join(j)
+                return len(jobs)
+
+            join(job)
+            deadline = time.monotonic() + self.settings.max_wait_ms / 1000
+            while len(joining) == 1 and time.monotonic() < deadline and not self.stop.is_set():
+                if not top_up():  # a lone job waits a moment for company before its first step
+                    time.sleep(_COMPANY_POLL_S)
+            while True:
+                top_up()
+                for job_id, (_, started) in list(joining.items()):  # rows started on the side join between ticks
+                    if started.done():
+                        del joining[job_id]
+                        a = started.result()
+                        if a is not None:
+                            batch.add(a.row)
+                if not batch.rows:
+                    with self._lock:
+                        live = bool(self._live)
+                    if not live and not joining:
+                        break
+                    if joining:  # rows still starting (or finishing): the next tick waits for one to join
+                        wait([f for _, f in joining.values()], timeout=_COMPANY_POLL_S, return_when=FIRST_COMPLETED)
+                    else:
+                        time.sleep(_COMPANY_POLL_S)
+                    continue
                 rows = batch.size
                 try:
                     left = batch.tick()
                 except Exception as e:  # the shared forward itself failed: every row of it fails
                     if not isinstance(e, DiffserveError):
-                        log.exception("batch of jobs %s failed", list(active))
-                    for a in list(active.values()):
-                        self._end(a, e, active)
+                        log.exception("a batch of %d rows failed", len(batch.rows))
+                    for row in list(batch.rows):
+                        batch.leave(row)
+                        self._end(self._of(row), e)
+                    for _, started in joining.values():  # rows still starting were to share it: they fail too
+                        a = started.result()
+                        if a is not None:
+                            self._end(a, e)
                     break
                 if self.runner.metrics is not None:
                     self.runner.metrics.batch_rows.labels(job.request.model_id).observe(rows)
                 for row in left:
-                    self._leave(batch, row, active)
+                    side_work.append(side.submit(self._leave, batch, row))
+        for done in side_work:  # what the side thread could not end (the store away past its outage) stands
+            done.result()
         return True
 
     def _rows_limit(self, job: Job) -> int:
         pixels = job.request.width * job.request.height
         return max(1, min(self.settings.max_batch, self.settings.max_pixels // pixels))
-
-    def _wait_for_company(self, batch: Batch, key: BatchKey, active: dict[int, _Active]) -> None:
-        deadline = time.monotonic() + self.settings.max_wait_ms / 1000
-        while len(active) == 1 and time.monotonic() < deadline and not self.stop.is_set():
-            if not self._top_up(batch, key, active):
-                time.sleep(_COMPANY_POLL_S)
-
-    def _top_up(self, batch: Batch, key: BatchKey, active: dict[int, _Active]) -> int:
-        """Claim and join what fits; how many jobs joined. Nothing once the worker is stopping or the API posted
-        an order (clear_cache, restart: applied between jobs), so the batch drains and the worker applies it."""
-        if self.stop.is_set() or not active or self._orders_pending():
-            return 0
-        first = next(iter(active.values())).job
-        room = self._rows_limit(first) - batch.size
-        if room < 1:
-            return 0
-        return sum(self._join(batch, job, active) for job in self.runner.claim_batch(key, room))
 
     def _orders_pending(self) -> bool:
         orders, now = self.orders, time.monotonic()
@@ -128,41 +163,51 @@ class Batcher:
                 pass
         return self._orders_seen
 
-    def _join(self, batch: Batch, job: Job, active: dict[int, _Active]) -> int:
+    def _of(self, row: Row) -> _Active:
+        with self._lock:
+            return next(a for a in self._live.values() if a.row is row)
+
+    def _start(self, batch: Batch, job: Job) -> _Active | None:
+        """(side thread) The job's row started, not yet in the batch; None when the job ended instead."""
         reporter = self.runner.reporter(job)
         a = _Active(job, None, reporter)  # type: ignore[arg-type]
+        with self._lock:
+            self._live[job.id] = a
         try:
             if reporter:
                 reporter.check_cancelled()
-            a.row = batch.join(job.request, self.runner.image(job.request.init_image_key), reporter)
+            a.row = batch.start(job.request, self.runner.image(job.request.init_image_key), reporter)
         except Exception as e:  # noqa: BLE001 - this job alone ends (cancelled, failed, lost, given back)
-            self._end(a, e, active)
-            return 0
-        active[job.id] = a
-        return 1
+            self._end(a, e)
+            return None
+        return a
 
-    def _leave(self, batch: Batch, row: Row, active: dict[int, _Active]) -> None:
-        a = next(a for a in active.values() if a.row is row)
+    def _leave(self, batch: Batch, row: Row) -> None:
+        """(side thread) A row out of the batch: decoded, stored and ended -- or ended with its own error."""
+        a = self._of(row)
         if row.error is not None:
-            self._end(a, row.error, active)
+            self._end(a, row.error)
             return
         try:
             images, nsfw = batch.finish(row)
             keys = self.runner.write_outputs(a.job, [_png(image) for image in images])
         except Exception as e:  # noqa: BLE001
-            self._end(a, e, active)
+            self._end(a, e)
             return
         run = {"device": batch.device, "dtype": batch.dtype, "batch_size": row.batch_size,
                "step_cache": row.cache.describe() if row.cache is not None else "off",  # full / cached steps
                **(a.reporter.run_meta() if a.reporter else {})}  # stopped_at_step: a "finish now" ended it
-        self._end(a, Outcome.succeeded(keys, nsfw, run), active)
+        self._end(a, Outcome.succeeded(keys, nsfw, run))
 
-    def _end(self, a: _Active, result: Outcome | BaseException, active: dict[int, _Active]) -> None:
-        """The job's end, through the runner (as the single path): the worker row stays busy with the next one."""
-        active.pop(a.job.id, None)
+    def _end(self, a: _Active, result: Outcome | BaseException) -> None:
+        """The job's end, through the runner (as the single path): the worker row stays busy with another job
+        of the batch while one is left."""
+        with self._lock:
+            self._live.pop(a.job.id, None)
+            still_running = next(iter(self._live), None)
         self.runner.end(a.job, result, a.started, a.reporter.steps if a.reporter else 0,
                         rows=0,  # rows per denoising call: observed per tick above
-                        still_running=next(iter(active), None))
+                        still_running=still_running)
 
 
 def _png(image: Image.Image) -> bytes:
