@@ -150,7 +150,9 @@ class LocalQueue:
     def _claim_one(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
                    label_class: object = ANY_LABEL) -> int | None:
         now = utcnow()
-        with self._db.begin() as c:  # one transaction, as before; usually its first statement claims
+        # one transaction for the counters (its commit event), statements in autocommit: the claim is the one
+        # UPDATE (atomic compare-and-set), one round trip when the first statement claims, no BEGIN/COMMIT
+        with self._now.begin() as c:
             job_id = self._claim_first(c, worker_id, loaded, labels, label_class, now)
             if job_id is not None:
                 return job_id

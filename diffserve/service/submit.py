@@ -40,6 +40,7 @@ from diffserve.store.workers import WorkerStore
 _GONE_CHECK_S = 0.5  # how often a synchronous wait asks whether its client is still there
 CLIENT_LEFT = "The client disconnected before the job finished"
 DEFAULT_ETA_S = 10.0
+LIVE_COUNT_S = 1.0  # the live worker count an ETA divides by is read at most this often
 BASE_URL_PARAM = "base_url"  # in a job's dialect_params: the base of the links its submission's answer held
 
 
@@ -77,6 +78,7 @@ class GenerationService:
     offload: Offload = field(default_factory=Offload)  # the API process's blocking calls (core/offload.py)
     fetches: FetchSlots = field(init=False)  # image URL fetches in flight, per key and in total
     watch: JobWatch = field(init=False)  # one reader of the jobs that streams and waits follow
+    _live_count: tuple[float, int] | None = field(default=None, init=False, repr=False)  # (read at, workers)
 
     def __post_init__(self) -> None:
         self.fetches = FetchSlots(self.settings.images)
@@ -194,19 +196,28 @@ class GenerationService:
         durations = self.jobs.recent_durations()
         per_job = statistics.median(durations) if durations else DEFAULT_ETA_S
         ahead = self.jobs.position(job.id)
-        live = len(self.workers.live()) if self.workers else self.settings.worker.count
-        workers = max(1, live)
-        return round(per_job * (1 + ahead / workers), 2)
+        return round(per_job * (1 + ahead / self._live_workers()), 2)
+
+    def _live_workers(self) -> int:
+        """Live workers for ETAs (at least 1): counted at most once per LIVE_COUNT_S, as every answer with an
+        ETA asks (a read of every worker row per submission before; an estimate needs it no fresher)."""
+        if self.workers is None:
+            return max(1, self.settings.worker.count)
+        now = time.monotonic()
+        if self._live_count is None or now - self._live_count[0] >= LIVE_COUNT_S:
+            self._live_count = (now, max(1, len(self.workers.live())))
+        return self._live_count[1]
 
     async def progress_of(self, job: Job) -> Progress | None:
         if self.progress is None:
             return None
         return await self.offload(self.progress.get, job.id)
 
-    async def live_state(self, job: Job) -> LiveState:
+    async def live_state(self, job: Job, *, created: bool = False) -> LiveState:
         """How far the job is, read once: steps done of the steps the call runs (num_inference_steps x
-        strength until the worker reports the real count), eta (None once it ended), whether a preview exists."""
-        progress = await self.progress_of(job)
+        strength until the worker reports the real count), eta (None once it ended), whether a preview exists.
+        created: `job` is what `submit` just returned (queued, no progress written yet: nothing to read)."""
+        progress = None if created else await self.progress_of(job)
         total = progress.total if progress and progress.total else int(job.request.steps * job.request.strength)
         step = total if job.status is JobStatus.SUCCEEDED else (progress.step if progress else 0)
         eta = None if job.status.is_terminal() else await self._eta(job, progress)

@@ -40,8 +40,9 @@ async def _job(ds: AppState, key: ApiKey, job_id: str) -> Job:
     return await ds.service.get_for_key(int(job_id) if valid else None, key)
 
 
-async def _render(ds: AppState, request: Request, job: Job) -> dict[str, Any]:
-    return render_job(job, ds.service.storage, ds.base_url(request), await ds.service.live_state(job))
+async def _render(ds: AppState, request: Request, job: Job, *, created: bool = False) -> dict[str, Any]:
+    return render_job(job, ds.service.storage, ds.base_url(request),
+                      await ds.service.live_state(job, created=created))
 
 
 @router.post("/v1/jobs", status_code=202, openapi_extra=json_body_doc(JobCreate),
@@ -52,7 +53,7 @@ async def create_job(request: Request) -> JSONResponse:
     draft = body.model_copy(update={"model_id": body.model_id or ds.settings.engine.default_model,  # errors name native fields
                                     **NATIVE_IMAGE_FIELDS})
     job = await ds.service.submit(key, "native", draft, {}, base_url=ds.base_url(request))
-    return JSONResponse(await _render(ds, request, job), status_code=202)
+    return JSONResponse(await _render(ds, request, job, created=True), status_code=202)
 
 
 @router.get("/v1/jobs", summary="This key's jobs, newest first (paged with `before`)")
