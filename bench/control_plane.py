@@ -24,10 +24,10 @@ all are done, and prints per backend and worker count:
 The idle rate (heartbeats, orders checks, empty claims of idle workers) is printed beside: it is part of what a
 job costs at low load.
 
-Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. A job costs ~30-35 ms of CPU on
-SQLite and ~60-70 ms on PostgreSQL + Celery (API, workers, PostgreSQL together), so two free cores cap it near 60
-and 30 jobs/s; past ~8 workers idle polling (a claim transaction every 10-100 ms per idle worker) eats the rest.
-Finishing a job is one transaction (ledger.finish); the target of 200 jobs/s on PostgreSQL is not reached here.
+Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. A job costs ~35 ms of CPU with
+PostgreSQL + Celery (API ~12, workers ~14, PostgreSQL ~7; ~10 PostgreSQL transactions per job) and ~21 ms on SQLite,
+so two free cores cap it near 57 and 97 jobs/s; the target of 200 jobs/s on PostgreSQL (<= 10 ms per job for all
+processes together) is not reached here. Finishing a job is one transaction (ledger.finish).
 
 Figures from this machine come from a shared 2-core VM (other sessions' jobs beside, load 9-20), one run each:
 read them as shapes, not absolutes.
@@ -97,8 +97,8 @@ def count_transactions(out: Path) -> None:
 
     def on_statement(conn, _cursor, statement, *_args) -> None:  # noqa: ANN001, ANN002 - a write outside a
         # transaction commits alone (a read there is not counted, as a read that ends in a rollback is not)
-        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT" \
-                and not statement.lstrip()[:6].upper().startswith("SELECT"):
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT" and not conn.in_transaction() \
+                and not statement.lstrip()[:6].upper().startswith("SELECT"):  # (inside begin(): its commit counts)
             site = _call_site() + "*"
             sites[site] = sites.get(site, 0) + 1
 
