@@ -174,11 +174,16 @@ async def fetch_window(url: str, key: str, job_id: int, expect: str, rate: float
     """Fetches of one job sent at `rate` per second for `seconds` (open-loop); each one's seconds to its answer."""
     body = {"key": key}
     latencies: list[float] = []
+    resets: list[int] = []
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         async def one() -> None:
             t = time.perf_counter()
-            r = await client.post(f"/api/v6/images/fetch/{job_id}", json=body)
+            try:
+                r = await client.post(f"/api/v6/images/fetch/{job_id}", json=body)
+            except (httpx.ReadError, httpx.RemoteProtocolError):  # a kept-alive connection the server closed
+                resets.append(1)  # as it timed out (keep_alive_s): sent again, the time counts from the first try
+                r = await client.post(f"/api/v6/images/fetch/{job_id}", json=body)
             latencies.append(time.perf_counter() - t)
             if r.status_code != 200 or r.json()["status"] != expect:
                 raise RuntimeError(f"fetch of job {job_id}: {r.status_code} {r.text[:200]} (expected {expect})")
@@ -191,6 +196,8 @@ async def fetch_window(url: str, key: str, job_id: int, expect: str, rate: float
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             tasks.append(asyncio.create_task(one()))
         await asyncio.gather(*tasks)
+    if resets:
+        print(f"  ({len(resets)} of {len(latencies)} fetches were sent again on a connection the server had closed)")
     return latencies
 
 
