@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _COMPANY_POLL_S = 0.005
+_FINISHING_POLL_S = 0.02  # no row to tick, rows finishing on the side thread: how often to look for new jobs
 ORDERS_CHECK_S = 0.5  # how often a running batch looks for the API's orders
 
 
@@ -122,8 +123,8 @@ class Batcher:
                         break
                     if joining:  # rows still starting (or finishing): the next tick waits for one to join
                         wait([f for _, f in joining.values()], timeout=_COMPANY_POLL_S, return_when=FIRST_COMPLETED)
-                    else:
-                        time.sleep(_COMPANY_POLL_S)
+                    else:  # only rows finishing: look for new jobs less often (the side thread needs the GIL)
+                        time.sleep(_FINISHING_POLL_S)
                     continue
                 rows = batch.size
                 try:
