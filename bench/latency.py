@@ -216,9 +216,10 @@ def fetch_round(models_root: Path, data_dir: Path, tree: Path, rate: float, seco
         done = wait_until(lambda: srv.post(f"/api/v6/images/fetch/{first['id']}", {"key": key}).json(), 600,
                           accept=lambda answer: answer["status"] != "processing", what="the first job")
         assert done["status"] == "success", done
-        # busy through both windows, whatever the machine's speed (the first job also loaded the safety checker)
+        # busy through both windows, whatever the machine's speed (the first job also loaded the safety checker,
+        # so its time per step is an overestimate: the margin covers it)
         job_s = done["generationTime"] * BUSY_JOB["num_inference_steps"] / FIRST_STEPS
-        backlog = math.ceil(2.5 * seconds / job_s) + 3
+        backlog = math.ceil(4 * seconds / job_s) + 12
         queued = [srv.post("/api/v6/images/img2img", queue).json() for _ in range(backlog)]
         last = queued[-1]
         assert last["status"] == "processing", last
