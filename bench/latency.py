@@ -216,10 +216,13 @@ def fetch_round(models_root: Path, data_dir: Path, tree: Path, rate: float, seco
         done = wait_until(lambda: srv.post(f"/api/v6/images/fetch/{first['id']}", {"key": key}).json(), 600,
                           accept=lambda answer: answer["status"] != "processing", what="the first job")
         assert done["status"] == "success", done
-        # busy through both windows, whatever the machine's speed (the first job also loaded the safety checker,
-        # so its time per step is an overestimate: the margin covers it)
-        job_s = done["generationTime"] * BUSY_JOB["num_inference_steps"] / FIRST_STEPS
-        backlog = math.ceil(4 * seconds / job_s) + 12
+        # busy through both windows, whatever the machine's speed: one backlog job's time, measured warm (the
+        # first job also loaded the model and the safety checker: its time says nothing of the next ones')
+        warm = srv.post("/api/v6/images/img2img", job).json()
+        assert warm["status"] == "success", warm
+        job_s = warm["generationTime"]
+        # x8: the backlog's jobs are alike, so the worker batches them (up to batching.max_batch, 8, per call)
+        backlog = 8 * math.ceil(4 * seconds / job_s) + 12
         queued = [srv.post("/api/v6/images/img2img", queue).json() for _ in range(backlog)]
         last = queued[-1]
         assert last["status"] == "processing", last
