@@ -196,23 +196,31 @@ def test_temp_outputs_expire_on_both_backends_and_others_stay(server, user, imag
     assert get(LOCAL_TEMP["keep"]).status_code == 200
 
 
+def storage_in_process(tmp_path, s3, prefix: str):
+    """The storage layer alone, on the private bucket from DIFFSERVE_STORAGE__* settings (saved settings re-read
+    on every operation): (storage, its SQLite database)."""
+    from diffserve.config import Settings, StorageSettings
+    from diffserve.storage.configured import build_storage
+    from diffserve.store.db import make_db_engine
+    from diffserve.store.schema import ensure_schema
+
+    settings = Settings(data_dir=tmp_path, storage=StorageSettings(
+        backend="s3", bucket=PRIVATE_BUCKET, endpoint_url=s3.endpoint, access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY, prefix=prefix, refresh_s=0))
+    engine = make_db_engine(settings.db_url)
+    ensure_schema(engine)
+    return build_storage(settings, engine), engine
+
+
 def test_a_temp_object_in_s3_is_kept_for_its_whole_ttl(tmp_path, s3):
     """S3 lists LastModified in whole seconds: an object written at 12:00:00.7 is listed at 12:00:00. The cleaner
     must not take it for older than it is (it deleted such objects up to a second before their TTL)."""
     from datetime import timedelta
 
-    from diffserve.config import Settings, StorageSettings
     from diffserve.storage.cleanup import TempCleaner
-    from diffserve.storage.configured import build_storage
-    from diffserve.store.db import make_db_engine, utcnow
-    from diffserve.store.schema import ensure_schema
+    from diffserve.store.db import utcnow
 
-    settings = Settings(data_dir=tmp_path, storage=StorageSettings(
-        backend="s3", bucket=PRIVATE_BUCKET, endpoint_url=s3.endpoint, access_key_id=ACCESS_KEY,
-        secret_access_key=SECRET_KEY, prefix="ttl", refresh_s=0))
-    engine = make_db_engine(settings.db_url)
-    ensure_schema(engine)
-    storage = build_storage(settings, engine)
+    storage, _ = storage_in_process(tmp_path, s3, prefix="ttl")
     cleaner = TempCleaner(storage, ttl_s=60, interval_s=60)  # rounds run here, not on its thread
     time.sleep((0.5 - utcnow().microsecond / 1e6) % 1.0)  # written mid-second: listed about 0.5 s early
     written_after = utcnow()
@@ -226,19 +234,10 @@ def test_a_temp_object_in_s3_is_kept_for_its_whole_ttl(tmp_path, s3):
 def test_env_settings_and_saved_settings_in_process(tmp_path, s3):
     """The storage layer alone: S3 from DIFFSERVE_STORAGE__* settings, then overridden by saved settings
     (what update_s3 writes), then back to local disk."""
-    from diffserve.config import Settings, StorageSettings
     from diffserve.core.errors import NotFound
-    from diffserve.storage.configured import build_storage
-    from diffserve.store.db import make_db_engine
-    from diffserve.store.schema import ensure_schema
     from diffserve.store.storage_config import StorageConfigStore
 
-    settings = Settings(data_dir=tmp_path, storage=StorageSettings(
-        backend="s3", bucket=PRIVATE_BUCKET, endpoint_url=s3.endpoint, access_key_id=ACCESS_KEY,
-        secret_access_key=SECRET_KEY, prefix="/env/", refresh_s=0))
-    engine = make_db_engine(settings.db_url)
-    ensure_schema(engine)
-    storage = build_storage(settings, engine)
+    storage, engine = storage_in_process(tmp_path, s3, prefix="/env/")
     storage.put("temp/generations/a.png", b"A")
     assert s3.keys(PRIVATE_BUCKET, "env/") == ["env/temp/generations/a.png"]
     assert storage.get("temp/generations/a.png") == b"A"
