@@ -153,6 +153,31 @@ def test_a_presigned_url_expires_and_fetch_signs_a_fresh_one(server, admin, user
     assert fresh != url and get(fresh).status_code == 200
 
 
+def test_a_webhook_retry_carries_freshly_signed_urls(server, admin, user, s3, image_host):
+    """The payload is rendered at every attempt: a retry made after the first attempt's presigned URLs expired
+    carries URLs signed then, which serve the image; the rest of the body and the delivery id stay the same."""
+    assert server.post(UPDATE_S3, s3_settings(admin, s3, url_expiry=3)).status_code == 200
+    time.sleep(0.5)
+    receiver = Receiver(fail_first=1).start()  # the retry comes after the 5 s backoff: past the 3 s expiry
+    try:
+        out = server.post(IMG2IMG, body(user, image_host, webhook=receiver.url)).json()
+        first, retry = receiver.wait_for(2)[:2]
+        assert [first.answered, retry.answered] == [500, 200]
+        new_url = retry.payload["output"][0]
+        image = get(new_url).content  # fresh: the job's image
+        fetched = server.post(f"/api/v6/images/fetch/{out['id']}", {"key": user}).json()["output"][0]
+        assert png_size(image) == (64, 64) and image == get(fetched).content
+        old_url = first.payload["output"][0]
+        assert "X-Amz-Expires=3" in old_url and retry.at - first.at > 3
+        assert new_url != old_url and get(old_url).status_code == 403  # the first attempt's link lapsed
+        assert retry.payload["proxy_links"] == [new_url]
+        same = {k: v for k, v in first.payload.items() if k not in ("output", "proxy_links")}
+        assert {k: v for k, v in retry.payload.items() if k not in ("output", "proxy_links")} == same
+        assert first.headers["webhook-id"] == retry.headers["webhook-id"]
+    finally:
+        receiver.stop()
+
+
 def test_public_url_outputs(server, admin, user, s3, image_host):
     public = f"{s3.endpoint}/{PUBLIC_BUCKET}"
     r = server.post(UPDATE_S3, s3_settings(admin, s3, bucket=PUBLIC_BUCKET, public_url=public + "/",
@@ -196,9 +221,9 @@ def test_temp_outputs_expire_on_both_backends_and_others_stay(server, user, imag
     assert get(LOCAL_TEMP["keep"]).status_code == 200
 
 
-def storage_in_process(tmp_path, s3, prefix: str):
+def storage_in_process(tmp_path, s3, prefix: str, refresh_s: float = 0):
     """The storage layer alone, on the private bucket from DIFFSERVE_STORAGE__* settings (saved settings re-read
-    on every operation): (storage, its SQLite database)."""
+    every `refresh_s`; 0: on every operation): (storage, its SQLite database)."""
     from diffserve.config import Settings, StorageSettings
     from diffserve.storage.configured import build_storage
     from diffserve.store.db import make_db_engine
@@ -206,7 +231,7 @@ def storage_in_process(tmp_path, s3, prefix: str):
 
     settings = Settings(data_dir=tmp_path, storage=StorageSettings(
         backend="s3", bucket=PRIVATE_BUCKET, endpoint_url=s3.endpoint, access_key_id=ACCESS_KEY,
-        secret_access_key=SECRET_KEY, prefix=prefix, refresh_s=0))
+        secret_access_key=SECRET_KEY, prefix=prefix, refresh_s=refresh_s))
     engine = make_db_engine(settings.db_url)
     ensure_schema(engine)
     return build_storage(settings, engine), engine
@@ -259,3 +284,82 @@ def test_env_settings_and_saved_settings_in_process(tmp_path, s3):
     assert storage.url("generations/c.png", "http://me:1") == "http://me:1/generations/c.png"
     storage.delete("generations/c.png")
     assert not (tmp_path / "generations" / "c.png").exists()
+
+
+class NoModels:
+    """The runner asks the engine which models it holds (the worker row); no model is run here."""
+
+    def loaded_models(self) -> list[str]:
+        return []
+
+
+def test_a_job_written_under_replaced_settings_is_read_where_it_was_written(tmp_path, s3):
+    """update_s3 switches the storage while a worker runs a job; the worker re-reads the settings only every
+    refresh_s, so it writes the job's images under the replaced ones. The job's record names them: its URLs and
+    bytes are read there (and old settings stay readable), while new objects go where the current ones say."""
+    from diffserve.api.modelslab.render import Links, success
+    from diffserve.core.job import JobStatus
+    from diffserve.core.request import GenerationRequest
+    from diffserve.jobqueue.local import LocalQueue
+    from diffserve.storage.configured import holding
+    from diffserve.store.jobs import JobStore, new_output_token
+    from diffserve.store.ledger import Outcome
+    from diffserve.store.storage_config import StorageConfigStore
+    from diffserve.store.workers import WorkerStore
+    from diffserve.workers.runner import JobRunner
+
+    api, engine = storage_in_process(tmp_path, s3, prefix="switch-env")  # re-reads the settings every time
+    worker_storage, _ = storage_in_process(tmp_path, s3, prefix="switch-env", refresh_s=3600)  # its own process
+    queue, jobs, saved = LocalQueue(engine), JobStore(engine), StorageConfigStore(engine)
+    WorkerStore(engine).register("w1", 1)
+    runner = JobRunner("w1", jobs.ledger.using(queue), queue, worker_storage, NoModels(), WorkerStore(engine))
+
+    def run_job(png: bytes, *, input_key: str = "inputs/x.png", read: bool = True, switch_to: dict | None = None):
+        request = GenerationRequest(model_id="tiny-sd", prompt="x", init_image_key=input_key, width=8,
+                                    height=8, steps=1, guidance_scale=7.5, strength=0.7, seed=1, samples=1)
+        job = jobs.ledger.using(queue).create(key_id="k", dialect="modelslab", request=request,
+                                              output_token=new_output_token())
+        assert queue.claim("w1", 0) == job.id
+        started = runner.start(job.id)
+        if read:  # read at the job's start (the worker's settings as they are then)
+            assert runner.image(input_key).size == (8, 8)
+        if switch_to is not None:
+            saved.save(switch_to)  # the operator's update_s3, while the job runs
+        keys = runner.write_outputs(started, [png])
+        assert runner.end(started, Outcome.succeeded(keys, [False]), 0.0) is JobStatus.SUCCEEDED
+        return jobs.get(job.id)
+
+    def url(storage, job) -> str:
+        return success(job, Links("http://api.invalid", storage))["output"][0]
+
+    new_bucket = {"backend": "s3", "bucket": PUBLIC_BUCKET, "endpoint_url": s3.endpoint, "access_key_id": ACCESS_KEY,
+                  "secret_access_key": SECRET_KEY, "prefix": "switch-new",
+                  "public_url": f"{s3.endpoint}/{PUBLIC_BUCKET}"}
+    api.put("inputs/x.png", png_bytes(8, 8))  # the API stores the job's input under the environment's settings
+    one = png_bytes(8, 8)
+    first = run_job(one, switch_to=new_bucket)
+    # written where the worker's settings (the environment's, version 0) said; the API is on version 1 already
+    assert first.storage_version == 0 and api.pinned()[0] == 1
+    assert s3.keys(PRIVATE_BUCKET, "switch-env/generations/") == [f"switch-env/{first.outputs[0]}"]
+    assert s3.keys(PUBLIC_BUCKET, "switch-new/") == []
+    assert get(api.url(first.outputs[0], "http://api.invalid")).status_code == 404  # current settings: nothing
+    assert get(url(api, first)).content == one  # the job's answer: presigned in the bucket it was written to
+    assert holding(api, first).get(first.outputs[0]) == one
+
+    # an input the API stores under the new settings: the worker that has not re-read them finds it all the same
+    api.put("inputs/y.png", png_bytes(8, 8))
+    assert worker_storage.pinned()[0] == 0
+    two = png_bytes(8, 16)
+    second = run_job(two, input_key="inputs/y.png", switch_to={"backend": "local"})
+    assert second.storage_version == 1 and api.pinned()[0] == 2
+    assert s3.keys(PUBLIC_BUCKET, "switch-new/generations/") == [f"switch-new/{second.outputs[0]}"]
+    assert url(api, second) == f"{s3.endpoint}/{PUBLIC_BUCKET}/switch-new/{second.outputs[0]}"
+    # a process that never saw the old settings reads both jobs where they were written
+    fresh, _ = storage_in_process(tmp_path, s3, prefix="switch-env")
+    assert fresh.pinned()[0] == 2
+    assert get(url(fresh, second)).content == two and get(url(fresh, first)).content == one
+    # and once the worker re-reads the settings (refresh_s later), the next job goes to local disk
+    worker_storage.invalidate()
+    three = run_job(png_bytes(16, 8), read=False)
+    assert three.storage_version == 2 and (tmp_path / three.outputs[0]).is_file()
+    assert url(api, three) == f"http://api.invalid/{three.outputs[0]}"

@@ -3,11 +3,12 @@
 Files on the data dir are served as they are, except a job's link names (`Job.link_keys`:
 `<token>-<index>.png`), which are resolved through the job on every request: they answer 404 until the job
 succeeded, then the image of the attempt that won (`job.outputs[index]`): its file on this disk, or, where the
-image lives elsewhere (S3), its bytes through this server. An early link (ModelsLab's `future_links`, handed
-out while an attempt runs) so gets the image of the job's final answer even when that attempt is handed on and
-a later one wins; and a link, once it answered an image, answers the same image for as long as it is kept: a
-succeeded job's outputs never change (store/ledger.py finishes a job once), and an attempt that lost never
-shows under a link name, even where it wrote a file of that name late.
+image lives elsewhere (S3), its bytes through this server, from the backend of the storage settings it was
+written under (`Job.storage_version`; storage/configured.py), not necessarily the current one. An early link
+(ModelsLab's `future_links`, handed out while an attempt runs) so gets the image of the job's final answer even
+when that attempt is handed on and a later one wins; and a link, once it answered an image, answers the same
+image for as long as it is kept: a succeeded job's outputs never change (store/ledger.py finishes a job once),
+and an attempt that lost never shows under a link name, even where it wrote a file of that name late.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.types import Scope
 
 from diffserve.core.errors import NotFound
 from diffserve.core.job import JobStatus
+from diffserve.storage.configured import holding
 
 LINK_NAME = re.compile(r"(?P<token>[A-Za-z0-9_-]+)-(?P<index>\d+)\.png")
 
@@ -58,8 +60,8 @@ class OutputFiles(StaticFiles):
             except HTTPException as e:
                 if e.status_code != 404:
                     raise
-        try:  # stored elsewhere (S3; the local file is gone once deleted or expired: NotFound below)
-            data = await ds.offload(ds.service.storage.get, key)
+        try:  # stored elsewhere: where the job's record says (S3, maybe under settings replaced since)
+            data = await ds.offload(lambda: holding(ds.service.storage, job).get(key))
         except NotFound:
             raise HTTPException(status_code=404) from None
         return Response(data, media_type="image/png")

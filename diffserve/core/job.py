@@ -31,6 +31,7 @@ class Job:
     output_token: str
     dialect_params: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)  # storage keys, one per image
+    storage_version: int | None = None  # the storage settings `outputs` were written under (storage/configured.py)
     nsfw: list[bool] = field(default_factory=list)
     error: str | None = None
     attempts: int = 0

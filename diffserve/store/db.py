@@ -44,6 +44,9 @@ class JobRow(Base):
     dialect_params: Mapped[dict] = mapped_column(JSON, default=dict)
     output_token: Mapped[str] = mapped_column(String(64), unique=True)
     outputs: Mapped[list] = mapped_column(JSON, default=list)
+    # the storage settings version `outputs` were written under (StorageConfigVersionRow; 0: the environment's);
+    # None: not recorded (a job that did not succeed, or one finished before revision 0005)
+    storage_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     nsfw: Mapped[list] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -68,8 +71,8 @@ class WebhookDeliveryRow(Base):
     job_id: Mapped[int] = mapped_column(BigInteger, unique=True)
     delivery_id: Mapped[str] = mapped_column(String(64), unique=True)  # sent as webhook-id, same on every retry
     url: Mapped[str] = mapped_column(Text)
-    # the exact JSON body sent (and signed); None until the dispatcher renders it at its first attempt (the
-    # ledger writes the row when the job finishes, in a worker that knows no dialect)
+    # the JSON body of the latest attempt (signed as sent); the dispatcher renders it from the job at every attempt
+    # (fresh presigned links); None until the first (the ledger writes the row in a worker that knows no dialect)
     payload: Mapped[str | None] = mapped_column(Text, nullable=True)
     state: Mapped[str] = mapped_column(String(16), index=True)  # pending | delivered | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -88,6 +91,17 @@ class StorageConfigRow(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     config: Mapped[dict] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class StorageConfigVersionRow(Base):
+    """Every storage settings version ever saved (written with StorageConfigRow's row): a job's outputs stay
+    readable through the settings they were written under (JobRow.storage_version), whatever is current."""
+
+    __tablename__ = "storage_config_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    config: Mapped[dict] = mapped_column(JSON)
+    saved_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 
 class QueueRow(Base):

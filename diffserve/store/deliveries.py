@@ -1,9 +1,10 @@
-"""Webhook deliveries in the database: the payload to send and when to try next.
+"""Webhook deliveries in the database: whose job, to which URL, under which id, and when to try next.
 
 A job created with a webhook has `webhook_status = "pending"`. The ledger inserts its delivery in the
-transaction that finishes the job (store/ledger.py; one per job: `job_id` is unique), due at once, its
-payload not rendered yet (workers know no dialect): the dispatcher renders it at the first attempt and
-keeps it (`set_payload`), so every retry sends the same body. Taking a delivery for an attempt moves its
+transaction that finishes the job (store/ledger.py; one per job: `job_id` is unique), due at once. The row
+keeps what a delivery needs besides the job: the URL, the `webhook-id` (the same on every attempt) and the
+schedule; the dispatcher renders the payload from the job at every attempt (so presigned links in it are
+signed anew) and the body of the latest attempt is written with its outcome (`payload`). Taking a delivery for an attempt moves its
 `next_attempt_at` past the attempt's timeout (a lease): if the process dies mid-attempt, the delivery is
 due again after that. Each outcome is written to the delivery and mirrored in the job's `webhook_status`:
 
@@ -32,7 +33,7 @@ class Delivery:
     job_id: int
     delivery_id: str
     url: str
-    payload: str | None  # None: not rendered yet (the dispatcher renders it before the first attempt)
+    payload: str | None  # the body of the latest attempt; None before the first
     state: str
     attempts: int
     next_attempt_at: datetime
@@ -43,12 +44,12 @@ class DeliveryStore:
     def __init__(self, db: Engine) -> None:
         self._db = db
 
-    def create(self, job_id: int, url: str, payload: str | None = None) -> bool:
+    def create(self, job_id: int, url: str) -> bool:
         """A delivery for a job that has none (the ledger writes them at finish; this is for tools and tests).
         False if the job already has one."""
         now = utcnow()
         row = WebhookDeliveryRow(
-            job_id=job_id, delivery_id=f"msg_{uuid.uuid4().hex}", url=url, payload=payload, state=PENDING,
+            job_id=job_id, delivery_id=f"msg_{uuid.uuid4().hex}", url=url, payload=None, state=PENDING,
             attempts=0, next_attempt_at=now, created_at=now,
         )
         try:
@@ -88,28 +89,23 @@ class DeliveryStore:
                     taken.append(_to_delivery(row))
         return taken
 
-    def delivered(self, delivery: Delivery) -> None:
-        self._record(delivery, state=DELIVERED, job_status="success", error=None, finished=True)
+    def delivered(self, delivery: Delivery, payload: str | None = None) -> None:
+        self._record(delivery, state=DELIVERED, job_status="success", error=None, payload=payload, finished=True)
 
-    def retry_at(self, delivery: Delivery, when: datetime, error: str) -> None:
-        self._record(delivery, state=PENDING, job_status="retrying", error=error, next_attempt_at=when)
+    def retry_at(self, delivery: Delivery, when: datetime, error: str, payload: str | None = None) -> None:
+        self._record(delivery, state=PENDING, job_status="retrying", error=error, payload=payload,
+                     next_attempt_at=when)
 
-    def failed(self, delivery: Delivery, error: str) -> None:
-        self._record(delivery, state=FAILED, job_status="failed", error=error, finished=True)
-
-    def set_payload(self, delivery: Delivery, payload: str) -> Delivery:
-        """Keep the payload rendered for the first attempt (only if none was kept yet); the delivery as kept."""
-        with Session(self._db) as s, s.begin():
-            s.execute(update(WebhookDeliveryRow)
-                      .where(WebhookDeliveryRow.id == delivery.id, WebhookDeliveryRow.payload.is_(None))
-                      .values(payload=payload))
-            kept = s.scalar(select(WebhookDeliveryRow.payload).where(WebhookDeliveryRow.id == delivery.id))
-        return Delivery(delivery.id, delivery.job_id, delivery.delivery_id, delivery.url, kept, delivery.state,
-                        delivery.attempts, delivery.next_attempt_at, delivery.last_error)
+    def failed(self, delivery: Delivery, error: str, payload: str | None = None) -> None:
+        """payload: the body the attempt sent (None: no attempt was made, or none was rendered)."""
+        self._record(delivery, state=FAILED, job_status="failed", error=error, payload=payload, finished=True)
 
     def _record(self, delivery: Delivery, *, state: str, job_status: str, error: str | None,
-                finished: bool = False, next_attempt_at: datetime | None = None) -> None:
+                payload: str | None = None, finished: bool = False,
+                next_attempt_at: datetime | None = None) -> None:
         values: dict = {"state": state, "last_error": error}
+        if payload is not None:
+            values["payload"] = payload
         if finished:
             values["finished_at"] = utcnow()
         if next_attempt_at is not None:

@@ -63,18 +63,21 @@ class QueueEvents(Protocol):
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended: succeeded (outputs, nsfw flags, `run`: device/dtype for the job's meta), failed
-    or cancelled (error: the reason the client reads)."""
+    """How an attempt ended: succeeded (outputs, nsfw flags, `run`: device/dtype for the job's meta,
+    `storage_version`: the storage settings the outputs were written under), failed or cancelled (error: the
+    reason the client reads)."""
 
     status: JobStatus
     outputs: tuple[str, ...] = ()
     nsfw: tuple[bool, ...] = ()
     error: str | None = None
     run: dict[str, Any] | None = field(default=None, compare=False)
+    storage_version: int | None = None
 
     @classmethod
-    def succeeded(cls, outputs, nsfw, run: dict[str, Any] | None = None) -> Outcome:
-        return cls(JobStatus.SUCCEEDED, tuple(outputs), tuple(nsfw), None, run)
+    def succeeded(cls, outputs, nsfw, run: dict[str, Any] | None = None,
+                  storage_version: int | None = None) -> Outcome:
+        return cls(JobStatus.SUCCEEDED, tuple(outputs), tuple(nsfw), None, run, storage_version)
 
     @classmethod
     def failed(cls, error: str) -> Outcome:
@@ -248,7 +251,7 @@ class Ledger:
         row = s.execute(
             update(JobRow).where(JobRow.id == job_id, *cond)
             .values(status=outcome.status.value, outputs=list(outcome.outputs), nsfw=list(outcome.nsfw),
-                    error=outcome.error, finished_at=now)
+                    storage_version=outcome.storage_version, error=outcome.error, finished_at=now)
             .returning(JobRow.dialect_params, JobRow.request)).first()
         if row is None:
             return False
@@ -283,6 +286,7 @@ def to_job(row) -> Job:  # noqa: ANN001 - a JobRow, or a result row of the jobs 
         output_token=row.output_token,
         dialect_params=dict(row.dialect_params or {}),
         outputs=list(row.outputs or []),
+        storage_version=row.storage_version,
         nsfw=list(row.nsfw or []),
         error=row.error,
         attempts=row.attempts,

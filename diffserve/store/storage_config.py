@@ -1,4 +1,5 @@
-"""Storage settings saved at run time (ModelsLab's `update_s3`): one row, read by the API and the workers."""
+"""Storage settings saved at run time (ModelsLab's `update_s3`): one row, read by the API and the workers, and
+every version ever saved (`config_at`): a job's outputs are read through the version they were written under."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from diffserve.store.db import StorageConfigRow, utcnow
+from diffserve.store.db import StorageConfigRow, StorageConfigVersionRow, utcnow
 
 _ROW_ID = 1
 
@@ -26,7 +27,14 @@ class StorageConfigStore:
             row = s.get(StorageConfigRow, _ROW_ID)
             return (row.version, dict(row.config)) if row else None
 
+    def config_at(self, version: int) -> dict[str, Any] | None:
+        """The settings saved as `version` (kept for good: objects written under them stay there); None if none."""
+        with Session(self._db) as s:
+            row = s.get(StorageConfigVersionRow, version)
+            return dict(row.config) if row else None
+
     def save(self, config: dict[str, Any]) -> int:
+        """The new settings, current from now on and kept as their version (one transaction); the version."""
         with Session(self._db) as s, s.begin():
             row = s.get(StorageConfigRow, _ROW_ID, with_for_update=True)
             if row is None:
@@ -37,4 +45,5 @@ class StorageConfigStore:
                 row.config = config
                 row.updated_at = utcnow()
             s.flush()
+            s.add(StorageConfigVersionRow(version=row.version, config=config, saved_at=row.updated_at))
             return row.version

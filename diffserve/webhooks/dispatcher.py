@@ -13,8 +13,12 @@ delivery to a host at its bound stays due for a later round, so a receiver that 
 own host's senders and never delays deliveries to other hosts. An attempt is one POST, through the
 same network rules as image URLs (UrlPolicy, connection pinned to the checked address, no
 redirects), bounded by `connect_timeout_s` to connect, `read_timeout_s` per read and `timeout_s`
-in total. A delivery's payload is rendered (by the job's dialect) before its first attempt and kept, so
-every retry sends the same body. A 2xx ends the delivery; a timeout, connection error or other
+in total. A delivery's payload is rendered (by the job's dialect, from the finished job the delivery names)
+at every attempt, so a retry carries links signed now: a presigned URL of a short expiry that lapsed
+before the retry is signed afresh. Everything else in it is the same on every attempt (the job ended
+and its outputs never change; the delivery id too); the body sent last is kept on the delivery row. A
+job that is gone fails its delivery; a render that fails (its storage out of reach for a base64 body)
+counts as a failed attempt and is retried like one. A 2xx ends the delivery; a timeout, connection error or other
 status schedules the next attempt after an exponential backoff (`backoff_initial_s` times
 `backoff_factor` per attempt, at most `backoff_max_s`) until `max_attempts`. The schedule lives in
 the database, so a restart resumes it. Jobs never wait for any of this.
@@ -167,22 +171,18 @@ class WebhookDispatcher:
                 continue
             self._attempt(delivery)
 
-    def _rendered(self, delivery: Delivery) -> Delivery | None:
-        """The delivery with its payload: rendered from the job now if it has none yet (then kept). None: it
-        cannot be rendered (the job is gone...): the delivery is failed."""
-        if delivery.payload is not None:
-            return delivery
+    def _rendered(self, delivery: Delivery) -> bytes | Outcome:
+        """This attempt's body, rendered from the job now (links signed now); or the Outcome of an attempt that
+        cannot be made: the job is gone (permanent), or rendering failed (a failed attempt, retried)."""
+        job = self.jobs.get(delivery.job_id)
+        if job is None:
+            log.error("webhook for job %s: the job is gone; no delivery", delivery.job_id)
+            return Outcome(False, "the job is gone", permanent=True)
         try:
-            job = self.jobs.get(delivery.job_id)
-            if job is None:
-                raise LookupError(f"job {delivery.job_id} is gone")
-            payload = json.dumps(self.render(job), separators=(",", ":"), ensure_ascii=False)
-        except Exception:
-            log.exception("cannot render the webhook payload of job %s; no delivery", delivery.job_id)
-            self.deliveries.failed(delivery, "the payload could not be rendered")
-            self._on_outcome("failed")
-            return None
-        return self.deliveries.set_payload(delivery, payload)
+            return json.dumps(self.render(job), separators=(",", ":"), ensure_ascii=False).encode()
+        except Exception as e:  # noqa: BLE001 - e.g. its storage out of reach (base64 outputs)
+            log.warning("cannot render the webhook payload of job %s", delivery.job_id, exc_info=True)
+            return Outcome(False, f"the payload could not be rendered: {type(e).__name__}")
 
     def _attempt(self, delivery: Delivery) -> None:
         try:
@@ -191,14 +191,14 @@ class WebhookDispatcher:
             if delivery.attempts > self.settings.max_attempts:  # a crash ate the last attempt's result
                 self.deliveries.failed(delivery, delivery.last_error or "no answer")
                 return
-            rendered = self._rendered(delivery)
-            if rendered is None:
+            body = self._rendered(delivery)
+            if isinstance(body, Outcome):
+                self._record(delivery, body)
                 return
-            body = rendered.payload.encode()
-            headers = delivery_headers(rendered.delivery_id, body, self._secret)
-            outcome = post_webhook(self._http, self.policy, rendered.url, body, headers, self.settings.timeout_s,
+            headers = delivery_headers(delivery.delivery_id, body, self._secret)
+            outcome = post_webhook(self._http, self.policy, delivery.url, body, headers, self.settings.timeout_s,
                                    self.settings.connect_timeout_s, self.settings.read_timeout_s)
-            self._record(rendered, outcome)
+            self._record(delivery, outcome, body.decode())
         except Exception:
             log.exception("webhook delivery %s failed unexpectedly", delivery.delivery_id)
         finally:
@@ -209,20 +209,21 @@ class WebhookDispatcher:
                 if self._per_host[host] <= 0:
                     del self._per_host[host]
 
-    def _record(self, delivery: Delivery, outcome: Outcome) -> None:
+    def _record(self, delivery: Delivery, outcome: Outcome, payload: str | None = None) -> None:
+        """Write an attempt's outcome (and the body it sent, if one was sent)."""
         if outcome.ok:
             log.info("webhook for job %s delivered (attempt %s)", delivery.job_id, delivery.attempts)
-            self.deliveries.delivered(delivery)
+            self.deliveries.delivered(delivery, payload)
             self._on_outcome("delivered")
             return
         error = outcome.error or "failed"
         if outcome.permanent or delivery.attempts >= self.settings.max_attempts:
             log.warning("webhook for job %s failed after %s attempts: %s", delivery.job_id, delivery.attempts, error)
-            self.deliveries.failed(delivery, error)
+            self.deliveries.failed(delivery, error, payload)
             self._on_outcome("failed")
             return
         self._on_outcome("retry")
         wait = backoff_s(self.settings, delivery.attempts)
         log.info("webhook for job %s: attempt %s failed (%s); next in %.1fs", delivery.job_id,
                  delivery.attempts, error, wait)
-        self.deliveries.retry_at(delivery, utcnow() + timedelta(seconds=wait), error)
+        self.deliveries.retry_at(delivery, utcnow() + timedelta(seconds=wait), error, payload)

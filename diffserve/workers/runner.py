@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from PIL import Image
@@ -35,6 +35,7 @@ from diffserve.core.errors import Cancelled, DiffserveError
 from diffserve.core.job import Job, JobStatus
 from diffserve.jobqueue.signals import WorkerPipes
 from diffserve.storage.base import Storage
+from diffserve.storage.configured import pinned, stored_at
 from diffserve.store.ledger import ClaimLost, Ledger, Outcome
 from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
@@ -84,6 +85,7 @@ class JobRunner:
     max_attempts: int = 3
     held: dict[int, int] = field(default_factory=dict)  # job id -> attempt, for every job running here now
     lost: set[int] = field(default_factory=set)  # held jobs the heartbeat found handed on (check_claims)
+    written_under: dict[int, int | None] = field(default_factory=dict)  # job id -> storage version of its images
 
     # -- starting ------------------------------------------------------------------------------------------
     def start(self, job_id: int) -> Job | None:
@@ -139,10 +141,13 @@ class JobRunner:
         return img.convert("RGB")
 
     def write_outputs(self, job: Job, pngs: Sequence[bytes]) -> list[str]:
-        """This attempt's images under this attempt's keys (Job.attempt_keys); the keys."""
+        """This attempt's images under this attempt's keys (Job.attempt_keys), all to one backend, whose storage
+        settings version `end` records with them (storage/configured.py: a switch may be in flight); the keys."""
         keys = job.attempt_keys(self.held.get(job.id, job.attempts))
+        version, backend = pinned(self.storage)
         for key, png in zip(keys, pngs, strict=True):
-            self.storage.put(key, png)
+            backend.put(key, png)
+        self.written_under[job.id] = version
         return keys
 
     def check_claims(self) -> None:
@@ -160,6 +165,9 @@ class JobRunner:
         batcher observes them per tick). The status written, or None when none was (lost, given back)."""
         attempt = self.held.pop(job.id, job.attempts)
         self.lost.discard(job.id)
+        version = self.written_under.pop(job.id, None)
+        if isinstance(result, Outcome) and result.outputs and result.storage_version is None:
+            result = replace(result, storage_version=version)
         worker_row: dict[str, Any] = {"state": "busy" if still_running is not None else "idle",
                                       "current_job": still_running, "models": self.engine.loaded_models()}
         outcome = self._outcome(job, result)
@@ -179,7 +187,7 @@ class JobRunner:
         else:
             log.warning("job %s: attempt %s was handed on; its end (%s) is not written", job.id, attempt,
                         outcome.status.value)
-            self._delete(outcome.outputs)
+            self._delete(outcome.outputs, version)
         if status is not None and self.metrics is not None:
             self._count(job, status, time.monotonic() - started, steps, rows)
         if self.pipes is not None:
@@ -205,10 +213,11 @@ class JobRunner:
         return (job is not None and job.status.is_terminal() and job.attempts == attempt
                 and job.worker_id == self.worker_id)
 
-    def _delete(self, keys: Sequence[str]) -> None:
+    def _delete(self, keys: Sequence[str], version: int | None) -> None:
+        backend = stored_at(self.storage, version)
         for key in keys:
             try:
-                self.storage.delete(key)
+                backend.delete(key)
             except Exception:  # noqa: BLE001 - best effort: the job never points at them
                 log.warning("could not delete %s of a lost attempt", key, exc_info=True)
 

@@ -39,6 +39,7 @@ from diffserve.core.job import Job, JobStatus
 from diffserve.core.request import RequestDraft
 from diffserve.media.decode import decode_frame, decode_image
 from diffserve.media.inputs import decode_base64
+from diffserve.storage.configured import holding
 from diffserve.store.keys import ApiKey
 
 
@@ -216,7 +217,8 @@ async def _run(request: Request, ds: AppState, key: ApiKey, draft: RequestDraft,
         job = await ds.service.wait_for_client(job.id, gone)  # cancelled if the client left
     if job.status is not JobStatus.SUCCEEDED:
         raise GenerationFailed(job.error or f"the job ended {job.status.value}")
-    outputs = [await ds.offload(ds.service.storage.get, k) for k in job.outputs]
+    storage = await ds.offload(holding, ds.service.storage, job)  # where its outputs were written
+    outputs = [await ds.offload(storage.get, k) for k in job.outputs]
     return outputs if outputs_only else (job, outputs)
 
 

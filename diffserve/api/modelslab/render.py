@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from diffserve.core.errors import DiffserveError, RateLimited
 from diffserve.core.job import Job, JobStatus
 from diffserve.storage.base import Storage
+from diffserve.storage.configured import holding
 from diffserve.api.modelslab.paths import V6_FETCH
 from diffserve.api.outputs import served_url
 
@@ -100,9 +101,10 @@ def render_job(job: Job, links: Links, *, eta: float | None = None) -> dict[str,
 
 
 def success(job: Job, links: Links) -> dict[str, Any]:
-    urls = [links.storage.url(k, links.base_url) for k in job.outputs]
+    storage = holding(links.storage, job)  # where its outputs were written, whatever is current now
+    urls = [storage.url(k, links.base_url) for k in job.outputs]
     if job.request.output_base64:
-        output = [base64.b64encode(links.storage.get(k)).decode("ascii") for k in job.outputs]
+        output = [base64.b64encode(storage.get(k)).decode("ascii") for k in job.outputs]
     else:
         output = urls
     return {

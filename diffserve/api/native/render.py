@@ -12,6 +12,7 @@ from diffserve.core.errors import (DiffserveError, Forbidden, InvalidInput, NotF
                                    Unavailable)
 from diffserve.core.job import Job
 from diffserve.storage.base import Storage
+from diffserve.storage.configured import holding
 from diffserve.service.submit import LiveState
 
 _CODES = [(Unauthorized, "unauthorized"), (Forbidden, "forbidden"), (NotFound, "not_found"),
@@ -42,7 +43,7 @@ def render_job(job: Job, storage: Storage, base_url: str, live: LiveState) -> di
         "eta": live.eta,
         "preview_url": f"{base_url}/v1/jobs/{job.id}/preview" if live.has_preview
         and not job.status.is_terminal() else None,
-        "outputs": [storage.url(key, base_url) for key in job.outputs],
+        "outputs": [holding(storage, job).url(key, base_url) for key in job.outputs],
         "nsfw": job.nsfw,
         "error": job.error,
         "meta": {

@@ -30,6 +30,7 @@ from diffserve.core.errors import DiffserveError, GenerationFailed, InvalidInput
 from diffserve.core.job import Job, JobStatus
 from diffserve.core.request import RequestDraft
 from diffserve.core.text import check_text
+from diffserve.storage.configured import holding
 from diffserve.store.keys import ApiKey
 
 OpenAIRoute = guarded_route(lambda _request, error: error_response(error), "OpenAIRoute")
@@ -163,7 +164,7 @@ async def _answer(ds: AppState, request: Request, key: ApiKey, options: Options,
 
 
 async def _images(ds: AppState, request: Request, job: Job, options: Options) -> list[dict[str, Any]]:
-    storage, base_url = ds.service.storage, ds.base_url(request)
+    storage, base_url = await ds.offload(holding, ds.service.storage, job), ds.base_url(request)
     ext = {"jpeg": "jpg"}.get(options.output_format, options.output_format)
     out = []
     for key in job.outputs:

@@ -20,6 +20,7 @@ from PIL import Image
 from diffserve.core.errors import DiffserveError, ImageInputError, InvalidInput, NotFound, RateLimited, Unauthorized
 from diffserve.core.job import Job, JobStatus
 from diffserve.storage.base import Storage
+from diffserve.storage.configured import holding
 from diffserve.api.qolaba.apps import ServiceNotFound
 
 INPUT_ERROR = "Input Validation Error"
@@ -52,6 +53,7 @@ def render_job(job: Job, storage: Storage, base_url: str) -> dict[str, Any]:
     common = {"app_id": p.get("app_id", ""), "task_id": str(job.id), "input": p.get("input", {}),
               "time_required": _times(job)}
     if job.status is JobStatus.SUCCEEDED:
+        storage = holding(storage, job)  # where its outputs were written (the low-res copies go beside them)
         output = {
             "result": [storage.url(k, base_url) for k in job.outputs],
             "Has_NSFW_Content": list(job.nsfw),
