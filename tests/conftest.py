@@ -161,8 +161,14 @@ def fleet_admin(fleet):
 # one group, so such a fixture still starts once and a module's own server too (one process runs a group whole:
 # tests/xdist_groups.py). The groups that cost most run first.
 CHEAP_SHARED = {"models_root", "image_host"}
+# files whose tests share nothing costly: each test is a group of its own, so the two processes can split the file
+# (test_benches: each bench's --quick run starts its own servers; one group of ~6 minutes could not be balanced)
+SPLIT_FILES = {"test_benches.py"}
 FILE_COST_S = {  # seconds a file takes on one of CI's two processes (quiet-run and CI durations); others: 1 s a test
-    "test_benches.py": 340, "test_demo_sd.py": 200, "test_layout.py": 30, "test_lock_pythons.py": 75,
+    **{f"test_benches.py::test_bench_quick_runs_and_prints_its_figures[{bench}]": s for bench, s in {
+        "latency": 95, "batching": 93, "fleet": 87, "wakeup": 50, "control_plane": 45, "demo_quality": 31,
+        "gpu": 29, "families_cost": 25, "step_cache": 20, "pulid_embedder": 5}.items()},
+    "test_demo_sd.py": 200, "test_layout.py": 30, "test_lock_pythons.py": 75,
     "test_fleet.py": 150, "test_partition.py": 180, "test_fleet_dialects.py": 25,  # the fleet
     "test_schemathesis.py": 110, "test_families_control.py": 110, "test_modelslab_v6.py": 70,
     "test_a1111_upstream.py": 25, "test_load_balancing.py": 110, "test_batching.py": 90, "test_gpu_path.py": 70,
@@ -181,23 +187,26 @@ def pytest_collection_modifyitems(config, items):
             name = parent[name]
         return name
 
-    for item in items:
+    def unit(item) -> str:  # what a group is made of: a file, or a test of a SPLIT_FILES file
         path = item.nodeid.split("::")[0]
+        return item.nodeid if path.rsplit("/", 1)[-1] in SPLIT_FILES else path
+
+    for item in items:
+        path = unit(item)
         info = getattr(item, "_fixtureinfo", None)
         shared = [name for name, defs in (info.name2fixturedefs.items() if info else ())
                   if defs[-1].scope == "session" and name not in CHEAP_SHARED
                   and getattr(defs[-1].func, "__module__", "").startswith("tests.")]  # this suite's, not pytest's
         for name in shared:
             parent[find(path)] = find("fixture:" + name)
-    counts = collections.Counter(item.nodeid.split("::")[0] for item in items)
+    counts = collections.Counter(unit(item) for item in items)
     cost: dict[str, float] = collections.Counter()
     for path, count in counts.items():
         cost[find(path)] += FILE_COST_S.get(path.rsplit("/", 1)[-1], count)
     order = {group: rank for rank, group in enumerate(sorted(cost, key=lambda g: (-cost[g], g)))}
-    items.sort(key=lambda item: order[find(item.nodeid.split("::")[0])])  # stable: a file keeps its order
+    items.sort(key=lambda item: order[find(unit(item))])  # stable: a file keeps its order
     groups_path = getattr(config, "workerinput", {}).get(WORKER_GROUPS_FILE)
     if groups_path:  # an xdist worker under `--dist loadgroup` (tests/xdist_groups.py)
         from .xdist_groups import record
 
-        record(Path(groups_path), {item.nodeid: find(item.nodeid.split("::")[0]).replace("fixture:", "shared-")
-                                   for item in items})
+        record(Path(groups_path), {item.nodeid: find(unit(item)).replace("fixture:", "shared-") for item in items})
