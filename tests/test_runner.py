@@ -157,3 +157,15 @@ def test_a_job_costs_four_transactions_from_submit_to_end(db, tmp_path):
     keys = r.write_outputs(started, [b"a", b"b"])
     assert r.end(started, Outcome.succeeded(keys, [False, False]), 0.0) is JobStatus.SUCCEEDED
     assert len(seen) == 4
+
+
+def test_a_cancel_asked_between_claim_and_start_ends_the_job_before_its_inputs_are_read(db, tmp_path):
+    """The start answers the cancel flag (Ledger.begin); the run stops before reading its init image (which does
+    not exist here: reading it would fail the job instead)."""
+    jobs = JobStore(db)
+    job = queued_job(db)
+    r = claimed(db, runner(db, "w1", LocalStorage(tmp_path)))
+    ProgressStore(db).request_cancel(job.id)
+    r.run(r.start(job.id))
+    assert jobs.get(job.id).status is JobStatus.CANCELLED and r.cancel_known == {}
+    assert worker_state(db, "w1") == ("idle", None)

@@ -22,18 +22,49 @@ A crash at any point leaves a job either not finished, or finished with all of t
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, delete, exists, insert, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    Select,
+    String,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from diffserve.core.job import Job, JobStatus
 from diffserve.core.request import GenerationRequest
-from diffserve.store.db import JobRow, ProgressRow, QueueRow, WebhookDeliveryRow, WorkerRow, autocommit, utcnow
-from diffserve.store.notify import notify_done
+from diffserve.store.db import (
+    ControlEventRow,
+    JobRow,
+    ProgressRow,
+    QueueRow,
+    WebhookDeliveryRow,
+    WorkerRow,
+    autocommit,
+    utcnow,
+)
+from diffserve.store.notify import CHANNEL, notify_done
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +119,17 @@ class Outcome:
         return cls(JobStatus.CANCELLED, error=reason)
 
 
+@dataclass(frozen=True)
+class Started:
+    """What a worker learns when its start lands, in the same answer: the job (its `attempts` is this run's
+    attempt), whether a client asked to cancel it meanwhile (so no read of its own before the run), and the
+    id of the latest order in the control log (store/control.py: newer orders apply before the job runs)."""
+
+    job: Job
+    cancel_requested: bool = False
+    orders_head: int = 0
+
+
 class _Refused(Exception):
     """Inside a transaction: a compare-and-set found the job changed; roll back, change nothing."""
 
@@ -136,7 +178,24 @@ class Ledger:
         this worker's to start (cancelled or finished meanwhile, requeued to another, already running): then a
         finished job's leftover queue row held by this worker is dropped. worker_row: WorkerRow values written
         in the same transaction when it starts (state, current_job)."""
+        started = self.begin(job_id, worker_id, worker_row=worker_row)
+        return started.job if started is not None else None
+
+    def begin(self, job_id: int, worker_id: str, *, worker_row: dict[str, Any] | None = None) -> Started | None:
+        """`start`, answering also what the worker would otherwise read before the run (Started). One
+        transaction; on PostgreSQL one statement (data-modifying CTEs): one round trip."""
         now = utcnow()
+        if self._db.dialect.name == "postgresql":
+            result = self._begin_pg(job_id, worker_id, worker_row, now)
+        else:
+            result = self._begin_here(job_id, worker_id, worker_row, now)
+        if result is None and self._events is not None:
+            self._events.forgotten(job_id)
+        return result
+
+    def _begin_here(self, job_id: int, worker_id: str, worker_row: dict[str, Any] | None,
+                    now: datetime) -> Started | None:
+        """`begin` as statements in one transaction (SQLite: no data-modifying CTEs)."""
         someone_else = exists().where(QueueRow.job_id == job_id,
                                       or_(QueueRow.claimed_by.is_(None), QueueRow.claimed_by != worker_id))
         with self._db.begin() as s:
@@ -144,18 +203,27 @@ class Ledger:
                 update(JobRow).where(JobRow.id == job_id, JobRow.status == QUEUED, ~someone_else)
                 .values(status=RUNNING, worker_id=worker_id, started_at=now, attempts=JobRow.attempts + 1)
                 .returning(*JobRow.__table__.columns)).first()
-            if row is None:
+            if row is None:  # not this worker's to start; a finished job's leftover claim goes
                 ended = exists().where(JobRow.id == job_id, JobRow.status.in_(TERMINAL))
                 s.execute(delete(QueueRow).where(QueueRow.job_id == job_id, QueueRow.claimed_by == worker_id, ended))
-                job = None
-            else:
-                s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id)
-                          .values(step=0, total=0, step_s=None, preview=None, updated_at=now))
-                job = to_job(row)
-                self._worker_row(s, worker_id, worker_row)
-        if job is None and self._events is not None:
-            self._events.forgotten(job_id)
-        return job
+                return None
+            cancel = s.execute(update(ProgressRow).where(ProgressRow.job_id == job_id)
+                               .values(step=0, total=0, step_s=None, preview=None, updated_at=now)
+                               .returning(ProgressRow.cancel_requested)).scalar()
+            self._worker_row(s, worker_id, worker_row)
+            head = s.scalar(select(func.max(ControlEventRow.id)))
+            return Started(to_job(row), bool(cancel), int(head or 0))
+
+    def _begin_pg(self, job_id: int, worker_id: str, worker_row: dict[str, Any] | None,
+                  now: datetime) -> Started | None:
+        """`begin` on PostgreSQL: one statement (_pg_begin) in autocommit: atomic, one round trip."""
+        params = {"p_job": job_id, "p_worker": worker_id, "p_now": now,
+                  **{f"w_{k}": v for k, v in (worker_row or {}).items()}}
+        with self._read.begin() as c:  # autocommit: the statement alone is the transaction
+            row = c.execute(_pg_begin(tuple(worker_row) if worker_row is not None else None), params).first()
+        if row is None:
+            return None
+        return Started(to_job(row), bool(row.cancel_asked), int(row.orders_head or 0))
 
     def finish(self, job_id: int, attempt: int | None, outcome: Outcome, *, worker_id: str | None = None,
                worker_row: dict[str, Any] | None = None) -> bool:
@@ -165,14 +233,17 @@ class Ledger:
         row when the job has a webhook (the dispatcher sends it), PostgreSQL NOTIFY; plus the worker's row
         (worker_row values) either way. True when this wrote the end; False: refused, nothing of the job
         changed (the claim was lost, or it ended already)."""
-        if attempt is None:
-            cond = [JobRow.status.in_(UNFINISHED)]
+        if self._db.dialect.name == "postgresql":
+            done = self._finish_pg(job_id, attempt, outcome, worker_id, worker_row)
         else:
-            cond = [JobRow.status == RUNNING, JobRow.attempts == attempt]
-        with self._db.begin() as s:
-            done = self._end(s, job_id, cond, outcome)
-            if worker_id is not None:
-                self._worker_row(s, worker_id, worker_row)
+            if attempt is None:
+                cond = [JobRow.status.in_(UNFINISHED)]
+            else:
+                cond = [JobRow.status == RUNNING, JobRow.attempts == attempt]
+            with self._db.begin() as s:
+                done = self._end(s, job_id, cond, outcome)
+                if worker_id is not None:
+                    self._worker_row(s, worker_id, worker_row)
         if self._events is not None:
             self._events.forgotten(job_id)
         return done
@@ -245,6 +316,20 @@ class Ledger:
             return s.scalar(select(JobRow.id).where(JobRow.id == job_id, JobRow.status == RUNNING,
                                                     JobRow.attempts == attempt)) is not None
 
+    def _finish_pg(self, job_id: int, attempt: int | None, outcome: Outcome, worker_id: str | None,
+                   worker_row: dict[str, Any] | None) -> bool:
+        """`finish` on PostgreSQL: one statement (_pg_finish) in autocommit: atomic, one round trip."""
+        now = utcnow()
+        row = worker_row if worker_id is not None else None
+        params = {"p_job": job_id, "p_attempt": attempt, "p_now": now, "p_worker": worker_id,
+                  "p_delivery": f"msg_{uuid.uuid4().hex}", "v_status": outcome.status.value,
+                  "v_outputs": list(outcome.outputs), "v_nsfw": list(outcome.nsfw), "v_error": outcome.error,
+                  "v_storage_version": outcome.storage_version, "v_run": {"run": outcome.run},
+                  **{f"w_{k}": v for k, v in (row or {}).items()}}
+        stmt = _pg_finish(attempt is None, bool(outcome.run), tuple(row) if row is not None else None)
+        with self._read.begin() as c:  # autocommit: the statement alone is the transaction
+            return c.execute(stmt, params).first() is not None
+
     # -- inside a transaction -----------------------------------------------------------------------------
     def _end(self, s: Session | Connection, job_id: int, cond: list, outcome: Outcome) -> bool:
         now = utcnow()
@@ -274,6 +359,77 @@ class Ledger:
         if values is not None:
             s.execute(update(WorkerRow).where(WorkerRow.worker_id == worker_id)
                       .values(heartbeat_at=utcnow(), **values))
+
+
+# -- PostgreSQL: a start and a finish as one statement each (data-modifying CTEs) ---------------------------
+# Built once per shape with bind parameters: building and keying a statement this size costs more Python than
+# running it.
+
+
+def _row_values(keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: bindparam(f"w_{k}", type_=WorkerRow.__table__.c[k].type) for k in keys}
+
+
+@functools.lru_cache(maxsize=None)
+def _pg_begin(row_keys: tuple[str, ...] | None) -> Select:
+    """WITH j AS (UPDATE jobs: queued -> running, if no other worker holds its queue row, RETURNING *), d (the
+    leftover claim of a finished job dropped), p (the progress row reset, RETURNING cancel_requested), w (the
+    worker row) -- p and w only where j started the job -- SELECT j.*, the cancel flag, the control log's head."""
+    job_id, worker_id = bindparam("p_job", type_=Integer), bindparam("p_worker", type_=String)
+    now = bindparam("p_now", type_=DateTime)
+    someone_else = exists().where(QueueRow.job_id == job_id,
+                                  or_(QueueRow.claimed_by.is_(None), QueueRow.claimed_by != worker_id))
+    j = (update(JobRow).where(JobRow.id == job_id, JobRow.status == QUEUED, ~someone_else)
+         .values(status=RUNNING, worker_id=worker_id, started_at=now, attempts=JobRow.attempts + 1)
+         .returning(*JobRow.__table__.columns).cte("j"))
+    started = exists(select(j.c.id))
+    ended = exists().where(JobRow.id == job_id, JobRow.status.in_(TERMINAL))
+    ctes = [delete(QueueRow).where(QueueRow.job_id == job_id, QueueRow.claimed_by == worker_id, ended).cte("d")]
+    p = (update(ProgressRow).where(ProgressRow.job_id == job_id, started)
+         .values(step=0, total=0, step_s=None, preview=None, updated_at=now)
+         .returning(ProgressRow.cancel_requested).cte("p"))
+    ctes.append(p)
+    if row_keys is not None:
+        ctes.append(update(WorkerRow).where(WorkerRow.worker_id == worker_id, started)
+                    .values(heartbeat_at=now, **_row_values(row_keys)).cte("w"))
+    cancel = select(func.bool_or(p.c.cancel_requested)).scalar_subquery()
+    head = select(func.max(ControlEventRow.id)).scalar_subquery()
+    return select(j, cancel.label("cancel_asked"), head.label("orders_head")).add_cte(*ctes)
+
+
+@functools.lru_cache(maxsize=None)
+def _pg_finish(unfenced: bool, with_run: bool, row_keys: tuple[str, ...] | None) -> Select:
+    """WITH j AS (UPDATE jobs: the end, if the attempt still owns it, RETURNING id, request), q (its queue row
+    deleted: the ack), p (the preview dropped), h (the webhook delivery row, when the request has a webhook)
+    -- each only for the job j ended -- and w (the worker row, either way); SELECT j.id, pg_notify(...)."""
+    job_id, now = bindparam("p_job", type_=Integer), bindparam("p_now", type_=DateTime)
+    if unfenced:
+        cond = [JobRow.status.in_(UNFINISHED)]
+    else:
+        cond = [JobRow.status == RUNNING, JobRow.attempts == bindparam("p_attempt", type_=Integer)]
+    columns = JobRow.__table__.c
+    values: dict[str, Any] = {k: bindparam(f"v_{k}", type_=columns[k].type)
+                              for k in ("status", "outputs", "nsfw", "storage_version", "error")}
+    values["finished_at"] = now
+    if with_run:  # {"run": ...} merged into the stored params by the server: no read before the write
+        stored = func.nullif(cast(JobRow.dialect_params, JSONB), cast(literal("null"), JSONB))
+        values["dialect_params"] = cast(func.coalesce(stored, cast(literal("{}"), JSONB))
+                                        .op("||")(cast(bindparam("v_run", type_=JSON), JSONB)), JSON)
+    j = (update(JobRow).where(JobRow.id == job_id, *cond).values(**values)
+         .returning(JobRow.id, JobRow.request).cte("j"))
+    hook = j.c.request["webhook"].as_string()
+    ctes = [
+        delete(QueueRow).where(QueueRow.job_id.in_(select(j.c.id))).cte("q"),
+        update(ProgressRow).where(ProgressRow.job_id.in_(select(j.c.id))).values(preview=None).cte("p"),
+        insert(WebhookDeliveryRow).from_select(
+            ["job_id", "delivery_id", "url", "state", "attempts", "next_attempt_at", "created_at"],
+            select(j.c.id, bindparam("p_delivery", type_=String), hook, literal("pending"), literal(0), now, now)
+            .where(hook.is_not(None), hook != "")).cte("h"),
+    ]
+    if row_keys is not None:
+        ctes.append(update(WorkerRow).where(WorkerRow.worker_id == bindparam("p_worker", type_=String))
+                    .values(heartbeat_at=now, **_row_values(row_keys)).cte("w"))
+    return select(j.c.id, func.pg_notify(CHANNEL, cast(j.c.id, Text))).add_cte(*ctes)
 
 
 def to_job(row) -> Job:  # noqa: ANN001 - a JobRow, or a result row of the jobs table's columns

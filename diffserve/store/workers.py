@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from diffserve.store.db import WorkerDeviceRow, WorkerRow, autocommit, utcnow
+from diffserve.store.db import ControlEventRow, WorkerDeviceRow, WorkerRow, autocommit, utcnow
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,14 @@ class WorkerStore:
         with self._now.connect() as s:
             s.execute(update(WorkerRow).where(WorkerRow.worker_id == worker_id)
                       .values(heartbeat_at=utcnow(), **values))
+
+    def beat(self, worker_id: str) -> int:
+        """A heartbeat that answers the id of the latest order in the control log (store/control.py), so an
+        idle worker reads the orders only when there is a new one. One statement."""
+        head = select(func.max(ControlEventRow.id)).scalar_subquery()
+        with self._now.begin() as s:  # autocommit: the statement alone
+            return int(s.execute(update(WorkerRow).where(WorkerRow.worker_id == worker_id)
+                                 .values(heartbeat_at=utcnow()).returning(head)).scalar() or 0)
 
     def remove(self, worker_id: str) -> None:
         with Session(self._db) as s, s.begin():

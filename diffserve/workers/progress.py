@@ -1,12 +1,12 @@
 """A running job's progress, as the worker reports it: throttled writes, previews, and the cancel check.
 
 The engine calls the reporter after every denoising step; it writes to the store once every
-`interval_s` (the first write after `interval_s`: a job shorter than that costs one read, the cancel check
-before it starts), with a preview of the latents, and reads back whether a client asked to cancel: then
-it raises Cancelled and the pipeline call stops between two steps. A "finish now" (A1111's /interrupt) is
-answered True instead: the loop ends its denoising there and decodes the latents so far (engine/progress.py,
-the batched tick), and the job succeeds with `stopped_at_step` in its run meta. A finished job needs no last
-write: its status says all steps ran.
+`interval_s` (the first write after `interval_s`: a job shorter than that writes nothing, and its cancel check
+before the first step uses the flag its start answered, Ledger.begin), with a preview of the latents, and reads
+back whether a client asked to cancel: then it raises Cancelled and the pipeline call stops between two
+steps. A "finish now" (A1111's /interrupt) is answered True instead: the loop ends its denoising there and
+decodes the latents so far (engine/progress.py, the batched tick), and the job succeeds with `stopped_at_step`
+in its run meta. A finished job needs no last write: its status says all steps ran.
 
 Fenced: the reporter writes for one attempt. Once the job was handed on (requeued, maybe running elsewhere),
 its next write -- or the next step after the worker's heartbeat found it (`lost`) -- raises ClaimLost, and
@@ -37,15 +37,19 @@ class ProgressReporter:
     latent_rgb: tuple[tuple[float, float, float], ...] | None = None  # the model's preview factors, if its own
     attempt: int | None = None  # the attempt this reporter writes for (None: unfenced)
     lost: set[int] | None = None  # job ids the worker's heartbeat found handed on (shared with the runner)
+    cancel_known: bool | None = None  # whether a cancel was asked, as the job's start answered (None: read it)
     _started: float = field(default_factory=time.monotonic)
     _last_write: float | None = None
     steps: int = 0
     stopped_at: int | None = None  # the step a "finish now" ended the denoising at
 
     def check_cancelled(self) -> None:
+        """Before the first step: lost, or a cancel asked? The first check uses what the start answered (no
+        read of its own); a later one reads the store."""
         if self.lost is not None and self.job_id in self.lost:
             raise ClaimLost(self.job_id, self.attempt)
-        if self.store.cancel_requested(self.job_id):
+        known, self.cancel_known = self.cancel_known, None
+        if known if known is not None else self.store.cancel_requested(self.job_id):
             raise Cancelled()
 
     def run_meta(self) -> dict[str, int]:

@@ -4,7 +4,9 @@ the single path (workers/worker.py) and the step-level batcher (workers/batcher.
 Every state change goes through the ledger (store/ledger.py) and names this run's attempt:
 
 - `start`: queued -> running for this worker (the worker row says busy in the same transaction); the attempt
-  number is the started Job's `attempts`, kept in `held`.
+  number is the started Job's `attempts`, kept in `held`. The same answer (Ledger.begin) says whether a
+  client asked to cancel it meanwhile (the reporter's first cancel check reads no store) and the control
+  log's latest order id (`orders_head`: the worker applies newer orders before the job runs).
 - `end(job, result)`: the one end of a job. `result` is an Outcome (succeeded with this attempt's output keys,
   failed, cancelled) or the exception that stopped it, classified here:
     * ClaimLost (a progress write or the heartbeat found the job handed on): leave silently, write nothing
@@ -36,7 +38,7 @@ from diffserve.core.job import Job, JobStatus
 from diffserve.jobqueue.signals import WorkerPipes
 from diffserve.storage.base import Storage
 from diffserve.storage.configured import pinned, stored_at
-from diffserve.store.ledger import ClaimLost, Ledger, Outcome
+from diffserve.store.ledger import ClaimLost, Ledger, Outcome, Started
 from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
 from diffserve.workers.progress import ProgressReporter
@@ -85,15 +87,21 @@ class JobRunner:
     max_attempts: int = 3
     held: dict[int, int] = field(default_factory=dict)  # job id -> attempt, for every job running here now
     lost: set[int] = field(default_factory=set)  # held jobs the heartbeat found handed on (check_claims)
+    cancel_known: dict[int, bool] = field(default_factory=dict)  # job id -> cancel asked, as its start answered
+    orders_head: int = 0  # the control log's latest order id, as the last start answered
     written_under: dict[int, int | None] = field(default_factory=dict)  # job id -> storage version of its images
 
     # -- starting ------------------------------------------------------------------------------------------
     def start(self, job_id: int) -> Job | None:
         """Start a job this worker claimed; None when it is not this worker's to run any more."""
-        job = self.stored(self.ledger.start, job_id, self.worker_id,
-                          worker_row={"state": "busy", "current_job": job_id})
-        if job is not None:
-            self.held[job.id] = job.attempts
+        started: Started | None = self.stored(self.ledger.begin, job_id, self.worker_id,
+                                              worker_row={"state": "busy", "current_job": job_id})
+        if started is None:
+            return None
+        job = started.job
+        self.held[job.id] = job.attempts
+        self.cancel_known[job.id] = started.cancel_requested
+        self.orders_head = max(self.orders_head, started.orders_head)
         return job
 
     def claim_batch(self, key: BatchKey, rows: int) -> list[Job]:
@@ -102,7 +110,10 @@ class JobRunner:
         return [job for job in map(self.start, ids) if job is not None]
 
     def give_back(self, job_id: int) -> None:
-        """A claimed job this worker will not run (a restart order came): back to the queue for another."""
+        """A claimed (maybe started) job this worker will not run (a restart order came): back to the queue for
+        another, only while this worker still holds its claim."""
+        self.held.pop(job_id, None)
+        self.cancel_known.pop(job_id, None)
         self.stored(self.ledger.requeue, job_id, None, GIVEN_BACK, holder=self.worker_id)
 
     # -- running -------------------------------------------------------------------------------------------
@@ -133,7 +144,8 @@ class JobRunner:
         if self.progress is None:
             return None
         return ProgressReporter(job.id, self.progress, latent_rgb=self.engine.preview_rgb(job.request.model_id),
-                                attempt=self.held.get(job.id, job.attempts), lost=self.lost)
+                                attempt=self.held.get(job.id, job.attempts), lost=self.lost,
+                                cancel_known=self.cancel_known.pop(job.id, None))
 
     def image(self, key: str) -> Image.Image:
         img = Image.open(io.BytesIO(self.storage.get(key)))
@@ -165,6 +177,7 @@ class JobRunner:
         batcher observes them per tick). The status written, or None when none was (lost, given back)."""
         attempt = self.held.pop(job.id, job.attempts)
         self.lost.discard(job.id)
+        self.cancel_known.pop(job.id, None)
         version = self.written_under.pop(job.id, None)
         if isinstance(result, Outcome) and result.outputs and result.storage_version is None:
             result = replace(result, storage_version=version)

@@ -46,7 +46,10 @@ WATCHDOG_S = 0.5
 @dataclass
 class Worker:
     """The worker's loop: registers, heartbeats, applies orders between jobs, claims jobs and hands each to
-    its runner (workers/runner.py) -- alone, or to the batcher, which runs it with what may share its ticks."""
+    its runner (workers/runner.py) -- alone, or to the batcher, which runs it with what may share its ticks.
+    Orders (store/control.py) are read only when there is a new one: the heartbeat and each job's start answer
+    the control log's latest id (`runner.orders_head`); an idle worker applies them within HEARTBEAT_S, a
+    claimed job after its start, before it runs."""
 
     worker_id: str
     runner: JobRunner
@@ -86,46 +89,51 @@ class Worker:
         beat.start()
         self._preload()
         self.workers.update(self.worker_id, state="idle", models=self.engine.loaded_models())
-        ran = False  # a job ran since the orders were last read: they are read again before the next job runs
         try:
             while not stop.is_set():
                 try:
-                    if self.orders and not ran and not self.orders.apply(self.engine, self.workers, self.worker_id):
+                    if self.orders and self.runner.orders_head > self.orders.seen \
+                            and not self.orders.apply(self.engine, self.workers, self.worker_id):
                         restart = True  # exit cleanly between jobs; a fresh process takes over
                         break
-                    ran = False
                     job_id = self.queue.claim(self.worker_id, timeout=0.5, loaded=self.engine.loaded_models(),
                                               labels=self.runner.labels)
                 except SQLAlchemyError as e:  # the store is away (a database restart): wait for it
                     log.warning("job store unreachable (%s); retrying", type(e).__name__)
                     stop.wait(STORE_RETRY_S)
                     continue
-                if job_id is not None and not self._orders_before(job_id):
-                    restart = True
-                    break
                 if job_id is not None:
-                    self.run_job(job_id)
-                    ran = True
+                    if not self.run_job(job_id):
+                        restart = True
+                        break
         finally:
             self.runner.stored(self.workers.remove, self.worker_id)
         return restart
 
     def _orders_before(self, job_id: int) -> bool:
         """Orders posted while this worker waited for the job (its model registered a moment ago...) apply
-        before it runs. False: a restart order came; the job goes back to the queue for the next worker."""
-        if self.orders is None or self.runner.stored(self.orders.apply, self.engine, self.workers, self.worker_id):
+        before it runs: read only when the job's start answered a newer order id than this worker applied (an
+        order posted before the job was submitted is in that answer). False: a restart order came; the job
+        goes back to the queue for the next worker."""
+        if self.orders is None or self.runner.orders_head <= self.orders.seen:
+            return True
+        if self.runner.stored(self.orders.apply, self.engine, self.workers, self.worker_id):
             return True
         self.runner.give_back(job_id)
         return False
 
-    def run_job(self, job_id: int) -> None:
-        """Start the claimed job and run it: in a batch when batching is on and it can batch, else alone."""
+    def run_job(self, job_id: int) -> bool:
+        """Start the claimed job and run it: in a batch when batching is on and it can batch, else alone.
+        False when a restart order came before it ran (the job went back to the queue)."""
         job = self.runner.start(job_id)
         if job is None:  # cancelled, finished or handed on meanwhile
-            return
+            return True
+        if not self._orders_before(job.id):
+            return False
         if self._batcher is not None and self._batcher.run(job):
-            return  # it ran in a batch, with what joined it
+            return True  # it ran in a batch, with what joined it
         self.runner.run(job)
+        return True
 
     def _preload(self) -> None:
         """Load the configured models before reporting ready, so the first request does not pay for it."""
@@ -148,7 +156,9 @@ class Worker:
             if ticks * WATCHDOG_S >= HEARTBEAT_S:
                 ticks = 0
                 try:
-                    self.workers.update(self.worker_id)
+                    # the latest order's id: an idle worker applies new orders within a beat (a job's start
+                    # answers it too, so orders posted before a job apply before it runs)
+                    self.runner.orders_head = max(self.runner.orders_head, self.workers.beat(self.worker_id))
                     self.runner.check_claims()  # a job handed on meanwhile: its run stops at the next step
                 except Exception:  # a missed beat is not fatal; the next one retries
                     log.warning("heartbeat failed", exc_info=True)
