@@ -267,9 +267,11 @@ def test_synonym_cartoon_posterizes(generated):
 
 def test_training_is_deterministic_given_its_seed(tmp_path):
     """Two short runs of the training script (a few steps each, side by side: the weights depend on the seed and
-    the thread count, not on the machine's load) write byte-identical weights."""
+    the thread count, not on the machine's load) write byte-identical weights. One torch thread each: two runs of
+    2 threads on 2 shared cores took twice the CPU (OpenMP threads waiting on each other) and 3x the time."""
     runs = {run: subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train_demo_sd.py"), "--out",
-                                   str(tmp_path / run), "--crops", "8", "--unet-steps", "2", "--unet-batch", "4"],
+                                   str(tmp_path / run), "--crops", "8", "--unet-steps", "2", "--unet-batch", "4",
+                                   "--threads", "1"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for run in ("a", "b")}
     digests = []
     for run, proc in runs.items():
