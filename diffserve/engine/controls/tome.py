@@ -17,6 +17,15 @@ for the whole batch from one generator, so a row's pattern would depend on which
 met, i.e. on its batch-mates. The ToMe-SD authors offer the fixed pattern as the switch for artefacts;
 its speed is the same (same token count per layer).
 
+Speed inside a step batch: tomesd's own matching picks each row's tokens with `torch.gather` on an index
+expanded to every channel, a gather that reads an index per float; a batch of 8 rows with CFG (16 forward
+rows) spent 3-4 % of its UNet time there at 128 px. With the fixed pattern the split into source and
+destination tokens is the same for every row, so `fixed_matching` (installed in tomesd's place by
+`tomesd_control`; tomesd's random pattern still goes to tomesd) splits with `index_select` and moves each row's
+merged tokens with `index_select` / `index_copy_` over flattened rows: the same copies, the same
+`scatter_reduce`, the same similarity matmul and argsort, so its merges are bit-identical to tomesd's
+(`tests/test_batching_tome.py`), 5-6x faster for those gathers.
+
 Checked with tomesd 0.1.3 on diffusers 0.42: its block forward covers diffusers'
 BasicTransformerBlock as SD 1.x/2.x/XL build it (layer norms, no positional embedding, no
 feed-forward chunking, no GLIGEN); other block kinds are refused rather than run wrong.
@@ -24,7 +33,7 @@ feed-forward chunking, no GLIGEN); other block kinds are refused rather than run
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +79,97 @@ def tomesd_control(pipe: Any, inputs: RunInputs, ctx: ControlContext) -> Iterato
         raise InvalidInput(f"tomesd is not supported by model {ctx.model_id}", field="tomesd")
     import tomesd
 
+    install_fixed_matching(tomesd.merge)
     tomesd.apply_patch(unet, ratio=TOME_RATIO, max_downsample=first_attention_downsample(unet), use_rand=False)
     try:
         yield
     finally:
         tomesd.remove_patch(unet)
+
+
+def install_fixed_matching(merge_module: Any) -> None:
+    """tomesd's matching (`merge_module.bipartite_soft_matching_random2d`, looked up by tomesd at each forward)
+    answered by `fixed_matching` for the fixed pattern; the random one stays tomesd's. Idempotent; the results
+    are tomesd's own, bit for bit, so installing it changes no image."""
+    original = merge_module.bipartite_soft_matching_random2d
+    if getattr(original, "diffserve_fixed", False):
+        return
+
+    def matching(metric: Any, w: int, h: int, sx: int, sy: int, r: int, no_rand: bool = False,
+                 generator: Any = None) -> tuple[Callable, Callable]:
+        if not no_rand:
+            return original(metric, w, h, sx, sy, r, no_rand=no_rand, generator=generator)
+        return fixed_matching(metric, w, h, sx, sy, r)
+
+    matching.diffserve_fixed = True  # type: ignore[attr-defined]
+    merge_module.bipartite_soft_matching_random2d = matching
+
+
+def _keep(x: Any, mode: str | None = None) -> Any:
+    return x
+
+
+def fixed_matching(metric: Any, w: int, h: int, sx: int, sy: int, r: int) -> tuple[Callable, Callable]:
+    """tomesd's `bipartite_soft_matching_random2d(..., no_rand=True)`: the same merge / unmerge, bit for bit,
+    with the per-channel gathers replaced by row copies (metric: [B, N, C]; w, h: tokens; sx, sy: the
+    destination stride; r: tokens to remove)."""
+    import torch
+
+    batch, tokens, _ = metric.shape
+    if r <= 0:
+        return _keep, _keep
+    device = metric.device
+    with torch.no_grad():
+        # tomesd's destination pattern with no_rand (the first token of each sy x sx stride), built and sorted
+        # exactly as tomesd does, so the source / destination orders are its own
+        hsy, wsx = h // sy, w // sx
+        first = torch.zeros(hsy, wsx, 1, device=device, dtype=torch.int64)
+        view = torch.zeros(hsy, wsx, sy * sx, device=device, dtype=torch.int64)
+        view.scatter_(dim=2, index=first, src=-torch.ones_like(first))
+        view = view.view(hsy, wsx, sy, sx).transpose(1, 2).reshape(hsy * sy, wsx * sx)
+        if hsy * sy < h or wsx * sx < w:
+            buffer = torch.zeros(h, w, device=device, dtype=torch.int64)
+            buffer[:hsy * sy, :wsx * sx] = view
+        else:
+            buffer = view
+        order = buffer.reshape(1, -1, 1).argsort(dim=1).reshape(-1)
+        num_dst = hsy * wsx
+        a_idx, b_idx = order[num_dst:], order[:num_dst]  # sources, destinations (the same for every row)
+        sources = tokens - num_dst
+
+        normed = metric / metric.norm(dim=-1, keepdim=True)
+        scores = normed.index_select(1, a_idx) @ normed.index_select(1, b_idx).transpose(-1, -2)
+        r = min(sources, r)
+        node_max, node_idx = scores.max(dim=-1)
+        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+        unm_idx, src_idx = edge_idx[..., r:, 0], edge_idx[..., :r, 0]  # per row: kept sources, merged ones
+        dst_idx = torch.gather(node_idx, dim=-1, index=src_idx)  # per row: where each merged source goes
+        rows = torch.arange(batch, device=device)[:, None]
+        unm_flat = (unm_idx + rows * sources).reshape(-1)  # into the rows' sources, flattened
+        src_flat = (src_idx + rows * sources).reshape(-1)
+        dst_flat = (dst_idx + rows * num_dst).reshape(-1)  # into the rows' destinations, flattened
+        unm_to = (a_idx[unm_idx] + rows * tokens).reshape(-1)  # where each kept / merged source was
+        src_to = (a_idx[src_idx] + rows * tokens).reshape(-1)
+        kept = sources - r
+
+    def merge(x: Any, mode: str = "mean") -> Any:
+        n, _, c = x.shape
+        src = x.index_select(1, a_idx).reshape(n * sources, c)
+        dst = x.index_select(1, b_idx)
+        unm = src.index_select(0, unm_flat).view(n, kept, c)
+        merged = src.index_select(0, src_flat).view(n, r, c)
+        dst = dst.scatter_reduce(-2, dst_idx[..., None].expand(n, r, c), merged, reduce=mode)
+        return torch.cat([unm, dst], dim=1)
+
+    def unmerge(x: Any) -> Any:
+        c = x.shape[-1]
+        unm, dst = x[..., :kept, :], x[..., kept:, :]
+        src = dst.reshape(batch * num_dst, c).index_select(0, dst_flat)
+        out = torch.empty(batch, tokens, c, device=x.device, dtype=x.dtype)  # every token written below
+        out.index_copy_(1, b_idx, dst)
+        flat = out.view(batch * tokens, c)
+        flat.index_copy_(0, unm_to, unm.reshape(batch * kept, c))
+        flat.index_copy_(0, src_to, src)
+        return out
+
+    return merge, unmerge
