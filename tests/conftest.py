@@ -159,7 +159,8 @@ def fleet_admin(fleet):
 # `make test` runs the suite on two processes (pytest-xdist, `-n 2 --dist loadgroup`): every test is put in the
 # group of its file, and files sharing an expensive session fixture of this conftest (a server, the fleet...) are
 # one group, so such a fixture still starts once and a module's own server too (one process runs a group whole:
-# tests/xdist_groups.py). The groups that cost most run first.
+# tests/xdist_groups.py); the tests of a SPLIT_FILES file are groups of their own. The groups that cost most run
+# first.
 CHEAP_SHARED = {"models_root", "image_host"}
 # files whose tests share nothing costly: each test is a group of its own, so the two processes can split the file
 # (test_benches: each bench's --quick run starts its own servers; one group of ~6 minutes could not be balanced)
@@ -168,7 +169,7 @@ FILE_COST_S = {  # seconds a file takes on one of CI's two processes (quiet-run 
     **{f"test_benches.py::test_bench_quick_runs_and_prints_its_figures[{bench}]": s for bench, s in {
         "latency": 95, "batching": 93, "fleet": 87, "wakeup": 50, "control_plane": 45, "demo_quality": 31,
         "gpu": 29, "families_cost": 25, "step_cache": 20, "pulid_embedder": 5}.items()},
-    "test_demo_sd.py": 200, "test_layout.py": 30, "test_lock_pythons.py": 75,
+    "test_demo_sd.py": 185, "test_layout.py": 30, "test_lock_pythons.py": 75,
     "test_fleet.py": 150, "test_partition.py": 180, "test_fleet_dialects.py": 25,  # the fleet
     "test_schemathesis.py": 110, "test_families_control.py": 110, "test_modelslab_v6.py": 70,
     "test_a1111_upstream.py": 25, "test_load_balancing.py": 110, "test_batching.py": 90, "test_gpu_path.py": 70,
