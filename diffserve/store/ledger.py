@@ -34,6 +34,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Insert,
     Integer,
     Select,
     String,
@@ -150,14 +151,18 @@ class Ledger:
         """The job row and (enqueue=True) its queue row, in one transaction; then the queue is told."""
         now = utcnow()
         params, hook = dict(dialect_params or {}), "pending" if request.webhook else ""
-        with self._db.begin() as c:  # Core statements: the ORM's unit of work costs more than the insert
-            job_id = c.execute(insert(JobRow).values(
-                key_id=key_id, dialect=dialect, status=QUEUED, request=request.model_dump(mode="json"),
-                dialect_params=params, output_token=output_token, outputs=[], nsfw=[], attempts=0,
-                webhook_status=hook, created_at=now).returning(JobRow.id)).scalar_one()
-            if enqueue:
-                c.execute(insert(QueueRow).values(job_id=job_id, model_id=request.model_id,
-                                                  label=request.worker_label, enqueued_at=now))
+        row = {"v_key_id": key_id, "v_dialect": dialect, "v_status": QUEUED,
+               "v_request": request.model_dump(mode="json"), "v_dialect_params": params, "v_output_token": output_token, "v_outputs": [], "v_nsfw": [],
+               "v_attempts": 0, "v_webhook_status": hook, "v_created_at": now,
+               "p_model": request.model_id, "p_label": request.worker_label}
+        if enqueue and self._db.dialect.name == "postgresql":
+            with self._read.begin() as c:  # one statement in autocommit: the job row and its queue row, atomic
+                job_id = c.execute(_create(True), row).scalar_one()
+        else:  # prebuilt Core statements: neither the ORM's unit of work nor a statement built per call
+            with self._db.begin() as c:
+                job_id = c.execute(_create(False), row).scalar_one()
+                if enqueue:
+                    c.execute(_enqueue(), {**row, "p_job": job_id})
         job = Job(id=job_id, key_id=key_id, dialect=dialect, status=JobStatus.QUEUED, request=request,
                   output_token=output_token, dialect_params=params, webhook_status=hook, created_at=now)
         if enqueue and self._events is not None:
@@ -364,6 +369,34 @@ class Ledger:
 # -- PostgreSQL: a start and a finish as one statement each (data-modifying CTEs) ---------------------------
 # Built once per shape with bind parameters: building and keying a statement this size costs more Python than
 # running it.
+
+
+_JOB_VALUES = ("key_id", "dialect", "status", "request", "dialect_params", "output_token", "outputs", "nsfw",
+               "attempts", "webhook_status", "created_at")
+
+
+@functools.lru_cache(maxsize=None)
+def _create(with_queue_row: bool) -> Select | Insert:
+    """INSERT INTO jobs (...) RETURNING id; with_queue_row (PostgreSQL): WITH j AS (that), q AS (INSERT INTO
+    local_queue SELECT j.id, ... FROM j) SELECT j.id -- both rows in one statement."""
+    jobs = JobRow.__table__
+    insert_job = insert(jobs).values({k: bindparam(f"v_{k}", type_=jobs.c[k].type) for k in _JOB_VALUES})
+    if not with_queue_row:
+        return insert_job.returning(jobs.c.id)
+    j = insert_job.returning(jobs.c.id).cte("j")
+    q = insert(QueueRow.__table__).from_select(
+        ["job_id", "model_id", "label", "enqueued_at"],
+        select(j.c.id, bindparam("p_model", type_=String), bindparam("p_label", type_=String),
+               bindparam("v_created_at", type_=DateTime)))
+    return select(j.c.id).add_cte(q.cte("q"))
+
+
+@functools.lru_cache(maxsize=None)
+def _enqueue() -> Insert:
+    return insert(QueueRow.__table__).values(job_id=bindparam("p_job", type_=Integer),
+                                             model_id=bindparam("p_model", type_=String),
+                                             label=bindparam("p_label", type_=String),
+                                             enqueued_at=bindparam("v_created_at", type_=DateTime))
 
 
 def _row_values(keys: tuple[str, ...]) -> dict[str, Any]:
