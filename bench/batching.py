@@ -18,6 +18,7 @@ import argparse
 import base64
 import io
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -176,6 +177,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="--sizes 64 --clients 2 --kinds identical --window-s 1 "
                     "--steps 4")
     args = ap.parse_args()
+    # `timeout` (the machine's rule for timing runs) sends SIGTERM: exit through the finally below, which stops
+    # both servers (they run in their own sessions and would outlive the bench otherwise)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.sizes, args.clients, args.kinds, args.window_s, args.steps = "64", "2", "identical", 1.0, 4
     sizes = [int(s) for s in args.sizes.split(",")]
