@@ -7,7 +7,9 @@ import gc
 import logging
 from pathlib import Path
 from contextlib import asynccontextmanager
-from fastapi import FastAPI
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -77,9 +79,9 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
     install_observability(app)
     app.add_middleware(SecurityHeaders)  # CSP, no framing, nosniff on every answer (api/security.py)
     install_unknown_paths(app)
-    for router in (modelslab_router(), qolaba_router, management_router, native_router, openai_router,
-                   a1111_router, a1111_more_router):
-        app.include_router(router)
+    documented = (modelslab_router(), qolaba_router, management_router, native_router, openai_router,
+                  a1111_router, a1111_more_router)  # the order /openapi.json and /docs list them in
+    spans = _include_hot_first(app, documented, hot=(native_router,))
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")  # the playground: plain static files
 
     @app.get("/", include_in_schema=False)
@@ -95,5 +97,40 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
     app.mount(f"/{TEMP_PREFIX}{PUBLIC_PREFIX}", OutputFiles(directory=temp_outputs,
                                                             prefix=f"{TEMP_PREFIX}{PUBLIC_PREFIX}/"),
               name="temp-generations")
-
+    _document_in_order(app, documented, spans)
     return app
+
+
+def _include_hot_first(app: FastAPI, routers: tuple[APIRouter, ...], *,
+                       hot: tuple[APIRouter, ...]) -> dict[int, tuple[int, int]]:
+    """Include `routers`, the `hot` ones first. A request is matched against the app's routes in order until one
+    fits (~90 routes), twice; the native API's few routes first make a submission try ~20 instead of ~95. Only
+    routers whose paths no other router can match go first (the native API's /v1/jobs..., /v1/models): every
+    request reaches the route it reached before. Each router's span of app.router.routes."""
+    spans: dict[int, tuple[int, int]] = {}
+    for router in sorted(routers, key=lambda r: not any(r is h for h in hot)):  # stable: the rest in order
+        start = len(app.router.routes)
+        app.include_router(router)
+        spans[id(router)] = (start, len(app.router.routes))
+    return spans
+
+
+def _document_in_order(app: FastAPI, routers: tuple[APIRouter, ...], spans: dict[int, tuple[int, int]]) -> None:
+    """/openapi.json (and /docs) list the routers in `routers`' order, as before the hot ones were moved first:
+    the schema is built once, from the routes in that order."""
+    served = app.router.routes
+    first, last = min(a for a, _ in spans.values()), max(b for _, b in spans.values())
+    in_order = [*served[:first], *(r for router in routers for r in served[slice(*spans[id(router)])]),
+                *served[last:]]
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # built once; no await in here, so no request sees the swapped list
+            app.router.routes = in_order
+            try:
+                build()
+            finally:
+                app.router.routes = served
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

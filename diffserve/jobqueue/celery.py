@@ -30,10 +30,11 @@ import socket
 import time
 from collections import defaultdict
 from datetime import timedelta
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from celery import Celery
 from kombu import Consumer, Queue
+from kombu.transport import redis as kombu_redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -52,11 +53,34 @@ def queue_name(label: str | None) -> str:
     return QUEUE_PREFIX if label is None else f"{QUEUE_PREFIX}.{label}"
 
 
+class _Channel(kombu_redis.Channel):
+    """kombu's Redis channel, with one client object for its publishes and acks. kombu builds a new
+    `redis.Redis` (~170 response callbacks set up) for each message it publishes or acknowledges; a client is
+    safe to share (it takes a connection from the channel's pool for each command, as before), so the channel
+    keeps the first one it builds. Consuming (BRPOP) keeps kombu's own client."""
+
+    _kept_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        if self._kept_client is None:
+            self._kept_client = super()._create_client()
+        return self._kept_client
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport with `_Channel` (Celery's `broker_transport`; redis:// URLs as before)."""
+
+    Channel = _Channel
+
+
 def celery_app(settings: QueueSettings) -> Celery:
     """The Celery app both sides share: JSON messages, late acks, one message in flight per worker."""
     app = Celery("diffserve", broker=settings.broker_url, set_as_current=False)
     timeout = settings.broker_timeout_s
     app.conf.update(
+        broker_transport=RedisTransport if settings.broker_url.startswith("redis://") else None,
         task_serializer="json", accept_content=["json"], task_default_queue=QUEUE_PREFIX,
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         broker_connection_timeout=timeout, broker_connection_retry=False, broker_connection_max_retries=0,

@@ -24,7 +24,7 @@ from diffserve.config import Settings
 from diffserve.core.errors import CANCELLED_BY_CLIENT, NotFound, Unavailable
 from diffserve.core.job import Job, JobStatus
 from diffserve.core.offload import Offload
-from diffserve.core.request import ModelLimits, RequestDraft
+from diffserve.core.request import GenerationRequest, ModelLimits, RequestDraft
 from diffserve.engine.identity.faces import SubmitFaceCheck
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.media.inputs import is_base64_image, load_image
@@ -33,6 +33,7 @@ from diffserve.jobqueue.base import JobQueue
 from diffserve.jobqueue.signals import CompletionBroadcaster
 from diffserve.storage.base import Storage
 from diffserve.store.jobs import JobStore, new_output_token
+from diffserve.store.ledger import Ledger
 from diffserve.store.keys import ApiKey
 from diffserve.store.progress import Progress, ProgressStore
 from diffserve.store.workers import WorkerStore
@@ -41,6 +42,7 @@ _GONE_CHECK_S = 0.5  # how often a synchronous wait asks whether its client is s
 CLIENT_LEFT = "The client disconnected before the job finished"
 DEFAULT_ETA_S = 10.0
 LIVE_COUNT_S = 1.0  # the live worker count an ETA divides by is read at most this often
+_FRESH_ETAS = 1024  # ETAs computed with a creation and not asked for yet, at most (oldest dropped)
 BASE_URL_PARAM = "base_url"  # in a job's dialect_params: the base of the links its submission's answer held
 
 
@@ -79,9 +81,14 @@ class GenerationService:
     fetches: FetchSlots = field(init=False)  # image URL fetches in flight, per key and in total
     watch: JobWatch = field(init=False)  # one reader of the jobs that streams and waits follow
     _live_count: tuple[float, int] | None = field(default=None, init=False, repr=False)  # (read at, workers)
+    # job id -> (the Job `submit` returned, its ETA read in the same thread hop as its creation): the submission's
+    # answer asks for that ETA next, with that very object (a job read again later gets a fresh estimate)
+    _fresh_etas: dict[int, tuple[Job, float]] = field(default_factory=dict, init=False, repr=False)
+    _ledger: Ledger = field(init=False, repr=False)  # the job store's ledger, telling `queue` (built once)
 
     def __post_init__(self) -> None:
         self.fetches = FetchSlots(self.settings.images)
+        self._ledger = self.jobs.ledger.using(self.queue)
         self.watch = JobWatch(self.jobs.marks, self.settings.limits.watch_interval_s, self.completions,
                               self.offload)
 
@@ -91,13 +98,13 @@ class GenerationService:
         the job. The checks without I/O run before the key's queue cap (a 400 before a 429). `base_url`: the
         base of the links this request's answer holds, recorded so the job's webhook carries the same links
         (job_base_url)."""
-        self.check_draft(draft)
+        checked = self.check_draft(draft)
         if base_url:
             dialect_params = {**(dialect_params or {}), BASE_URL_PARAM: base_url}
         if self.caps is None:
-            return await self._submit(key, dialect, draft, dialect_params)
+            return await self._submit(key, dialect, draft, dialect_params, checked)
         async with self.caps.admit(key):  # RateLimited past the cap
-            return await self._submit(key, dialect, draft, dialect_params)
+            return await self._submit(key, dialect, draft, dialect_params, checked)
 
     def check_draft(self, draft: RequestDraft) -> ModelLimits:
         """Validation's steps without I/O (text lengths, reference count, model, ranges, assets): cheap, for a
@@ -105,24 +112,31 @@ class GenerationService:
         return check_draft(draft, self.registry, self.settings)
 
     async def _submit(self, key: ApiKey, dialect: str, draft: RequestDraft,
-                      dialect_params: dict[str, Any] | None) -> Job:
+                      dialect_params: dict[str, Any] | None, checked: ModelLimits) -> Job:
         token = new_output_token()
         stored: list[str] = []  # input files written so far: removed again if the request fails after them
 
         async def keep(image: InputImage) -> None:
             await self._store_image(image.key, image.image, image.size, stored)
 
-        inputs = Inputs(lambda value, field: self._image(key, value, field), keep, self.offload, self.faces, token)
+        inputs = Inputs(lambda value, field: self._image(key, value, field), keep, self.offload, self.faces, token,
+                        load_checked=lambda value, field, check: self._image(key, value, field, check))
+
+        def create(request: GenerationRequest) -> tuple[Job, float | None]:
+            job = self._ledger.create(  # the job and its queue row, one transaction
+                key_id=key.key_id, dialect=dialect, request=request, output_token=token,
+                dialect_params=dialect_params)  # (store/ledger.py)
+            return job, self._created_eta(job)
+
         try:
-            request = await validate(draft, self.registry, self.settings, inputs)
-            job = await anyio.to_thread.run_sync(  # the job and its queue row, one transaction (store/ledger.py)
-                lambda: self.jobs.ledger.using(self.queue).create(
-                    key_id=key.key_id, dialect=dialect, request=request, output_token=token,
-                    dialect_params=dialect_params))
+            request = await validate(draft, self.registry, self.settings, inputs, checked=checked)
+            job, eta = await anyio.to_thread.run_sync(create, request)
         except BaseException:  # a later image refused, the store down, the client gone: no orphan files
             with anyio.CancelScope(shield=True):
                 await self.offload(self._delete_inputs, stored)
             raise
+        if eta is not None:
+            self._keep_fresh_eta(job, eta)
         return job
 
     async def wait(self, job_id: int, timeout: float, gone: Callable[[], Awaitable[bool]] | None = None) -> Job:
@@ -177,15 +191,41 @@ class GenerationService:
 
     async def eta(self, job: Job) -> float:
         """Seconds until the job should be done (see live_state)."""
-        return await self.offload(self.eta_now, job)
+        fresh = self._fresh_eta(job)
+        return fresh if fresh is not None else await self.offload(self.eta_now, job)
+
+    def _created_eta(self, job: Job) -> float | None:
+        """In the creation's thread hop: the new job's ETA, which its submission's answer asks for next (no hop
+        of its own then). A read that fails leaves it to be read when asked (the job is created either way)."""
+        try:
+            return self._eta_of(job, None)
+        except Exception:  # noqa: BLE001 - the answer's own read reports the store's error, as before
+            return None
+
+    def _keep_fresh_eta(self, job: Job, eta: float) -> None:
+        """On the event loop (the only thread that touches `_fresh_etas`)."""
+        fresh = self._fresh_etas
+        fresh[job.id] = (job, eta)
+        while len(fresh) > _FRESH_ETAS:  # answers that never asked (a synchronous dialect waited instead)
+            fresh.pop(next(iter(fresh)), None)
+
+    def _fresh_eta(self, job: Job) -> float | None:
+        """The ETA read with the job's creation, once, and only for the Job object `submit` returned."""
+        kept = self._fresh_etas.pop(job.id, None)
+        return kept[1] if kept is not None and kept[0] is job else None
 
     def eta_now(self, job: Job) -> float:
-        """eta, blocking: every store read it needs in one call (one thread hop for the API)."""
-        return self._eta_of(job, self.progress.get(job.id) if self.progress is not None else None)
+        """eta, blocking: every store read it needs in one call (one thread hop for the API); the progress row
+        only for a running job, the only one whose ETA uses it (a queued job's fetch: one query fewer)."""
+        running = job.status is JobStatus.RUNNING and self.progress is not None
+        return self._eta_of(job, self.progress.get(job.id) if running else None)
 
     async def _eta(self, job: Job, progress: Progress | None) -> float:
         if job.status is JobStatus.RUNNING and progress and progress.step_s and progress.total:
             return self._eta_of(job, progress)  # from its own progress: no store read
+        fresh = self._fresh_eta(job) if progress is None else None
+        if fresh is not None:
+            return fresh
         return await self.offload(self._eta_of, job, progress)
 
     def _eta_of(self, job: Job, progress: Progress | None) -> float:
@@ -235,9 +275,11 @@ class GenerationService:
 
     async def _store_image(self, key: str, img: Image.Image, size: tuple[int, int] | None,
                            stored: list[str]) -> None:
-        png = await self.offload(_fit_png, img, *(size or img.size))
-        await self.offload(self.storage.put, key, png)
+        await self.offload(self._put_png, key, img, size or img.size)  # encoded and written in one hop
         stored.append(key)
+
+    def _put_png(self, key: str, img: Image.Image, size: tuple[int, int]) -> None:
+        self.storage.put(key, _fit_png(img, *size))
 
     def _delete_inputs(self, keys: list[str]) -> None:
         for key in keys:
@@ -246,17 +288,23 @@ class GenerationService:
             except Exception:  # noqa: BLE001 - best effort: the request's own error is the one to report
                 log.warning("could not delete input %s of a refused request", key, exc_info=True)
 
-    async def _image(self, key: ApiKey, value: str, field: str) -> Image.Image:
-        """One input image, decoded. A URL is fetched (and decoded) on a fetch slot of `fetches`: a slow image
-        host costs a slot of its own bounded pool (per key and in total, RateLimited past them), never a thread
-        of anyio's default pool that every other request uses (media/slots.py)."""
+    async def _image(self, key: ApiKey, value: str, field: str,
+                     check: Callable[[Image.Image], None] | None = None) -> Image.Image:
+        """One input image, decoded (and `check`ed, in the same call off the loop). A URL is fetched (and
+        decoded) on a fetch slot of `fetches`: a slow image host costs a slot of its own bounded pool (per key
+        and in total, RateLimited past them), never a thread of anyio's default pool that every other request
+        uses (media/slots.py)."""
         if is_base64_image(value):
-            return await self.offload(self._load_image, value, field)
-        return await self.fetches.run(key.key_id, lambda: self._load_image(value, field))
+            return await self.offload(self._load_image, value, field, check)
+        return await self.fetches.run(key.key_id, lambda: self._load_image(value, field, check))
 
-    def _load_image(self, value: str, field: str) -> Image.Image:
-        return load_image(value, field=field, limits=self.settings.images,
-                          allow_private=self.settings.allow_private_urls, client=self.http)
+    def _load_image(self, value: str, field: str,
+                    check: Callable[[Image.Image], None] | None = None) -> Image.Image:
+        image = load_image(value, field=field, limits=self.settings.images,
+                           allow_private=self.settings.allow_private_urls, client=self.http)
+        if check is not None:
+            check(image)
+        return image
 
 
 def _fit_png(img: Image.Image, width: int, height: int) -> bytes:

@@ -41,11 +41,12 @@ from diffserve.core.offload import Offload
 from diffserve.core.request import (GenerationRequest, ModelLimits, RequestDraft, check_batch_pixels,
                                     check_reference_count, output_size)
 from diffserve.engine.identity.faces import SubmitFaceCheck
-from diffserve.engine.models.registry import ModelRegistry
+from diffserve.engine.models.registry import ModelEntry, ModelRegistry
 from diffserve.engine.request_rules import check_init_image, resolve_controls
 from diffserve.media.fetch import UrlPolicy
 
 LoadImage = Callable[[str, str], Awaitable[Image.Image]]  # (value sent, the dialect's field name) -> decoded
+ImageCheck = Callable[[Image.Image], None]  # blocking; raises InvalidInput
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,22 @@ class InputImage:
 class Inputs:
     """How validation reaches the outside: `load` fetches or decodes one image (the service's bounded fetch
     slots), `keep` stores one that passed, `offload` runs blocking checks off the event loop, `faces` is
-    PuLID's face check, `token` names the job's input objects."""
+    PuLID's face check, `token` names the job's input objects. `load_checked`, if given, is `load` that also
+    runs a check of the decoded image in the same call off the loop (one thread hop instead of two)."""
 
     load: LoadImage
     keep: Callable[[InputImage], Awaitable[None]]
     offload: Offload
     faces: SubmitFaceCheck
     token: str
+    load_checked: Callable[[str, str, ImageCheck], Awaitable[Image.Image]] | None = None
+
+    async def load_and_check(self, value: str, field: str, check: ImageCheck) -> Image.Image:
+        if self.load_checked is not None:
+            return await self.load_checked(value, field, check)
+        image = await self.load(value, field)
+        await self.offload(check, image)
+        return image
 
 
 def check_draft(draft: RequestDraft, registry: ModelRegistry, settings: Settings) -> ModelLimits:
@@ -85,20 +95,19 @@ def check_draft(draft: RequestDraft, registry: ModelRegistry, settings: Settings
 
 
 async def validate(draft: RequestDraft, registry: ModelRegistry, settings: Settings,
-                   inputs: Inputs) -> GenerationRequest:
-    """Every step of the module's list, in its order: the request the job will run (its input images kept)."""
-    model = check_draft(draft, registry, settings)  # 1-5
+                   inputs: Inputs, *, checked: ModelLimits | None = None) -> GenerationRequest:
+    """Every step of the module's list, in its order: the request the job will run (its input images kept).
+    `checked`: what `check_draft` returned for this same draft (its steps 1-5 ran already: not again)."""
+    model = check_draft(draft, registry, settings) if checked is None else checked  # 1-5
     entry = registry.get(draft.model_id)
-    draft = await inputs.offload(resolve_controls, draft, entry)  # 6 (reads the model's config files)
-    if draft.webhook:  # 7
-        await inputs.offload(check_webhook_url, draft.webhook, UrlPolicy(allow_private=settings.allow_private_urls))
+    draft = await inputs.offload(_controls_and_webhook, draft, entry, settings)  # 6, 7: one call off the loop
     init: InputImage | None = None
     if draft.mode == "txt2img":  # 8: no init image: the size asked for, else the model's default
         default_width, default_height = model.default_size()
         width, height = draft.width or default_width, draft.height or default_height
     else:
-        image = await inputs.load(draft.init_image, draft.init_image_field)
-        await inputs.offload(check_init_image, entry, image, inputs.faces)  # e.g. PuLID needs a face
+        image = await inputs.load_and_check(draft.init_image, draft.init_image_field,
+                                            lambda img: check_init_image(entry, img, inputs.faces))  # PuLID: a face
         width, height = output_size(image.width, image.height, draft.width, draft.height, model)
         init = InputImage(input_key(inputs.token, temp=draft.temp), image, (width, height))
     check_batch_pixels(draft.samples or 1, width, height, settings.limits.max_batch_pixels)  # 9
@@ -120,6 +129,14 @@ async def validate(draft: RequestDraft, registry: ModelRegistry, settings: Setti
     seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
     return draft.resolve(model, init_image_key=init.key if init else "", width=width, height=height, seed=seed,
                          extra_image_keys=extra_keys, ip_adapter_image_key=ip_key, mask_image_key=mask_key)
+
+
+def _controls_and_webhook(draft: RequestDraft, entry: ModelEntry, settings: Settings) -> RequestDraft:
+    """Steps 6 (reads the model's config files) and 7 (DNS), blocking."""
+    resolved = resolve_controls(draft, entry)  # 6
+    if resolved.webhook:  # 7
+        check_webhook_url(resolved.webhook, UrlPolicy(allow_private=settings.allow_private_urls))
+    return resolved
 
 
 def check_webhook_url(url: str, policy: UrlPolicy) -> None:
