@@ -24,15 +24,19 @@ all are done, and prints per backend and worker count:
 The idle rate (heartbeats, orders checks, empty claims of idle workers) is printed beside: it is part of what a
 job costs at low load.
 
-Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. A job costs ~35 ms of CPU with
-PostgreSQL + Celery (API ~12, workers ~14, PostgreSQL ~7; ~10 PostgreSQL transactions per job) and ~21 ms on SQLite,
-so two free cores cap it near 57 and 97 jobs/s; the target of 200 jobs/s on PostgreSQL (<= 10 ms per job for all
-processes together) is not reached here. Finishing a job is one transaction (ledger.finish).
+Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. With 16 simulated workers a job costs
+~55 ms of CPU with PostgreSQL + Celery (API ~18, workers ~22, PostgreSQL ~12) and ~36 ms on SQLite, so two cores cap
+it near 35 and 55 jobs/s (64 mostly idle workers' claim polling costs more: ~17 jobs/s); the target of 200
+jobs/s on PostgreSQL (<= 10 ms per job for all processes together) is not reached here. A job's own statements
+in the worker are claim, start and finish; the start and the finish are one statement each on PostgreSQL
+(ledger.begin / ledger.finish), and finishing a job is one transaction.
+Mind the workers' sleep: n workers x 4 steps of --step-ms cap the rate at n / (4 x step) jobs/s (8 workers of
+10 ms steps: 200 jobs/s), so a saturation figure wants 16 or more.
 
-Figures from this machine come from a shared 2-core VM (other sessions' jobs beside, load 9-20), one run each:
+Figures from this machine come from a shared 2-core VM (other sessions' jobs beside), one run each:
 read them as shapes, not absolutes.
 Asserts nothing. Usage:
-    .venv/bin/python bench/control_plane.py [--workers 1,8,64] [--jobs 300] [--backends local,celery] [--quick]
+    .venv/bin/python bench/control_plane.py [--workers 1,16,64] [--jobs 300] [--backends local,celery] [--quick]
 --quick (tests/test_benches.py runs it): 2 workers, 16 jobs, both backends.
 """
 
