@@ -2,12 +2,15 @@
 /ready, what per-step progress reporting (throttled store writes, previews, the cancel check) adds to a job, and
 fetch latency under load: ModelsLab v6 fetches (`/api/v6/images/fetch/{id}`) sent open-loop at FETCH_RATE req/s
 while the worker is busy (a backlog of tiny-sd jobs, the worker on the server's default torch threads), of a
-finished job and of a queued one; p50/p99 and the API process's CPU per fetch.
+finished job and of a queued one; p50/p99, the API process's CPU per fetch, the bench client's own CPU per fetch,
+and the worker's throughput (jobs/s) alone and during the fetches.
 
 Prints figures; asserts nothing. Run: `make bench` (or .venv/bin/python bench/latency.py [--quick]).
 --quick: the same measurements with 2 runs of 4 steps each and 1 s of fetches per kind (seconds;
 tests/test_benches.py runs it). --fetch-only: only the fetch measurement. --against DIR: also serve from another
 checkout (e.g. `git worktree add /tmp/lat-old <commit>`), rounds interleaved (that tree, this one, twice).
+--variant 'LABEL:VAR=VALUE,...': also serve this tree with these environment variables (repeatable; e.g.
+'idle:DIFFSERVE_WORKER__CPU_PRIORITY=idle'), rounds interleaved with the server's defaults; --rounds N: rounds of each.
 """
 
 from __future__ import annotations
@@ -15,18 +18,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import builtins
+import functools
 import io
+import json
 import math
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httptools
 import httpx
 import torch
+import uvloop
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -134,15 +144,17 @@ def served(models_root: Path, data_dir: Path, runs: int, steps: int) -> tuple[fl
 
 
 class TreeServer(DiffserveServer):
-    """`diffserve serve` from the checkout `tree`, its worker on the server's default torch threads (all cores)."""
+    """`diffserve serve` from the checkout `tree`, its worker on the server's default torch threads (all cores),
+    with `extra` environment variables."""
 
-    def __init__(self, data_dir: Path, models_root: Path, tree: Path) -> None:
-        super().__init__(data_dir, models_root)
+    def __init__(self, data_dir: Path, models_root: Path, tree: Path, extra: dict[str, str] | None = None) -> None:
+        super().__init__(data_dir, models_root, env_overrides=dict(extra or {}))
         self.tree = tree
 
     def env(self) -> dict[str, str]:
         env = super().env()
-        env.pop("DIFFSERVE_TORCH_THREADS")
+        if "DIFFSERVE_TORCH_THREADS" not in self.env_overrides:
+            env.pop("DIFFSERVE_TORCH_THREADS")
         env["PYTHONPATH"] = str(self.tree)
         return env
 
@@ -170,44 +182,143 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Connection(asyncio.Protocol):
+    """One kept-alive HTTP/1.1 connection, one request at a time (as a client pool's connection is), its answer
+    parsed by httptools (uvicorn's parser): a client that costs little CPU, so the bench measures the server
+    rather than its own client on the same cores (httpx took 3-7 ms of CPU per fetch, as much as the API)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.answer: asyncio.Future | None = None
+        self.body: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_result((self.parser.get_status_code(), b"".join(self.body)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(ConnectionResetError("the server closed the connection"))
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        if self.closed or self.transport is None:
+            raise ConnectionResetError("the server closed the connection")
+        self.answer, self.body = asyncio.get_running_loop().create_future(), []
+        self.transport.write(request)
+        return await self.answer
+
+
 async def fetch_window(url: str, key: str, job_id: int, expect: str, rate: float, seconds: float) -> list[float]:
-    """Fetches of one job sent at `rate` per second for `seconds` (open-loop); each one's seconds to its answer."""
-    body = {"key": key}
+    """Fetches of one job sent at `rate` per second for `seconds` (open-loop: each at its time, on an idle kept-alive
+    connection or a new one); each one's seconds from its first byte sent to its whole answer read."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"key": key}).encode()
+    request = (f"POST /api/v6/images/fetch/{job_id} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    loop = asyncio.get_running_loop()
+    idle: list[Connection] = []
+    opened: list[Connection] = []
     latencies: list[float] = []
     resets: list[int] = []
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        async def one() -> None:
-            t = time.perf_counter()
-            try:
-                r = await client.post(f"/api/v6/images/fetch/{job_id}", json=body)
-            except (httpx.ReadError, httpx.RemoteProtocolError):  # a kept-alive connection the server closed
-                resets.append(1)  # as it timed out (keep_alive_s): sent again, the time counts from the first try
-                r = await client.post(f"/api/v6/images/fetch/{job_id}", json=body)
-            latencies.append(time.perf_counter() - t)
-            if r.status_code != 200 or r.json()["status"] != expect:
-                raise RuntimeError(f"fetch of job {job_id}: {r.status_code} {r.text[:200]} (expected {expect})")
 
-        for _ in range(8):  # open the connections before the clock starts
-            await one()
-        latencies.clear()
-        tasks, start = [], time.perf_counter()
-        for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+    async def connect() -> Connection:
+        _, conn = await loop.create_connection(Connection, host, int(port))
+        opened.append(conn)
+        return conn
+
+    async def one() -> None:
+        t = time.perf_counter()
+        conn = idle.pop() if idle else await connect()
+        try:
+            status, answer = await conn.send(request)
+        except ConnectionResetError:  # a kept-alive connection the server closed as it timed out (keep_alive_s):
+            resets.append(1)  # sent again on a new one, the time counts from the first try
+            conn = await connect()
+            status, answer = await conn.send(request)
+        latencies.append(time.perf_counter() - t)
+        if not conn.closed:
+            idle.append(conn)
+        if status != 200 or json.loads(answer)["status"] != expect:
+            raise RuntimeError(f"fetch of job {job_id}: {status} {answer[:200]!r} (expected {expect})")
+
+    await asyncio.gather(*(one() for _ in range(8)))  # open connections before the clock starts
+    latencies.clear()
+    tasks, start = [], time.perf_counter()
+    for i in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    for conn in opened:
+        if conn.transport is not None:
+            conn.transport.close()
     if resets:
         print(f"  ({len(resets)} of {len(latencies)} fetches were sent again on a connection the server had closed)")
     return latencies
 
 
-def fetch_round(models_root: Path, data_dir: Path, tree: Path, rate: float, seconds: float) -> dict[str, tuple]:
-    """One server from `tree`: a finished job, then a backlog that keeps the worker busy; fetches of the finished
-    job and of the last queued one. {kind: (latencies, API CPU seconds per fetch)}."""
-    srv = TreeServer(data_dir, models_root, tree)
+@dataclass
+class Window:
+    """One stretch of the busy worker: the fetches sent meanwhile (none: the worker alone) and what it cost."""
+
+    latencies: list[float]
+    api_cpu_s: float  # the API process's CPU time over the window
+    client_cpu_s: float  # this (bench) process's CPU time over the window: the fetching client's own
+    jobs: float  # the worker's jobs done over the window (running ones by their progress)
+    wall_s: float
+
+    @property
+    def fetches(self) -> int:
+        return max(1, len(self.latencies))
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.wall_s
+
+
+def jobs_done(db: Path) -> float:
+    """Succeeded jobs, plus each running job's done fraction (its progress row: written every 0.25 s)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        done = conn.execute("SELECT count(*) FROM jobs WHERE status = 'succeeded'").fetchone()[0]
+        running = conn.execute("SELECT coalesce(sum(1.0 * p.step / p.total), 0) FROM job_progress p JOIN jobs j "
+                               "ON j.id = p.job_id WHERE j.status = 'running' AND p.total > 0").fetchone()[0]
+    conn.close()
+    return done + running
+
+
+def window(srv: TreeServer, fetch: tuple[str, int, str] | None, rate: float, seconds: float) -> Window:
+    """`seconds` of `fetch` ((key, job id, the status it must answer) at `rate`), or of the worker alone."""
+    assert srv.proc is not None
+    db = srv.data_dir / "diffserve.db"
+    api, client, jobs, t = cpu_seconds(srv.proc.pid), time.process_time(), jobs_done(db), time.perf_counter()
+    if fetch is None:
+        latencies: list[float] = []
+        time.sleep(seconds)
+    else:
+        latencies = uvloop.run(fetch_window(srv.url, *fetch[:2], fetch[2], rate, seconds))
+    return Window(latencies, cpu_seconds(srv.proc.pid) - api, time.process_time() - client, jobs_done(db) - jobs,
+                  time.perf_counter() - t)
+
+
+def fetch_round(models_root: Path, data_dir: Path, tree: Path, rate: float, seconds: float,
+                extra: dict[str, str] | None = None) -> dict[str, Window]:
+    """One server from `tree` (with `extra` environment variables): a finished job, then a backlog that keeps the
+    worker busy; the worker alone, then fetches of the finished job and of the last queued one."""
+    srv = TreeServer(data_dir, models_root, tree, extra)
     srv.start()
     key = srv.create_key("--max-queued", "0")
-    out: dict[str, tuple] = {}
+    out: dict[str, Window] = {}
     try:
         job = {"key": key, "model_id": "tiny-sd", "prompt": "women playing tennis",
                "init_image": base64.b64encode(init_png()).decode(), "seed": 1, **BUSY_JOB}
@@ -216,21 +327,20 @@ def fetch_round(models_root: Path, data_dir: Path, tree: Path, rate: float, seco
         done = wait_until(lambda: srv.post(f"/api/v6/images/fetch/{first['id']}", {"key": key}).json(), 600,
                           accept=lambda answer: answer["status"] != "processing", what="the first job")
         assert done["status"] == "success", done
-        # busy through both windows, whatever the machine's speed: one backlog job's time, measured warm (the
+        # busy through every window, whatever the machine's speed: one backlog job's time, measured warm (the
         # first job also loaded the model and the safety checker: its time says nothing of the next ones')
         warm = srv.post("/api/v6/images/img2img", job).json()
         assert warm["status"] == "success", warm
         job_s = warm["generationTime"]
         # x8: the backlog's jobs are alike, so the worker batches them (up to batching.max_batch, 8, per call)
-        backlog = 8 * math.ceil(4 * seconds / job_s) + 12
+        backlog = 8 * math.ceil(6 * seconds / job_s) + 12
         queued = [srv.post("/api/v6/images/img2img", queue).json() for _ in range(backlog)]
         last = queued[-1]
         assert last["status"] == "processing", last
-        assert srv.proc is not None
+        time.sleep(1.0)  # the posts' own work is over: the worker is on the backlog
+        out["alone"] = window(srv, None, rate, seconds)
         for kind, job_id, expect in (("finished", done["id"], "success"), ("queued", last["id"], "processing")):
-            cpu = cpu_seconds(srv.proc.pid)
-            latencies = asyncio.run(fetch_window(srv.url, key, job_id, expect, rate, seconds))
-            out[kind] = (latencies, (cpu_seconds(srv.proc.pid) - cpu) / len(latencies))
+            out[kind] = window(srv, (key, job_id, expect), rate, seconds)
         still = srv.post(f"/api/v6/images/fetch/{last['id']}", {"key": key}).json()["status"]
         assert still == "processing", "the worker ran out of work before the fetches ended"
     finally:
@@ -244,14 +354,37 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)] * 1000
 
 
-def print_fetches(rounds: list[tuple[str, dict[str, tuple]]], rate: float, seconds: float) -> None:
+def print_fetches(rounds: list[tuple[str, dict[str, Window]]], rate: float, seconds: float, threads: str,
+                  file=None) -> None:
+    print = functools.partial(builtins.print, file=file or sys.stdout, flush=True)  # noqa: A001
     print(f"fetch under load: ModelsLab v6 fetch at {rate:g} req/s for {seconds:g} s per kind and round, "
-          f"worker busy (tiny-sd {BUSY_JOB['width']} px, {BUSY_JOB['num_inference_steps']} steps, default threads):")
+          f"worker busy (tiny-sd {BUSY_JOB['width']} px, {BUSY_JOB['num_inference_steps']} steps, {threads}):")
     print(f"  {'tree':<24} {'job':<9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'API CPU ms/fetch':>17}")
     for tree, result in rounds:
-        for kind, (lat, cpu) in result.items():
-            print(f"  {tree:<24} {kind:<9} {pct(lat, 50):8.1f} {pct(lat, 90):8.1f} {pct(lat, 99):8.1f} "
-                  f"{max(lat) * 1000:8.1f} {cpu * 1000:17.2f}")
+        for kind, w in result.items():
+            if w.latencies:
+                lat = w.latencies
+                print(f"  {tree:<24} {kind:<9} {pct(lat, 50):8.1f} {pct(lat, 90):8.1f} {pct(lat, 99):8.1f} "
+                      f"{max(lat) * 1000:8.1f} {w.api_cpu_s / w.fetches * 1000:17.2f}")
+    print(f"the worker's jobs/s alone and during the fetches ({seconds:g} s each), the fetching client's CPU:")
+    print(f"  {'tree':<24} {'alone':>6} {'finished':>9} {'queued':>7} {'ratio':>6}  client CPU ms/fetch  (% of a core)")
+    for tree, result in rounds:
+        alone, fetched = result["alone"], [w for w in result.values() if w.latencies]
+        during = statistics.mean(w.jobs_per_s for w in fetched)
+        client = sum(w.client_cpu_s for w in fetched)
+        print(f"  {tree:<24} {alone.jobs_per_s:6.2f} {fetched[0].jobs_per_s:9.2f} {fetched[-1].jobs_per_s:7.2f} "
+              f"{during / alone.jobs_per_s if alone.jobs else float('nan'):5.2f}x  "
+              f"{client / sum(w.fetches for w in fetched) * 1000:19.2f}  "
+              f"({100 * client / sum(w.wall_s for w in fetched):.0f}%)")
+
+
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    """'LABEL:VAR=VALUE,VAR=VALUE' -> (label, environment)."""
+    label, _, pairs = text.partition(":")
+    env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+    if not label or not all(env):
+        raise argparse.ArgumentTypeError(f"expected LABEL:VAR=VALUE[,VAR=VALUE...], got {text!r}")
+    return label, env
 
 
 def main() -> None:
@@ -259,19 +392,28 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_RUNS} runs of {QUICK_STEPS} steps (seconds)")
     ap.add_argument("--fetch-only", action="store_true", help="only the fetch latency under load")
     ap.add_argument("--against", type=Path, help="another checkout to serve from too (rounds interleaved)")
+    ap.add_argument("--variant", type=variant, action="append", default=[], metavar="LABEL:VAR=VALUE,...",
+                    help="this tree with these environment variables too (repeatable; rounds interleaved)")
+    ap.add_argument("--rounds", type=int, help="rounds of each tree/variant (default 1; 2 with --against)")
     ap.add_argument("--fetch-seconds", type=float, help="seconds of fetches per kind and round")
     args = ap.parse_args()
     runs, steps = (QUICK_RUNS, QUICK_STEPS) if args.quick else (RUNS, STEPS)
     seconds = args.fetch_seconds or (QUICK_FETCH_SECONDS if args.quick else FETCH_SECONDS)
-    trees = [(f"{args.against.name} (against)", args.against.resolve()), ("this tree", ROOT)] if args.against \
-        else [("this tree", ROOT)]
+    # --quick (the test suite, on cores its other tests share): the worker on one torch thread
+    base = {"DIFFSERVE_TORCH_THREADS": "1"} if args.quick else {}
+    threads = "1 torch thread" if args.quick else "the server's default torch threads"
+    trees = [(f"{args.against.name} (against)", args.against.resolve(), base)] if args.against else []
+    trees += [("this tree", ROOT, base)] + [(label, ROOT, {**base, **env}) for label, env in args.variant]
+    rounds_each = args.rounds or (2 if args.against else 1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_tiny_sd(root / "models" / "tiny-sd")  # built once, outside every timing
-        rounds = [(name, fetch_round(root / "models", root / f"fetch-{i}", tree, FETCH_RATE, seconds))
-                  for i, (name, tree) in enumerate(trees * (2 if args.against else 1))]
+        rounds = []
+        for i, (name, tree, env) in enumerate(trees * rounds_each):
+            rounds.append((name, fetch_round(root / "models", root / f"fetch-{i}", tree, FETCH_RATE, seconds, env)))
+            print_fetches(rounds[-1:], FETCH_RATE, seconds, threads, file=sys.stderr)  # each round as it ends
         if args.fetch_only:
-            print_fetches(rounds, FETCH_RATE, seconds)
+            print_fetches(rounds, FETCH_RATE, seconds, threads)
             return
         to_health, to_ready, wall, gen = served(root / "models", root / "data", runs, steps)
         pipe = bare(root / "models", runs, steps)
@@ -288,7 +430,7 @@ def main() -> None:
     print(f"progress reporting, same job through the engine, median of {runs} each (interleaved):")
     print(f"  without {med(plain) * 1000:8.1f} ms   with {med(reported) * 1000:8.1f} ms   "
           f"extra {extra * 1000:+.1f} ms ({100 * extra / med(plain):+.2f}% of the job)")
-    print_fetches(rounds, FETCH_RATE, seconds)
+    print_fetches(rounds, FETCH_RATE, seconds, threads)
 
 
 if __name__ == "__main__":

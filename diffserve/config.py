@@ -220,6 +220,10 @@ class WorkerSettings(BaseModel):
     stale_s: float = Field(15.0, gt=0, description="a standalone worker (`diffserve worker`) whose heartbeat "
                                                           "is older than this is gone: its job runs elsewhere")
     max_attempts: int = Field(3, ge=1, description="runs of one job (restarts/crashes included) before it fails")
+    cpu_priority: Literal["normal", "low", "idle"] = Field(
+        "normal", description="CPU scheduling of the local worker processes beside the API (`serve`): normal; low "
+                              "(nice 10); idle (SCHED_IDLE: only CPU time nothing else wants; the API's fetches "
+                              "first, at some cost to the worker's throughput: docs/performance.md)")
 
 
 class DialectSettings(BaseModel):

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 from dataclasses import dataclass, field
 
 from diffserve.config import Settings
 from diffserve.core.threads import Background, periodic
 from diffserve.jobqueue.base import JobQueue
-from diffserve.jobqueue.signals import LocalSignals
+from diffserve.jobqueue.signals import LocalSignals, WorkerPipes
 from diffserve.store.jobs import JobStore
 from diffserve.store.workers import WorkerStore
 from diffserve.workers.placement import local_worker_id, worker_count
@@ -19,6 +20,27 @@ from diffserve.workers.recovery import recover_jobs, recover_stale, release
 from diffserve.workers.worker import worker_main
 
 log = logging.getLogger(__name__)
+
+NICE = 10  # cpu_priority "low"
+
+
+def lower_priority(priority: str) -> None:
+    """This process's CPU scheduling per `worker.cpu_priority`: nice 10 (low) or SCHED_IDLE (idle), for every thread
+    it has now; the threads it starts later (torch's) inherit it."""
+    if priority == "normal":
+        return
+    for task in os.listdir("/proc/self/task"):
+        tid = int(task)
+        if priority == "idle":
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, max(NICE, os.getpriority(os.PRIO_PROCESS, tid)))
+
+
+def run_worker(settings: Settings, worker_id: str, pipes: WorkerPipes) -> None:
+    """A spawned worker: its CPU priority lowered before torch starts, then worker_main."""
+    lower_priority(settings.worker.cpu_priority)
+    worker_main(settings, worker_id, pipes)
 
 
 @dataclass
@@ -62,7 +84,7 @@ class Supervisor:
     def _spawn(self, worker_id: str) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads or sockets
         pipes = self.signals.pipes_for(worker_id)
-        proc = ctx.Process(target=worker_main, args=(self.settings, worker_id, pipes), name=worker_id, daemon=True)
+        proc = ctx.Process(target=run_worker, args=(self.settings, worker_id, pipes), name=worker_id, daemon=True)
         proc.start()
         pipes.ready.close()  # the worker has its own copies now; ours would hide its death from the pipes
         pipes.done.close()
