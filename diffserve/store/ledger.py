@@ -152,7 +152,8 @@ class Ledger:
         now = utcnow()
         params, hook = dict(dialect_params or {}), "pending" if request.webhook else ""
         row = {"v_key_id": key_id, "v_dialect": dialect, "v_status": QUEUED,
-               "v_request": request.model_dump(mode="json"), "v_dialect_params": params, "v_output_token": output_token, "v_outputs": [], "v_nsfw": [],
+               "v_request": request.model_dump(mode="json"), "v_dialect_params": params,
+               "v_output_token": output_token, "v_outputs": [], "v_nsfw": [],
                "v_attempts": 0, "v_webhook_status": hook, "v_created_at": now,
                "p_model": request.model_id, "p_label": request.worker_label}
         if enqueue and self._db.dialect.name == "postgresql":
