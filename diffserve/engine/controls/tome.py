@@ -102,6 +102,7 @@ def install_fixed_matching(merge_module: Any) -> None:
         return fixed_matching(metric, w, h, sx, sy, r)
 
     matching.diffserve_fixed = True  # type: ignore[attr-defined]
+    matching.tomesd_original = original  # type: ignore[attr-defined]  # tomesd's own (tests compare against it)
     merge_module.bipartite_soft_matching_random2d = matching
 
 
