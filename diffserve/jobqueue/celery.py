@@ -8,10 +8,12 @@ needs: a worker on another machine hears of a job at once, and delivery is at le
   on its class's queue: `diffserve` (any worker) or `diffserve.<label>` (a GPU class; workers with that label
   consume it). A broker that is down does not fail the request: the job is queued in the store, and
   `resend_missing` sends its message once the broker is back.
-- claim: first the store (so a batch, or a worker that just finished, takes waiting jobs without a message);
-  else wait for a message, prefetch 1. On a message: if its job is claimed by a worker that is gone (the
-  message came back after its visibility timeout), that claim is released first (`on_orphan`). Then the
-  worker claims the best waiting job of the message's class for itself (its own model first...). It got one:
+- claim: wait for a message, prefetch 1 (the store alone only while the broker is away, and a slow look every
+  TABLE_LOOK_S for a message lost before resend_missing): an idle worker costs the store nothing, and no
+  claim takes a job straight from the store, leaving its message to cost another claim. On a message, one
+  statement on PostgreSQL: the worker claims the best waiting job of the message's class for itself (its own
+  model first...), learns whether others wait, and whether the message's job is claimed by a worker that is
+  gone (the message came back after its visibility timeout): that claim is released (`on_orphan`). It got one:
   the message stays unacknowledged until that job is acked (acks_late: a worker killed mid-job leaves it to be
   delivered again). No job of that class waits: the message was a duplicate, acked and dropped (a job id
   delivered twice runs once). Jobs wait, but another worker is better placed: the message goes back to the
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 TASK = "diffserve.job"
 QUEUE_PREFIX = "diffserve"
 _BACK_OFF_S = 0.2  # after giving a message back because another worker is better placed for its jobs
+TABLE_LOOK_S = 5.0  # an idle worker looks at the store without a message this often (the API re-sends lost ones)
 
 
 def queue_name(label: str | None) -> str:
@@ -105,6 +108,7 @@ class CeleryQueue(LocalQueue):
         self._inbox: list = []
         self._held: dict[int, object] = {}  # job id -> the message that got it, acked with the job
         self._redis = None
+        self._looked = float("-inf")  # when the store was last looked at without a message
 
     # -- the API side ---------------------------------------------------------------------------------------
     def enqueue(self, job_id: int) -> None:
@@ -167,19 +171,30 @@ class CeleryQueue(LocalQueue):
     # -- the worker side ------------------------------------------------------------------------------------
     def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
               labels: Sequence[str] = ()) -> int | None:
+        """Jobs come through messages: every waiting job has one in the broker (a claim that takes another
+        job than its message's leaves that message for the next claim), and on a message the worker claims
+        the best waiting job for itself, its own model's first. The store is looked at without a message only
+        while the broker is away and once every TABLE_LOOK_S (a message lost before the API's resend_missing):
+        an idle worker costs the store nothing, a job one claim statement."""
         deadline = time.monotonic() + timeout
-        while True:
+        if self._conn is None or time.monotonic() - self._looked >= TABLE_LOOK_S:
+            self._looked = time.monotonic()
             job_id = self._try_claim(worker_id, loaded, labels)
             if job_id is not None:
                 return job_id
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             message = self._receive(labels, remaining)
             if message is not None:
                 job_id = self._on_message(message, worker_id, loaded, labels, deadline)
-                if job_id is not None:
-                    return job_id
+            elif self._conn is None:  # the broker is away: take jobs from the store meanwhile
+                job_id = self._try_claim(worker_id, loaded, labels)
+            else:
+                continue
+            if job_id is not None:
+                return job_id
 
     def ack(self, job_id: int, attempt: int | None = None) -> bool:
         dropped = super().ack(job_id, attempt)
@@ -205,36 +220,42 @@ class CeleryQueue(LocalQueue):
             log.warning("dropping a malformed message: %r", message.payload)
             message.ack()
             return None
-        self._take_over_if_orphaned(int(job_id), worker_id)
-        won = self._try_claim(worker_id, loaded, labels, label_class=label)
-        if won is not None:
-            self._held[won] = message
-            return won
-        if self._waiting(label):
+        # one statement on PostgreSQL: the best waiting job of the message's class for this worker, whether
+        # others wait, and whether the message's job is held by a worker that is gone
+        claimed = self._claim_retried(worker_id, loaded, labels, label, message_job=int(job_id)) if self._pg \
+            else None
+        orphan_of = claimed.orphan_of if claimed is not None else self._holder_gone(int(job_id), worker_id)
+        if orphan_of is not None:
+            log.warning("job %s was claimed by %s, which is gone: running it again", job_id, orphan_of)
+            if self._on_orphan is not None:
+                self._on_orphan(self, int(job_id))
+            if claimed is not None and claimed.job_id is None:
+                claimed = None  # the orphan is queued again: claim once more, it may be this worker's
+        if claimed is None:
+            claimed = self._claim_retried(worker_id, loaded, labels, label)
+        if claimed.job_id is not None:
+            self._held[claimed.job_id] = message
+            return claimed.job_id
+        if claimed.waiting:
             message.requeue()  # another worker is better placed now; someone takes it soon
             time.sleep(max(0.0, min(_BACK_OFF_S, deadline - time.monotonic())))
         else:
             message.ack()  # a duplicate: its job ran already (or is running)
         return None
 
-    def _take_over_if_orphaned(self, job_id: int, worker_id: str) -> None:
+    def _holder_gone(self, job_id: int, worker_id: str) -> str | None:
+        """The worker holding the job when it is another one and gone (stale heartbeat): one read (the store
+        is not PostgreSQL, where the claim statement answers it)."""
         with self._now.connect() as c:  # the holder and its heartbeat, one read
             row = c.execute(select(QueueRow.claimed_by, WorkerRow.heartbeat_at)
                             .outerjoin(WorkerRow, WorkerRow.worker_id == QueueRow.claimed_by)
                             .where(QueueRow.job_id == job_id)).first()
         if row is None or row[0] is None or row[0] == worker_id:
-            return
+            return None
         holder, beat = row
         if beat is not None and beat >= utcnow() - timedelta(seconds=self._live_worker_s):
-            return  # its worker is alive and running it: this message is a duplicate
-        log.warning("job %s was claimed by %s, which is gone: running it again", job_id, holder)
-        if self._on_orphan is not None:
-            self._on_orphan(self, job_id)
-
-    def _waiting(self, label: str | None) -> bool:
-        cond = QueueRow.label.is_(None) if label is None else QueueRow.label == label
-        with self._now.connect() as c:
-            return c.scalar(select(QueueRow.job_id).where(QueueRow.claimed_by.is_(None), cond).limit(1)) is not None
+            return None  # its worker is alive and running it: this message is a duplicate
+        return holder
 
     def _receive(self, labels: Sequence[str], timeout: float):
         names = tuple(queue_name(label) for label in (None, *sorted(labels)))

@@ -14,10 +14,11 @@ worker takes, in this order:
    when it is free, or any worker does once they have waited `affinity_wait_s`.
 
 Only the oldest `SCAN_LIMIT` waiting rows are considered per claim. Rules 1 and 2 are first tried as one
-statement (`_claim_first`: the oldest waiting job that is overdue or for a loaded model, taken with `FOR UPDATE
-SKIP LOCKED` on PostgreSQL so that workers claiming at once take different rows); a job's `enqueued_at` follows
-its id, so the oldest such job is the one the rules name. Only when it finds none are the waiting rows read
-(rule 3, and the answer "nothing for you").
+statement (`_claim_statement`, built once per shape: the oldest waiting job that is overdue or for a loaded
+model, taken with `FOR UPDATE SKIP LOCKED` on PostgreSQL so that workers claiming at once take different rows);
+a job's `enqueued_at` follows its id, so the oldest such job is the one the rules name. On PostgreSQL the same
+statement answers whether any job waits for this worker at all, so an empty queue costs one statement. Only
+when jobs wait that it did not take are the waiting rows read (rule 3, and the answer "nothing for you").
 
 A claim hands out a job id; the worker then starts it through the ledger (store/ledger.py `start`), which
 counts the attempt (the started job's `attempts`) that fences every later write of that run. Ending and
@@ -32,11 +33,13 @@ all once a job it may take that cannot join is overdue (rule 1), so that job is 
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import timedelta
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
-from sqlalchemy import Engine, case, delete, func, insert, or_, select, update
+from sqlalchemy import DateTime, Engine, Integer, Select, String, Update, bindparam, case, delete, exists, func, insert
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -59,6 +62,65 @@ def _label_ok(labels: Sequence[str], label_class: object = ANY_LABEL):
         return QueueRow.label.is_(None) if label_class is None else QueueRow.label == label_class
     label_ok = QueueRow.label.is_(None)
     return or_(label_ok, QueueRow.label.in_(list(labels))) if labels else label_ok
+
+
+class Claimed(NamedTuple):
+    """What one claim statement answers: the job taken (None: none), whether jobs this worker may take are
+    waiting still (for a Celery message: give it back or drop it), and the holder of the message's job when
+    that holder is gone (its heartbeat is stale: the job is an orphan to give back)."""
+
+    job_id: int | None
+    waiting: bool = False
+    orphan_of: str | None = None
+
+
+def _label_mode(labels: Sequence[str], label_class: object) -> str:
+    """Which rows by label (see _label_ok): "class" (one label), "none" (unlabelled only), "any" (unlabelled and
+    this worker's labels): the shape of the prebuilt claim statement."""
+    if label_class is not ANY_LABEL:
+        return "none" if label_class is None else "class"
+    return "any" if labels else "none"
+
+
+def _label_cond(mode: str):
+    if mode == "class":
+        return QueueRow.label == bindparam("p_label", type_=String)
+    if mode == "any":
+        return or_(QueueRow.label.is_(None), QueueRow.label.in_(bindparam("p_labels", expanding=True)))
+    return QueueRow.label.is_(None)
+
+
+@functools.lru_cache(maxsize=None)
+def _claim_statement(pg: bool, mode: str, with_loaded: bool, orphan: bool) -> Select | Update:
+    """Rules 1 and 2 as one statement, built once per shape with bind parameters (building and keying a
+    statement costs more Python than running it): UPDATE local_queue SET claimed_by WHERE job_id = (the oldest
+    waiting job that is overdue or for a loaded model, FOR UPDATE SKIP LOCKED) RETURNING job_id. On PostgreSQL it
+    answers in the same round trip whether jobs still wait for this worker (nothing waiting: no scan) and, for
+    a Celery message (`orphan`), who holds the message's job if that worker is gone."""
+    takeable = QueueRow.enqueued_at <= bindparam("p_overdue", type_=DateTime)
+    if with_loaded:
+        takeable = or_(takeable, QueueRow.model_id.in_(bindparam("p_loaded", expanding=True)))
+    first = (select(QueueRow.job_id)
+             .where(QueueRow.claimed_by.is_(None), _label_cond(mode), takeable)
+             .order_by(QueueRow.job_id).limit(1)
+             .with_for_update(skip_locked=True)  # PostgreSQL: a row another claim holds is passed over
+             .scalar_subquery())
+    claim = (update(QueueRow.__table__).where(QueueRow.job_id == first, QueueRow.claimed_by.is_(None))
+             .values(claimed_by=bindparam("p_worker", type_=String), claimed_at=bindparam("p_now", type_=DateTime))
+             .returning(QueueRow.job_id))
+    if not pg:
+        return claim
+    c = claim.cte("c")
+    columns = [select(c.c.job_id).scalar_subquery().label("claimed"),
+               exists().where(QueueRow.claimed_by.is_(None), _label_cond(mode)).label("waiting")]
+    if orphan:  # the message's job, claimed by another worker whose heartbeat is stale (or gone)
+        columns.append(
+            select(QueueRow.claimed_by).outerjoin(WorkerRow, WorkerRow.worker_id == QueueRow.claimed_by)
+            .where(QueueRow.job_id == bindparam("p_message_job", type_=Integer), QueueRow.claimed_by.is_not(None),
+                   QueueRow.claimed_by != bindparam("p_worker", type_=String),
+                   or_(WorkerRow.heartbeat_at.is_(None), WorkerRow.heartbeat_at < bindparam("p_stale", type_=DateTime)))
+            .scalar_subquery().label("orphan_of"))
+    return select(*columns).add_cte(c)
 
 
 def _owned(job_id: int, attempt: int | None) -> list:
@@ -84,6 +146,8 @@ class LocalQueue:
         self._notify = notify
         self._wake = wake
         self._affinity_wait_s = affinity_wait_s
+        self._pg = db.dialect.name == "postgresql"
+        self._delay = _POLL_MIN_S  # the poll's back-off without a wake-up pipe, kept across claims
 
     def enqueue(self, job_id: int) -> None:
         """Queue a job already in the store, with its routing (model id, worker label) read from the job row.
@@ -118,44 +182,67 @@ class LocalQueue:
 
     def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
               labels: Sequence[str] = ()) -> int | None:
-        """`loaded`: models this worker holds; `labels`: its labels (GPU class), see the module doc."""
+        """`loaded`: models this worker holds; `labels`: its labels (GPU class), see the module doc. Without a
+        wake-up pipe (a worker this process did not spawn) the store is polled, backing off from 10 to 100 ms
+        while nothing comes -- across calls: an idle worker's back-off is not reset by its loop's next call."""
         deadline = time.monotonic() + timeout
-        delay = _POLL_MIN_S
         while True:
             if self._wake is not None:
                 self._wake.clear_ready()  # drained before looking: an enqueue after this pokes again
             job_id = self._try_claim(worker_id, loaded, labels)
             remaining = deadline - time.monotonic()
-            if job_id is not None or remaining <= 0:
+            if job_id is not None:
+                self._delay = _POLL_MIN_S
                 return job_id
+            if remaining <= 0:
+                return None
             if self._wake is not None:
                 self._wake.wait_ready(remaining)
             else:
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, _POLL_MAX_S)
+                time.sleep(min(self._delay, remaining))
+                self._delay = min(self._delay * 2, _POLL_MAX_S)
 
     def _try_claim(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
                    label_class: object = ANY_LABEL) -> int | None:
+        return self._claim_retried(worker_id, loaded, labels, label_class).job_id
+
+    def _claim_retried(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
+                       label_class: object = ANY_LABEL, message_job: int | None = None) -> Claimed:
         for attempt in range(_LOCKED_RETRIES):
             try:
-                return self._claim_one(worker_id, loaded, labels, label_class)
+                return self._claim_one(worker_id, loaded, labels, label_class, message_job)
             except OperationalError as e:
                 # SQLite (WAL): another process wrote after this transaction read, so it cannot upgrade to
                 # a write ("database is locked" at once, whatever the busy timeout). Nothing was claimed.
                 if "locked" not in str(e) or attempt == _LOCKED_RETRIES - 1:
                     raise
                 time.sleep(_POLL_MIN_S)
-        return None
+        return Claimed(None)
 
     def _claim_one(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
-                   label_class: object = ANY_LABEL) -> int | None:
+                   label_class: object = ANY_LABEL, message_job: int | None = None) -> Claimed:
+        """One claim: rules 1-2 in one statement (on PostgreSQL also "anything waiting?" and, for a message's
+        job, its gone holder), then -- only while jobs wait that it did not take -- the scan for rule 3."""
         now = utcnow()
+        pg = self._pg
+        mode = _label_mode(labels, label_class)
+        params = {"p_worker": worker_id, "p_now": now, "p_overdue": now - timedelta(seconds=self._affinity_wait_s),
+                  "p_loaded": list(loaded), "p_labels": list(labels),
+                  "p_label": label_class if isinstance(label_class, str) else None,
+                  "p_message_job": message_job, "p_stale": now - timedelta(seconds=self._live_worker_s)}
+        statement = _claim_statement(pg, mode, bool(loaded), pg and message_job is not None)
         # one transaction for the counters (its commit event), statements in autocommit: the claim is the one
         # UPDATE (atomic compare-and-set), one round trip when the first statement claims, no BEGIN/COMMIT
         with self._now.begin() as c:
-            job_id = self._claim_first(c, worker_id, loaded, labels, label_class, now)
-            if job_id is not None:
-                return job_id
+            if pg:
+                row = c.execute(statement, params).one()
+                job_id, orphan_of = row.claimed, getattr(row, "orphan_of", None)
+                if job_id is not None or not row.waiting:
+                    return Claimed(job_id, bool(row.waiting), orphan_of)
+            else:
+                job_id, orphan_of = c.execute(statement, params).scalar_one_or_none(), None
+                if job_id is not None:
+                    return Claimed(job_id, True)
             waiting = c.execute(
                 select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
                 .where(QueueRow.claimed_by.is_(None), _label_ok(labels, label_class))
@@ -163,31 +250,16 @@ class LocalQueue:
                 .limit(SCAN_LIMIT)
             ).all()
             if not waiting:
-                return None
+                return Claimed(None, False, orphan_of)
             job_id = self._pick(c, worker_id, waiting, set(loaded), now)
-            if job_id is None:
-                return None
-            return c.execute(  # compare-and-set: another worker may have taken it since the read
-                update(QueueRow)
-                .where(QueueRow.job_id == job_id, QueueRow.claimed_by.is_(None))
-                .values(claimed_by=worker_id, claimed_at=now)
-                .returning(QueueRow.job_id)
-            ).scalar_one_or_none()
-
-    def _claim_first(self, c, worker_id: str, loaded: Sequence[str], labels: Sequence[str], label_class: object,
-                     now) -> int | None:
-        """Rules 1 and 2 in one statement: the oldest waiting job that is overdue or for a loaded model."""
-        takeable = QueueRow.enqueued_at <= now - timedelta(seconds=self._affinity_wait_s)
-        if loaded:
-            takeable = or_(takeable, QueueRow.model_id.in_(list(loaded)))
-        first = (select(QueueRow.job_id)
-                 .where(QueueRow.claimed_by.is_(None), _label_ok(labels, label_class), takeable)
-                 .order_by(QueueRow.job_id).limit(1)
-                 .with_for_update(skip_locked=True)  # PostgreSQL: a row another claim holds is passed over
-                 .scalar_subquery())
-        return c.execute(
-            update(QueueRow).where(QueueRow.job_id == first, QueueRow.claimed_by.is_(None))
-            .values(claimed_by=worker_id, claimed_at=now).returning(QueueRow.job_id)).scalar_one_or_none()
+            if job_id is not None:
+                job_id = c.execute(  # compare-and-set: another worker may have taken it since the read
+                    update(QueueRow)
+                    .where(QueueRow.job_id == job_id, QueueRow.claimed_by.is_(None))
+                    .values(claimed_by=worker_id, claimed_at=now)
+                    .returning(QueueRow.job_id)
+                ).scalar_one_or_none()
+            return Claimed(job_id, True, orphan_of)
 
     def _pick(self, s, worker_id: str, waiting: list, loaded: set[str], now) -> int | None:
         overdue = now - timedelta(seconds=self._affinity_wait_s)
