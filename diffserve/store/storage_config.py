@@ -3,24 +3,33 @@ every version ever saved (`config_at`): a job's outputs are read through the ver
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, select
 from sqlalchemy.orm import Session
 
-from diffserve.store.db import StorageConfigRow, StorageConfigVersionRow, utcnow
+from diffserve.store.db import StorageConfigRow, StorageConfigVersionRow, autocommit, utcnow
 
 _ROW_ID = 1
+
+
+@functools.lru_cache(maxsize=None)
+def _version() -> Select:
+    """Built once: a statement built per call costs more Python than the read, which every process polls once
+    a second."""
+    return select(StorageConfigRow.__table__.c.version).where(StorageConfigRow.__table__.c.id == _ROW_ID)
 
 
 class StorageConfigStore:
     def __init__(self, db: Engine) -> None:
         self._db = db
+        self._read = autocommit(db)  # the poll is one read: no transaction around it
 
     def version(self) -> int:
-        """0 until settings are saved; grows by one on every save (cheap to poll)."""
-        with Session(self._db) as s:
-            return int(s.scalar(select(StorageConfigRow.version).where(StorageConfigRow.id == _ROW_ID)) or 0)
+        """0 until settings are saved; grows by one on every save (cheap to poll: one statement)."""
+        with self._read.connect() as c:
+            return int(c.execute(_version()).scalar() or 0)
 
     def load(self) -> tuple[int, dict[str, Any]] | None:
         with Session(self._db) as s:
