@@ -328,3 +328,37 @@ def test_start_drops_the_leftover_claim_of_a_finished_job(db):
         s.get(JobRow, job.id).status = "cancelled"
     assert ledger.begin(job.id, "w1") is None
     assert state(db, job.id) == {**state(db, job.id), "status": "cancelled", "queued": False}
+
+
+def test_a_claim_starts_its_job_in_its_own_statement_on_postgresql(db):
+    """claim(start=True): on PostgreSQL one statement claims (rules 1-2: here its model is loaded) and starts
+    the job (one round trip) and answers what `begin` would (attempt, cancel flag, latest order) through
+    `started`, once; a cancel holding the job row meanwhile does not make it wait (no deadlock): it starts
+    nothing, and the worker's own start finds the job cancelled. SQLite: the claim only claims; the worker
+    starts the job (`started` answers None)."""
+    from diffserve.store.control import CLEAR_CACHE, ControlLog
+
+    ledger, queue = Ledger(db), LocalQueue(db)
+    WorkerStore(db).register("w1", 1)
+    job, other = (ledger.create(key_id="k", dialect="native", request=request_(), output_token=new_output_token())
+                  for _ in range(2))
+    ProgressStore(db).request_cancel(job.id)
+    order = ControlLog(db).post(CLEAR_CACHE)
+    with commits(db) as seen:
+        assert queue.claim("w1", 0, loaded=["tiny-sd"], start=True) == job.id
+    started = queue.started(job.id)
+    assert queue.started(job.id) is None  # answered once
+    if not one_statement(db):
+        assert started is None and state(db, job.id)["status"] == "queued"
+        return
+    assert len(seen) == 1 and state(db, job.id)["status"] == "running"
+    assert started.job.attempts == 1 and started.cancel_requested and started.orders_head == order
+    with Session(db) as s:
+        assert (s.get(WorkerRow, "w1").state, s.get(WorkerRow, "w1").current_job) == ("busy", job.id)
+    with db.connect() as cancel:  # a cancel between its two statements: the job row changed and held
+        cancel.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = :id"), {"id": other.id})
+        assert queue.claim("w1", 0, loaded=["tiny-sd"], start=True) == other.id
+        assert queue.started(other.id) is None
+        cancel.execute(text("DELETE FROM local_queue WHERE job_id = :id"), {"id": other.id})
+        cancel.commit()
+    assert ledger.start(other.id, "w1") is None and state(db, other.id)["status"] == "cancelled"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 from diffserve.core.batching import BatchKey
+from diffserve.store.ledger import Started
 
 
 class JobQueue(Protocol):
@@ -33,9 +34,14 @@ class JobQueue(Protocol):
 
     # -- the worker side ------------------------------------------------------------------------------------
     def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
-              labels: Sequence[str] = ()) -> int | None:
+              labels: Sequence[str] = (), start: bool = False) -> int | None:
         """Take a job id for this worker, waiting up to `timeout` seconds: the oldest one, preferring
-        jobs for the models it has `loaded` and taking only jobs its `labels` allow (see local.py)."""
+        jobs for the models it has `loaded` and taking only jobs its `labels` allow (see local.py). start: the
+        claim may start the job in the same statement (PostgreSQL), answered by `started`."""
+
+    def started(self, job_id: int) -> Started | None:
+        """The start of a job this worker's claim(start=True) took, as the store answered it (the ledger's
+        Started), once; None: not started by its claim -- the worker starts it (Ledger.begin)."""
 
     def claim_batch(self, worker_id: str, key: BatchKey, rows: int, *, labels: Sequence[str] = ()) -> list[int]:
         """Without waiting, for a batch this worker runs: take waiting jobs whose core.batching.batch_key equals

@@ -131,6 +131,7 @@ class CeleryQueue(LocalQueue):
 
     def forgotten(self, job_id: int) -> None:
         """The job ended, was refused to this attempt or given back: acknowledge the message that brought it."""
+        super().forgotten(job_id)
         self._ack_message(job_id)
 
     def resend_missing(self) -> int:
@@ -170,16 +171,17 @@ class CeleryQueue(LocalQueue):
 
     # -- the worker side ------------------------------------------------------------------------------------
     def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
-              labels: Sequence[str] = ()) -> int | None:
+              labels: Sequence[str] = (), start: bool = False) -> int | None:
         """Jobs come through messages: every waiting job has one in the broker (a claim that takes another
         job than its message's leaves that message for the next claim), and on a message the worker claims
         the best waiting job for itself, its own model's first. The store is looked at without a message only
         while the broker is away and once every TABLE_LOOK_S (a message lost before the API's resend_missing):
-        an idle worker costs the store nothing, a job one claim statement."""
+        an idle worker costs the store nothing, a job one claim statement (on PostgreSQL with `start`, that
+        statement starts it too: LocalQueue.claim)."""
         deadline = time.monotonic() + timeout
         if self._conn is None or time.monotonic() - self._looked >= TABLE_LOOK_S:
             self._looked = time.monotonic()
-            job_id = self._try_claim(worker_id, loaded, labels)
+            job_id = self._try_claim(worker_id, loaded, labels, start=start)
             if job_id is not None:
                 return job_id
         while True:
@@ -188,9 +190,9 @@ class CeleryQueue(LocalQueue):
                 return None
             message = self._receive(labels, remaining)
             if message is not None:
-                job_id = self._on_message(message, worker_id, loaded, labels, deadline)
+                job_id = self._on_message(message, worker_id, loaded, labels, deadline, start)
             elif self._conn is None:  # the broker is away: take jobs from the store meanwhile
-                job_id = self._try_claim(worker_id, loaded, labels)
+                job_id = self._try_claim(worker_id, loaded, labels, start=start)
             else:
                 continue
             if job_id is not None:
@@ -212,7 +214,7 @@ class CeleryQueue(LocalQueue):
             self._disconnect()
 
     def _on_message(self, message, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
-                    deadline: float) -> int | None:
+                    deadline: float, start: bool = False) -> int | None:
         try:
             (job_id,), kwargs = message.payload[0], message.payload[1]
             label = kwargs.get("label")
@@ -222,8 +224,8 @@ class CeleryQueue(LocalQueue):
             return None
         # one statement on PostgreSQL: the best waiting job of the message's class for this worker, whether
         # others wait, and whether the message's job is held by a worker that is gone
-        claimed = self._claim_retried(worker_id, loaded, labels, label, message_job=int(job_id)) if self._pg \
-            else None
+        claimed = self._claim_retried(worker_id, loaded, labels, label, message_job=int(job_id), start=start) \
+            if self._pg else None
         orphan_of = claimed.orphan_of if claimed is not None else self._holder_gone(int(job_id), worker_id)
         if orphan_of is not None:
             log.warning("job %s was claimed by %s, which is gone: running it again", job_id, orphan_of)
@@ -232,7 +234,7 @@ class CeleryQueue(LocalQueue):
             if claimed is not None and claimed.job_id is None:
                 claimed = None  # the orphan is queued again: claim once more, it may be this worker's
         if claimed is None:
-            claimed = self._claim_retried(worker_id, loaded, labels, label)
+            claimed = self._claim_retried(worker_id, loaded, labels, label, start=start)
         if claimed.job_id is not None:
             self._held[claimed.job_id] = message
             return claimed.job_id

@@ -21,7 +21,9 @@ statement answers whether any job waits for this worker at all, so an empty queu
 when jobs wait that it did not take are the waiting rows read (rule 3, and the answer "nothing for you").
 
 A claim hands out a job id; the worker then starts it through the ledger (store/ledger.py `start`), which
-counts the attempt (the started job's `attempts`) that fences every later write of that run. Ending and
+counts the attempt (the started job's `attempts`) that fences every later write of that run -- or, on
+PostgreSQL, a claim with `start=True` that takes its job by rules 1-2 starts it in the same statement (the
+ledger's `pg_start_claimed`: one round trip for both; `started` hands the worker that answer). Ending and
 giving back a job are the ledger's too: its transaction deletes or releases this table's row with the job's
 own change, and tells the backend afterwards (`enqueued`, `forgotten`). `ack` and `release` here take the
 attempt as a fence for any other caller.
@@ -39,12 +41,13 @@ from datetime import timedelta
 from typing import Callable, NamedTuple, Sequence
 
 from sqlalchemy import DateTime, Engine, Integer, Select, String, Update, bindparam, case, delete, exists, func, insert
-from sqlalchemy import or_, select, update
+from sqlalchemy import literal, or_, select, true, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from diffserve.core.batching import BatchKey, batch_key
 from diffserve.store.db import JobRow, QueueRow, WorkerRow, autocommit, utcnow
+from diffserve.store.ledger import Started, pg_start_claimed, started_from
 from diffserve.jobqueue.signals import WorkerPipes
 
 _POLL_MIN_S = 0.01
@@ -72,6 +75,7 @@ class Claimed(NamedTuple):
     job_id: int | None
     waiting: bool = False
     orphan_of: str | None = None
+    started: Started | None = None  # the claim started the job too (PostgreSQL, claim(start=True))
 
 
 def _label_mode(labels: Sequence[str], label_class: object) -> str:
@@ -91,12 +95,13 @@ def _label_cond(mode: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _claim_statement(pg: bool, mode: str, with_loaded: bool, orphan: bool) -> Select | Update:
+def _claim_statement(pg: bool, mode: str, with_loaded: bool, orphan: bool, start: bool = False) -> Select | Update:
     """Rules 1 and 2 as one statement, built once per shape with bind parameters (building and keying a
     statement costs more Python than running it): UPDATE local_queue SET claimed_by WHERE job_id = (the oldest
     waiting job that is overdue or for a loaded model, FOR UPDATE SKIP LOCKED) RETURNING job_id. On PostgreSQL it
     answers in the same round trip whether jobs still wait for this worker (nothing waiting: no scan) and, for
-    a Celery message (`orphan`), who holds the message's job if that worker is gone."""
+    a Celery message (`orphan`), who holds the message's job if that worker is gone; with `start`, the claimed
+    job is started in the same statement (store/ledger.py pg_start_claimed): claim and start, one round trip."""
     takeable = QueueRow.enqueued_at <= bindparam("p_overdue", type_=DateTime)
     if with_loaded:
         takeable = or_(takeable, QueueRow.model_id.in_(bindparam("p_loaded", expanding=True)))
@@ -120,7 +125,11 @@ def _claim_statement(pg: bool, mode: str, with_loaded: bool, orphan: bool) -> Se
                    QueueRow.claimed_by != bindparam("p_worker", type_=String),
                    or_(WorkerRow.heartbeat_at.is_(None), WorkerRow.heartbeat_at < bindparam("p_stale", type_=DateTime)))
             .scalar_subquery().label("orphan_of"))
-    return select(*columns).add_cte(c)
+    if not start:
+        return select(*columns).add_cte(c)
+    ctes, j, started = pg_start_claimed(c)
+    one = select(literal(1).label("one")).subquery("one")
+    return select(*columns, *started).select_from(one.outerjoin(j, true())).add_cte(c, *ctes)
 
 
 def _owned(job_id: int, attempt: int | None) -> list:
@@ -148,6 +157,7 @@ class LocalQueue:
         self._affinity_wait_s = affinity_wait_s
         self._pg = db.dialect.name == "postgresql"
         self._delay = _POLL_MIN_S  # the poll's back-off without a wake-up pipe, kept across claims
+        self._started: dict[int, Started] = {}  # job id -> its start, answered by the claim (claim(start=True))
 
     def enqueue(self, job_id: int) -> None:
         """Queue a job already in the store, with its routing (model id, worker label) read from the job row.
@@ -164,6 +174,7 @@ class LocalQueue:
     def forgotten(self, job_id: int) -> None:
         """This process's hold on the job ended: nothing to acknowledge here (the table row went with the
         ledger's transaction); the Celery backend acknowledges the job's message."""
+        self._started.pop(job_id, None)
 
     def _insert(self, job_id: int) -> str | None:
         """The queue row (once: enqueueing twice is a no-op); returns the job's worker label."""
@@ -181,15 +192,16 @@ class LocalQueue:
         return 0
 
     def claim(self, worker_id: str, timeout: float, *, loaded: Sequence[str] = (),
-              labels: Sequence[str] = ()) -> int | None:
-        """`loaded`: models this worker holds; `labels`: its labels (GPU class), see the module doc. Without a
+              labels: Sequence[str] = (), start: bool = False) -> int | None:
+        """`loaded`: models this worker holds; `labels`: its labels (GPU class), see the module doc; `start`: on
+        PostgreSQL the claim starts the job too (its answer: `started`), else the worker starts it. Without a
         wake-up pipe (a worker this process did not spawn) the store is polled, backing off from 10 to 100 ms
         while nothing comes -- across calls: an idle worker's back-off is not reset by its loop's next call."""
         deadline = time.monotonic() + timeout
         while True:
             if self._wake is not None:
                 self._wake.clear_ready()  # drained before looking: an enqueue after this pokes again
-            job_id = self._try_claim(worker_id, loaded, labels)
+            job_id = self._try_claim(worker_id, loaded, labels, start=start)
             remaining = deadline - time.monotonic()
             if job_id is not None:
                 self._delay = _POLL_MIN_S
@@ -202,15 +214,24 @@ class LocalQueue:
                 time.sleep(min(self._delay, remaining))
                 self._delay = min(self._delay * 2, _POLL_MAX_S)
 
+    def started(self, job_id: int) -> Started | None:
+        """What the claim that took this job answered of its start (claim(start=True) on PostgreSQL), once;
+        None: the worker starts it (store/ledger.py begin)."""
+        return self._started.pop(job_id, None)
+
     def _try_claim(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
-                   label_class: object = ANY_LABEL) -> int | None:
-        return self._claim_retried(worker_id, loaded, labels, label_class).job_id
+                   label_class: object = ANY_LABEL, start: bool = False) -> int | None:
+        return self._claim_retried(worker_id, loaded, labels, label_class, start=start).job_id
 
     def _claim_retried(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
-                       label_class: object = ANY_LABEL, message_job: int | None = None) -> Claimed:
+                       label_class: object = ANY_LABEL, message_job: int | None = None,
+                       start: bool = False) -> Claimed:
         for attempt in range(_LOCKED_RETRIES):
             try:
-                return self._claim_one(worker_id, loaded, labels, label_class, message_job)
+                claimed = self._claim_one(worker_id, loaded, labels, label_class, message_job, start)
+                if claimed.started is not None:
+                    self._started[claimed.started.job.id] = claimed.started
+                return claimed
             except OperationalError as e:
                 # SQLite (WAL): another process wrote after this transaction read, so it cannot upgrade to
                 # a write ("database is locked" at once, whatever the busy timeout). Nothing was claimed.
@@ -220,7 +241,7 @@ class LocalQueue:
         return Claimed(None)
 
     def _claim_one(self, worker_id: str, loaded: Sequence[str], labels: Sequence[str],
-                   label_class: object = ANY_LABEL, message_job: int | None = None) -> Claimed:
+                   label_class: object = ANY_LABEL, message_job: int | None = None, start: bool = False) -> Claimed:
         """One claim: rules 1-2 in one statement (on PostgreSQL also "anything waiting?" and, for a message's
         job, its gone holder), then -- only while jobs wait that it did not take -- the scan for rule 3."""
         now = utcnow()
@@ -230,7 +251,7 @@ class LocalQueue:
                   "p_loaded": list(loaded), "p_labels": list(labels),
                   "p_label": label_class if isinstance(label_class, str) else None,
                   "p_message_job": message_job, "p_stale": now - timedelta(seconds=self._live_worker_s)}
-        statement = _claim_statement(pg, mode, bool(loaded), pg and message_job is not None)
+        statement = _claim_statement(pg, mode, bool(loaded), pg and message_job is not None, pg and start)
         # one transaction for the counters (its commit event), statements in autocommit: the claim is the one
         # UPDATE (atomic compare-and-set), one round trip when the first statement claims, no BEGIN/COMMIT
         with self._now.begin() as c:
@@ -238,7 +259,7 @@ class LocalQueue:
                 row = c.execute(statement, params).one()
                 job_id, orphan_of = row.claimed, getattr(row, "orphan_of", None)
                 if job_id is not None or not row.waiting:
-                    return Claimed(job_id, bool(row.waiting), orphan_of)
+                    return Claimed(job_id, bool(row.waiting), orphan_of, started_from(row) if start else None)
             else:
                 job_id, orphan_of = c.execute(statement, params).scalar_one_or_none(), None
                 if job_id is not None:

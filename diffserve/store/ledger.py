@@ -26,10 +26,10 @@ import functools
 import logging
 import uuid
 from datetime import datetime
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import (
+    CTE,
     JSON,
     Connection,
     DateTime,
@@ -66,21 +66,13 @@ from diffserve.store.db import (
     utcnow,
 )
 from diffserve.store.notify import CHANNEL, notify_done
+from diffserve.store.outcomes import ClaimLost, Outcome, Started  # noqa: F401 - callers import them from here
 
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 UNFINISHED = (QUEUED, RUNNING)
 TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal())
-
-
-class ClaimLost(Exception):
-    """This attempt no longer owns the job: it was handed on (requeued, maybe started again elsewhere), or it
-    ended meanwhile. The worker drops the job silently: it writes nothing more for it."""
-
-    def __init__(self, job_id: int, attempt: int | None) -> None:
-        super().__init__(f"job {job_id}: attempt {attempt} lost its claim")
-        self.job_id, self.attempt = job_id, attempt
 
 
 class QueueEvents(Protocol):
@@ -91,44 +83,6 @@ class QueueEvents(Protocol):
 
     def forgotten(self, job_id: int) -> None:
         """This process's hold on the job ended (finished, refused, given back): acknowledge its message."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How an attempt ended: succeeded (outputs, nsfw flags, `run`: device/dtype for the job's meta,
-    `storage_version`: the storage settings the outputs were written under), failed or cancelled (error: the
-    reason the client reads)."""
-
-    status: JobStatus
-    outputs: tuple[str, ...] = ()
-    nsfw: tuple[bool, ...] = ()
-    error: str | None = None
-    run: dict[str, Any] | None = field(default=None, compare=False)
-    storage_version: int | None = None
-
-    @classmethod
-    def succeeded(cls, outputs, nsfw, run: dict[str, Any] | None = None,
-                  storage_version: int | None = None) -> Outcome:
-        return cls(JobStatus.SUCCEEDED, tuple(outputs), tuple(nsfw), None, run, storage_version)
-
-    @classmethod
-    def failed(cls, error: str) -> Outcome:
-        return cls(JobStatus.FAILED, error=error)
-
-    @classmethod
-    def cancelled(cls, reason: str) -> Outcome:
-        return cls(JobStatus.CANCELLED, error=reason)
-
-
-@dataclass(frozen=True)
-class Started:
-    """What a worker learns when its start lands, in the same answer: the job (its `attempts` is this run's
-    attempt), whether a client asked to cancel it meanwhile (so no read of its own before the run), and the
-    id of the latest order in the control log (store/control.py: newer orders apply before the job runs)."""
-
-    job: Job
-    cancel_requested: bool = False
-    orders_head: int = 0
 
 
 class _Refused(Exception):
@@ -227,9 +181,7 @@ class Ledger:
                   **{f"w_{k}": v for k, v in (worker_row or {}).items()}}
         with self._read.begin() as c:  # autocommit: the statement alone is the transaction
             row = c.execute(_pg_begin(tuple(worker_row) if worker_row is not None else None), params).first()
-        if row is None:
-            return None
-        return Started(to_job(row), bool(row.cancel_asked), int(row.orders_head or 0))
+        return started_from(row)
 
     def finish(self, job_id: int, attempt: int | None, outcome: Outcome, *, worker_id: str | None = None,
                worker_row: dict[str, Any] | None = None) -> bool:
@@ -429,6 +381,40 @@ def _pg_begin(row_keys: tuple[str, ...] | None) -> Select:
     cancel = select(func.bool_or(p.c.cancel_requested)).scalar_subquery()
     head = select(func.max(ControlEventRow.id)).scalar_subquery()
     return select(j, cancel.label("cancel_asked"), head.label("orders_head")).add_cte(*ctes)
+
+
+def pg_start_claimed(claim: CTE) -> tuple[list[CTE], CTE, list]:
+    """The start of the job a claim statement takes, in that statement (jobqueue/local.py, PostgreSQL): `claim`
+    is its CTE (UPDATE local_queue ... RETURNING job_id). Answers the CTEs to add, j, and the columns to select
+    from a LEFT JOIN on j (j's, the cancel flag, the control log's head: `started_from` reads them). j: the
+    job, queued -> running for p_worker, the attempt counted; p: its progress row reset (RETURNING
+    cancel_requested); w: the worker row, busy with it -- p and w only where j started it. No "someone else
+    holds its queue row" test: the claim in the same statement holds it. The job row is taken with SKIP LOCKED
+    (jl): the claim locked the queue row first, the other order than a cancel's (job row, then queue row), so
+    it never waits for a job row -- no deadlock. A claimed job that was not queued (a leftover row) or whose
+    row was busy starts nothing here: its worker starts it through `begin`, which sorts it out."""
+    worker_id, now = bindparam("p_worker", type_=String), bindparam("p_now", type_=DateTime)
+    claimed = select(claim.c.job_id).scalar_subquery()
+    jl = select(JobRow.id).where(JobRow.id == claimed).with_for_update(skip_locked=True).cte("jl")
+    j = (update(JobRow).where(JobRow.id == select(jl.c.id).scalar_subquery(), JobRow.status == QUEUED)
+         .values(status=RUNNING, worker_id=worker_id, started_at=now, attempts=JobRow.attempts + 1)
+         .returning(*JobRow.__table__.columns).cte("j"))
+    started = exists(select(j.c.id))
+    p = (update(ProgressRow).where(ProgressRow.job_id == claimed, started)
+         .values(step=0, total=0, step_s=None, preview=None, updated_at=now)
+         .returning(ProgressRow.cancel_requested).cte("p"))
+    w = (update(WorkerRow).where(WorkerRow.worker_id == worker_id, started)
+         .values(heartbeat_at=now, state="busy", current_job=select(j.c.id).scalar_subquery()).cte("w"))
+    cancel = select(func.bool_or(p.c.cancel_requested)).scalar_subquery()
+    head = select(func.max(ControlEventRow.id)).scalar_subquery()
+    return [jl, j, p, w], j, [*j.c, cancel.label("cancel_asked"), head.label("orders_head")]
+
+
+def started_from(row) -> Started | None:  # noqa: ANN001 - a result row of _pg_begin or of pg_start_claimed's columns
+    """The Started a start statement answered; None when it started nothing."""
+    if row is None or row.id is None:
+        return None
+    return Started(to_job(row), bool(row.cancel_asked), int(row.orders_head or 0))
 
 
 @functools.lru_cache(maxsize=None)

@@ -93,9 +93,12 @@ class JobRunner:
 
     # -- starting ------------------------------------------------------------------------------------------
     def start(self, job_id: int) -> Job | None:
-        """Start a job this worker claimed; None when it is not this worker's to run any more."""
-        started: Started | None = self.stored(self.ledger.begin, job_id, self.worker_id,
-                                              worker_row={"state": "busy", "current_job": job_id})
+        """Start a job this worker claimed (unless its claim started it: queue.started); None when it is not this
+        worker's to run any more."""
+        started: Started | None = self.queue.started(job_id)
+        if started is None:
+            started = self.stored(self.ledger.begin, job_id, self.worker_id,
+                                  worker_row={"state": "busy", "current_job": job_id})
         if started is None:
             return None
         job = started.job

@@ -97,7 +97,7 @@ class Worker:
                         restart = True  # exit cleanly between jobs; a fresh process takes over
                         break
                     job_id = self.queue.claim(self.worker_id, timeout=0.5, loaded=self.engine.loaded_models(),
-                                              labels=self.runner.labels)
+                                              labels=self.runner.labels, start=True)
                 except SQLAlchemyError as e:  # the store is away (a database restart): wait for it
                     log.warning("job store unreachable (%s); retrying", type(e).__name__)
                     stop.wait(STORE_RETRY_S)
