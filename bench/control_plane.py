@@ -24,12 +24,15 @@ all are done, and prints per backend and worker count:
 The idle rate (heartbeats, orders checks, empty claims of idle workers) is printed beside: it is part of what a
 job costs at low load.
 
-Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. With 16 simulated workers a job costs
-~55 ms of CPU with PostgreSQL + Celery (API ~18, workers ~22, PostgreSQL ~12) and ~36 ms on SQLite, so two cores cap
-it near 35 and 55 jobs/s (64 mostly idle workers' claim polling costs more: ~17 jobs/s); the target of 200
-jobs/s on PostgreSQL (<= 10 ms per job for all processes together) is not reached here. A job's own statements
-in the worker are claim, start and finish; the start and the finish are one statement each on PostgreSQL
-(ledger.begin / ledger.finish), and finishing a job is one transaction.
+Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. Measured 2026-12-07 (two A/B
+runs, 300 jobs, load 2-8): with 16 simulated workers a job costs ~32-36 ms of CPU with PostgreSQL + Celery (API
+13-14, workers ~10, PostgreSQL 6-8 for ~5.8 transactions) and ~29 ms on SQLite (workers ~15), so two cores cap
+it near 50-60 jobs/s, the API's one core saturated; 64 workers ~56 ms per job (33 jobs/s: their heartbeats,
+progress writes and 16 threads per interpreter; idle workers no longer poll the store). The target of 200 jobs/s
+on PostgreSQL (<= 10 ms per job for all processes together) is not reached here. A job's own statements in the
+worker are two on PostgreSQL: claim + start (one statement, jobqueue/local.py with ledger.pg_start_claimed) and
+finish (one statement: finishing a job is one transaction); SQLite: claim, start, finish. `--pg-statements`
+prints PostgreSQL's busiest statements per job (pg_stat_statements).
 Mind the workers' sleep: n workers x 4 steps of --step-ms cap the rate at n / (4 x step) jobs/s (8 workers of
 10 ms steps: 200 jobs/s), so a saturation figure wants 16 or more.
 
@@ -37,6 +40,7 @@ Figures from this machine come from a shared 2-core VM (other sessions' jobs bes
 read them as shapes, not absolutes.
 Asserts nothing. Usage:
     .venv/bin/python bench/control_plane.py [--workers 1,16,64] [--jobs 300] [--backends local,celery] [--quick]
+        [--pg-statements] [--profile DIR]
 --quick (tests/test_benches.py runs it): 2 workers, 16 jobs, both backends.
 """
 
@@ -244,6 +248,25 @@ class PgStats:
 
         self.db = create_engine(url, poolclass=NullPool)
 
+    def reset_statements(self) -> None:
+        from sqlalchemy import text
+
+        with self.db.connect() as c:
+            c.execute(text("SELECT pg_stat_statements_reset()"))
+            c.commit()
+
+    def statements(self, n_jobs: int, top: int = 12) -> list[tuple[float, float, str]]:
+        """(calls per job, executor ms per job, the statement's start) of the busiest statements in this
+        database since reset_statements (pg_stat_statements: `--pg-statements`)."""
+        from sqlalchemy import text
+
+        with self.db.connect() as c:
+            rows = c.execute(text(
+                "SELECT calls, total_exec_time + total_plan_time, query FROM pg_stat_statements "
+                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "ORDER BY total_exec_time + total_plan_time DESC LIMIT :top"), {"top": top}).all()
+        return [(calls / n_jobs, ms / n_jobs, " ".join(query.split())[:110]) for calls, ms, query in rows]
+
     def xact_commit(self) -> int:
         from sqlalchemy import text
 
@@ -313,7 +336,7 @@ def profile_on_signal(out: Path) -> None:
 
 
 def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Path, servers: dict,
-             profile: Path | None = None) -> dict:
+             profile: Path | None = None, pg_statements: bool = False) -> dict:
     import httpx
     from sqlalchemy import func, select
 
@@ -331,6 +354,10 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
         db_name = f"bench_{n_workers}_{int(time.time() * 1000) % 10**8}"
         with make_db_engine(pg.url).connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             c.exec_driver_sql(f"CREATE DATABASE {db_name}")
+        if pg_statements:
+            with make_db_engine(pg.url.rsplit("/", 1)[0] + "/" + db_name).connect().execution_options(
+                    isolation_level="AUTOCOMMIT") as c:
+                c.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         overrides.update({"DIFFSERVE_DATABASE_URL": pg.url.rsplit("/", 1)[0] + "/" + db_name,
                           "DIFFSERVE_QUEUE__BACKEND": "celery", "DIFFSERVE_QUEUE__BROKER_URL": redis.url})
     srv = DiffserveServer(data, root / "models", overrides)
@@ -404,6 +431,8 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
         if backend == "celery":
             parts["postgres"] = [int((pg.root / "data" / "postmaster.pid").read_text().split()[0])]
             parts["redis"] = [redis.proc.pid]
+        if pg_stats and pg_statements:
+            pg_stats.reset_statements()
         cpu0 = cpu_by_part(parts)
         profiled = [srv.proc.pid, *(p.pid for p in procs)] if profile else []
         for pid in profiled:
@@ -433,6 +462,7 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
             pg1 = pg_stats.xact_commit()
             settle = (time.monotonic() - t_pg0) - (t_done - t0)  # idle time inside the xact_commit window
             pg_extra = (pg1 - pg0 - idle["pg_s"] * settle) / n_jobs
+        statements = pg_stats.statements(n_jobs) if pg_stats and pg_statements else []
         http.close()
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -465,6 +495,7 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
            for kind in ("sites", "checkouts")},
         "idle": idle, "wall": t_done - t0, "cpu": {k: (cpu1[k] - cpu0[k]) / n_jobs * 1000 for k in cpu0},
         "sleep_cap": n_workers / (STEPS * step_s),  # jobs/s the workers' sleep alone allows (no control plane)
+        "statements": statements,
     }
 
 
@@ -485,7 +516,9 @@ def report(backend: str, n_workers: int, r: dict) -> str:
             + "\n    CPU ms per job: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu"].items())
             + f"; all {sum(r['cpu'].values()):.1f} ({os.cpu_count()} cores: a ceiling of "
             f"{os.cpu_count() * 1000 / sum(r['cpu'].values()):.0f} jobs/s; the workers' sleep alone caps it at "
-            f"{r['sleep_cap']:.0f})")
+            f"{r['sleep_cap']:.0f})"
+            + "".join(f"\n    pg statement: {calls:5.2f} per job, {ms:5.2f} ms per job: {query}"
+                      for calls, ms, query in r["statements"]))
 
 
 def main() -> None:
@@ -497,6 +530,8 @@ def main() -> None:
     ap.add_argument("--backends", default="local,celery")
     ap.add_argument("--step-ms", type=float, default=10.0, help="the stand-in engine's time per step")
     ap.add_argument("--profile", type=Path, help="profile the API and workers with yappi into this folder")
+    ap.add_argument("--pg-statements", action="store_true", help="print PostgreSQL's busiest statements per job "
+                    "(pg_stat_statements, loaded for the run; it costs the server some CPU of its own)")
     ap.add_argument("--role", choices=("api", "workers"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
@@ -524,6 +559,9 @@ def main() -> None:
                 servers["pg"] = pg = PostgresServer().start()
                 with open(pg.root / "data" / "postgresql.conf", "a") as conf:
                     conf.write("\nmax_connections = 400\n")  # 64 workers x (claims + heartbeats) + the API
+                    if args.pg_statements:
+                        conf.write("shared_preload_libraries = 'pg_stat_statements'\n"
+                                   "pg_stat_statements.track_planning = on\n")
                 pg.pause()
                 pg.resume()
             print(f"control plane bench ({datetime.now():%Y-%m-%d %H:%M}; {n_jobs} jobs x {STEPS} steps of "
@@ -533,7 +571,8 @@ def main() -> None:
                   "commits per job", flush=True)
             for backend in backends:
                 for n in counts:
-                    r = run_case(backend, n, n_jobs, args.step_ms / 1000, Path(tmp), servers, args.profile)
+                    r = run_case(backend, n, n_jobs, args.step_ms / 1000, Path(tmp), servers, args.profile,
+                                 args.pg_statements)
                     print(report(backend, n, r), flush=True)
         finally:
             for s in servers.values():
