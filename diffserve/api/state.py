@@ -29,6 +29,7 @@ from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
 from diffserve.workers.supervisor import Supervisor
 from diffserve.api.background import DeliveryServices, build_delivery
+from diffserve.api.base_url import BaseUrls
 
 
 @dataclass
@@ -48,6 +49,11 @@ class AppState:
     supervisor: Supervisor | None = None  # local worker processes (`serve --workers N`, N > 0)
     metrics: Metrics | None = None  # this process's Prometheus samples (diffserve/metrics.py)
     listener: JobDoneListener | None = None  # PostgreSQL: jobs finished by workers anywhere wake waiters here
+    base_urls: BaseUrls | None = None  # the base-URL rule (api/base_url.py); built from settings when not given
+
+    def __post_init__(self) -> None:
+        if self.base_urls is None:
+            self.base_urls = BaseUrls(self.settings.server, self.settings.base_url)
 
     @property
     def offload(self) -> Offload:
@@ -55,20 +61,8 @@ class AppState:
         return self.service.offload
 
     def base_url(self, request: Request) -> str:
-        """The base of every URL an answer holds (outputs, fetch links, previews): the configured public URL;
-        unset, the request's Host when it names a trusted host (`trusted_hosts`: localhost by default), else the
-        address the request arrived at -- the server's own socket. A Host header a client forged never shows."""
-        if self.settings.server.public_url:
-            return self.settings.server.public_url.rstrip("/")
-        host = request.url.hostname
-        if host and host.lower().strip("[]") in {h.lower().strip("[]") for h in self.settings.server.trusted_hosts}:
-            return str(request.base_url).rstrip("/")
-        server = request.scope.get("server")
-        if not server or not server[1]:  # a Unix socket: the configured bind address
-            return self.settings.base_url
-        address, port = server
-        address = f"[{address}]" if ":" in address else address
-        return f"{request.url.scheme}://{address}:{port}{request.scope.get('root_path', '')}".rstrip("/")
+        """The base of every URL an answer to `request` holds (api/base_url.py)."""
+        return self.base_urls(request)
 
     def close(self) -> None:
         self.delivery.stop()
@@ -85,7 +79,7 @@ class AppState:
 def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | None = None,
                 offload: Offload | None = None) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = make_db_engine(settings.db_url)
+    db = make_db_engine(settings.db_url, pool_size=settings.server.blocking_threads)  # one per offload thread
     ensure_schema(db)
     signals = LocalSignals() if run_workers else None
     jobs, workers = JobStore(db), WorkerStore(db)

@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from diffserve.api.app import create_app
+    from diffserve.api.logs import LogWriters
     from diffserve.api.slow_clients import protocol_class
     from diffserve.store.db import make_db_engine
     from diffserve.store.schema import SchemaOutOfDate, ensure_schema
@@ -81,10 +82,18 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(first_steps(settings, args, has_keys=bool(_key_store(args).list())), flush=True)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info", timeout_graceful_shutdown=5,
-                http=protocol_class(settings.server, settings.limits.max_body_bytes),
-                timeout_keep_alive=settings.server.keep_alive_s)
-    return 0
+    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level="info",
+                            timeout_graceful_shutdown=5, timeout_keep_alive=settings.server.keep_alive_s,
+                            http=protocol_class(settings.server, settings.limits.max_body_bytes))
+    writers = LogWriters().start()  # after uvicorn's logging set-up: log lines leave the event loop
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writers.stop()
+    return 0 if server.started else 3  # uvicorn's code for a server that could not start (e.g. the port is taken)
 
 
 def first_steps(settings: Settings, args: argparse.Namespace, *, has_keys: bool) -> str:

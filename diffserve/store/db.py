@@ -196,10 +196,16 @@ class WorkerDeviceRow(Base):
 PING_AFTER_IDLE_S = 1.0  # a pooled server connection unused this long is pinged before it is handed out
 
 
-def make_db_engine(url: str) -> Engine:
-    """One engine per process. SQLite gets WAL and a busy timeout so API and workers share it."""
+def make_db_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """One engine per process. SQLite gets WAL and a busy timeout so API and workers share it.
+
+    pool_size: connections kept open, at least as many as the process's threads that use the store at once (the
+    API's `server.blocking_threads`): past it (plus a small overflow) each store call opened and closed a
+    connection of its own -- on SQLite the connect and its pragmas cost more than the query."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, pool_size=pool_size, max_overflow=10,
+                               connect_args={"timeout": 30, "check_same_thread": False})
+        _cheap_sqlite_autocommit(engine)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
@@ -216,9 +222,30 @@ def make_db_engine(url: str) -> Engine:
         connect_args = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                         "keepalives_count": 3, "tcp_user_timeout": 15000} if url.startswith("postgresql") else {}
         # LIFO: the connections in use stay few and warm, the others idle (and are pinged when taken again)
-        engine = create_engine(url, pool_timeout=10, pool_use_lifo=True, connect_args=connect_args)
+        engine = create_engine(url, pool_size=pool_size, pool_timeout=10, pool_use_lifo=True,
+                               connect_args=connect_args)
         ping_when_idle(engine, PING_AFTER_IDLE_S)
     return engine
+
+
+def _cheap_sqlite_autocommit(engine: Engine) -> None:
+    """`autocommit(db)` on SQLite without a statement per use: SQLAlchemy switches the pysqlite connection to
+    the driver's autocommit mode on checkout and back on checkin, and going back runs `PRAGMA read_uncommitted = 0`
+    (to restore SERIALIZABLE, the level every connection here keeps: nothing asks for READ UNCOMMITTED) -- a
+    statement on every checkin, a fifth of a fetch's store time. Both levels this process uses are the driver's
+    attribute alone; any other level goes through SQLAlchemy's own code."""
+    dialect = engine.dialect
+    general = dialect.set_isolation_level
+
+    def set_isolation_level(dbapi_conn, level) -> None:  # noqa: ANN001
+        if level == "AUTOCOMMIT":
+            dbapi_conn.isolation_level = None
+        elif level == "SERIALIZABLE":  # SQLite's own default: read_uncommitted is never set on these connections
+            dbapi_conn.isolation_level = ""
+        else:
+            general(dbapi_conn, level)
+
+    dialect.set_isolation_level = set_isolation_level  # type: ignore[method-assign]
 
 
 def ping_when_idle(engine: Engine, idle_s: float) -> None:

@@ -13,7 +13,7 @@ import string
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from diffserve.store.db import KeyRow, autocommit, utcnow
@@ -42,6 +42,8 @@ class KeyStore:
     def __init__(self, db: Engine) -> None:
         self._db = db
         self._read = autocommit(db)  # every request's key check: one statement
+        # built once: every request runs it (a statement built per call cost more than SQLite's lookup)
+        self._by_id = select(*KeyRow.__table__.columns).where(KeyRow.key_id == bindparam("key_id"))
 
     def create(self, name: str | None = None, role: str = "user", max_queued: int | None = None) -> tuple[ApiKey, str]:
         """Returns the stored key and the full key text (shown once, never stored)."""
@@ -69,7 +71,7 @@ class KeyStore:
         if not full_key or len(full_key) != _ID_LEN + _SECRET_LEN:
             return None
         with self._read.connect() as c:  # one statement, no transaction around it
-            row = c.execute(select(*KeyRow.__table__.columns).where(KeyRow.key_id == full_key[:_ID_LEN])).first()
+            row = c.execute(self._by_id, {"key_id": full_key[:_ID_LEN]}).first()
             candidate = row.secret_hash if row is not None else _hash("")
             ok = hmac.compare_digest(candidate, _hash(full_key))
             if row is None or not ok or row.revoked_at is not None:

@@ -94,6 +94,7 @@ class Ledger:
         self._db = db
         self._read = autocommit(db)  # single-statement reads
         self._events = events
+        self._job_by_id = select(*JobRow.__table__.columns).where(JobRow.id == bindparam("job_id"))  # polled
 
     def using(self, events: QueueEvents | None) -> Ledger:
         """The same ledger, telling this queue backend of committed changes."""
@@ -265,7 +266,7 @@ class Ledger:
 
     def job(self, job_id: int) -> Job | None:
         with self._read.connect() as c:
-            row = c.execute(select(*JobRow.__table__.columns).where(JobRow.id == job_id)).first()
+            row = c.execute(self._job_by_id, {"job_id": job_id}).first()
             return to_job(row) if row else None
 
     def holds(self, job_id: int, attempt: int) -> bool:
