@@ -26,9 +26,10 @@ def scheduling(tid: int) -> tuple[str, int]:
     return SCHED_NAMES[os.sched_getscheduler(tid)], os.getpriority(os.PRIO_PROCESS, tid)
 
 
-def test_the_servers_worker_runs_at_the_servers_own_priority_by_default(server):
-    """The default (`normal`, docs/performance.md: lower priorities measured no better here): every thread of the
-    worker, torch's compute threads included, and the API's at the server's own priority."""
+def test_the_servers_worker_computes_below_the_api_by_default(server):
+    """The default (`low`, docs/performance.md "Serving latency": the API's fetches keep their p99 while the worker
+    computes on the same cores): every thread of the worker, torch's compute threads included, at nice 10; the
+    API's at the server's own priority."""
     assert server.proc is not None
     api = threads(server.proc.pid)
     workers = [pid for pid in children(server.proc.pid)
@@ -38,7 +39,7 @@ def test_the_servers_worker_runs_at_the_servers_own_priority_by_default(server):
     assert len(worker_threads) >= 2  # torch's own threads among them
     base = os.getpriority(os.PRIO_PROCESS, server.proc.pid)
     assert {scheduling(tid) for tid in api} == {("other", base)}
-    assert {scheduling(tid) for tid in worker_threads} == {("other", base)}
+    assert {scheduling(tid) for tid in worker_threads} == {("other", max(base, 10))}
 
 
 @pytest.mark.parametrize("priority, policy, nice", [("normal", "other", 0), ("low", "other", 10),
