@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from fastapi import Request
@@ -49,11 +49,10 @@ class AppState:
     supervisor: Supervisor | None = None  # local worker processes (`serve --workers N`, N > 0)
     metrics: Metrics | None = None  # this process's Prometheus samples (diffserve/metrics.py)
     listener: JobDoneListener | None = None  # PostgreSQL: jobs finished by workers anywhere wake waiters here
-    base_urls: BaseUrls | None = None  # the base-URL rule (api/base_url.py); built from settings when not given
+    base_urls: BaseUrls = field(init=False)  # the base-URL rule (api/base_url.py), from settings
 
     def __post_init__(self) -> None:
-        if self.base_urls is None:
-            self.base_urls = BaseUrls(self.settings.server, self.settings.base_url)
+        self.base_urls = BaseUrls(self.settings.server, self.settings.base_url)
 
     @property
     def offload(self) -> Offload:
