@@ -88,15 +88,20 @@ def test_ctrl_c_cancels_the_job_on_the_server(jobs_server, key, tmp_path):
                             # give the CLI the default a user's terminal gives it
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     jobs = Jobs(jobs_server, key)
-    latest = wait_until(lambda: jobs.http.get("/v1/jobs", params={"limit": 1}).json()["data"], 60, every=0.05,
-                        accept=lambda latest: latest and latest[0]["meta"]["prompt"] == "slow"
-                        and latest[0]["status"] == "running", what="the CLI's job running")
-    job = latest[0]
-    assert job is not None
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and f"job {job['id']} cancelled" in err
-    assert jobs.done(job["id"], timeout=30)["status"] == "cancelled"
+    # the job is the CLI's once it says so: a Ctrl-C before the server's answer reaches it cannot name the job
+    queued = proc.stderr.readline()
+    assert queued.startswith("job ") and queued.rstrip().endswith(" queued"), queued + proc.communicate()[1]
+    job_id = int(queued.split()[1])
+    try:
+        wait_until(lambda: jobs.get(job_id), 60, every=0.05, accept=lambda job: job["status"] == "running",
+                   what="the CLI's job running")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and f"job {job_id} cancelled" in err
+        assert jobs.done(job_id, timeout=30)["status"] == "cancelled"
+    finally:  # a 50-step 512 px job left running would hold this module's worker for minutes
+        proc.kill()
+        jobs.http.post(f"/v1/jobs/{job_id}/cancel")
     assert not (tmp_path / "never.png").exists()
 
 

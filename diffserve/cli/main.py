@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:  # Ctrl-C outside a step that handles it (e.g. while a job is being submitted)
+        print("diffserve: interrupted", file=sys.stderr)
+        return 130
 
 
 def _settings(args: argparse.Namespace, **extra) -> Settings:
