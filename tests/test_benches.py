@@ -69,6 +69,14 @@ BENCHES = {
         rf"\(\d+ cores: a ceiling of {NUM}",
         rf"^    CPU ms per job: api {NUM}, workers {NUM}, postgres {NUM}, redis {NUM}, bench clients {NUM}; all {NUM}",
     ]),
+    "control_floor": ([], [
+        r"^control plane floor \(\S+ \S+; 100 jobs per piece, 8 clients; ",
+        *(rf"^{piece}\s+{re.escape(name)}\s+{NUM}$" for piece, name in
+          (("http", "http server"), ("http", "http clients"), ("broker", "publish (celery)"),
+           ("broker", "consume + ack (kombu)"), ("broker", "redis"), ("store", "postgres"),
+           ("store", "psycopg client"))),
+        rf"^floor per job: {NUM} ms without the HTTP clients \({NUM} jobs/s on \d+ cores\), {NUM} ms with them",
+    ]),
     "step_cache": ([], [
         r"^model\s+step cache\s+denoise s\s+speed-up\s+full/cached\s+PSNR dB$",
         rf"^demo-sd\s+off\s+{NUM}\s+1\.00x\s+-\s+-$",
