@@ -4,14 +4,15 @@ A test file takes it with `from .a1111_client import call`."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
+
+from . import web
 
 
 @pytest.fixture(scope="module")
 def call(jobs_server, request):
     name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
     key = jobs_server.create_key("--name", name)
-    client = httpx.Client(base_url=f"{jobs_server.url}/sdapi/v1", auth=("u", key), timeout=300)
+    client = web.client(base_url=f"{jobs_server.url}/sdapi/v1", auth=("u", key), timeout=300)
     yield client.request
     client.close()

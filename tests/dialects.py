@@ -6,10 +6,9 @@ import json
 import sqlite3
 from pathlib import Path
 
-import httpx
-
 from diffserve.engine.tiny.flux import FLUX_TINY_LIMITS
 
+from . import web
 from .servers import DiffserveServer
 from .waiting import wait_until
 
@@ -70,11 +69,11 @@ def job_row(server: DiffserveServer, job_id: int, *columns: str) -> tuple:
 
 def poll_modelslab(server: DiffserveServer, url: str, body: dict, timeout: float = 120) -> dict:
     """POST `url` until the answer is no longer `processing`."""
-    return wait_until(lambda: httpx.post(url, json=body, timeout=60).json(), timeout, every=0.2,
+    return wait_until(lambda: web.post(url, json=body, timeout=60).json(), timeout, every=0.2,
                       accept=lambda out: out["status"] != "processing", what=f"{url} to answer other than processing")
 
 
 def download(url: str) -> bytes:
-    r = httpx.get(url, timeout=30)
+    r = web.get(url, timeout=30)
     assert r.status_code == 200, (url, r.status_code)
     return r.content

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import httpx
-
+from . import web
 from .pgserver import PostgresServer
 from .redisserver import RedisServer
 from .s3server import ACCESS_KEY, PRIVATE_BUCKET, SECRET_KEY, SeaweedS3
@@ -211,7 +210,7 @@ class Fleet:
     def wait_workers(self, count: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            health = httpx.get(f"{self.api.url}/health", timeout=5).json()
+            health = web.get(f"{self.api.url}/health", timeout=5).json()
             if health["workers"] >= count:
                 return
             time.sleep(0.2)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 
-import httpx
-
+from . import web
 from .servers import png_bytes
 from .waiting import wait_until
 
@@ -17,7 +16,7 @@ def data_uri(width: int = 64, height: int = 64) -> str:
 class Jobs:
     def __init__(self, server, key: str) -> None:
         self.server, self.key = server, key
-        self.http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        self.http = web.client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
     def submit(self, **body) -> dict:
         body.setdefault("prompt", "a red bicycle")

@@ -13,8 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from . import web
 from .servers import free_port
 from .waiting import wait_until
 
@@ -82,7 +81,7 @@ class SeaweedS3:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited:\n{(self.root / 'weed.log').read_text()[-3000:]}")
             try:
-                httpx.get(self.endpoint, timeout=1)
+                web.get(self.endpoint, timeout=1)
                 s3 = self.client()
                 for bucket in (PRIVATE_BUCKET, PUBLIC_BUCKET):
                     s3.put_object(Bucket=bucket, Key="ready", Body=b"1")

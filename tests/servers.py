@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from . import web
 from .waiting import wait_until
 
 
@@ -148,7 +149,7 @@ class DiffserveServer:
         def answer() -> int:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.log_tail()}")
-            return httpx.get(f"{self.url}{until}", timeout=2).status_code
+            return web.get(f"{self.url}{until}", timeout=2).status_code
 
         t0 = time.monotonic()
         wait_until(answer, timeout, every=0.1, accept=lambda status: status == 200, ignore=httpx.HTTPError,
@@ -176,4 +177,4 @@ class DiffserveServer:
 
     def post(self, path: str, body=None, **kw) -> httpx.Response:
         kw.setdefault("timeout", 120)
-        return httpx.post(f"{self.url}{path}", json=body, **kw)
+        return web.post(f"{self.url}{path}", json=body, **kw)

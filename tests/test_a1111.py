@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import threading
 
-import httpx
 import numpy as np
 import pytest
 import webuiapi
 from PIL import Image
 
+from . import web
 from .jobs_helpers import Jobs
 from .servers import png_bytes
 from .waiting import wait_until
@@ -113,16 +113,16 @@ def _slow(api) -> object:
 def test_errors(jobs_server, key, api):
     url = f"{jobs_server.url}/sdapi/v1/img2img"
     body = {"init_images": [], "prompt": "x"}
-    assert httpx.post(url, json=body).status_code == 401
-    r = httpx.post(url, json={**body, "sampler_name": "DPM++ 2S a"}, auth=("u", key))
+    assert web.post(url, json=body).status_code == 401
+    r = web.post(url, json={**body, "sampler_name": "DPM++ 2S a"}, auth=("u", key))
     assert r.status_code == 400 and "valid: Euler a, Euler, LMS" in r.json()["detail"]
-    r = httpx.post(url, json={"init_images": ["aGVsbG8="], "prompt": "x", "scheduler": "exponential"},
-                   auth=("u", key))
+    r = web.post(url, json={"init_images": ["aGVsbG8="], "prompt": "x", "scheduler": "exponential"},
+                 auth=("u", key))
     assert r.status_code == 400 and r.json()["detail"].startswith("scheduler 'exponential' is not supported")
-    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
+    r = web.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 400 and r.json()["detail"] == "init_images is required"
-    r = httpx.post(url, json={"init_images": ["not base64 at all!"], "prompt": "x"}, auth=("u", key))
+    r = web.post(url, json={"init_images": ["not base64 at all!"], "prompt": "x"}, auth=("u", key))
     assert r.status_code == 400 and "init_images" in r.json()["detail"]
-    r = httpx.post(f"{jobs_server.url}/sdapi/v1/options", json={"sd_model_checkpoint": "nope"}, auth=("u", key))
+    r = web.post(f"{jobs_server.url}/sdapi/v1/options", json={"sd_model_checkpoint": "nope"}, auth=("u", key))
     assert r.status_code == 400 and r.json()["detail"] == "Model not found: nope"
-    assert json.loads(httpx.get(f"{jobs_server.url}/sdapi/v1/nothing").text) == {"detail": "Not Found"}
+    assert json.loads(web.get(f"{jobs_server.url}/sdapi/v1/nothing").text) == {"detail": "Not Found"}

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from . import web
 from .hostile_corpus import png_bomb
 from .servers import png_bytes
 
@@ -24,7 +25,7 @@ def call(server):
     def call(method: str, path: str, who: str = "a", **kw) -> httpx.Response:
         if who not in keys:
             keys[who] = server.create_key("--name", f"a1111-more-{who}")
-        return httpx.request(method, f"{server.url}/sdapi/v1{path}", auth=("me", keys[who]), timeout=120, **kw)
+        return web.request(method, f"{server.url}/sdapi/v1{path}", auth=("me", keys[who]), timeout=120, **kw)
 
     return call
 
@@ -154,5 +155,5 @@ def test_interrogate_is_a_clear_501(call):
 
 def test_401_names_basic_auth(server):
     for path in ("/options", "/upscalers", "/txt2img"):
-        answer = httpx.request("POST" if path == "/txt2img" else "GET", f"{server.url}/sdapi/v1{path}", json={})
+        answer = web.request("POST" if path == "/txt2img" else "GET", f"{server.url}/sdapi/v1{path}", json={})
         assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Basic")

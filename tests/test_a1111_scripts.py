@@ -11,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from . import web
 from .servers import png_bytes
 
 
@@ -19,7 +20,7 @@ def post(server):
     key = server.create_key("--name", "a1111-scripts")
 
     def post(path: str, body: dict) -> httpx.Response:
-        return httpx.post(f"{server.url}/sdapi/v1{path}", json=body, auth=("me", key), timeout=120)
+        return web.post(f"{server.url}/sdapi/v1{path}", json=body, auth=("me", key), timeout=120)
 
     return post
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import sqlite3
 
-import httpx
 import pytest
 
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.engine.tiny.sd import build_tiny_sd
 
+from . import web
 from .tiny_assets import TinyAssets, build_tiny_assets
 
 IMG2IMG = "/api/v6/images/img2img"
@@ -44,7 +44,7 @@ def image_bytes(server, b) -> bytes:
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["status"] == "success", out
-    return httpx.get(out["output"][0], timeout=30).content
+    return web.get(out["output"][0], timeout=30).content
 
 
 def job_count(server) -> int:

@@ -5,8 +5,7 @@ a trusted host, so its answers' links start with http://localhost:PORT: the webh
 
 from __future__ import annotations
 
-import httpx
-
+from . import web
 from .jobs_helpers import data_uri
 from .webhook_receiver import Receiver
 
@@ -15,7 +14,7 @@ def test_a_jobs_webhook_links_equal_its_fetch_answers_links(server, key):
     receiver = Receiver().start()
     try:
         base = f"http://localhost:{server.port}"
-        with httpx.Client(base_url=server.url, timeout=60, headers={
+        with web.client(base_url=server.url, timeout=60, headers={
                 "Authorization": f"Bearer {key}", "Host": f"localhost:{server.port}"}) as http:
             r = http.post("/v1/jobs", json={"prompt": "a red bicycle", "init_image": data_uri(),
                                             "webhook": receiver.url, "steps": 2})
@@ -35,7 +34,7 @@ def test_a_modelslab_webhook_links_equal_its_answers_links(server, key):
     receiver = Receiver().start()
     try:
         base = f"http://localhost:{server.port}"
-        with httpx.Client(base_url=server.url, timeout=60, headers={"Host": f"localhost:{server.port}"}) as http:
+        with web.client(base_url=server.url, timeout=60, headers={"Host": f"localhost:{server.port}"}) as http:
             r = http.post("/api/v6/images/img2img", json={
                 "key": key, "prompt": "a red bicycle", "init_image": data_uri(), "num_inference_steps": "2",
                 "webhook": receiver.url, "instant_response": "yes"})

@@ -16,7 +16,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,6 +26,7 @@ from diffserve.core.request import GenerationRequest
 from diffserve.engine.generate import Engine
 from diffserve.engine.models.registry import ModelRegistry
 
+from . import web
 from .family_models import BATCHED_FAMILIES, build_tiny, tiny_ids
 from .servers import DiffserveServer, png_bytes
 
@@ -271,7 +271,7 @@ def test_concurrent_requests_share_a_batch_bounded_by_max_batch(batching_server)
     assert max(sizes) > 1 and max(sizes) <= 3, sizes
     alone = v6(batching_server, key, seed=0, strength=0.3, num_inference_steps=6)  # outs[0]'s request, alone now
     assert alone["meta"]["batch_size"] == 1
-    img = {k: Image.open(io.BytesIO(httpx.get(o["output"][0], timeout=30).content)).convert("RGB")
+    img = {k: Image.open(io.BytesIO(web.get(o["output"][0], timeout=30).content)).convert("RGB")
            for k, o in (("batched", outs[0]), ("alone", alone))}
     assert max_diff(img["batched"], img["alone"]) <= TOLERANCE
 
@@ -289,7 +289,7 @@ def test_tomesd_requests_share_a_batch_and_match_alone(batching_server):
     alone = v6(batching_server, key, seed=0, tomesd="yes", strength=0.3, num_inference_steps=6)
     plain = v6(batching_server, key, seed=0, tomesd="no", strength=0.3, num_inference_steps=6)
     assert alone["meta"]["batch_size"] == 1
-    img = {k: Image.open(io.BytesIO(httpx.get(o["output"][0], timeout=30).content)).convert("RGB")
+    img = {k: Image.open(io.BytesIO(web.get(o["output"][0], timeout=30).content)).convert("RGB")
            for k, o in (("batched", outs[0]), ("alone", alone), ("plain", plain))}
     assert max_diff(img["batched"], img["alone"]) <= TOLERANCE
     assert max_diff(img["alone"], img["plain"]) > TOLERANCE
@@ -354,7 +354,7 @@ def test_batching_off_runs_one_job_at_a_time_byte_identical(tmp_path_factory, mo
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # never two at once
         alone = v6(batching_server, batching_server.create_key(), seed=20)
         assert alone["meta"]["batch_size"] == 1
-        assert httpx.get(outs[0]["output"][0]).content == httpx.get(alone["output"][0]).content
+        assert web.get(outs[0]["output"][0]).content == web.get(alone["output"][0]).content
     finally:
         off.stop()
 

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from . import web
 from .bodies import IMG2IMG, body
 from .servers import DiffserveServer, png_bytes
 from .waiting import wait_until
@@ -112,7 +113,7 @@ class HealthProbe:
         self._thread = threading.Thread(target=self._run, args=(server.url,), daemon=True)
 
     def _run(self, url: str) -> None:
-        with httpx.Client(timeout=30) as client:
+        with web.client(timeout=30) as client:
             while not self._stop.is_set():
                 t0 = time.monotonic()
                 assert client.get(f"{url}/health").status_code == 200
@@ -135,8 +136,8 @@ def cpu_s(pid: int) -> float:
 
 
 def native(server, key, method, path, **kw) -> httpx.Response:
-    return httpx.request(method, f"{server.url}{path}", headers={"Authorization": f"Bearer {key}"},
-                         timeout=30, **kw)
+    return web.request(method, f"{server.url}{path}", headers={"Authorization": f"Bearer {key}"},
+                       timeout=30, **kw)
 
 
 def queued_job(server, key, **extra) -> int:
@@ -156,7 +157,7 @@ def test_slow_image_host_costs_fetch_slots_only(bounded):
 
     def submit(key):
         t0 = time.monotonic()
-        r = httpx.post(f"{bounded.url}{IMG2IMG}", json=body(key, init_image=f"{host.url}?k={key}"), timeout=60)
+        r = web.post(f"{bounded.url}{IMG2IMG}", json=body(key, init_image=f"{host.url}?k={key}"), timeout=60)
         return r, time.monotonic() - t0
 
     try:
@@ -195,8 +196,8 @@ def test_slow_image_host_costs_fetch_slots_only(bounded):
 
 
 def _follow(server, key, job_id, events: list, opened: threading.Event | None = None):
-    with httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", timeout=60,
-                      headers={"Authorization": f"Bearer {key}"}) as r:
+    with web.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", timeout=60,
+                    headers={"Authorization": f"Bearer {key}"}) as r:
         assert r.status_code == 200
         if opened:
             opened.set()
@@ -258,7 +259,7 @@ def test_synchronous_wait_ends_when_the_client_leaves(bounded, bkey, path, paylo
     cancels the job (nobody can fetch its images through that dialect) within a second or so, instead of
     polling until the job ends."""
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{bounded.url}{path}", json=payload, headers={"Authorization": f"Bearer {bkey}"}, timeout=1.0)
+        web.post(f"{bounded.url}{path}", json=payload, headers={"Authorization": f"Bearer {bkey}"}, timeout=1.0)
     left = time.monotonic()
     job = native(bounded, bkey, "GET", "/v1/jobs", params={"limit": 1}).json()["data"][0]
     job = wait_until(lambda: native(bounded, bkey, "GET", f"/v1/jobs/{job['id']}").json(), 5,

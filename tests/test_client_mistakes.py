@@ -24,6 +24,7 @@ from diffserve.store.db import make_db_engine
 from diffserve.store.keys import KeyStore
 from diffserve.store.schema import ensure_schema
 
+from . import web
 from .dialects import LOCAL_BROKEN, LOCAL_SD
 from .servers import png_bytes
 
@@ -50,8 +51,8 @@ def send(server, path: str, body: dict, headers: dict | None = None, raw: dict[s
     cannot write (1e400)."""
     parts = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in body.items()]
     parts += [f"{json.dumps(k)}: {token}" for k, token in (raw or {}).items()]
-    return httpx.post(f"{server.url}{path}", content=("{" + ", ".join(parts) + "}").encode(),
-                      headers={"Content-Type": "application/json", **(headers or {})}, timeout=timeout)
+    return web.post(f"{server.url}{path}", content=("{" + ", ".join(parts) + "}").encode(),
+                    headers={"Content-Type": "application/json", **(headers or {})}, timeout=timeout)
 
 
 # Each dialect's error shape, and that it names the field.
@@ -101,7 +102,7 @@ def surrogate_prompt_requests(k: str, prompt: str):
 
 
 def jobs_of(server, k: str) -> list[dict]:
-    r = httpx.get(f"{server.url}/v1/jobs", headers=bearer(k), timeout=30)
+    r = web.get(f"{server.url}/v1/jobs", headers=bearer(k), timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["data"]
 
@@ -124,7 +125,7 @@ def test_a_lone_surrogate_in_a_prompt_is_refused_on_every_dialect_and_nothing_is
     assert nested.status_code == 400
     a1111_error(nested, "override_settings.sd_model_checkpoint")
     # the key's jobs still list and fetch, in every dialect that shows them
-    assert httpx.get(f"{dialect_server.url}/v1/jobs/{done['id']}", headers=bearer(k), timeout=30).status_code == 200
+    assert web.get(f"{dialect_server.url}/v1/jobs/{done['id']}", headers=bearer(k), timeout=30).status_code == 200
     fetched = send(dialect_server, f"/api/v6/images/fetch/{done['id']}", {"key": k})
     assert fetched.status_code == 200 and fetched.json()["status"] in ("success", "processing"), fetched.text
     assert send(dialect_server, "/getImage", {"id": str(done["id"])}, bearer(k)).status_code == 200
@@ -143,7 +144,7 @@ def test_a_lone_surrogate_in_a_multipart_field_is_refused(dialect_server, key):
         body += b"--%s\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n" \
                 b"Content-Type: image/png\r\n\r\n%s\r\n--%s--\r\n" % (boundary.encode(), png_bytes(64, 64),
                                                                       boundary.encode())
-        r = httpx.post(f"{dialect_server.url}/v1/images/edits", content=body, timeout=60, headers={
+        r = web.post(f"{dialect_server.url}/v1/images/edits", content=body, timeout=60, headers={
             **bearer(key), "Content-Type": f"multipart/form-data; boundary={boundary}; charset=unicode_escape"})
         assert r.status_code == 400, r.text
         openai_error(r, "prompt" if field_name == "prompt" else "size\\udc00")
@@ -262,9 +263,9 @@ def test_a_job_that_failed_in_the_worker_still_lists_and_fetches_everywhere(dial
     job_id = int(r.json()["task_id"])
     listed = {j["id"]: j for j in jobs_of(dialect_server, key)}
     assert listed[job_id]["status"] == "failed" and listed[job_id]["error"]
-    one = httpx.get(f"{dialect_server.url}/v1/jobs/{job_id}", headers=bearer(key), timeout=30)
+    one = web.get(f"{dialect_server.url}/v1/jobs/{job_id}", headers=bearer(key), timeout=30)
     assert one.status_code == 200 and one.json()["error"] == listed[job_id]["error"]
-    events = httpx.get(f"{dialect_server.url}/v1/jobs/{job_id}/events", headers=bearer(key), timeout=30)
+    events = web.get(f"{dialect_server.url}/v1/jobs/{job_id}/events", headers=bearer(key), timeout=30)
     assert events.status_code == 200 and "event: failed" in events.text
     for path in (f"/api/v6/images/fetch/{job_id}", f"/api/v7/images/fetch/{job_id}",
                  f"/api/v1/enterprise/fetch/{job_id}"):
@@ -272,7 +273,7 @@ def test_a_job_that_failed_in_the_worker_still_lists_and_fetches_everywhere(dial
         assert fetched.status_code == 200 and fetched.json()["status"] == "failed", (path, fetched.text)
     again = send(dialect_server, "/getImage", {"id": str(job_id)}, bearer(key))
     assert again.status_code == 200 and again.json()["status"] == "FAILED"
-    progress = httpx.get(f"{dialect_server.url}/sdapi/v1/progress", headers=basic(key), timeout=30)
+    progress = web.get(f"{dialect_server.url}/sdapi/v1/progress", headers=basic(key), timeout=30)
     assert progress.status_code == 200
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from tests.dockerd import Dockerd, WheelServer, build_base_image, missing_tools
 from tests.servers import free_port
 from tests.waiting import wait_until
+from tests import web
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_TAG = "diffserve-base:test"
@@ -115,7 +116,7 @@ def container(daemon, image):
 def wait_for_health(daemon: Dockerd, url: str, timeout: float) -> dict:
     def health() -> dict | None:
         try:
-            r = httpx.get(f"{url}/health", timeout=5)
+            r = web.get(f"{url}/health", timeout=5)
             if r.status_code == 200 and r.json()["status"] == "ok":
                 return r.json()
         except httpx.HTTPError:
@@ -136,13 +137,13 @@ def test_worked_example_in_the_container(daemon, container):
             "samples": "1", "num_inference_steps": "8", "guidance_scale": 7.5, "strength": 0.3,
             "use_karras_sigmas": "no", "seed": 0}
     started = time.monotonic()
-    r = httpx.post(f"{container}/api/v6/images/img2img", json=body, timeout=300)
+    r = web.post(f"{container}/api/v6/images/img2img", json=body, timeout=300)
     print(f"container: the worked example's request answered in {time.monotonic() - started:.1f} s")
     answer = r.json()
     assert r.status_code == 200 and answer["status"] == "success", answer
     output = answer["output"][0]
     assert output.startswith(f"{container}/"), output  # the URL a client of the published port can fetch
-    image = httpx.get(output, timeout=60)
+    image = web.get(output, timeout=60)
     assert image.status_code == 200
     assert image.content[:8] == b"\x89PNG\r\n\x1a\n" or image.content[:3] == b"\xff\xd8\xff"
     decoded = Image.open(io.BytesIO(image.content))

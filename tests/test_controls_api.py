@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import sqlite3
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,6 +20,7 @@ from PIL import Image
 from diffserve.engine.models.capabilities import SCHEDULERS, UNSUPPORTED_SCHEDULERS
 from diffserve.engine.controls.prompts import QUALITY_NEGATIVE, QUALITY_TERMS
 
+from . import web
 from .servers import DiffserveServer
 from .waiting import wait_until
 
@@ -54,7 +54,7 @@ def jobs_in(server) -> int:
 
 
 def image(url: str) -> np.ndarray:
-    r = httpx.get(url, timeout=30)
+    r = web.get(url, timeout=30)
     assert r.status_code == 200, url
     return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
 

@@ -24,6 +24,8 @@ from diffserve.engine.demo import DEMO_SD_FOLDER, WEIGHT_FILES, data, edits, qua
 from diffserve.engine.demo.build import WEIGHTS, build_demo_sd
 from diffserve.engine.models.registry import builtin_models
 
+from . import web
+
 ROOT = Path(__file__).resolve().parent.parent
 # The tests of the trained model run once its weights are committed (issue 16); the data, the measures and
 # the training script's determinism are tested now.
@@ -320,13 +322,12 @@ def _b64_png(image: np.ndarray) -> str:
 
 
 def _answer_image(answer: dict) -> np.ndarray:
-    import httpx
     from PIL import Image
 
     import io
 
     assert answer["status"] == "success", answer
-    return edits.from_pil(Image.open(io.BytesIO(httpx.get(answer["output"][0], timeout=30).content)))
+    return edits.from_pil(Image.open(io.BytesIO(web.get(answer["output"][0], timeout=30).content)))
 
 
 @needs_weights
@@ -335,7 +336,7 @@ def test_default_server_preloads_demo_sd_as_fast_as_tiny_sd(default_server, tmp_
 
     from .servers import DiffserveServer
 
-    health = httpx.get(f"{default_server.url}/health").json()
+    health = web.get(f"{default_server.url}/health").json()
     assert "demo-sd" in health["models_loaded"]
     # both folders were built before (models_root is shared, demo-sd by the fixture): loading only. The two start
     # side by side, so both see the same load on a shared machine (and the test waits for one start, not two).

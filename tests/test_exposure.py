@@ -7,6 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from . import web
 from .jobs_helpers import Jobs, data_uri
 from .servers import DiffserveServer
 
@@ -27,11 +28,11 @@ def assert_protected(r: httpx.Response) -> None:
 
 def test_the_playground_and_api_answers_carry_the_security_headers(jobs_server, key):
     auth = {"Authorization": f"Bearer {key}"}
-    answers = [httpx.get(f"{jobs_server.url}{path}", headers=auth, timeout=30)
+    answers = [web.get(f"{jobs_server.url}{path}", headers=auth, timeout=30)
                for path in ("/ui/", "/ui/app.js", "/ui/style.css", "/v1/models", "/health", "/sdapi/v1/sd-models",
                             "/generations/no-such-file.png", "/v1/jobs/999999")]
-    answers += [httpx.get(f"{jobs_server.url}/v1/models", timeout=30),  # 401
-                httpx.post(f"{jobs_server.url}/api/v6/images/img2img", json={"key": "nope"}, timeout=30)]
+    answers += [web.get(f"{jobs_server.url}/v1/models", timeout=30),  # 401
+                web.post(f"{jobs_server.url}/api/v6/images/img2img", json={"key": "nope"}, timeout=30)]
     assert [r.status_code for r in answers] == [200, 200, 200, 200, 200, 200, 404, 404, 401, 401]
     for r in answers:
         assert_protected(r)
@@ -41,7 +42,7 @@ def test_the_playground_and_api_answers_carry_the_security_headers(jobs_server, 
 
 
 def test_sd_models_shows_no_server_path(jobs_server, key, models_root):
-    models = httpx.get(f"{jobs_server.url}/sdapi/v1/sd-models", auth=("user", key), timeout=30).json()
+    models = web.get(f"{jobs_server.url}/sdapi/v1/sd-models", auth=("user", key), timeout=30).json()
     assert {"tiny-sd", "tiny-sdxl"} <= {m["title"] for m in models}
     for m in models:
         assert m["filename"] == m["model_name"] == m["title"], m  # the id stands in for A1111's checkpoint path
@@ -64,7 +65,7 @@ def test_output_urls_do_not_follow_a_forged_host_header(jobs_server, key):
     assert job["status"] == "succeeded" and job["outputs"], job
     for url in job["outputs"]:  # the address the request arrived at, not the Host header
         assert url.startswith(f"http://127.0.0.1:{port}/generations/") and "evil" not in url, url
-        assert httpx.get(url, timeout=30).status_code == 200
+        assert web.get(url, timeout=30).status_code == 200
     listed = jobs.http.get("/v1/jobs?limit=5", headers=forged).json()["data"]
     assert all("evil" not in u for j in listed for u in j["outputs"])
     # a trusted host (localhost, by default) is followed, port and all: the playground at localhost sees its origin
@@ -84,13 +85,13 @@ def metrics_server(tmp_path_factory, models_root):
 def test_metrics_can_require_a_key(metrics_server, jobs_server):
     url = f"{metrics_server.url}/metrics"
     for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic dXNlcjpwdw=="}):
-        r = httpx.get(url, headers=headers, timeout=30)
+        r = web.get(url, headers=headers, timeout=30)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (headers, r.text)
         assert "diffserve_" not in r.text and r.json()["error"]["code"] == "unauthorized"
     key = metrics_server.create_key("--name", "prometheus")
-    r = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    r = web.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert r.status_code == 200 and "diffserve_http_requests_total" in r.text and "diffserve_workers" in r.text
     assert_protected(r)
-    assert httpx.get(f"{metrics_server.url}/health", timeout=30).status_code == 200  # health stays open
+    assert web.get(f"{metrics_server.url}/health", timeout=30).status_code == 200  # health stays open
     # the default (the other servers): open, as Prometheus scrapes usually are
-    assert httpx.get(f"{jobs_server.url}/metrics", timeout=30).status_code == 200
+    assert web.get(f"{jobs_server.url}/metrics", timeout=30).status_code == 200

@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from diffserve.engine.demo import DEMO_SD_LIMITS
 
+from . import web
 from .jobs_helpers import data_uri
 from .servers import free_port, png_bytes
 
@@ -77,8 +77,8 @@ def test_generate_takes_the_key_as_a_flag(jobs_server, tmp_path):
 def test_jobs_list_elides_a_long_prompt_at_a_word(jobs_server):
     key = jobs_server.create_key("--name", "history")
     words = ["sketch"] + [f"word{i}" for i in range(40)]
-    r = httpx.post(f"{jobs_server.url}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=30,
-                   json={"prompt": " ".join(words), "init_image": data_uri(64, 64), "steps": 2})
+    r = web.post(f"{jobs_server.url}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                 json={"prompt": " ".join(words), "init_image": data_uri(64, 64), "steps": 2})
     assert r.status_code in (200, 201, 202), r.text
     listed = diffserve("jobs", "list", "--key", key, "--server", jobs_server.url)
     assert listed.returncode == 0, listed.stderr

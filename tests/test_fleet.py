@@ -12,10 +12,10 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 
+from . import web
 from .jobs_helpers import Jobs, data_uri
 from .s3server import PRIVATE_BUCKET
 from .waiting import wait_until
@@ -43,7 +43,7 @@ def test_the_workers_are_other_hosts_and_serve_a_synchronous_request(fleet, flee
                               "num_inference_steps": 2, "strength": 0.5, "base64": "no"}).json()
     assert out["status"] == "success", out
     assert out["output"][0].startswith(f"{fleet.s3.endpoint}/{PRIVATE_BUCKET}/")
-    assert httpx.get(out["output"][0]).status_code == 200  # the worker wrote it to S3 across its link
+    assert web.get(out["output"][0]).status_code == 200  # the worker wrote it to S3 across its link
 
 
 def test_a_job_goes_to_the_worker_that_has_its_model_loaded(fleet, jobs):

@@ -7,12 +7,12 @@ import base64
 import io
 import json
 
-import httpx
 import openai
 import pytest
 import webuiapi
 from PIL import Image
 
+from . import web
 from .dialects import LOCAL_SD, poll_modelslab
 from .jobs_helpers import Jobs, data_uri
 from .servers import png_bytes
@@ -26,7 +26,7 @@ def key(fleet):
 
 
 def fetched(url: str) -> Image.Image:
-    r = httpx.get(url, timeout=30)
+    r = web.get(url, timeout=30)
     assert r.status_code == 200, (url, r.status_code)
     return Image.open(io.BytesIO(r.content))
 
@@ -56,13 +56,13 @@ def test_realtime(fleet, key, image_host):
         "strength": 0.7, "base64": True}).json()
     assert out["status"] == "success", out
     b64 = out["output"][0]
-    b64 = httpx.get(b64).text if b64.startswith("http") else b64
+    b64 = web.get(b64).text if b64.startswith("http") else b64
     assert Image.open(io.BytesIO(base64.b64decode(b64.split(",")[-1]))).size == (64, 64)
 
 
 def test_qolaba(fleet, key, image_host):
-    out = httpx.post(f"{fleet.api.url}/getImagetoImage", headers={"Authorization": f"Bearer {key}"}, timeout=120,
-                     json={"app_id": LOCAL_SD, "image": image_host.url("/cat.png"), "prompt": "a boat",
+    out = web.post(f"{fleet.api.url}/getImagetoImage", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                   json={"app_id": LOCAL_SD, "image": image_host.url("/cat.png"), "prompt": "a boat",
                            "strength": 0.5}).json()
     assert out["status"] == "SUCCESS", out
     assert json.dumps(out).count("http") >= 1

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from . import web
 from .bodies import IMG2IMG, body
 from .hostile_corpus import TEN_MB, b64, image_corpus
 from .hardened import QOLABA_REFS_APP
@@ -170,7 +171,7 @@ RAW_BODIES = [
 
 @pytest.mark.parametrize("raw,message", RAW_BODIES, ids=[f"raw{i}" for i in range(len(RAW_BODIES))])
 def test_malformed_json(server, raw, message):
-    r = httpx.post(f"{server.url}{IMG2IMG}", content=raw, headers={"content-type": "application/json"}, timeout=60)
+    r = web.post(f"{server.url}{IMG2IMG}", content=raw, headers={"content-type": "application/json"}, timeout=60)
     refused(r, 400, message)
 
 
@@ -217,7 +218,7 @@ def test_bad_field_values(server, key, change, message):
 def test_numbers_that_overflow_to_infinity(server, key, field, message):
     """1e400 is valid JSON, but Python reads it as inf."""
     raw = json.dumps(body(key, init_image=INIT, **{field: 1.5})).replace("1.5", "1e400").encode()
-    r = httpx.post(f"{server.url}{IMG2IMG}", content=raw, headers={"content-type": "application/json"})
+    r = web.post(f"{server.url}{IMG2IMG}", content=raw, headers={"content-type": "application/json"})
     refused(r, 400, message)
 
 
@@ -247,7 +248,7 @@ def test_unknown_fields_are_ignored(server, key):
 
 def test_server_still_up_and_serving(server, key):
     assert server.proc.poll() is None
-    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    assert web.get(f"{server.url}/health").json()["status"] == "ok"
     out = server.post(IMG2IMG, body(key, init_image="data:image/png;base64," + INIT)).json()
     assert out["status"] == "success" and len(base64.b64decode(INIT)) > 0
     assert "Traceback" not in server.log_tail(5000)

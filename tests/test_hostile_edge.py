@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from . import web
 from .bodies import IMG2IMG
 from .servers import DiffserveServer, png_bytes
 
@@ -97,7 +98,7 @@ class Watch:
             time.sleep(0.05)
 
     def _health(self) -> None:
-        with httpx.Client(timeout=10) as client:
+        with web.client(timeout=10) as client:
             while not self.stop.is_set():
                 t0 = time.monotonic()
                 try:
@@ -248,13 +249,13 @@ def test_multipart_fields_are_bounded(edge):
     auth = {"Authorization": f"Bearer {edge.key}"}
     files = {"image": ("a.png", png_bytes(64, 64), "image/png")}
     fields = {f"junk{i}": "x" for i in range(65)} | {"prompt": "a cat"}
-    r = httpx.post(f"{edge.url}/v1/images/edits", data=fields, files=files, headers=auth, timeout=30)
+    r = web.post(f"{edge.url}/v1/images/edits", data=fields, files=files, headers=auth, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert "Too many fields" in r.json()["error"]["message"]
 
     big = {"prompt": "a cat", "junk": "y" * (5 * MiB)}
-    r = httpx.post(f"{edge.url}/v1/images/edits", data=big, files=files, headers=auth, timeout=30)
+    r = web.post(f"{edge.url}/v1/images/edits", data=big, files=files, headers=auth, timeout=30)
     assert r.status_code == 400 and "exceeded maximum size" in r.json()["error"]["message"], r.text
 
 
@@ -297,8 +298,8 @@ def test_unauthenticated_29mb_bodies_do_not_stall_the_loop(edge):
 def test_millions_of_fields_with_a_key_are_refused_before_parsing(edge):
     fields = b"{" + b",".join(b'"k%d":1' % i for i in range(2_500_000)) + b"}"
     with Watch(edge) as watch:
-        r = httpx.post(f"{edge.url}/v1/jobs", content=fields, timeout=60,
-                       headers={"Authorization": f"Bearer {edge.key}", "Content-Type": "application/json"})
+        r = web.post(f"{edge.url}/v1/jobs", content=fields, timeout=60,
+                     headers={"Authorization": f"Bearer {edge.key}", "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("Invalid JSON body: too many values")
     assert max(watch.health) < 1.0
 
@@ -360,7 +361,7 @@ def test_a_stalled_body_is_closed_by_the_body_timeout(edge):
     waited = time.monotonic() - t0
     s.close()
     assert BODY_TIMEOUT_S - 0.5 < waited < BODY_TIMEOUT_S + 3, waited
-    assert httpx.get(f"{edge.url}/health", timeout=5).status_code == 200
+    assert web.get(f"{edge.url}/health", timeout=5).status_code == 200
 
 
 def test_a_slow_but_steady_body_is_not_cut(edge):

@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from . import web
 from .bodies import IMG2IMG, body
 from .hardened import QOLABA_REFS_APP
 from .hostile_corpus import b64, valid_png
@@ -67,7 +68,7 @@ class HealthProbe:
         self.thread.join(30)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
+        with web.client(timeout=30) as client:
             while not self.stop.is_set():
                 t0 = time.monotonic()
                 ok = client.get(f"{self.url}/health").status_code == 200
@@ -127,8 +128,8 @@ def openai_edit(server, key, fields):
              for n, i in enumerate(images if isinstance(images, list) else [images])]
     if "mask" in fields:
         files.append(("mask", ("mask.png", b64decode(fields.pop("mask")), "image/png")))
-    return httpx.post(f"{server.url}/v1/images/edits", data={"prompt": "x", "model": "tiny-sd", **fields},
-                      files=files, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    return web.post(f"{server.url}/v1/images/edits", data={"prompt": "x", "model": "tiny-sd", **fields},
+                    files=files, headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
 
 def modelslab_error(r):
@@ -277,8 +278,8 @@ def test_an_extreme_kontext_reference_keeps_within_the_output_area(server, key):
                                  "extra_images": [b64(reference)], "width": 256, "height": 256})
         assert r.status_code == 202, r.text
         headers = {"Authorization": f"Bearer {key}"}
-        return wait_until(lambda: httpx.get(f"{server.url}/v1/jobs/{r.json()['id']}", headers=headers,
-                                            timeout=30).json(), 300,
+        return wait_until(lambda: web.get(f"{server.url}/v1/jobs/{r.json()['id']}", headers=headers,
+                                          timeout=30).json(), 300,
                           accept=lambda job: job["status"] in ("succeeded", "failed", "cancelled"),
                           what=f"job {r.json()['id']} to end")
 

@@ -29,6 +29,7 @@ from diffserve.engine.identity.config import PuLIDConfig, ca_count
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.engine.tiny.flux_pulid import tiny_pulid_config, write_pulid_folder
 
+from . import web
 from .dialects import PULID, download
 from .servers import DiffserveServer
 
@@ -232,8 +233,8 @@ def test_qolaba_flux_pulid_end_to_end(pulid_server, image_host):
     def post(image_path: str) -> httpx.Response:
         body = {"app_id": PULID, "image": image_host.url(image_path), "prompt": "a portrait photo",
                 "guidance_scale": 3.5, "batch": 1, "strength": 1, "celery": False}
-        return httpx.post(f"{pulid_server.url}/getImagetoImage", json=body,
-                          headers={"Authorization": f"Bearer {key}"}, timeout=120)
+        return web.post(f"{pulid_server.url}/getImagetoImage", json=body,
+                        headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
     out = post("/face.png").json()
     assert out["status"] == "SUCCESS" and out["app_id"] == PULID, out

@@ -15,7 +15,6 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 from PIL import Image
@@ -35,6 +34,7 @@ from diffserve.engine.tiny.build import seeded
 from diffserve.engine.tiny.flux import write_flux_folder
 from diffserve.engine.tiny.flux_pulid import FLUX_PULID_TINY_LIMITS, TINY_FLUX_INNER
 
+from . import web
 from .dialects import PULID, download
 from .onnx_faces import FakeFace, write_arcface, write_scrfd
 from .servers import DiffserveServer
@@ -180,19 +180,19 @@ def test_modelslab_and_qolaba_requests_run_the_official_embedders(server, image_
     v6 = {"key": key, "model_id": MODEL, "prompt": "a portrait photo", "negative_prompt": "blurry",
           "init_image": image_host.url("/face.png"), "width": "64", "height": "64", "samples": "1",
           "num_inference_steps": "2", "strength": 1}
-    out = httpx.post(f"{server.url}/api/v6/images/img2img", json=v6, timeout=120).json()
+    out = web.post(f"{server.url}/api/v6/images/img2img", json=v6, timeout=120).json()
     assert out["status"] == "success", out
     assert Image.open(io.BytesIO(download(out["output"][0]))).size == (64, 64)
 
     qolaba = {"app_id": PULID, "image": image_host.url("/face.png"), "prompt": "a portrait photo",
               "batch": 1, "strength": 1, "celery": False}
-    out = httpx.post(f"{server.url}/getImagetoImage", json=qolaba, headers={"Authorization": f"Bearer {key}"},
-                     timeout=120).json()
+    out = web.post(f"{server.url}/getImagetoImage", json=qolaba, headers={"Authorization": f"Bearer {key}"},
+                   timeout=120).json()
     assert out["status"] == "SUCCESS", out
 
     # the model's own detector decides at submit: this one sees no face in any image → 400, nothing queued
     before = jobs_count(server)
-    r = httpx.post(f"{server.url}/api/v6/images/img2img", json={**v6, "model_id": BLIND}, timeout=60)
+    r = web.post(f"{server.url}/api/v6/images/img2img", json={**v6, "model_id": BLIND}, timeout=60)
     assert r.status_code == 400 and r.json()["status"] == "error", r.text
     assert "init_image: no face found" in json.dumps(r.json())
     assert jobs_count(server) == before

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from . import web
 from .jobs_helpers import LONG, Jobs, data_uri
 from .servers import DiffserveServer, free_port
 from .waiting import wait_until
@@ -29,8 +30,8 @@ def jobs(jobs_server, key):
 
 def events(server, key: str, job_id: int, **params) -> list[tuple[str, dict]]:
     out, event = [], None
-    with httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", params=params,
-                      headers={"Authorization": f"Bearer {key}"}, timeout=120) as r:
+    with web.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", params=params,
+                    headers={"Authorization": f"Bearer {key}"}, timeout=120) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("event: "):
@@ -48,13 +49,13 @@ def test_submit_and_read_a_job(jobs, jobs_server):
     assert done["progress"]["step"] == done["progress"]["total"] == 5  # 10 steps x strength 0.5
     assert done["meta"]["seed"] == 42 and done["meta"]["device"] == "cpu" and done["meta"]["dtype"] == "fp32"
     assert len(done["outputs"]) == 2
-    image = Image.open(io.BytesIO(httpx.get(done["outputs"][0]).content))
+    image = Image.open(io.BytesIO(web.get(done["outputs"][0]).content))
     assert image.format == "PNG" and image.size == (64, 64)
 
 
 def test_errors_are_in_the_native_shape(jobs, jobs_server, key):
     url = f"{jobs_server.url}/v1/jobs"
-    r = httpx.post(url, json={"prompt": "x", "init_image": data_uri()})
+    r = web.post(url, json={"prompt": "x", "init_image": data_uri()})
     assert r.status_code == 401 and r.json() == {"error": {"message": "API key required", "code": "unauthorized"}}
     r = jobs.http.post("/v1/jobs", json={"prompt": "x", "init_image": data_uri(), "strength": 3})
     assert r.status_code == 400
@@ -173,7 +174,7 @@ def sample(text: str, name: str, **labels) -> float | None:
 
 def test_metrics_count_jobs_steps_loads_and_requests_across_processes(jobs, jobs_server):
     jobs.done(jobs.submit(steps=6, strength=1.0)["id"])
-    text = httpx.get(f"{jobs_server.url}/metrics").text
+    text = web.get(f"{jobs_server.url}/metrics").text
     # written by the worker process
     assert sample(text, "diffserve_jobs_total", dialect="native", model="tiny-sd", status="succeeded") >= 1
     assert sample(text, "diffserve_jobs_total", dialect="native", model="tiny-sd", status="cancelled") >= 1
@@ -193,7 +194,7 @@ def test_queue_depth_gauge_per_model(jobs, jobs_server):
     first = jobs.submit(**LONG)
     jobs.wait(first["id"], lambda j: j["status"] == "running")
     second = jobs.submit(steps=2)
-    text = httpx.get(f"{jobs_server.url}/metrics").text
+    text = web.get(f"{jobs_server.url}/metrics").text
     assert sample(text, "diffserve_queue_depth", model="tiny-sd", state="waiting") == 1
     assert sample(text, "diffserve_queue_depth", model="tiny-sd", state="running") == 1
     jobs.http.post(f"/v1/jobs/{first['id']}/cancel")
@@ -214,8 +215,8 @@ def test_health_answers_before_the_worker_is_ready(tmp_path, models_root):
         seen_ready_503 = []
 
         def ready_status() -> int:
-            health = httpx.get(f"{srv.url}/health", timeout=2)
-            ready = httpx.get(f"{srv.url}/ready", timeout=2)
+            health = web.get(f"{srv.url}/health", timeout=2)
+            ready = web.get(f"{srv.url}/ready", timeout=2)
             assert health.status_code == 200
             if ready.status_code == 503:
                 seen_ready_503.append(ready.json())
@@ -235,17 +236,17 @@ def test_qolaba_status_shows_progress_and_a_cancel(jobs, jobs_server, key):
     first = jobs.submit(**LONG)
     jobs.wait(first["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 1)
     auth = {"Authorization": f"Bearer {key}"}
-    pending = httpx.post(f"{jobs_server.url}/getImagetoImage", headers=auth, timeout=60, json={
+    pending = web.post(f"{jobs_server.url}/getImagetoImage", headers=auth, timeout=60, json={
         "app_id": "ap-fGhKl3mfkdlpqrshuwwabc", "image": data_uri(), "prompt": "watercolor", "batch": 1,
         "strength": 0.6, "celery": True}).json()
     assert pending["status"] == "PENDING"
     task = pending["task_id"]
-    status = httpx.post(f"{jobs_server.url}/getImage", headers=auth, json={"id": task}).json()
+    status = web.post(f"{jobs_server.url}/getImage", headers=auth, json={"id": task}).json()
     assert status["status"] == "PENDING" and status["progress"]["step"] == 0 and status["eta"] > 0
-    running = httpx.post(f"{jobs_server.url}/getImage", headers=auth, json={"id": str(first["id"])}).json()
+    running = web.post(f"{jobs_server.url}/getImage", headers=auth, json={"id": str(first["id"])}).json()
     assert running["progress"]["step"] >= 1 and running["progress"]["total"] == 50
     jobs.http.post(f"/v1/jobs/{task}/cancel")
     jobs.http.post(f"/v1/jobs/{first['id']}/cancel")
-    done = httpx.post(f"{jobs_server.url}/getImage", headers=auth, json={"id": task}).json()
+    done = web.post(f"{jobs_server.url}/getImage", headers=auth, json={"id": task}).json()
     assert done["status"] == "FAILED" and done["error_data"] == "Cancelled by the client"
     jobs.done(first["id"], timeout=30)

@@ -12,10 +12,10 @@ import subprocess
 import sys
 from contextlib import contextmanager
 
-import httpx
 import pytest
 from PIL import Image, PngImagePlugin
 
+from . import web
 from .bodies import IMG2IMG, body
 from .hardened import QOLABA_APP
 from .servers import DiffserveServer, png_bytes
@@ -154,7 +154,7 @@ def test_per_key_cap_answers_429_and_request_count_tracks_it(server, key, image_
 def test_concurrent_submissions_do_not_overshoot_the_cap(server, key, image_host):
     wait_idle(server)
     with workers_paused(server, image_host):
-        with httpx.Client(timeout=60) as client:
+        with web.client(timeout=60) as client:
             import concurrent.futures as cf
 
             with cf.ThreadPoolExecutor(6) as pool:
@@ -193,7 +193,7 @@ def test_body_size_limit_with_and_without_content_length(server, key, image_host
             yield b"y" * 10_000
         yield b'"}'
 
-    r = httpx.post(f"{server.url}{IMG2IMG}", content=chunks(), headers={"content-type": "application/json"})
+    r = web.post(f"{server.url}{IMG2IMG}", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 400 and "Request body is too large" in r.json()["message"]
 
 

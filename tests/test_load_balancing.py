@@ -7,9 +7,9 @@ import json
 import time
 from datetime import datetime
 
-import httpx
 import pytest
 
+from . import web
 from .dialects import LOCAL_SD, jobs_table, poll_modelslab
 from .servers import DiffserveServer, png_bytes
 from .waiting import wait_until
@@ -53,7 +53,7 @@ def worker_of(server, job_id) -> str:
 
 
 def wait_both_ready(server):
-    wait_until(lambda: httpx.get(f"{server.url}/health").json()["workers"], 120, every=0.2,
+    wait_until(lambda: web.get(f"{server.url}/health").json()["workers"], 120, every=0.2,
                accept=lambda n: n == 2, what="/health to count two workers")
 
 
@@ -109,7 +109,7 @@ def test_inference_type_runs_on_workers_with_that_label(fleet, key, image_host, 
     wait_both_ready(fleet)
     headers = {"Authorization": f"Bearer {key}"}
     for _ in range(3):
-        out = httpx.post(f"{fleet.url}/getImagetoImage", headers=headers, timeout=120, json={
+        out = web.post(f"{fleet.url}/getImagetoImage", headers=headers, timeout=120, json={
             "app_id": LOCAL_SD, "image": image_host.url("/cat.png"), "prompt": "a boat", "strength": 0.5,
             "inference_type": gpu}).json()
         assert out["status"] == "SUCCESS", out
@@ -118,7 +118,7 @@ def test_inference_type_runs_on_workers_with_that_label(fleet, key, image_host, 
 
 
 def test_inference_type_without_such_workers_runs_on_any(fleet, key, image_host):
-    out = httpx.post(f"{fleet.url}/getImagetoImage", headers={"Authorization": f"Bearer {key}"}, timeout=120, json={
+    out = web.post(f"{fleet.url}/getImagetoImage", headers={"Authorization": f"Bearer {key}"}, timeout=120, json={
         "app_id": LOCAL_SD, "image": image_host.url("/cat.png"), "prompt": "a boat", "inference_type": "a10g"}).json()
     assert out["status"] == "SUCCESS", out
     params = json.loads(jobs_table(fleet, "dialect_params")[int(out["task_id"])][0])

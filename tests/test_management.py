@@ -6,9 +6,9 @@ import base64
 import json
 import shutil
 
-import httpx
 import pytest
 
+from . import web
 from .dialects import download, jobs_table, poll_modelslab
 from .servers import png_bytes
 from .waiting import wait_until
@@ -104,7 +104,7 @@ def test_load_verify_use_and_delete_a_local_folder_model(dialect_server, admin, 
     assert gone.status_code == 400 and gone.json() == {"status": "error", "message": "Model not found: my-sd"}
     refused = dialect_server.post(V6, gen(user, image_host, model_id="my-sd")).json()
     assert refused["message"] == "Model not found: my-sd"
-    wait_until(lambda: httpx.get(f"{dialect_server.url}/health").json()["models_loaded"],
+    wait_until(lambda: web.get(f"{dialect_server.url}/health").json()["models_loaded"],
                accept=lambda loaded: "my-sd" not in loaded, what="my-sd out of /health's models_loaded")
 
 
@@ -243,17 +243,17 @@ def test_upload_image_and_base64_to_url(dialect_server, admin, user):
 
 
 def test_clear_cache_makes_workers_drop_their_models(dialect_server, admin, user, image_host):
-    assert "tiny-sd" in httpx.get(f"{dialect_server.url}/health").json()["models_loaded"]
+    assert "tiny-sd" in web.get(f"{dialect_server.url}/health").json()["models_loaded"]
     out = call(dialect_server, admin, "clear_cache").json()
     assert out["status"] == "success", out
-    wait_until(lambda: httpx.get(f"{dialect_server.url}/health").json()["models_loaded"],
+    wait_until(lambda: web.get(f"{dialect_server.url}/health").json()["models_loaded"],
                accept=lambda loaded: loaded == [], what="no model in /health's models_loaded")
     assert call(dialect_server, admin, "system_details").json()["model_count"] == 0
     assert dialect_server.post(V6, gen(user, image_host)).json()["status"] == "success"  # loads it again
-    assert httpx.get(f"{dialect_server.url}/health").json()["models_loaded"] == ["tiny-sd"]
+    assert web.get(f"{dialect_server.url}/health").json()["models_loaded"] == ["tiny-sd"]
     reload = dialect_server.post("/api/v6/images/model_reload", {"key": admin, "model_id": "tiny-sd"}).json()
     assert reload["status"] == "success", reload
-    wait_until(lambda: httpx.get(f"{dialect_server.url}/health").json()["models_loaded"],
+    wait_until(lambda: web.get(f"{dialect_server.url}/health").json()["models_loaded"],
                accept=lambda loaded: loaded == [], what="no model in /health's models_loaded")
     r = dialect_server.post("/api/v6/images/model_reload", {"key": admin, "model_id": "nope"})
     assert r.status_code == 400 and r.json()["message"] == "Model not found: nope"
@@ -303,7 +303,7 @@ def test_restart_server_restarts_workers_without_losing_jobs(dialect_server, adm
 
 
 def test_openapi_shows_every_dialect_with_its_body(dialect_server):
-    spec = httpx.get(f"{dialect_server.url}/openapi.json").json()
+    spec = web.get(f"{dialect_server.url}/openapi.json").json()
     expect = {  # path -> a field its body schema must show
         "/api/v1/enterprise/realtime/img2img": "instant_response", "/api/v6/realtime/img2img": "init_image",
         "/api/v1/enterprise/pony/img2img": "num_inference_steps", "/api/v1/enterprise/pony/fetch": "request_id",

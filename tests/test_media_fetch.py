@@ -16,13 +16,13 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
 from diffserve.config import ImageLimits
 from diffserve.core.errors import ImageInputError
 from diffserve.media.fetch import FETCH_FAILED, UrlPolicy, fetch_image_bytes
 
+from . import web
 from .media_helpers import PNG, PRIVATE_MSG, load, load_refused
 
 
@@ -146,7 +146,7 @@ def test_fetch_image(base: str) -> None:
 
 
 def test_fetch_with_caller_client(base: str) -> None:
-    with httpx.Client() as client:
+    with web.client() as client:
         assert fetch(f"{base}/img.png", client=client) == PNG
         assert fetch(f"{base}/img.png", client=client) == PNG
 
@@ -274,7 +274,7 @@ def tls_server(tmp_path_factory):
 def test_https_pinned_address_keeps_sni_and_certificate_check(tls_server) -> None:
     srv, client_ctx = tls_server
     port = srv.server_address[1]
-    with httpx.Client(verify=client_ctx, trust_env=False) as client:
+    with web.client(verify=client_ctx, trust_env=False) as client:
         url = f"https://public.example:{port}/img.png"
         assert fetch(url, allow_private=False, policy=pinned_policy(port), client=client) == PNG
         # Same server by IP: the certificate (for public.example only) must not verify.
@@ -287,7 +287,7 @@ def test_https_total_deadline(tls_server, path: str) -> None:
     srv, client_ctx = tls_server
     port = srv.server_address[1]
     start = time.monotonic()
-    with httpx.Client(verify=client_ctx, trust_env=False) as client:
+    with web.client(verify=client_ctx, trust_env=False) as client:
         err = fetch_refused(f"https://public.example:{port}{path}", allow_private=False,
                             policy=pinned_policy(port), client=client)  # fmt: skip
     assert err.reason == "timed out"

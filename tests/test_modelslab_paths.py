@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from . import web
 from .jobs_helpers import data_uri
 
 
@@ -29,62 +29,62 @@ def admin(jobs_server):
 
 
 def test_v7_image_to_image_with_the_key_in_a_header(jobs_server, key, image_host):
-    r = httpx.post(f"{jobs_server.url}/api/v7/images/image-to-image", headers={"Key": key}, timeout=120, json={
+    r = web.post(f"{jobs_server.url}/api/v7/images/image-to-image", headers={"Key": key}, timeout=120, json={
         "init_image": image_host.url("/cat.png"), "model_id": "tiny-sd", "prompt": "a cat", "strength": 0.7})
     out = r.json()
     assert r.status_code == 200 and out["status"] == "success", out
-    fetched = httpx.post(f"{jobs_server.url}/api/v7/images/fetch/{out['id']}", headers={"Key": key}, json={}).json()
+    fetched = web.post(f"{jobs_server.url}/api/v7/images/fetch/{out['id']}", headers={"Key": key}, json={}).json()
     assert fetched["status"] == "success" and fetched["output"] == out["output"]
 
 
 def test_v7_aspect_ratio_and_image_lists(jobs_server, key):
     url = f"{jobs_server.url}/api/v7/images/image-to-image"
-    wide = httpx.post(url, timeout=120, json={"key": key, "init_image": [data_uri()], "prompt": "x",
+    wide = web.post(url, timeout=120, json={"key": key, "init_image": [data_uri()], "prompt": "x",
                                               "aspect_ratio": "16:9", "num_inference_steps": 4}).json()
     assert wide["status"] == "success" and (wide["meta"]["W"], wide["meta"]["H"]) == (512, 288)
-    two = httpx.post(url, timeout=120, json={"key": key, "init_image": [data_uri(), data_uri()], "prompt": "x"})
+    two = web.post(url, timeout=120, json={"key": key, "init_image": [data_uri(), data_uri()], "prompt": "x"})
     assert two.status_code == 400
     assert two.json() == {"status": "error", "message": "init_image: model tiny-sd (sd models) takes no reference "
                                                         "images besides the init image"}
-    kontext = httpx.post(url, timeout=120, json={
+    kontext = web.post(url, timeout=120, json={
         "key": key, "model_id": "tiny-flux-kontext", "init_image": data_uri(), "init_image_2": data_uri(48, 48),
         "prompt": "put them together", "num_inference_steps": 2}).json()
     assert kontext["status"] == "success", kontext
-    bad = httpx.post(url, json={"key": key, "init_image": data_uri(), "prompt": "x", "aspect_ratio": "wide"})
+    bad = web.post(url, json={"key": key, "init_image": data_uri(), "prompt": "x", "aspect_ratio": "wide"})
     assert bad.status_code == 400 and "aspect_ratio" in bad.json()["message"]
 
 
 def test_enterprise_image_paths_and_their_fetch(jobs_server, key):
     for path, fetch in (("/api/v1/enterprise/images/img2img", "/api/v1/enterprise/images/fetch"),
                         ("/api/v1/enterprise/img2img", "/api/v1/enterprise/fetch")):
-        out = httpx.post(f"{jobs_server.url}{path}", timeout=120, json={
+        out = web.post(f"{jobs_server.url}{path}", timeout=120, json={
             "key": key, "init_image": data_uri(), "prompt": "x", "num_inference_steps": 4,
             "instant_response": True}).json()
         assert out["status"] == "processing" and out["fetch_result"].endswith(f"{fetch}/{out['id']}"), out
-        fetched = httpx.post(out["fetch_result"], json={"key": key}, timeout=60).json()
+        fetched = web.post(out["fetch_result"], json={"key": key}, timeout=60).json()
         assert fetched["id"] == out["id"] and fetched["status"] in ("processing", "success")
 
 
 def test_management_under_enterprise_images(jobs_server, admin, key):
-    details = httpx.post(f"{jobs_server.url}/api/v1/enterprise/images/system_details", json={"key": admin}).json()
+    details = web.post(f"{jobs_server.url}/api/v1/enterprise/images/system_details", json={"key": admin}).json()
     assert details["status"] == "ok" and details["worker_count"] == 1
-    update = httpx.post(f"{jobs_server.url}/api/v1/enterprise/images/update", json={"key": admin}).json()
+    update = web.post(f"{jobs_server.url}/api/v1/enterprise/images/update", json={"key": admin}).json()
     assert update["status"] == "success" and update["version"] == "0.1.0"
-    refused = httpx.post(f"{jobs_server.url}/api/v1/enterprise/images/clear_queue", json={"key": key})
+    refused = web.post(f"{jobs_server.url}/api/v1/enterprise/images/clear_queue", json={"key": key})
     assert refused.status_code == 403 and refused.json()["message"] == "This endpoint needs an admin API key"
 
 
 def test_unknown_paths_answer_in_each_apis_shape(jobs_server):
-    r = httpx.post(f"{jobs_server.url}/api/v6/images/nothing-here", json={})
+    r = web.post(f"{jobs_server.url}/api/v6/images/nothing-here", json={})
     assert r.status_code == 404 and r.json() == {"status": "error",
                                                  "message": "Not Found: POST /api/v6/images/nothing-here"}
-    r = httpx.get(f"{jobs_server.url}/api/v6/images/img2img")
+    r = web.get(f"{jobs_server.url}/api/v6/images/img2img")
     assert r.status_code == 405 and r.json()["status"] == "error" and "Method Not Allowed" in r.json()["message"]
-    r = httpx.get(f"{jobs_server.url}/v1/nothing")
+    r = web.get(f"{jobs_server.url}/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
-    r = httpx.post(f"{jobs_server.url}/getNothing", json={})
+    r = web.post(f"{jobs_server.url}/getNothing", json={})
     assert r.status_code == 404 and r.json()["status"] == "FAILED" and r.json()["error"] == "Service Not Found"
-    assert "detail" not in httpx.delete(f"{jobs_server.url}/api/v1/enterprise/fetch/1").json()
+    assert "detail" not in web.delete(f"{jobs_server.url}/api/v1/enterprise/fetch/1").json()
 
 
 def test_the_official_python_sdk(jobs_server, key, admin, image_host):
@@ -135,12 +135,12 @@ def test_the_sdks_realtime_text2img_and_inpaint(jobs_server, key, image_host):
         api = Realtime(client, enterprise=enterprise)
         out = api.text_to_image(RealtimeText2ImageSchema(prompt="a cat", width=64, height=96, samples=2))
         assert out["status"] == "success" and len(out["output"]) == 2, out
-        assert Image.open(io.BytesIO(httpx.get(out["output"][0]).content)).size == (64, 96)
+        assert Image.open(io.BytesIO(web.get(out["output"][0]).content)).size == (64, 96)
         out = api.inpainting(RealtimeInpaintingSchema(prompt="a cat", init_image=image_host.url("/cat.png"),
                                                       mask_image=mask, strength=1.0, width=64, height=64))
         assert out["status"] == "success", out
-        kept = np.asarray(Image.open(io.BytesIO(httpx.get(out["output"][0]).content)).convert("RGB"))[:, 40:]
-        source = np.asarray(Image.open(io.BytesIO(httpx.get(image_host.url("/cat.png")).content)).convert("RGB"))
+        kept = np.asarray(Image.open(io.BytesIO(web.get(out["output"][0]).content)).convert("RGB"))[:, 40:]
+        source = np.asarray(Image.open(io.BytesIO(web.get(image_host.url("/cat.png")).content)).convert("RGB"))
         assert (kept == source[:, 40:]).all()  # black half of the mask kept
 
 

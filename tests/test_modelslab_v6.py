@@ -6,10 +6,10 @@ import base64
 import io
 import sqlite3
 
-import httpx
 import pytest
 from PIL import Image
 
+from . import web
 from .servers import png_bytes
 from .waiting import wait_until
 
@@ -46,7 +46,7 @@ def body(key, image_host, **over):
 
 
 def download(url: str) -> bytes:
-    r = httpx.get(url, timeout=30)
+    r = web.get(url, timeout=30)
     assert r.status_code == 200, url
     return r.content
 
@@ -248,7 +248,7 @@ def test_bad_keys_are_refused_before_anything_is_queued(server, image_host, key_
     (b'{"key": "x", "strength": Infinity}', "Invalid JSON body"),
 ])
 def test_malformed_bodies(server, raw, message):
-    r = httpx.post(f"{server.url}{IMG2IMG}", content=raw, headers={"content-type": "application/json"})
+    r = web.post(f"{server.url}{IMG2IMG}", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["status"] == "error" and message in r.json()["message"], r.text
 
 
@@ -292,12 +292,12 @@ def test_output_urls_are_unguessable_and_listing_is_off(server, key, image_host)
     name = out["output"][0].rsplit("/", 1)[1]
     token = name.rsplit("-", 1)[0]
     assert len(token) >= 22  # 128 random bits
-    assert httpx.get(f"{server.url}/generations/").status_code == 404
-    assert httpx.get(f"{server.url}/generations/{str(out['id'])}-0.png").status_code == 404
+    assert web.get(f"{server.url}/generations/").status_code == 404
+    assert web.get(f"{server.url}/generations/{str(out['id'])}-0.png").status_code == 404
 
 
 def test_health(server):
-    r = httpx.get(f"{server.url}/health")
+    r = web.get(f"{server.url}/health")
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["workers"] >= 1
     assert "tiny-sd" in r.json()["models_loaded"]
 

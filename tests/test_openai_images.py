@@ -6,12 +6,12 @@ from __future__ import annotations
 import base64
 import io
 
-import httpx
 import numpy as np
 import openai
 import pytest
 from PIL import Image
 
+from . import web
 from .jobs_helpers import data_uri
 from .servers import png_bytes
 
@@ -55,7 +55,7 @@ def test_edit_one_image_b64_and_url(client):
     assert out.size is None  # 64x64 is not among the spec's sizes: left out (the real size: x-diffserve-size)
     url = client.images.edit(image=png_file(), prompt="x", n=2, size="96x64", quality="low")
     assert len(url.data) == 2 and url.output_format == "png"
-    image = Image.open(io.BytesIO(httpx.get(url.data[1].url).content))
+    image = Image.open(io.BytesIO(web.get(url.data[1].url).content))
     assert image.format == "PNG" and image.size == (96, 64)
 
 
@@ -85,7 +85,7 @@ def test_output_formats(client):
                               response_format="b64_json", quality="low")
     assert decode(jpeg.data[0].b64_json).format == "JPEG" and jpeg.output_format == "jpeg"
     webp = client.images.edit(image=png_file(), prompt="x", output_format="webp", quality="low")
-    assert Image.open(io.BytesIO(httpx.get(webp.data[0].url).content)).format == "WEBP"
+    assert Image.open(io.BytesIO(web.get(webp.data[0].url).content)).format == "WEBP"
 
 
 def test_generations_text_to_image(client):
@@ -142,7 +142,7 @@ def test_modelslab_text2img_and_inpaint_pages(jobs_server, key):
         "key": key, "prompt": "a cat", "init_image": data_uri(), "num_inference_steps": 4,
         "mask_image": base64.b64encode(buf.getvalue()).decode()}).json()
     assert inpaint["status"] == "success", inpaint
-    kept = np.asarray(Image.open(io.BytesIO(httpx.get(inpaint["output"][0]).content)).convert("RGB"))[:, 40:]
+    kept = np.asarray(Image.open(io.BytesIO(web.get(inpaint["output"][0]).content)).convert("RGB"))[:, 40:]
     assert (kept == np.asarray(Image.open(io.BytesIO(png_bytes(64, 64))))[:, 40:]).all()
     no_mask = jobs_server.post("/api/v6/images/inpaint", {"key": key, "prompt": "x", "init_image": data_uri()})
     assert no_mask.status_code == 400 and no_mask.json()["message"] == "mask_image is required for inpainting"

@@ -23,6 +23,7 @@ from PIL import Image
 
 from diffserve.api.openai.protocol import reported_quality, reported_size
 
+from . import web
 from .servers import png_bytes
 
 SPEC = Path(__file__).parent / "openai_spec" / "images_schemas.json"
@@ -47,7 +48,7 @@ def key(jobs_server):
 
 @pytest.fixture(scope="module")
 def http(jobs_server, key):
-    with httpx.Client(base_url=jobs_server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+    with web.client(base_url=jobs_server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
         yield c
 
 
@@ -76,7 +77,7 @@ def upload(data: bytes, name="image.png") -> io.BytesIO:
 
 
 def image_of(item: dict) -> Image.Image:
-    data = base64.b64decode(item["b64_json"]) if "b64_json" in item else httpx.get(item["url"]).content
+    data = base64.b64decode(item["b64_json"]) if "b64_json" in item else web.get(item["url"]).content
     return Image.open(io.BytesIO(data))
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
-import httpx
 import pytest
 
+from . import web
 from .fleet import Fleet, can_cut_hosts
 from .jobs_helpers import Jobs, data_uri
 from .waiting import wait_until
@@ -83,7 +83,7 @@ class Watch:
             if not statuses or statuses[-1] != job["status"]:
                 statuses.append(job["status"])
             if job["status"] in FINISHED and job_id not in self.answers:
-                self.answers[job_id] = Answer(job, [httpx.get(u, timeout=30).content for u in job["outputs"]],
+                self.answers[job_id] = Answer(job, [web.get(u, timeout=30).content for u in job["outputs"]],
                                               [self.written(u) for u in job["outputs"]])
         return now
 
@@ -166,7 +166,7 @@ def run_partition(fleet, admin, jobs, receiver, how: str, heal: str, submit, cut
             assert now[name] == answer.job[name], (job_id, name, answer.job[name], now[name])
         assert [urlsplit(u).path for u in now["outputs"]] == [urlsplit(u).path for u in answer.job["outputs"]]
         # its images never change behind the URL answered: same bytes, and the object was not written again
-        assert [httpx.get(u, timeout=30).content for u in answer.job["outputs"]] == answer.images, job_id
+        assert [web.get(u, timeout=30).content for u in answer.job["outputs"]] == answer.images, job_id
         assert [watch.written(u) for u in answer.job["outputs"]] == answer.written, job_id
     deliveries = [r.payload for r in receiver.received if r.payload.get("id") in ids]
     by_job = {job_id: [p["status"] for p in deliveries if p["id"] == job_id] for job_id in ids}

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from . import web
 from .jobs_helpers import Jobs
 from .servers import png_bytes
 
@@ -135,10 +135,10 @@ def test_server_data_is_shown_as_text_and_runs_no_script(page, jobs_server, admi
     """A model id like `<img/src/onerror=...>` is refused at registration; data that still reaches the page
     (a prompt in the history; a hostile model id and worker model, as a models file from before the id rule
     would list them) is shown as text: no element is made from it, no script runs."""
-    r = httpx.post(f"{jobs_server.url}/api/v1/enterprise/load_model",
-                   json={"key": admin_key, "url": "org/model", "model_id": XSS}, timeout=30)
+    r = web.post(f"{jobs_server.url}/api/v1/enterprise/load_model",
+                 json={"key": admin_key, "url": "org/model", "model_id": XSS}, timeout=30)
     assert r.status_code == 400 and "model_id: an id may hold only" in r.json()["message"], r.text
-    models = httpx.post(f"{jobs_server.url}/api/v1/enterprise/get_all_models", json={"key": admin_key}, timeout=30)
+    models = web.post(f"{jobs_server.url}/api/v1/enterprise/get_all_models", json={"key": admin_key}, timeout=30)
     assert XSS not in models.json()["models"]
 
     jobs = Jobs(jobs_server, admin_key)

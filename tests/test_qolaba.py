@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 
-import httpx
 import pytest
 from PIL import Image
 
+from . import web
 from .dialects import (
     CANNY, DEPTH, FLUX_DEV, GPT_IMAGE, IDEOGRAM, KONTEXT, LOCAL_BIG, LOCAL_BROKEN, LOCAL_SD, PULID, REDUX, download,
     job_row,
@@ -32,7 +32,7 @@ def images(image_host):
 
 def post(server, key_text, path="/getImagetoImage", **fields):
     headers = {"Authorization": f"Bearer {key_text}"} if key_text is not None else {}
-    return httpx.post(f"{server.url}{path}", json=fields, headers=headers, timeout=120)
+    return web.post(f"{server.url}{path}", json=fields, headers=headers, timeout=120)
 
 
 def body(image_host, **over):
@@ -181,7 +181,7 @@ def test_a_failed_generation_is_an_image_generation_error(dialect_server, key, i
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-key"}, {"Authorization": "Token abc"}])
 def test_bad_token_is_invalid_api_key(dialect_server, image_host, headers):
-    r = httpx.post(f"{dialect_server.url}/getImagetoImage", json=body(image_host), headers=headers, timeout=60)
+    r = web.post(f"{dialect_server.url}/getImagetoImage", json=body(image_host), headers=headers, timeout=60)
     out = r.json()
     assert r.status_code == 401 and out["status"] == "FAILED" and out["error_data"] == "Invalid API Key", out
 

@@ -7,9 +7,9 @@ import signal
 import sqlite3
 import time
 
-import httpx
 import pytest
 
+from . import web
 from .servers import DiffserveServer, png_bytes
 from .waiting import wait_until
 
@@ -95,10 +95,10 @@ def test_queued_and_running_jobs_finish_after_a_crash_and_restart(crash_server, 
     assert [results[i]["status"] for i in ids] == ["success"] * 3, results
     assert [results[i]["meta"]["seed"] for i in ids] == [10, 11, 12]
     for r in results.values():
-        assert all(httpx.get(u).status_code == 200 for u in r["output"])
+        assert all(web.get(u).status_code == 200 for u in r["output"])
     # what was done before the crash is still served
     again = srv.post(f"/api/v6/images/fetch/{first['id']}", {"key": key}).json()
-    assert again["output"] == done["output"] and httpx.get(again["output"][0]).status_code == 200
+    assert again["output"] == done["output"] and web.get(again["output"][0]).status_code == 200
 
 
 def worker_pids(srv) -> dict[str, int]:
@@ -137,5 +137,5 @@ def test_a_killed_worker_is_replaced_and_its_job_still_finishes(slow_server, ima
     final = results[slow["id"]]["output"]
     assert len(slow["future_links"]) == len(final) == 2 and all("-a2-" in u for u in final)
     for link, url in zip(slow["future_links"], final):
-        early = httpx.get(link, timeout=10)
-        assert early.status_code == 200 and early.content == httpx.get(url, timeout=10).content
+        early = web.get(link, timeout=10)
+        assert early.status_code == 200 and early.content == web.get(url, timeout=10).content

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from . import web
 from .bodies import IMG2IMG, body
 from .s3server import ACCESS_KEY, PRIVATE_BUCKET, PUBLIC_BUCKET, SECRET_KEY, SeaweedS3
 from .servers import DiffserveServer, png_bytes
@@ -60,7 +61,7 @@ def s3_settings(admin_key, s3, **over):
 
 
 def get(url: str) -> httpx.Response:
-    return httpx.get(url, timeout=30)
+    return web.get(url, timeout=30)
 
 
 def png_size(data: bytes) -> tuple[int, int]:

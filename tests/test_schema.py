@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import httpx
-
 import pytest
 from sqlalchemy import text
 
@@ -17,6 +15,7 @@ from diffserve.api.errors import STORE_DOWN
 from diffserve.store.db import Base, make_db_engine
 from diffserve.store.schema import current, ensure_schema, head, upgrade
 
+from . import web
 from .jobs_helpers import LONG, Jobs, data_uri
 from .pgserver import PostgresServer
 from .servers import DiffserveServer
@@ -105,11 +104,11 @@ def test_the_server_runs_on_postgresql(postgres, tmp_path, models_root):
         started = time.monotonic()
         down = srv.post("/api/v6/images/img2img", body, timeout=30)
         assert down.status_code == 503 and down.json() == {"status": "error", "message": STORE_DOWN}
-        qolaba = httpx.post(f"{srv.url}/getImage", headers={"Authorization": f"Bearer {key}"}, json={"id": "1"},
-                            timeout=30)
+        qolaba = web.post(f"{srv.url}/getImage", headers={"Authorization": f"Bearer {key}"}, json={"id": "1"},
+                          timeout=30)
         assert qolaba.status_code == 503 and qolaba.json()["status"] == "FAILED"
         assert jobs.http.get("/v1/jobs").status_code == 503
-        assert httpx.get(f"{srv.url}/ready", timeout=30).status_code == 503
+        assert web.get(f"{srv.url}/ready", timeout=30).status_code == 503
         assert time.monotonic() - started < 30
         postgres.resume()  # and back: requests succeed again
         again = srv.post("/api/v6/images/img2img", body, timeout=120).json()

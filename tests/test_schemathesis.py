@@ -15,13 +15,13 @@ from __future__ import annotations
 import base64
 import json
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
+from . import web
 from .bodies import IMG2IMG, body
 from .servers import png_bytes
 
@@ -72,7 +72,7 @@ def test_no_server_errors_on_any_operation(hardened_server, key):
     assert statuses.get(400, 0) > 0 and statuses.get(401, 0) > 0  # past auth, into validation
     assert not failures, "\n".join(failures[:20])
     assert server.proc.poll() is None
-    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    assert web.get(f"{server.url}/health").json()["status"] == "ok"
     init = base64.b64encode(png_bytes(64, 64)).decode()
     assert server.post(IMG2IMG, body(key, init_image=init)).json()["status"] == "success"
 
@@ -114,9 +114,9 @@ def _typed_routes(key: str) -> dict[str, tuple[dict[str, str], dict]]:
 def test_wrong_json_types_field_by_field(hardened_server):
     server = hardened_server
     key = server.create_key("--name", "wrong-types", "--max-queued", "0")  # accepted native jobs are cancelled
-    spec = httpx.get(f"{server.url}/openapi.json").json()
+    spec = web.get(f"{server.url}/openapi.json").json()
     failures, statuses = [], {}
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with web.client(base_url=server.url, timeout=60) as client:
         for path, (headers, valid) in _typed_routes(key).items():
             schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
             for field in sorted(schema["properties"]):

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
+from . import web
 from .jobs_helpers import MEDIUM, Jobs
 from .servers import DiffserveServer
 from .waiting import wait_until
@@ -31,7 +31,7 @@ def start_worker(server, *args: str) -> subprocess.Popen:
 
 
 def workers(server, admin) -> list[dict]:
-    return httpx.post(f"{server.url}/api/v1/enterprise/system_details", json={"key": admin}).json()["workers"]
+    return web.post(f"{server.url}/api/v1/enterprise/system_details", json={"key": admin}).json()["workers"]
 
 
 def test_a_standalone_worker_joins_takes_its_label_and_its_jobs_survive_a_kill(server):
@@ -43,7 +43,7 @@ def test_a_standalone_worker_joins_takes_its_label_and_its_jobs_survive_a_kill(s
         ext = wait_until(lambda: next((w for w in workers(server, admin) if w["labels"] == ["ext"]
                                        and w["state"] == "idle"), None), 90, what="an idle worker labelled ext")
         assert ext["worker_id"] != "worker-0" and ext["device"] == "cpu" and ext["dtype"] == "fp32"
-        assert httpx.get(f"{server.url}/health").json()["workers"] == 2
+        assert web.get(f"{server.url}/health").json()["workers"] == 2
         labelled = jobs.done(jobs.submit(steps=4, worker_label="ext")["id"])
         assert labelled["status"] == "succeeded" and labelled["worker"] == ext["worker_id"]
 
