@@ -152,9 +152,14 @@ class CeleryQueue(LocalQueue):
         return sent
 
     def _send(self, job_id: int, label: str | None) -> bool:
+        """One message (the API's every submission). What Celery would work out per message is given: the
+        arguments' repr for its headers (`saferepr`, the same text for an int and a label), and no queue
+        declaration -- on Redis a message is pushed onto the list named by its queue whether or not that queue was
+        declared, and the workers' consumers declare theirs (`declare=[]`: no `maybe_declare` per publish)."""
+        args, kwargs = [job_id], {"label": label}
         try:
-            self._app.send_task(TASK, args=[job_id], kwargs={"label": label}, queue=queue_name(label),
-                                retry=False)
+            self._app.send_task(TASK, args=args, kwargs=kwargs, queue=queue_name(label), retry=False,
+                                argsrepr=repr(args), kwargsrepr=repr(kwargs), declare=[])
             return True
         except Exception as e:  # noqa: BLE001 - the broker is away; the job waits in the store, re-sent later
             log.warning("broker unreachable (%s): job %s stays queued and is re-sent later", e, job_id)
