@@ -59,15 +59,6 @@ LIVE_WORKER_S = 15.0  # default: a worker whose heartbeat is older is not counte
 ANY_LABEL = object()  # _try_claim: jobs of every class this worker may take (else: only jobs with this label)
 
 
-def _label_ok(labels: Sequence[str], label_class: object = ANY_LABEL):
-    """The rows a worker with these labels may take: unlabelled ones, and those of its labels; with a
-    `label_class`, only the rows of that one class (None: the unlabelled ones)."""
-    if label_class is not ANY_LABEL:
-        return QueueRow.label.is_(None) if label_class is None else QueueRow.label == label_class
-    label_ok = QueueRow.label.is_(None)
-    return or_(label_ok, QueueRow.label.in_(list(labels))) if labels else label_ok
-
-
 class Claimed(NamedTuple):
     """What one claim statement answers: the job taken (None: none), whether jobs this worker may take are
     waiting still (for a Celery message: give it back or drop it), and the holder of the message's job when
@@ -79,9 +70,10 @@ class Claimed(NamedTuple):
     started: Started | None = None  # the claim started the job too (PostgreSQL, claim(start=True))
 
 
-def _label_mode(labels: Sequence[str], label_class: object) -> str:
-    """Which rows by label (see _label_ok): "class" (one label), "none" (unlabelled only), "any" (unlabelled and
-    this worker's labels): the shape of the prebuilt claim statement."""
+def _label_mode(labels: Sequence[str], label_class: object = ANY_LABEL) -> str:
+    """Which rows by label a worker with these labels may take: "class" (a `label_class`: only the rows of that
+    one class), "none" (unlabelled only: no labels, or the class None), "any" (unlabelled and this worker's
+    labels): the shape of a prebuilt statement (_label_cond; its parameters: _label_params)."""
     if label_class is not ANY_LABEL:
         return "none" if label_class is None else "class"
     return "any" if labels else "none"
@@ -95,7 +87,12 @@ def _one_of(column, name: str, pg: bool):
     return column.in_(bindparam(name, expanding=True))
 
 
+def _label_params(labels: Sequence[str], label_class: object = ANY_LABEL) -> dict:
+    return {"p_labels": list(labels), "p_label": label_class if isinstance(label_class, str) else None}
+
+
 def _label_cond(mode: str, pg: bool = False):
+    """The rows of label mode `mode` (_label_mode), with bind parameters p_label / p_labels (_label_params)."""
     if mode == "class":
         return QueueRow.label == bindparam("p_label", type_=String)
     if mode == "any":
@@ -139,6 +136,14 @@ def _claim_statement(pg: bool, mode: str, with_loaded: bool, orphan: bool, start
     ctes, j, started = pg_start_claimed(c)
     one = select(literal(1).label("one")).subquery("one")
     return select(*columns, *started).select_from(one.outerjoin(j, true())).add_cte(c, *ctes)
+
+
+@functools.lru_cache(maxsize=None)
+def _waiting_statement(pg: bool, mode: str) -> Select:
+    """The oldest SCAN_LIMIT waiting rows a worker may take by label (rule 3's scan, claim_batch's look)."""
+    return (select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
+            .where(QueueRow.claimed_by.is_(None), _label_cond(mode, pg))
+            .order_by(QueueRow.job_id).limit(SCAN_LIMIT))
 
 
 def _owned(job_id: int, attempt: int | None) -> list:
@@ -257,9 +262,7 @@ class LocalQueue:
         pg = self._pg
         mode = _label_mode(labels, label_class)
         params = {"p_worker": worker_id, "p_now": now, "p_overdue": now - timedelta(seconds=self._affinity_wait_s),
-                  "p_loaded": list(loaded), "p_labels": list(labels),
-                  "p_label": label_class if isinstance(label_class, str) else None,
-                  "p_message_job": message_job, "p_stale": now - timedelta(seconds=self._live_worker_s)}
+                  "p_loaded": list(loaded), **_label_params(labels, label_class), "p_message_job": message_job, "p_stale": now - timedelta(seconds=self._live_worker_s)}
         statement = _claim_statement(pg, mode, bool(loaded), pg and message_job is not None, pg and start)
         # one transaction for the counters (its commit event), statements in autocommit: the claim is the one
         # UPDATE (atomic compare-and-set), one round trip when the first statement claims, no BEGIN/COMMIT
@@ -273,12 +276,7 @@ class LocalQueue:
                 job_id, orphan_of = c.execute(statement, params).scalar_one_or_none(), None
                 if job_id is not None:
                     return Claimed(job_id, True)
-            waiting = c.execute(
-                select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
-                .where(QueueRow.claimed_by.is_(None), _label_ok(labels, label_class))
-                .order_by(QueueRow.job_id)
-                .limit(SCAN_LIMIT)
-            ).all()
+            waiting = c.execute(_waiting_statement(pg, mode), params).all()
             if not waiting:
                 return Claimed(None, False, orphan_of)
             job_id = self._pick(c, worker_id, waiting, set(loaded), now)
@@ -330,10 +328,8 @@ class LocalQueue:
         overdue = now - timedelta(seconds=self._affinity_wait_s)
         model_id = key[0]
         with Session(self._db) as s, s.begin():
-            waiting = s.execute(
-                select(QueueRow.job_id, QueueRow.model_id, QueueRow.enqueued_at)
-                .where(QueueRow.claimed_by.is_(None), _label_ok(labels))
-                .order_by(QueueRow.job_id).limit(SCAN_LIMIT)).all()
+            waiting = [(job_id, model, enqueued_at) for job_id, model, _, enqueued_at in s.execute(
+                _waiting_statement(self._pg, _label_mode(labels)), _label_params(labels)).all()]
             same_model = [job_id for job_id, model, _ in waiting if model == model_id]
             requests = dict(s.execute(select(JobRow.id, JobRow.request).where(JobRow.id.in_(same_model))).all()) \
                 if same_model else {}
