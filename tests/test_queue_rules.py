@@ -11,7 +11,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text, update
 
+from diffserve.config import QueueSettings
 from diffserve.core.request import GenerationRequest
+from diffserve.jobqueue.celery import CeleryQueue
 from diffserve.jobqueue.local import LocalQueue
 from diffserve.store.db import WorkerRow, make_db_engine, utcnow
 from diffserve.store.jobs import JobStore
@@ -87,6 +89,8 @@ def test_a_message_class_claims_only_its_class_and_answers_a_gone_holder(db):
     assert got.job_id == other
     got = queue._claim_retried("w2", ["A"], ["h100"], None, message_job=labelled)
     assert got.job_id == plain and got.orphan_of is None  # w1 holds `labelled` and beats
+    celery = CeleryQueue(db, QueueSettings(backend="celery", broker_url="redis://127.0.0.1:9/0"), live_worker_s=15)
+    assert celery._holder_gone(labelled, "w2") is None  # the same rule alone (no broker involved)
     with db.begin() as c:  # w1 falls silent
         c.execute(update(WorkerRow).where(WorkerRow.worker_id == "w1")
                   .values(heartbeat_at=utcnow() - timedelta(seconds=60)))
@@ -94,4 +98,8 @@ def test_a_message_class_claims_only_its_class_and_answers_a_gone_holder(db):
     assert got.job_id is None and not got.waiting
     if db.dialect.name == "postgresql":  # the claim statement answers the gone holder
         assert got.orphan_of == "w1"
+    assert celery._holder_gone(labelled, "w2") == "w1" and celery._holder_gone(labelled, "w1") is None
+    assert celery._holder_gone(plain, "w1") is None  # w2 is alive
+    workers.remove("w2")
+    assert celery._holder_gone(plain, "w1") == "w2" and celery._holder_gone(9999, "w1") is None  # row gone; no job
     assert sorted(queue.claims()) == [(plain, "w2"), (labelled, "w1"), (other, "w1")]

@@ -101,6 +101,18 @@ def _label_cond(mode: str, pg: bool = False):
 
 
 @functools.lru_cache(maxsize=None)
+def gone_holder() -> Select:
+    """The "holder gone" rule: the worker that claimed job p_message_job, when it is another than p_worker and its
+    heartbeat is older than p_stale (or its row is gone). Inside the claim statement on PostgreSQL; alone on
+    SQLite (jobqueue/celery.py)."""
+    return (select(QueueRow.claimed_by).outerjoin(WorkerRow, WorkerRow.worker_id == QueueRow.claimed_by)
+            .where(QueueRow.job_id == bindparam("p_message_job", type_=Integer), QueueRow.claimed_by.is_not(None),
+                   QueueRow.claimed_by != bindparam("p_worker", type_=String),
+                   or_(WorkerRow.heartbeat_at.is_(None),
+                       WorkerRow.heartbeat_at < bindparam("p_stale", type_=DateTime))))
+
+
+@functools.lru_cache(maxsize=None)
 def _claim_statement(pg: bool, mode: str, with_loaded: bool, orphan: bool, start: bool = False) -> Select | Update:
     """Rules 1 and 2 as one statement, built once per shape with bind parameters (building and keying a
     statement costs more Python than running it): UPDATE local_queue SET claimed_by WHERE job_id = (the oldest
@@ -125,12 +137,7 @@ def _claim_statement(pg: bool, mode: str, with_loaded: bool, orphan: bool, start
     columns = [select(c.c.job_id).scalar_subquery().label("claimed"),
                exists().where(QueueRow.claimed_by.is_(None), _label_cond(mode, pg)).label("waiting")]
     if orphan:  # the message's job, claimed by another worker whose heartbeat is stale (or gone)
-        columns.append(
-            select(QueueRow.claimed_by).outerjoin(WorkerRow, WorkerRow.worker_id == QueueRow.claimed_by)
-            .where(QueueRow.job_id == bindparam("p_message_job", type_=Integer), QueueRow.claimed_by.is_not(None),
-                   QueueRow.claimed_by != bindparam("p_worker", type_=String),
-                   or_(WorkerRow.heartbeat_at.is_(None), WorkerRow.heartbeat_at < bindparam("p_stale", type_=DateTime)))
-            .scalar_subquery().label("orphan_of"))
+        columns.append(gone_holder().scalar_subquery().label("orphan_of"))
     if not start:
         return select(*columns).add_cte(c)
     ctes, j, started = pg_start_claimed(c)
