@@ -269,7 +269,8 @@ class LocalQueue:
         pg = self._pg
         mode = _label_mode(labels, label_class)
         params = {"p_worker": worker_id, "p_now": now, "p_overdue": now - timedelta(seconds=self._affinity_wait_s),
-                  "p_loaded": list(loaded), **_label_params(labels, label_class), "p_message_job": message_job, "p_stale": now - timedelta(seconds=self._live_worker_s)}
+                  "p_loaded": list(loaded), **_label_params(labels, label_class), "p_message_job": message_job,
+                  "p_stale": now - timedelta(seconds=self._live_worker_s)}
         statement = _claim_statement(pg, mode, bool(loaded), pg and message_job is not None, pg and start)
         # one transaction for the counters (its commit event), statements in autocommit: the claim is the one
         # UPDATE (atomic compare-and-set), one round trip when the first statement claims, no BEGIN/COMMIT

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Mapping, NamedTuple
 
-from sqlalchemy import DateTime, Engine, Integer, Select, String, Update, bindparam, delete, exists, func, select, update
+from sqlalchemy import DateTime, Engine, Integer, Select, String, Update, bindparam, delete, exists, func, select
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from diffserve.core.job import JobStatus
