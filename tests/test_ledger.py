@@ -362,3 +362,24 @@ def test_a_claim_starts_its_job_in_its_own_statement_on_postgresql(db):
         cancel.execute(text("DELETE FROM local_queue WHERE job_id = :id"), {"id": other.id})
         cancel.commit()
     assert ledger.start(other.id, "w1") is None and state(db, other.id)["status"] == "cancelled"
+
+
+def test_a_heartbeat_answers_the_latest_order_and_which_held_jobs_are_still_owned(db):
+    """WorkerStore.beat: one statement beats and answers the control log's head and the fence of every held job
+    (Ledger.holds's: running, same attempt), with or without the worker's row."""
+    from diffserve.store.control import ControlLog
+
+    ledger, queue, jobs, workers = Ledger(db), LocalQueue(db), JobStore(db), WorkerStore(db)
+    job = running_job(db, "w1")
+    other = running_job(db, "w1")
+    order = ControlLog(db).post("clear_cache")
+    assert workers.beat("w1") == (order, frozenset())
+    assert workers.beat("w1", {job.id: 1, other.id: 1}) == (order, {job.id, other.id})
+    assert workers.beat("w1", {job.id: 2}).owned == frozenset()  # not that attempt's
+    assert release(jobs, queue, job.id, max_attempts=3, holder="w1")  # handed on
+    assert queue.claim("w2", 0) == job.id and ledger.start(job.id, "w2").attempts == 2
+    assert workers.beat("w1", {job.id: 1, other.id: 1}).owned == {other.id}
+    workers.remove("w1")  # the row is gone: the answers still come
+    assert workers.beat("w1", {other.id: 1}) == (order, {other.id}) and workers.live() == []
+    assert ledger.finish(other.id, 1, Outcome.failed("x"))
+    assert workers.beat("w2", {job.id: 2, other.id: 1}).owned == {job.id}  # w2 has no row here either

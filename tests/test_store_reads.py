@@ -56,6 +56,24 @@ def test_positions_read_once_per_interval_whatever_the_number_of_fetches(db):
     assert len(reads) <= 1, reads  # at most the one refresh, not a COUNT per fetch
 
 
+def test_recent_durations_are_read_once_per_interval_per_limit_and_follow_new_jobs(db, monkeypatch):
+    jobs = JobStore(db)
+    ids = _queue(jobs, 3)
+    for job_id in ids[:2]:
+        jobs.start(job_id, "w1")
+        jobs.succeed(job_id, [], [])
+    reads = []
+    event.listen(db, "before_cursor_execute", lambda *a: reads.append(a[2]))
+    assert len(jobs.recent_durations()) == 2 and len(jobs.recent_durations(limit=1)) == 1
+    jobs.recent_durations().clear()  # a caller's copy: the kept list is not changed
+    assert [len(jobs.recent_durations()) for _ in range(5)] == [2] * 5 and len(reads) == 2  # one per limit
+    jobs.start(ids[2], "w1")
+    jobs.succeed(ids[2], [], [])
+    assert len(jobs.recent_durations()) == 2  # within DURATIONS_FRESH_S: as read a moment ago
+    monkeypatch.setattr(jobs_module, "DURATIONS_FRESH_S", 0.0)
+    assert len(jobs.recent_durations()) == 3
+
+
 def test_autocommit_use_of_a_pooled_sqlite_connection_leaves_transactions_atomic(db):
     """A connection handed back from autocommit use (writes commit at once) takes part in a transaction as
     before when it is taken again: a transaction that fails changes nothing."""

@@ -41,8 +41,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from diffserve.config import QueueSettings
-from diffserve.jobqueue.local import LocalQueue
-from diffserve.store.db import QueueRow, WorkerRow, utcnow
+from diffserve.jobqueue.local import LocalQueue, gone_holder
+from diffserve.store.db import QueueRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,14 @@ class CeleryQueue(LocalQueue):
         return sent
 
     def _send(self, job_id: int, label: str | None) -> bool:
+        """One message (the API's every submission). What Celery would work out per message is given: the
+        arguments' repr for its headers (`saferepr`, the same text for an int and a label), and no queue
+        declaration -- on Redis a message is pushed onto the list named by its queue whether or not that queue was
+        declared, and the workers' consumers declare theirs (`declare=[]`: no `maybe_declare` per publish)."""
+        args, kwargs = [job_id], {"label": label}
         try:
-            self._app.send_task(TASK, args=[job_id], kwargs={"label": label}, queue=queue_name(label),
-                                retry=False)
+            self._app.send_task(TASK, args=args, kwargs=kwargs, queue=queue_name(label), retry=False,
+                                argsrepr=repr(args), kwargsrepr=repr(kwargs), declare=[])
             return True
         except Exception as e:  # noqa: BLE001 - the broker is away; the job waits in the store, re-sent later
             log.warning("broker unreachable (%s): job %s stays queued and is re-sent later", e, job_id)
@@ -246,18 +251,12 @@ class CeleryQueue(LocalQueue):
         return None
 
     def _holder_gone(self, job_id: int, worker_id: str) -> str | None:
-        """The worker holding the job when it is another one and gone (stale heartbeat): one read (the store
-        is not PostgreSQL, where the claim statement answers it)."""
-        with self._now.connect() as c:  # the holder and its heartbeat, one read
-            row = c.execute(select(QueueRow.claimed_by, WorkerRow.heartbeat_at)
-                            .outerjoin(WorkerRow, WorkerRow.worker_id == QueueRow.claimed_by)
-                            .where(QueueRow.job_id == job_id)).first()
-        if row is None or row[0] is None or row[0] == worker_id:
-            return None
-        holder, beat = row
-        if beat is not None and beat >= utcnow() - timedelta(seconds=self._live_worker_s):
-            return None  # its worker is alive and running it: this message is a duplicate
-        return holder
+        """The worker holding the job when it is another one and gone (stale heartbeat), by the claim statement's
+        own rule (gone_holder): one read (the store is not PostgreSQL, where the claim statement answers it)."""
+        params = {"p_message_job": job_id, "p_worker": worker_id,
+                  "p_stale": utcnow() - timedelta(seconds=self._live_worker_s)}
+        with self._now.connect() as c:
+            return c.execute(gone_holder(), params).scalar()
 
     def _receive(self, labels: Sequence[str], timeout: float):
         names = tuple(queue_name(label) for label in (None, *sorted(labels)))

@@ -41,7 +41,8 @@ from datetime import timedelta
 from typing import Callable, NamedTuple, Sequence
 
 from sqlalchemy import DateTime, Engine, Integer, Select, String, Update, bindparam, case, delete, exists, func, insert
-from sqlalchemy import literal, or_, select, true, update
+from sqlalchemy import any_, literal, or_, select, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -58,15 +59,6 @@ LIVE_WORKER_S = 15.0  # default: a worker whose heartbeat is older is not counte
 ANY_LABEL = object()  # _try_claim: jobs of every class this worker may take (else: only jobs with this label)
 
 
-def _label_ok(labels: Sequence[str], label_class: object = ANY_LABEL):
-    """The rows a worker with these labels may take: unlabelled ones, and those of its labels; with a
-    `label_class`, only the rows of that one class (None: the unlabelled ones)."""
-    if label_class is not ANY_LABEL:
-        return QueueRow.label.is_(None) if label_class is None else QueueRow.label == label_class
-    label_ok = QueueRow.label.is_(None)
-    return or_(label_ok, QueueRow.label.in_(list(labels))) if labels else label_ok
-
-
 class Claimed(NamedTuple):
     """What one claim statement answers: the job taken (None: none), whether jobs this worker may take are
     waiting still (for a Celery message: give it back or drop it), and the holder of the message's job when
@@ -78,20 +70,46 @@ class Claimed(NamedTuple):
     started: Started | None = None  # the claim started the job too (PostgreSQL, claim(start=True))
 
 
-def _label_mode(labels: Sequence[str], label_class: object) -> str:
-    """Which rows by label (see _label_ok): "class" (one label), "none" (unlabelled only), "any" (unlabelled and
-    this worker's labels): the shape of the prebuilt claim statement."""
+def _label_mode(labels: Sequence[str], label_class: object = ANY_LABEL) -> str:
+    """Which rows by label a worker with these labels may take: "class" (a `label_class`: only the rows of that
+    one class), "none" (unlabelled only: no labels, or the class None), "any" (unlabelled and this worker's
+    labels): the shape of a prebuilt statement (_label_cond; its parameters: _label_params)."""
     if label_class is not ANY_LABEL:
         return "none" if label_class is None else "class"
     return "any" if labels else "none"
 
 
-def _label_cond(mode: str):
+def _one_of(column, name: str, pg: bool):
+    """column IN (the list bound as `name`): on PostgreSQL `= ANY(<one array parameter>)`, a statement whose text
+    never changes (an expanding IN is rendered again for each execution, a sixth of a claim's Python)."""
+    if pg:
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def _label_params(labels: Sequence[str], label_class: object = ANY_LABEL) -> dict:
+    return {"p_labels": list(labels), "p_label": label_class if isinstance(label_class, str) else None}
+
+
+def _label_cond(mode: str, pg: bool = False):
+    """The rows of label mode `mode` (_label_mode), with bind parameters p_label / p_labels (_label_params)."""
     if mode == "class":
         return QueueRow.label == bindparam("p_label", type_=String)
     if mode == "any":
-        return or_(QueueRow.label.is_(None), QueueRow.label.in_(bindparam("p_labels", expanding=True)))
+        return or_(QueueRow.label.is_(None), _one_of(QueueRow.label, "p_labels", pg))
     return QueueRow.label.is_(None)
+
+
+@functools.lru_cache(maxsize=None)
+def gone_holder() -> Select:
+    """The "holder gone" rule: the worker that claimed job p_message_job, when it is another than p_worker and its
+    heartbeat is older than p_stale (or its row is gone). Inside the claim statement on PostgreSQL; alone on
+    SQLite (jobqueue/celery.py)."""
+    return (select(QueueRow.claimed_by).outerjoin(WorkerRow, WorkerRow.worker_id == QueueRow.claimed_by)
+            .where(QueueRow.job_id == bindparam("p_message_job", type_=Integer), QueueRow.claimed_by.is_not(None),
+                   QueueRow.claimed_by != bindparam("p_worker", type_=String),
+                   or_(WorkerRow.heartbeat_at.is_(None),
+                       WorkerRow.heartbeat_at < bindparam("p_stale", type_=DateTime))))
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,9 +122,9 @@ def _claim_statement(pg: bool, mode: str, with_loaded: bool, orphan: bool, start
     job is started in the same statement (store/ledger.py pg_start_claimed): claim and start, one round trip."""
     takeable = QueueRow.enqueued_at <= bindparam("p_overdue", type_=DateTime)
     if with_loaded:
-        takeable = or_(takeable, QueueRow.model_id.in_(bindparam("p_loaded", expanding=True)))
+        takeable = or_(takeable, _one_of(QueueRow.model_id, "p_loaded", pg))
     first = (select(QueueRow.job_id)
-             .where(QueueRow.claimed_by.is_(None), _label_cond(mode), takeable)
+             .where(QueueRow.claimed_by.is_(None), _label_cond(mode, pg), takeable)
              .order_by(QueueRow.job_id).limit(1)
              .with_for_update(skip_locked=True)  # PostgreSQL: a row another claim holds is passed over
              .scalar_subquery())
@@ -117,19 +135,22 @@ def _claim_statement(pg: bool, mode: str, with_loaded: bool, orphan: bool, start
         return claim
     c = claim.cte("c")
     columns = [select(c.c.job_id).scalar_subquery().label("claimed"),
-               exists().where(QueueRow.claimed_by.is_(None), _label_cond(mode)).label("waiting")]
+               exists().where(QueueRow.claimed_by.is_(None), _label_cond(mode, pg)).label("waiting")]
     if orphan:  # the message's job, claimed by another worker whose heartbeat is stale (or gone)
-        columns.append(
-            select(QueueRow.claimed_by).outerjoin(WorkerRow, WorkerRow.worker_id == QueueRow.claimed_by)
-            .where(QueueRow.job_id == bindparam("p_message_job", type_=Integer), QueueRow.claimed_by.is_not(None),
-                   QueueRow.claimed_by != bindparam("p_worker", type_=String),
-                   or_(WorkerRow.heartbeat_at.is_(None), WorkerRow.heartbeat_at < bindparam("p_stale", type_=DateTime)))
-            .scalar_subquery().label("orphan_of"))
+        columns.append(gone_holder().scalar_subquery().label("orphan_of"))
     if not start:
         return select(*columns).add_cte(c)
     ctes, j, started = pg_start_claimed(c)
     one = select(literal(1).label("one")).subquery("one")
     return select(*columns, *started).select_from(one.outerjoin(j, true())).add_cte(c, *ctes)
+
+
+@functools.lru_cache(maxsize=None)
+def _waiting_statement(pg: bool, mode: str) -> Select:
+    """The oldest SCAN_LIMIT waiting rows a worker may take by label (rule 3's scan, claim_batch's look)."""
+    return (select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
+            .where(QueueRow.claimed_by.is_(None), _label_cond(mode, pg))
+            .order_by(QueueRow.job_id).limit(SCAN_LIMIT))
 
 
 def _owned(job_id: int, attempt: int | None) -> list:
@@ -248,9 +269,8 @@ class LocalQueue:
         pg = self._pg
         mode = _label_mode(labels, label_class)
         params = {"p_worker": worker_id, "p_now": now, "p_overdue": now - timedelta(seconds=self._affinity_wait_s),
-                  "p_loaded": list(loaded), "p_labels": list(labels),
-                  "p_label": label_class if isinstance(label_class, str) else None,
-                  "p_message_job": message_job, "p_stale": now - timedelta(seconds=self._live_worker_s)}
+                  "p_loaded": list(loaded), **_label_params(labels, label_class), "p_message_job": message_job,
+                  "p_stale": now - timedelta(seconds=self._live_worker_s)}
         statement = _claim_statement(pg, mode, bool(loaded), pg and message_job is not None, pg and start)
         # one transaction for the counters (its commit event), statements in autocommit: the claim is the one
         # UPDATE (atomic compare-and-set), one round trip when the first statement claims, no BEGIN/COMMIT
@@ -264,12 +284,7 @@ class LocalQueue:
                 job_id, orphan_of = c.execute(statement, params).scalar_one_or_none(), None
                 if job_id is not None:
                     return Claimed(job_id, True)
-            waiting = c.execute(
-                select(QueueRow.job_id, QueueRow.model_id, QueueRow.label, QueueRow.enqueued_at)
-                .where(QueueRow.claimed_by.is_(None), _label_ok(labels, label_class))
-                .order_by(QueueRow.job_id)
-                .limit(SCAN_LIMIT)
-            ).all()
+            waiting = c.execute(_waiting_statement(pg, mode), params).all()
             if not waiting:
                 return Claimed(None, False, orphan_of)
             job_id = self._pick(c, worker_id, waiting, set(loaded), now)
@@ -321,10 +336,8 @@ class LocalQueue:
         overdue = now - timedelta(seconds=self._affinity_wait_s)
         model_id = key[0]
         with Session(self._db) as s, s.begin():
-            waiting = s.execute(
-                select(QueueRow.job_id, QueueRow.model_id, QueueRow.enqueued_at)
-                .where(QueueRow.claimed_by.is_(None), _label_ok(labels))
-                .order_by(QueueRow.job_id).limit(SCAN_LIMIT)).all()
+            waiting = [(job_id, model, enqueued_at) for job_id, model, _, enqueued_at in s.execute(
+                _waiting_statement(self._pg, _label_mode(labels)), _label_params(labels)).all()]
             same_model = [job_id for job_id, model, _ in waiting if model == model_id]
             requests = dict(s.execute(select(JobRow.id, JobRow.request).where(JobRow.id.in_(same_model))).all()) \
                 if same_model else {}

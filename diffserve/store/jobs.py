@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import secrets
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from sqlalchemy import Engine, func, select
 
@@ -19,6 +20,25 @@ DURATIONS_FRESH_S = 1.0
 POSITIONS_FRESH_S = 1.0  # the unfinished jobs' ids, for queue positions: read at most this often
 POSITIONS_MAX = 100_000  # ids read at most (a position past it reads as this many ahead)
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+T = TypeVar("T")
+
+
+class _Fresh(Generic[T]):
+    """A value read through `load` at most once per `max_age_s` (given at each look, so a test may change it): the
+    one reader that finds it stale reads it afresh; readers meanwhile wait for its answer."""
+
+    def __init__(self, load: Callable[[], T]) -> None:
+        self._load = load
+        self._lock = threading.Lock()
+        self._read_at: float | None = None
+        self._value: T | None = None
+
+    def get(self, max_age_s: float) -> T:
+        with self._lock:
+            now = time.monotonic()
+            if self._read_at is None or now - self._read_at >= max_age_s:
+                self._value, self._read_at = self._load(), now
+            return self._value  # type: ignore[return-value]
 
 
 class JobStore:
@@ -29,9 +49,9 @@ class JobStore:
         self._db = db
         self._read = autocommit(db)  # reads are single statements: no transaction around them
         self.ledger = Ledger(db)
-        self._durations: dict[int, tuple[float, list[float]]] = {}  # limit -> (read at, run times)
-        self._unfinished: tuple[float, list[int]] = (-POSITIONS_FRESH_S, [])  # (read at, ids in order)
-        self._unfinished_lock = threading.Lock()  # one reader refreshes; the others wait for its list
+        self._durations: dict[int, _Fresh[list[float]]] = {}  # limit -> the latest run times
+        self._durations_lock = threading.Lock()  # (one _Fresh per limit)
+        self._unfinished = _Fresh(self._read_unfinished)  # the unfinished jobs' ids, in order
 
     def create(
         self,
@@ -116,13 +136,11 @@ class JobStore:
     def recent_durations(self, limit: int = 20) -> list[float]:
         """Run times (s) of the latest succeeded jobs, for ETA estimates: read at most once per
         DURATIONS_FRESH_S (every answer with an ETA asks; an estimate needs them no fresher)."""
-        now = time.monotonic()
-        kept = self._durations.get(limit)
-        if kept is not None and now - kept[0] < DURATIONS_FRESH_S:
-            return list(kept[1])
-        durations = self._read_durations(limit)
-        self._durations[limit] = (now, durations)
-        return list(durations)
+        with self._durations_lock:
+            kept = self._durations.get(limit)
+            if kept is None:
+                kept = self._durations[limit] = _Fresh(functools.partial(self._read_durations, limit))
+        return list(kept.get(DURATIONS_FRESH_S))
 
     def _read_durations(self, limit: int) -> list[float]:
         with self._read.connect() as s:
@@ -138,18 +156,12 @@ class JobStore:
         """How many unfinished jobs are ahead of this one, as of at most POSITIONS_FRESH_S ago: every queued
         job's fetch asks (an ETA), and one ordered read of the unfinished ids a second serves them all instead of
         a COUNT over the backlog per fetch."""
-        return bisect.bisect_left(self._unfinished_ids(), job_id)
+        return bisect.bisect_left(self._unfinished.get(POSITIONS_FRESH_S), job_id)
 
-    def _unfinished_ids(self) -> list[int]:
-        with self._unfinished_lock:
-            read_at, ids = self._unfinished
-            if time.monotonic() - read_at >= POSITIONS_FRESH_S:
-                now = time.monotonic()
-                with self._read.connect() as s:
-                    ids = list(s.scalars(select(JobRow.id).where(JobRow.status.in_(_UNFINISHED))
-                                         .order_by(JobRow.id).limit(POSITIONS_MAX)))
-                self._unfinished = (now, ids)
-            return ids
+    def _read_unfinished(self) -> list[int]:
+        with self._read.connect() as s:
+            return list(s.scalars(select(JobRow.id).where(JobRow.status.in_(_UNFINISHED))
+                                  .order_by(JobRow.id).limit(POSITIONS_MAX)))
 
 
 def new_output_token() -> str:

@@ -166,10 +166,14 @@ class JobRunner:
         return keys
 
     def check_claims(self) -> None:
-        """The heartbeat's look at the held jobs: those handed on meanwhile go to `lost` (their reporter raises
-        ClaimLost at the next step)."""
-        for job_id, attempt in list(self.held.items()):
-            if not self.ledger.holds(job_id, attempt):
+        """The heartbeat, and its look at the held jobs in the same statement (WorkerStore.beat): those handed on
+        meanwhile go to `lost` (their reporter raises ClaimLost at the next step); the control log's latest
+        order id to `orders_head` (an idle worker applies new orders within a beat)."""
+        held = dict(self.held)
+        beat = self.workers.beat(self.worker_id, held)
+        self.orders_head = max(self.orders_head, beat.orders_head)
+        for job_id, attempt in held.items():
+            if job_id not in beat.owned and self.held.get(job_id) == attempt:  # (not ended meanwhile)
                 self.lost.add(job_id)
 
     # -- the end -------------------------------------------------------------------------------------------

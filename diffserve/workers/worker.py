@@ -156,10 +156,10 @@ class Worker:
             if ticks * WATCHDOG_S >= HEARTBEAT_S:
                 ticks = 0
                 try:
-                    # the latest order's id: an idle worker applies new orders within a beat (a job's start
-                    # answers it too, so orders posted before a job apply before it runs)
-                    self.runner.orders_head = max(self.runner.orders_head, self.workers.beat(self.worker_id))
-                    self.runner.check_claims()  # a job handed on meanwhile: its run stops at the next step
+                    # one statement: the beat, the latest order's id (an idle worker applies new orders within a
+                    # beat; a job's start answers it too, so orders posted before a job apply before it runs), and
+                    # whether the held jobs are still this worker's (one handed on stops at its next step)
+                    self.runner.check_claims()
                 except Exception:  # a missed beat is not fatal; the next one retries
                     log.warning("heartbeat failed", exc_info=True)
 
