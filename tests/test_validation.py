@@ -122,3 +122,31 @@ def test_check_draft_is_the_part_without_io(registry):
     assert check_draft(draft(max_side=256), registry, settings).max_size == 256  # the dialect's cap
     assert refusal(check_draft, draft(width=512, max_side=256), registry, settings).message.startswith(
         "width must be between")
+
+
+def test_validate_blocking_runs_the_same_steps_in_the_same_order(registry):
+    """validate_blocking (every image inline: one thread call) loads, keeps and resolves what validate does."""
+    from diffserve.service.validation import BlockingInputs, inline_images, validate_blocking
+
+    d = draft(mode="inpaint", mask_image="https://images.example/m.png", seed=7)
+    awaited = Recorder()
+    expected = run(d, registry, recorder=awaited)
+    blocking = Recorder()
+
+    def load(value: str, field: str) -> Image.Image:
+        blocking.loaded.append(field)
+        return Image.new("RGB", blocking.size, "red")
+
+    settings = Settings()
+    got = validate_blocking(d, registry.get(d.model_id), check_draft(d, registry, settings), settings,
+                            BlockingInputs(load, blocking.kept.append, SubmitFaceCheck(), "tok"))
+    assert got == expected
+    assert blocking.loaded == awaited.loaded and [k.key for k in blocking.kept] == [k.key for k in awaited.kept]
+    assert not inline_images(d, lambda value: not value.startswith("https://"))
+    assert inline_images(draft(init_image="data:image/png;base64,AAAA"), lambda value: value.startswith("data:"))
+    small = Settings(limits={"max_batch_pixels": 64})  # step 9 refuses, after the init image's load, before its keep
+    refused = Recorder()
+    e = refusal(validate_blocking, d, registry.get(d.model_id), check_draft(d, registry, small), small,
+                BlockingInputs(load, refused.kept.append, SubmitFaceCheck(), "tok"))
+    assert "max_batch_pixels" in e.message or "pixels" in e.message
+    assert refused.kept == []

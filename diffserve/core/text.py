@@ -34,6 +34,10 @@ def invalid_text_path(value: Any, path: str = "") -> str | None:
     """Where in a decoded JSON value (dicts, lists, strings; keys too) a lone surrogate sits, e.g.
     `prompt` or `init_images[2]`; None when every string is valid. Breadth first (a top-level field is named
     before a nested one) and iterative: no depth limit of its own."""
+    if isinstance(value, str):  # the common case (a request's every text field is checked): no queue
+        return None if is_valid_text(value) else (path or "body")
+    if not isinstance(value, (dict, list)):
+        return None
     queue: deque[tuple[Any, str]] = deque([(value, path)])
     while queue:
         item, where = queue.popleft()

@@ -18,7 +18,8 @@ import httpx
 from PIL import Image
 
 from diffserve.service.admission import QueueCaps
-from diffserve.service.validation import InputImage, Inputs, check_draft, validate
+from diffserve.service.validation import (BlockingInputs, InputImage, Inputs, check_draft, inline_images, validate,
+                                          validate_blocking)
 from diffserve.service.watch import JobWatch
 from diffserve.config import Settings
 from diffserve.core.errors import CANCELLED_BY_CLIENT, NotFound, Unavailable
@@ -116,12 +117,6 @@ class GenerationService:
         token = new_output_token()
         stored: list[str] = []  # input files written so far: removed again if the request fails after them
 
-        async def keep(image: InputImage) -> None:
-            await self._store_image(image.key, image.image, image.size, stored)
-
-        inputs = Inputs(lambda value, field: self._image(key, value, field), keep, self.offload, self.faces, token,
-                        load_checked=lambda value, field, check: self._image(key, value, field, check))
-
         def create(request: GenerationRequest) -> tuple[Job, float | None]:
             job = self._ledger.create(  # the job and its queue row, one transaction
                 key_id=key.key_id, dialect=dialect, request=request, output_token=token,
@@ -129,8 +124,20 @@ class GenerationService:
             return job, self._created_eta(job)
 
         try:
-            request = await validate(draft, self.registry, self.settings, inputs, checked=checked)
-            job, eta = await anyio.to_thread.run_sync(create, request)
+            if inline_images(draft, is_base64_image):  # nothing to fetch: validated, stored, created in one hop
+                entry = self.registry.get(draft.model_id)
+                inputs = BlockingInputs(self._load_image, lambda image: self._keep(image, stored), self.faces, token)
+                job, eta = await self.offload(
+                    lambda: create(validate_blocking(draft, entry, checked, self.settings, inputs)))
+            else:
+                async def keep(image: InputImage) -> None:
+                    await self._store_image(image.key, image.image, image.size, stored)
+
+                async_inputs = Inputs(lambda value, field: self._image(key, value, field), keep, self.offload,
+                                      self.faces, token,
+                                      load_checked=lambda value, field, check: self._image(key, value, field, check))
+                request = await validate(draft, self.registry, self.settings, async_inputs, checked=checked)
+                job, eta = await self.offload(create, request)
         except BaseException:  # a later image refused, the store down, the client gone: no orphan files
             with anyio.CancelScope(shield=True):
                 await self.offload(self._delete_inputs, stored)
@@ -268,7 +275,7 @@ class GenerationService:
         steps and ends it `cancelled`). The job as it is now."""
         if not job.status.is_terminal():
             # cancelled with its queue row dropped, in one transaction -- only if no worker took it
-            if not await anyio.to_thread.run_sync(self.jobs.ledger.cancel, job.id, reason):
+            if not await self.offload(self.jobs.ledger.cancel, job.id, reason):
                 if self.progress is not None:
                     await self.offload(self.progress.request_cancel, job.id)
         return await self.offload(self.jobs.get, job.id)
@@ -280,6 +287,11 @@ class GenerationService:
 
     def _put_png(self, key: str, img: Image.Image, size: tuple[int, int]) -> None:
         self.storage.put(key, _fit_png(img, *size))
+
+    def _keep(self, image: InputImage, stored: list[str]) -> None:
+        """_store_image, blocking (validate_blocking's `keep`, on its thread)."""
+        self._put_png(image.key, image.image, image.size or image.image.size)
+        stored.append(image.key)
 
     def _delete_inputs(self, keys: list[str]) -> None:
         for key in keys:

@@ -23,13 +23,15 @@ Steps 1-5 need no I/O: `check_draft` runs them alone (before the per-key queue c
 on its images before submitting, as A1111 resizes its init image). Steps 6-10 do I/O (model configs, DNS,
 image fetches) and run off the event loop. Each input image is handed to `Inputs.keep` (the service stores it)
 once the steps up to it passed -- the init image after step 9 -- so at most one decoded image is held at a
-time; the service removes what was kept if a later step refuses the request.
+time; the service removes what was kept if a later step refuses the request. Steps 6-10 are written once
+(`_steps`, which yields each I/O it needs); `validate` awaits each, `validate_blocking` runs them all on one thread
+for a draft whose images are all inline (no URL to fetch): one thread hop instead of one per I/O.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 
 from PIL import Image
@@ -99,33 +101,112 @@ async def validate(draft: RequestDraft, registry: ModelRegistry, settings: Setti
     """Every step of the module's list, in its order: the request the job will run (its input images kept).
     `checked`: what `check_draft` returned for this same draft (its steps 1-5 ran already: not again)."""
     model = check_draft(draft, registry, settings) if checked is None else checked  # 1-5
-    entry = registry.get(draft.model_id)
-    draft = await inputs.offload(_controls_and_webhook, draft, entry, settings)  # 6, 7: one call off the loop
+    steps = _steps(draft, registry.get(draft.model_id), model, settings, inputs.token, inputs.faces)
+    answer: object = None
+    while True:
+        try:
+            need = steps.send(answer)
+        except StopIteration as done:
+            return done.value
+        if isinstance(need, _Call):
+            answer = await inputs.offload(need.fn, *need.args)
+        elif isinstance(need, _Load):
+            answer = await (inputs.load(need.value, need.field) if need.check is None
+                            else inputs.load_and_check(need.value, need.field, need.check))
+        else:
+            answer = await inputs.keep(need.image)
+
+
+@dataclass(frozen=True)
+class BlockingInputs:
+    """Inputs for `validate_blocking`: `load` decodes one image sent inline (base64, data URI), `keep` stores
+    one that passed -- both blocking, called on the thread that runs the validation."""
+
+    load: Callable[[str, str], Image.Image]
+    keep: Callable[[InputImage], None]
+    faces: SubmitFaceCheck
+    token: str
+
+
+def inline_images(draft: RequestDraft, inline: Callable[[str], bool]) -> bool:
+    """Every image `validate` would load is sent inline (`inline(value)`): nothing to fetch from a URL."""
+    values = [*([draft.init_image] if draft.mode != "txt2img" else []),
+              *([draft.mask_image] if draft.mode == "inpaint" and draft.mask_image else []),
+              *draft.extra_images, *([draft.ip_adapter_image] if draft.ip_adapter_image else [])]
+    return all(inline(value) for value in values)
+
+
+def validate_blocking(draft: RequestDraft, entry: ModelEntry, model: ModelLimits, settings: Settings,
+                      inputs: BlockingInputs) -> GenerationRequest:
+    """Steps 6-10 of `validate` (the same steps, in the same order), blocking, for a draft whose images are all
+    sent inline (`inline_images`): no URL fetch that would hold the thread, so they run in one call off the
+    event loop instead of one thread hop each. `entry`, `model`: the registry's entry and what `check_draft`
+    returned for this draft (steps 1-5, on the event loop)."""
+    steps = _steps(draft, entry, model, settings, inputs.token, inputs.faces)
+    answer: object = None
+    while True:
+        try:
+            need = steps.send(answer)
+        except StopIteration as done:
+            return done.value
+        if isinstance(need, _Call):
+            answer = need.fn(*need.args)
+        elif isinstance(need, _Load):
+            answer = inputs.load(need.value, need.field)
+            if need.check is not None:
+                need.check(answer)
+        else:
+            answer = inputs.keep(need.image)
+
+
+# What the steps ask of whoever runs them (`validate` off the loop, `validate_blocking` on its own thread):
+@dataclass(frozen=True)
+class _Call:  # blocking work; answered with its result
+    fn: Callable[..., object]
+    args: tuple
+
+
+@dataclass(frozen=True)
+class _Load:  # one input image, decoded (and `check`ed); answered with the image
+    value: str
+    field: str
+    check: ImageCheck | None = None
+
+
+@dataclass(frozen=True)
+class _Keep:  # store an input image that passed
+    image: InputImage
+
+
+def _steps(draft: RequestDraft, entry: ModelEntry, model: ModelLimits, settings: Settings, token: str,
+           faces: SubmitFaceCheck) -> Generator[_Call | _Load | _Keep, object, GenerationRequest]:
+    """Steps 6-10, written once: each I/O is yielded to the runner, which sends back its answer."""
+    draft = yield _Call(_controls_and_webhook, (draft, entry, settings))  # 6, 7: one call off the loop
     init: InputImage | None = None
     if draft.mode == "txt2img":  # 8: no init image: the size asked for, else the model's default
         default_width, default_height = model.default_size()
         width, height = draft.width or default_width, draft.height or default_height
     else:
-        image = await inputs.load_and_check(draft.init_image, draft.init_image_field,
-                                            lambda img: check_init_image(entry, img, inputs.faces))  # PuLID: a face
+        image = yield _Load(draft.init_image, draft.init_image_field,
+                            lambda img: check_init_image(entry, img, faces))  # PuLID: a face
         width, height = output_size(image.width, image.height, draft.width, draft.height, model)
-        init = InputImage(input_key(inputs.token, temp=draft.temp), image, (width, height))
+        init = InputImage(input_key(token, temp=draft.temp), image, (width, height))
     check_batch_pixels(draft.samples or 1, width, height, settings.limits.max_batch_pixels)  # 9
     if init is not None:
-        await inputs.keep(init)
+        yield _Keep(init)
     mask_key = None  # 10
     if draft.mode == "inpaint" and draft.mask_image:
-        mask_key = input_key(inputs.token, "mask", temp=draft.temp)
-        mask = await inputs.load(draft.mask_image, draft.mask_field)
-        await inputs.keep(InputImage(mask_key, mask.convert("L"), (width, height)))
+        mask_key = input_key(token, "mask", temp=draft.temp)
+        mask = yield _Load(draft.mask_image, draft.mask_field)
+        yield _Keep(InputImage(mask_key, mask.convert("L"), (width, height)))
     extra_keys = []
     for i, ref in enumerate(draft.extra_images):
-        extra_keys.append(input_key(inputs.token, f"ref{i}", temp=draft.temp))
-        await inputs.keep(InputImage(extra_keys[-1], await inputs.load(ref, draft.extra_images_field), None))
+        extra_keys.append(input_key(token, f"ref{i}", temp=draft.temp))
+        yield _Keep(InputImage(extra_keys[-1], (yield _Load(ref, draft.extra_images_field)), None))
     ip_key = None
     if draft.ip_adapter_image:
-        ip_key = input_key(inputs.token, "ip", temp=draft.temp)
-        await inputs.keep(InputImage(ip_key, await inputs.load(draft.ip_adapter_image, "ip_adapter_image"), None))
+        ip_key = input_key(token, "ip", temp=draft.temp)
+        yield _Keep(InputImage(ip_key, (yield _Load(draft.ip_adapter_image, "ip_adapter_image")), None))
     seed = draft.seed if draft.seed is not None else secrets.randbelow(2**32)
     return draft.resolve(model, init_image_key=init.key if init else "", width=width, height=height, seed=seed,
                          extra_image_keys=extra_keys, ip_adapter_image_key=ip_key, mask_image_key=mask_key)
