@@ -85,36 +85,3 @@ def test_a_cancelled_caller_waits_for_the_call_to_return():
     anyio.run(main)
     assert events == ["call returned", "got 7", "scope left"]
 
-
-def test_a_task_cancelled_outside_anyio_gets_cancelled_once_the_call_returned():
-    import asyncio
-
-    events: list[str] = []
-
-    def slow():
-        time.sleep(0.2)
-        events.append("call returned")
-
-    async def main():
-        task = asyncio.ensure_future(Offload(1)(slow))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        events.append("cancelled")
-
-    asyncio.run(main())
-    assert events == ["call returned", "cancelled"]
-
-
-def test_threads_are_reused_and_stop_on_close():
-    async def main():
-        offload = Offload(4)
-        names = {await offload(threading.current_thread) for _ in range(20)}
-        offload.close()
-        return names
-
-    names = anyio.run(main)
-    assert len(names) == 1  # one caller at a time: the one thread it started serves every call
-    time.sleep(0.1)
-    assert not any(t in threading.enumerate() for t in names)

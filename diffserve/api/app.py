@@ -66,7 +66,6 @@ def create_app(settings: Settings, *, run_workers: bool = True) -> FastAPI:
         finally:
             await state.service.watch.stop()  # the task that streams and synchronous waits share
             await offload(state.close)
-            offload.close()
 
     app = FastAPI(
         title="diffserve",
