@@ -28,7 +28,9 @@ from diffserve.engine.models.registry import ModelRegistry
 
 from . import web
 from .family_models import BATCHED_FAMILIES, build_tiny, tiny_ids
+from .jobs_helpers import LONG, Jobs
 from .servers import DiffserveServer, png_bytes
+from .waiting import wait_until
 
 TOLERANCE = 1  # per pixel channel, out of 255
 FAMILY_MODELS = tiny_ids(*BATCHED_FAMILIES)  # the tiny model of each family with a batched loop
@@ -362,8 +364,23 @@ def test_batching_off_runs_one_job_at_a_time_byte_identical(tmp_path_factory, mo
 @pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-flux"])
 def test_sdxl_and_flux_requests_share_a_batch_through_the_worker(batching_server, model):
     key = batching_server.create_key()
+    jobs = Jobs(batching_server, key)
+    # a long tiny-sd job holds the worker until both requests wait in the queue (on a busy machine the second
+    # could otherwise arrive after the first ran alone): the worker then takes them together
+    blocker = jobs.submit(**LONG)["id"]
+    jobs.wait(blocker, lambda job: job["status"] == "running")
+
+    def waiting() -> list:
+        return [job for job in jobs.http.get("/v1/jobs", params={"limit": 5}).json()["data"]
+                if job["model_id"] == model and job["status"] == "queued"]
+
     with ThreadPoolExecutor(2) as pool:
-        outs = list(pool.map(lambda i: v6(batching_server, key, model_id=model, seed=30 + i, num_inference_steps=10,
-                                          negative_prompt="blurry" if i else None), range(2)))
+        pending = [pool.submit(v6, batching_server, key, model_id=model, seed=30 + i, num_inference_steps=10,
+                               negative_prompt="blurry" if i else None) for i in range(2)]
+        try:
+            wait_until(waiting, 60, every=0.05, accept=lambda queued: len(queued) == 2, what="both requests queued")
+        finally:
+            jobs.http.post(f"/v1/jobs/{blocker}/cancel")
+        outs = [f.result() for f in pending]
     assert [o["status"] for o in outs] == ["success"] * 2, outs
     assert [o["meta"]["batch_size"] for o in outs] == [2, 2]
