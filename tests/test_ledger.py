@@ -23,43 +23,12 @@ from diffserve.store.db import JobRow, ProgressRow, QueueRow, WebhookDeliveryRow
 from diffserve.store.jobs import JobStore, new_output_token
 from diffserve.store.ledger import ClaimLost, Ledger, Outcome
 from diffserve.store.progress import ProgressStore
-from diffserve.store.schema import ensure_schema
 from diffserve.store.workers import WorkerStore
 from diffserve.workers.recovery import release
 
-from .pgserver import PostgresServer
+from .databases import db, postgres, url  # noqa: F401 - fixtures
 
 HOOK = "http://hooks.example/x"
-_names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg = PostgresServer().start()
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    """A fresh, empty database of each kind (PostgreSQL: a new database in the module's server)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    pg = request.getfixturevalue("postgres")
-    name = f"ledger_{next(_names)}"
-    admin = make_db_engine(pg.url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return pg.url.rsplit("/", 1)[0] + f"/{name}"
-
-
-@pytest.fixture
-def db(url):
-    engine = make_db_engine(url)
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def request_(webhook: str | None = None) -> GenerationRequest:

@@ -9,45 +9,19 @@ import itertools
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 
 from diffserve.config import QueueSettings
 from diffserve.core.request import GenerationRequest
 from diffserve.jobqueue.celery import CeleryQueue
 from diffserve.jobqueue.local import LocalQueue
-from diffserve.store.db import WorkerRow, make_db_engine, utcnow
+from diffserve.store.db import WorkerRow, utcnow
 from diffserve.store.jobs import JobStore
-from diffserve.store.schema import ensure_schema
 from diffserve.store.workers import WorkerStore
 
-from .pgserver import PostgresServer
+from .databases import db, postgres, url  # noqa: F401 - fixtures
 
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg = PostgresServer().start()
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'q.db'}"
-    else:
-        pg = request.getfixturevalue("postgres")
-        name = f"queue_{next(_names)}"
-        admin = make_db_engine(pg.url).execution_options(isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        url = pg.url.rsplit("/", 1)[0] + f"/{name}"
-    engine = make_db_engine(url)
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def _job(jobs: JobStore, model: str, label: str | None = None) -> int:
