@@ -131,7 +131,7 @@ class GenerationService:
                     lambda: create(validate_blocking(draft, entry, checked, self.settings, inputs)))
             else:
                 async def keep(image: InputImage) -> None:
-                    await self._store_image(image.key, image.image, image.size, stored)
+                    await self.offload(self._keep, image, stored)  # encoded and written in one hop
 
                 async_inputs = Inputs(lambda value, field: self._image(key, value, field), keep, self.offload,
                                       self.faces, token,
@@ -280,16 +280,11 @@ class GenerationService:
                     await self.offload(self.progress.request_cancel, job.id)
         return await self.offload(self.jobs.get, job.id)
 
-    async def _store_image(self, key: str, img: Image.Image, size: tuple[int, int] | None,
-                           stored: list[str]) -> None:
-        await self.offload(self._put_png, key, img, size or img.size)  # encoded and written in one hop
-        stored.append(key)
-
     def _put_png(self, key: str, img: Image.Image, size: tuple[int, int]) -> None:
         self.storage.put(key, _fit_png(img, *size))
 
     def _keep(self, image: InputImage, stored: list[str]) -> None:
-        """_store_image, blocking (validate_blocking's `keep`, on its thread)."""
+        """Store an input image that passed (fitted to its size) and note its key for clean-up; blocking."""
         self._put_png(image.key, image.image, image.size or image.image.size)
         stored.append(image.key)
 
