@@ -352,3 +352,23 @@ def test_a_heartbeat_answers_the_latest_order_and_which_held_jobs_are_still_owne
     assert workers.beat("w1", {other.id: 1}) == (order, {other.id}) and workers.live() == []
     assert ledger.finish(other.id, 1, Outcome.failed("x"))
     assert workers.beat("w2", {job.id: 2, other.id: 1}).owned == {job.id}  # w2 has no row here either
+
+
+def test_a_start_answers_the_saved_storage_settings_version_on_postgresql(db):
+    """The worker's storage polls the saved settings' version (storage/configured.py); on PostgreSQL a start --
+    `begin`, or a claim that starts its job -- answers it in the same statement (0 before any save), so a busy
+    worker needs no poll of its own. SQLite: not read (None)."""
+    from diffserve.store.storage_config import StorageConfigStore
+
+    ledger, queue = Ledger(db), LocalQueue(db)
+    WorkerStore(db).register("w1", 1)
+    first, second = (ledger.create(key_id="k", dialect="native", request=request_(), output_token=new_output_token())
+                     for _ in range(2))
+    assert queue.claim("w1", 0) == first.id
+    started = ledger.begin(first.id, "w1")
+    assert started.storage_version == (0 if one_statement(db) else None)
+    saved = StorageConfigStore(db).save({"backend": "local"})
+    assert queue.claim("w1", 0, loaded=["tiny-sd"], start=True) == second.id
+    claimed = queue.started(second.id) or ledger.begin(second.id, "w1")
+    assert claimed.job.attempts == 1
+    assert claimed.storage_version == (saved if one_statement(db) else None)

@@ -88,3 +88,36 @@ def test_a_job_is_read_through_the_settings_it_was_written_under(tmp_path, caplo
     assert holding(fresh, job(1)).url(key, base) == f"{base}/{key}"
     assert holding(fresh, job(0)).url(key, base).startswith(f"{ENV_ENDPOINT}/env/{key}?")
     assert holding(LocalStorage(tmp_path), job(2)).url(key, base) == f"{base}/{key}"  # a fixed backend: itself
+
+
+class CountedVersions(StorageConfigStore):
+    """A settings store that counts its version polls."""
+
+    polls = 0
+
+    def version(self) -> int:
+        self.polls += 1
+        return super().version()
+
+
+def test_a_version_read_with_a_job_start_stands_for_the_poll(tmp_path):
+    """A worker's start answers the saved settings' version (store/ledger.py): the same version as in use counts
+    as a fresh read (no poll for refresh_s); another one makes the next operation read the settings at once."""
+    from diffserve.storage.configured import ConfiguredStorage, noted
+    from diffserve.store.schema import ensure_schema
+
+    engine = make_db_engine(f"sqlite:///{tmp_path / 'diffserve.db'}")
+    ensure_schema(engine)
+    settings = Settings(data_dir=tmp_path, storage=StorageSettings(refresh_s=60))
+    saved = CountedVersions(engine)
+    storage = ConfiguredStorage(settings, saved)
+    assert storage.pinned()[0] == 0 and saved.polls == 1  # the first operation reads them
+    storage.invalidate()
+    noted(storage, 0)  # a start read version 0 just now: no poll
+    assert storage.pinned()[0] == 0 and saved.polls == 1
+    version = saved.save(SAVED_S3)
+    noted(storage, None)  # nothing read (SQLite's start): nothing changes
+    assert storage.pinned()[0] == 0 and saved.polls == 1
+    noted(storage, version)  # a start saw newer settings: the next operation reads them
+    assert storage.pinned()[0] == version and saved.polls == 2
+    noted(LocalStorage(tmp_path), version)  # a fixed backend follows no settings

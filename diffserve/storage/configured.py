@@ -85,6 +85,17 @@ class ConfiguredStorage:
                                 type(e).__name__, type(self._pinned[1]).__name__)
             return self._pinned
 
+    def noted(self, version: int | None) -> None:
+        """The saved settings' version, as a statement of this process read it just now (a job's start answers it:
+        store/ledger.py): the same as in use counts as a fresh read (no poll of its own for `refresh_s`), another
+        makes the next operation read the settings. None: nothing read."""
+        if version is None or self._saved is None:
+            return
+        if version == self._pinned[0]:
+            self._checked_at = max(self._checked_at, time.monotonic())
+        else:
+            self.invalidate()
+
     def at(self, version: int | None) -> Storage:
         """The backend of settings `version` (0: the environment's), current or replaced since; None (not
         recorded: a job finished before versions were): the current one. A version no longer known (its row
@@ -157,6 +168,12 @@ def pinned(storage: Storage) -> tuple[int | None, Storage]:
     """Where a job's images go and the settings version to record with them: ConfiguredStorage's pinned backend;
     a fixed backend (a test's own): itself, no version."""
     return storage.pinned() if isinstance(storage, ConfiguredStorage) else (None, storage)
+
+
+def noted(storage: Storage, version: int | None) -> None:
+    """ConfiguredStorage.noted; a fixed backend (a test's own) follows no settings."""
+    if isinstance(storage, ConfiguredStorage):
+        storage.noted(version)
 
 
 def stored_at(storage: Storage, version: int | None) -> Storage:

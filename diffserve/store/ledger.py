@@ -67,6 +67,7 @@ from diffserve.store.db import (
 )
 from diffserve.store.notify import CHANNEL, notify_done
 from diffserve.store.outcomes import ClaimLost, Outcome, Started  # noqa: F401 - callers import them from here
+from diffserve.store.storage_config import version_now
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +362,8 @@ def _row_values(keys: tuple[str, ...]) -> dict[str, Any]:
 def _pg_begin(row_keys: tuple[str, ...] | None) -> Select:
     """WITH j AS (UPDATE jobs: queued -> running, if no other worker holds its queue row, RETURNING *), d (the
     leftover claim of a finished job dropped), p (the progress row reset, RETURNING cancel_requested), w (the
-    worker row) -- p and w only where j started the job -- SELECT j.*, the cancel flag, the control log's head."""
+    worker row) -- p and w only where j started the job -- SELECT j.*, the cancel flag, the control log's head, the
+    saved storage settings' version."""
     job_id, worker_id = bindparam("p_job", type_=Integer), bindparam("p_worker", type_=String)
     now = bindparam("p_now", type_=DateTime)
     someone_else = exists().where(QueueRow.job_id == job_id,
@@ -381,18 +383,19 @@ def _pg_begin(row_keys: tuple[str, ...] | None) -> Select:
                     .values(heartbeat_at=now, **_row_values(row_keys)).cte("w"))
     cancel = select(func.bool_or(p.c.cancel_requested)).scalar_subquery()
     head = select(func.max(ControlEventRow.id)).scalar_subquery()
-    return select(j, cancel.label("cancel_asked"), head.label("orders_head")).add_cte(*ctes)
+    return select(j, cancel.label("cancel_asked"), head.label("orders_head"),
+                  version_now().label("settings_version")).add_cte(*ctes)
 
 
 def pg_start_claimed(claim: CTE) -> tuple[list[CTE], CTE, list]:
     """The start of the job a claim statement takes, in that statement (jobqueue/local.py, PostgreSQL): `claim`
     is its CTE (UPDATE local_queue ... RETURNING job_id). Answers the CTEs to add, j, and the columns to select
-    from a LEFT JOIN on j (j's, the cancel flag, the control log's head: `started_from` reads them). j: the
-    job, queued -> running for p_worker, the attempt counted; p: its progress row reset (RETURNING
-    cancel_requested); w: the worker row, busy with it -- p and w only where j started it. No "someone else
-    holds its queue row" test: the claim in the same statement holds it. The job row is taken with SKIP LOCKED
-    (jl): the claim locked the queue row first, the other order than a cancel's (job row, then queue row), so
-    it never waits for a job row -- no deadlock. A claimed job that was not queued (a leftover row) or whose
+    from a LEFT JOIN on j (j's, the cancel flag, the control log's head, the saved storage settings' version:
+    `started_from` reads them). j: the job, queued -> running for p_worker, the attempt counted; p: its progress
+    row reset (RETURNING cancel_requested); w: the worker row, busy with it -- p and w only where j started it. No
+    "someone else holds its queue row" test: the claim in the same statement holds it. The job row is taken with
+    SKIP LOCKED (jl): the claim locked the queue row first, the other order than a cancel's (job row, then queue
+    row), so it never waits for a job row -- no deadlock. A claimed job that was not queued (a leftover row) or whose
     row was busy starts nothing here: its worker starts it through `begin`, which sorts it out."""
     worker_id, now = bindparam("p_worker", type_=String), bindparam("p_now", type_=DateTime)
     claimed = select(claim.c.job_id).scalar_subquery()
@@ -408,14 +411,15 @@ def pg_start_claimed(claim: CTE) -> tuple[list[CTE], CTE, list]:
          .values(heartbeat_at=now, state="busy", current_job=select(j.c.id).scalar_subquery()).cte("w"))
     cancel = select(func.bool_or(p.c.cancel_requested)).scalar_subquery()
     head = select(func.max(ControlEventRow.id)).scalar_subquery()
-    return [jl, j, p, w], j, [*j.c, cancel.label("cancel_asked"), head.label("orders_head")]
+    return [jl, j, p, w], j, [*j.c, cancel.label("cancel_asked"), head.label("orders_head"),
+                              version_now().label("settings_version")]
 
 
 def started_from(row) -> Started | None:  # noqa: ANN001 - a result row of _pg_begin or of pg_start_claimed's columns
     """The Started a start statement answered; None when it started nothing."""
     if row is None or row.id is None:
         return None
-    return Started(to_job(row), bool(row.cancel_asked), int(row.orders_head or 0))
+    return Started(to_job(row), bool(row.cancel_asked), int(row.orders_head or 0), row.settings_version)
 
 
 @functools.lru_cache(maxsize=None)

@@ -50,8 +50,11 @@ class Outcome:
 class Started:
     """What a worker learns when its start lands, in the same answer: the job (its `attempts` is this run's
     attempt), whether a client asked to cancel it meanwhile (so no read of its own before the run), and the
-    id of the latest order in the control log (store/control.py: newer orders apply before the job runs)."""
+    id of the latest order in the control log (store/control.py: newer orders apply before the job runs), and the
+    saved storage settings' version (store/storage_config.py; None: not read), so the worker's storage needs no
+    poll of its own while jobs come (storage/configured.py `noted`)."""
 
     job: Job
     cancel_requested: bool = False
     orders_head: int = 0
+    storage_version: int | None = None

@@ -5,8 +5,9 @@ Every state change goes through the ledger (store/ledger.py) and names this run'
 
 - `start`: queued -> running for this worker (the worker row says busy in the same transaction); the attempt
   number is the started Job's `attempts`, kept in `held`. The same answer (Ledger.begin) says whether a
-  client asked to cancel it meanwhile (the reporter's first cancel check reads no store) and the control
-  log's latest order id (`orders_head`: the worker applies newer orders before the job runs).
+  client asked to cancel it meanwhile (the reporter's first cancel check reads no store), the control
+  log's latest order id (`orders_head`: the worker applies newer orders before the job runs) and, on PostgreSQL,
+  the saved storage settings' version (the storage's poll of it waits while jobs come: storage/configured.py).
 - `end(job, result)`: the one end of a job. `result` is an Outcome (succeeded with this attempt's output keys,
   failed, cancelled) or the exception that stopped it, classified here:
     * ClaimLost (a progress write or the heartbeat found the job handed on): leave silently, write nothing
@@ -37,7 +38,7 @@ from diffserve.core.errors import Cancelled, DiffserveError
 from diffserve.core.job import Job, JobStatus
 from diffserve.jobqueue.signals import WorkerPipes
 from diffserve.storage.base import Storage
-from diffserve.storage.configured import pinned, stored_at
+from diffserve.storage.configured import noted, pinned, stored_at
 from diffserve.store.ledger import ClaimLost, Ledger, Outcome, Started
 from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
@@ -105,6 +106,7 @@ class JobRunner:
         self.held[job.id] = job.attempts
         self.cancel_known[job.id] = started.cancel_requested
         self.orders_head = max(self.orders_head, started.orders_head)
+        noted(self.storage, started.storage_version)  # the settings' version, read with the start: no poll of its own
         return job
 
     def claim_batch(self, key: BatchKey, rows: int) -> list[Job]:
