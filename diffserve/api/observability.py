@@ -28,8 +28,11 @@ class RequestMetrics:
     """Counts every HTTP answer by route, method and status, and observes its time to the response's start.
     A pure ASGI middleware: no task, stream or buffering per request (BaseHTTPMiddleware costs all three)."""
 
+    KEPT = 1024  # (route, method, status) children kept; past it the memory starts over
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labels() per request cost a lock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,11 +45,23 @@ class RequestMetrics:
                 ds = getattr(scope["app"].state, "ds", None)
                 if ds is not None and ds.metrics is not None:
                     route = getattr(scope.get("route"), "path", None) or "unmatched"
-                    ds.metrics.http.labels(route, scope["method"], str(message["status"])).inc()
-                    ds.metrics.http_time.labels(route, scope["method"]).observe(time.perf_counter() - started)
+                    count, took = self._metrics(ds.metrics, route, scope["method"], message["status"])
+                    count.inc()
+                    took.observe(time.perf_counter() - started)
             await send(message)
 
         await self.app(scope, receive, timed_send)
+
+    def _metrics(self, metrics: Any, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The request counter's and the timer's children for these labels (one Metrics per app)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) >= self.KEPT:
+                self._children.clear()
+            children = self._children[key] = (metrics.http.labels(route, method, str(status)),
+                                               metrics.http_time.labels(route, method))
+        return children
 
 
 def install(app: FastAPI) -> None:

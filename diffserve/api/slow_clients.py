@@ -41,6 +41,8 @@ class SlowClientGuard(HttpToolsProtocol):
     _phase = ""
     _since = 0.0
     _dropped = 0
+    _deadline = 0.0  # when the phase ends
+    _due = 0.0  # when the timer fires (at most the shorter timeout ahead)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -64,6 +66,9 @@ class SlowClientGuard(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -92,14 +97,25 @@ class SlowClientGuard(HttpToolsProtocol):
         super().on_message_complete()
 
     def _arm(self, phase: str, delay: float) -> None:
-        self._disarm()
+        """`phase` ends `delay` from now. One timer per connection, re-armed only when it would fire too late:
+        a request's phases move the deadline, and the timer, when it fires early, waits on for what is left
+        (a timer armed and cancelled per phase cost three of each per request)."""
         self._phase = phase
+        self._deadline = deadline = self.loop.time() + delay
+        if self._timer is not None:
+            if self._due <= deadline:
+                return
+            self._timer.cancel()
+        self._schedule(delay)
+
+    def _schedule(self, delay: float) -> None:
+        """The timer, at most the shorter timeout ahead: a later, shorter phase then finds it early enough."""
+        delay = min(delay, self.header_timeout_s, self.body_timeout_s)
+        self._due = self.loop.time() + delay
         self._timer = self.loop.call_later(delay, self._expired)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """No phase to time (the timer, if any, finds none when it fires)."""
         self._phase = ""
 
     def _waiting_on_us(self) -> bool:
@@ -109,7 +125,11 @@ class SlowClientGuard(HttpToolsProtocol):
 
     def _expired(self) -> None:
         self._timer = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or not self._phase:
+            return
+        left = self._deadline - self.loop.time()
+        if left > 0:  # the deadline moved since it was armed
+            self._schedule(left)
             return
         if self._waiting_on_us():
             self._arm("body", self.body_timeout_s)

@@ -205,7 +205,9 @@ class RequestDraft(RequestOptions):
         """Bound every text field (images excepted: their byte limits apply) and refuse text that is not
         valid Unicode (a lone surrogate: it could be neither stored nor answered). Runs before any check
         that quotes a value, so no error echoes a huge or unprintable string."""
-        for name, value in self:
+        for name, value in self.__dict__.items():  # the fields (no extras); iter(self) copies them to a list first
+            if not isinstance(value, (str, list, dict)):  # no text in it (most fields: None)
+                continue
             check_text(value, _VENDOR_NAMES.get(name, name))  # every dialect's backstop: nothing invalid is queued
             if name in _IMAGE_FIELDS:
                 continue

@@ -40,8 +40,9 @@ async def _job(ds: AppState, key: ApiKey, job_id: str) -> Job:
     return await ds.service.get_for_key(int(job_id) if valid else None, key)
 
 
-async def _render(ds: AppState, request: Request, job: Job, *, created: bool = False) -> dict[str, Any]:
-    return render_job(job, ds.service.storage, ds.base_url(request),
+async def _render(ds: AppState, request: Request, job: Job, *, created: bool = False,
+                  base_url: str | None = None) -> dict[str, Any]:
+    return render_job(job, ds.service.storage, base_url or ds.base_url(request),
                       await ds.service.live_state(job, created=created))
 
 
@@ -52,8 +53,9 @@ async def create_job(request: Request) -> JSONResponse:
     body = parse_model(JobCreate, await read_json_object(request))
     draft = body.model_copy(update={"model_id": body.model_id or ds.settings.engine.default_model,  # errors name native fields
                                     **NATIVE_IMAGE_FIELDS})
-    job = await ds.service.submit(key, "native", draft, {}, base_url=ds.base_url(request))
-    return JSONResponse(await _render(ds, request, job, created=True), status_code=202)
+    base_url = ds.base_url(request)
+    job = await ds.service.submit(key, "native", draft, {}, base_url=base_url)
+    return JSONResponse(await _render(ds, request, job, created=True, base_url=base_url), status_code=202)
 
 
 @router.get("/v1/jobs", summary="This key's jobs, newest first (paged with `before`)")
