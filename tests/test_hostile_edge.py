@@ -364,6 +364,26 @@ def test_a_stalled_body_is_closed_by_the_body_timeout(edge):
     assert web.get(f"{edge.url}/health", timeout=5).status_code == 200
 
 
+def test_a_later_request_on_a_kept_connection_has_its_own_header_deadline(edge):
+    """One timer per connection follows the deadline each phase sets: a keep-alive connection's second request,
+    begun a while after the first was answered and then stalled, is closed one header timeout after its first
+    byte -- not at a deadline of the first request, not later."""
+    s = socket.create_connection(("127.0.0.1", edge.port), timeout=HEADER_TIMEOUT_S + 10)
+    body = json.dumps({"prompt": "a cat", "model_id": "no-such-model"}).encode()
+    s.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {edge.key}\r\n"
+              f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    status, _, _ = read_answer(s)
+    assert status == 400
+    time.sleep(HEADER_TIMEOUT_S / 2)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+    t0 = time.monotonic()
+    while s.recv(4096):
+        pass
+    waited = time.monotonic() - t0
+    s.close()
+    assert HEADER_TIMEOUT_S - 0.3 < waited < HEADER_TIMEOUT_S + 2, waited
+
+
 def test_a_slow_but_steady_body_is_not_cut(edge):
     """A body that keeps arriving (a piece every second, past the header timeout) is read to the end."""
     s = socket.create_connection(("127.0.0.1", edge.port), timeout=30)
