@@ -24,22 +24,25 @@ all are done, and prints per backend and worker count:
 The idle rate (heartbeats, orders checks, empty claims of idle workers) is printed beside: it is part of what a
 job costs at low load.
 
-Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. Measured 2026-12-07 (two A/B
-runs, 300 jobs, load 2-8): with 16 simulated workers a job costs ~32-36 ms of CPU with PostgreSQL + Celery (API
-13-14, workers ~10, PostgreSQL 6-8 for ~5.8 transactions) and ~29 ms on SQLite (workers ~15), so two cores cap
-it near 50-60 jobs/s, the API's one core saturated; 64 workers ~56 ms per job (33 jobs/s: their heartbeats,
-progress writes and 16 threads per interpreter; idle workers no longer poll the store). The target of 200 jobs/s
-on PostgreSQL (<= 10 ms per job for all processes together) is not reached here. A job's own statements in the
-worker are two on PostgreSQL: claim + start (one statement, jobqueue/local.py with ledger.pg_start_claimed) and
-finish (one statement: finishing a job is one transaction); SQLite: claim, start, finish. `--pg-statements`
-prints PostgreSQL's busiest statements per job (pg_stat_statements).
+Before it measures, a warm-up burst (8 jobs per simulated worker): each simulated worker's engine compiles each
+statement once and PostgreSQL plans each on a new connection until prepared, as a fleet does once, not per job.
+The load: one keep-alive http.client connection per client thread (httpx cost ~1.4 ms of CPU per job here).
+
+Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. Measured 2026-12-07 09:05-09:15
+(16 simulated workers, 1200 jobs, PostgreSQL + Celery): ~170 jobs/s at best, a job costing 10.3-11.2 ms of CPU
+on a quiet host (API ~4.5-5, workers ~3.8, PostgreSQL ~1.5 for ~4.2 transactions, Redis 0.2, the clients ~0.5)
+and up to 16.7 ms minutes later as the host got busier. The target of 200 jobs/s on PostgreSQL (<= 10 ms per
+job for all processes together) is not reached here. A job's own statements in the worker are two on
+PostgreSQL: claim + start (one statement, jobqueue/local.py with ledger.pg_start_claimed) and finish (one
+statement: finishing a job is one transaction); SQLite: claim, start, finish. `--pg-statements` prints
+PostgreSQL's busiest statements per job (pg_stat_statements).
 Mind the workers' sleep: n workers x 4 steps of --step-ms cap the rate at n / (4 x step) jobs/s (8 workers of
 10 ms steps: 200 jobs/s), so a saturation figure wants 16 or more.
 
 Figures from this machine come from a shared 2-core VM (other sessions' jobs beside), one run each:
 read them as shapes, not absolutes.
 Asserts nothing. Usage:
-    .venv/bin/python bench/control_plane.py [--workers 1,16,64] [--jobs 300] [--backends local,celery] [--quick]
+    .venv/bin/python bench/control_plane.py [--workers 1,16,64] [--jobs 1200] [--backends local,celery] [--quick]
         [--pg-statements] [--profile DIR]
 --quick (tests/test_benches.py runs it): 2 workers, 16 jobs, both backends.
 """
@@ -573,7 +576,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 workers, 16 jobs, both backends")
     ap.add_argument("--workers", default="1,16,64", help="simulated worker counts, comma-separated (1..64); "
                     "n workers x 4 steps of --step-ms cap the rate at n / (4 x step) by sleep alone (8: 200 jobs/s)")
-    ap.add_argument("--jobs", type=int, default=300, help="jobs per case")
+    ap.add_argument("--jobs", type=int, default=1200, help="jobs per case (after the warm-up burst)")
     ap.add_argument("--backends", default="local,celery")
     ap.add_argument("--step-ms", type=float, default=10.0, help="the stand-in engine's time per step")
     ap.add_argument("--profile", type=Path, help="profile the API and workers with yappi into this folder")
