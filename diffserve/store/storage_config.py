@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import Engine, ScalarSelect, Select, func, select
+from sqlalchemy import ColumnElement, Engine, Select, func, select
 from sqlalchemy.orm import Session
 
 from diffserve.store.db import StorageConfigRow, StorageConfigVersionRow, autocommit, utcnow
@@ -21,11 +21,11 @@ def _version() -> Select:
     return select(StorageConfigRow.__table__.c.version).where(StorageConfigRow.__table__.c.id == _ROW_ID)
 
 
-def version_now() -> ScalarSelect:
-    """The saved settings' version as a column of another statement (0 until settings are saved, as `version`):
-    a job's start answers it (store/ledger.py), so a busy worker's storage needs no poll of its own."""
-    row = StorageConfigRow.__table__.c
-    return func.coalesce(select(row.version).where(row.id == _ROW_ID).scalar_subquery(), 0)
+def version_now() -> ColumnElement[int]:
+    """The saved settings' version (the poll's statement) as a column of another statement (0 until settings are
+    saved, as `version`): a job's start answers it (store/ledger.py), so a busy worker's storage needs no poll of
+    its own."""
+    return func.coalesce(_version().scalar_subquery(), 0)
 
 
 class StorageConfigStore:
