@@ -123,12 +123,12 @@ def test_a_finished_job_is_announced_to_listeners_on_postgresql(postgres):
 
     from diffserve.core.request import GenerationRequest
     from diffserve.store.jobs import JobStore, new_output_token
-    from diffserve.store.notify import JobDoneListener
+    from diffserve.store.notify import StoreListener
 
     engine = make_db_engine(postgres.url)
     upgrade(engine)
     heard, event = [], threading.Event()
-    listener = JobDoneListener(postgres.url, lambda job_id: (heard.append(job_id), event.set()))
+    listener = StoreListener(postgres.url, lambda job_id: (heard.append(job_id), event.set()))
     listener.start()
     try:
         jobs = JobStore(engine)

@@ -24,10 +24,12 @@ def check_key(keys: KeyStore, key_text: str | None) -> ApiKey:
 
 
 async def authenticate(keys: KeyStore, key_text: str | None, offload: Offload) -> ApiKey:
-    """The key `key_text` names, verified on `offload` (the app's pool: pass `ds.offload`); Unauthorized if none."""
+    """The key `key_text` names, verified on `offload` (the app's pool: pass `ds.offload`); Unauthorized if none.
+    A key this process verified lately and heard no revocation of since needs no thread hop (KeyStore.known)."""
     if not key_text or not key_text.strip():
         raise Unauthorized("API key required")  # no thread hop for a request without a key
-    return await offload(check_key, keys, key_text)
+    known = keys.known(key_text.strip()) if is_valid_text(key_text) else None
+    return known if known is not None else await offload(check_key, keys, key_text)
 
 
 def require_admin(key: ApiKey) -> None:

@@ -23,8 +23,8 @@ from diffserve.store.db import make_db_engine
 from diffserve.store.schema import ensure_schema
 from diffserve.store.jobs import JobStore
 from diffserve.store.key_options import KeyOptions
-from diffserve.store.keys import KeyStore
-from diffserve.store.notify import JobDoneListener, listens
+from diffserve.store.keys import KeyStore, KnownKeys
+from diffserve.store.notify import StoreListener, listens
 from diffserve.store.progress import ProgressStore
 from diffserve.store.workers import WorkerStore
 from diffserve.workers.supervisor import Supervisor
@@ -48,7 +48,7 @@ class AppState:
     # what only some deployments have:
     supervisor: Supervisor | None = None  # local worker processes (`serve --workers N`, N > 0)
     metrics: Metrics | None = None  # this process's Prometheus samples (diffserve/metrics.py)
-    listener: JobDoneListener | None = None  # PostgreSQL: jobs finished by workers anywhere wake waiters here
+    listener: StoreListener | None = None  # PostgreSQL: jobs finished anywhere wake waiters, revoked keys drop
     base_urls: BaseUrls = field(init=False)  # the base-URL rule (api/base_url.py), from settings
 
     def __post_init__(self) -> None:
@@ -86,8 +86,11 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
     registry = ModelRegistry.load(settings.models_path, settings.models_dir)
     http = httpx.Client(timeout=settings.images.fetch_timeout_s, follow_redirects=False)
     completions = CompletionBroadcaster(signals) if signals or listens(settings.db_url) else None
-    listener = JobDoneListener(settings.db_url, completions.job_done_elsewhere) \
-        if completions and listens(settings.db_url) else None
+    known_keys = listener = None
+    if completions and listens(settings.db_url):  # revocations are heard: verified keys are kept (store/keys.py)
+        known_keys = KnownKeys()
+        listener = StoreListener(settings.db_url, completions.job_done_elsewhere, on_revoked=known_keys.revoked,
+                                 on_listening=known_keys.listening)
     storage = build_storage(settings, db)
     offload = offload or Offload(settings.server.blocking_threads)
     delivery = build_delivery(settings, db, jobs, storage, metrics=metrics)
@@ -97,7 +100,7 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
                                 progress=progress, workers=workers, offload=offload)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
     control = ControlLog(db)
-    return AppState(settings, registry, KeyStore(db), workers, service, http, delivery=delivery, control=control,
+    return AppState(settings, registry, KeyStore(db, known_keys), workers, service, http, delivery=delivery, control=control,
                     queue=queue, key_options=KeyOptions(db), registrations=RegistrationFollower(control, registry),
                     supervisor=supervisor, metrics=metrics, listener=listener)
 
