@@ -112,12 +112,14 @@ class LocalSignals:
 
 class CompletionBroadcaster:
     """One thread turns workers' `done` pokes into an asyncio wake-up for every request waiting here;
-    `job_done_elsewhere` does the same for a job another process reports (store/notify.py)."""
+    `job_done_elsewhere` does the same for a job another process reports (store/notify.py). A job that
+    finishes while nobody is in `wait` wakes nothing (the event loop is not disturbed per finished job)."""
 
     def __init__(self, signals: LocalSignals | None) -> None:
         self._signals = signals
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
+        self._waiting = 0  # calls in `wait` now (changed on the event loop, read by the poking threads)
         self._thread = Background("job-done", self._run, join_s=2)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -132,22 +134,29 @@ class CompletionBroadcaster:
         if self._changed is None:
             await asyncio.sleep(timeout)
             return
+        self._waiting += 1
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
         except asyncio.TimeoutError:
             pass
+        finally:
+            self._waiting -= 1
 
     def job_done_elsewhere(self, _job_id: int) -> None:
         """Thread-safe: a job finished on a worker this process did not spawn."""
-        if self._loop and not self._thread.halt.is_set():
+        self._poke()
+
+    def _poke(self) -> None:
+        # a wake-up set while nobody waits was lost before as well (`wait` waits on the next event)
+        if self._waiting and self._loop and not self._thread.halt.is_set():
             self._loop.call_soon_threadsafe(self._notify)
 
     def _run(self, halt: threading.Event) -> None:
         while not halt.is_set():
             if self._signals is None:
                 halt.wait(0.5)
-            elif self._signals.wait_done(0.5) and self._loop and not halt.is_set():
-                self._loop.call_soon_threadsafe(self._notify)
+            elif self._signals.wait_done(0.5):
+                self._poke()
 
     def _notify(self) -> None:
         old, self._changed = self._changed, asyncio.Event()
