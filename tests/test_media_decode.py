@@ -16,7 +16,7 @@ from PIL import Image
 
 from diffserve.config import ImageLimits
 from diffserve.core.errors import ImageInputError
-from diffserve.media.decode import decode_image, to_rgb
+from diffserve.media.decode import decode_image, decode_image_source, to_rgb
 
 from .media_helpers import LIMITS, encode, gradient
 
@@ -202,3 +202,38 @@ def test_oversized_bytes_refused() -> None:
     data = encode(noise(64, 64), "PNG")
     err = refused(data, ImageLimits(max_bytes=1000))
     assert err.message == f"init_image is too large: {len(data)} bytes (max 1000 bytes)"
+
+
+# --------------------------------------------------------------------------- the client's own PNG bytes
+
+
+def test_a_plain_png_is_handed_back_as_sent() -> None:
+    """An RGB PNG read as is: the server can store the client's bytes instead of encoding the image again,
+    and reading them back plainly (as a worker does) gives the very pixels validation saw."""
+    data = encode(gradient(), "PNG")
+    image, source = decode_image_source(data, field="init_image", limits=LIMITS)
+    assert source is data
+    with Image.open(io.BytesIO(source)) as again:
+        assert again.convert("RGB").tobytes() == image.tobytes()
+
+
+def _rotated_png() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(gradient(40, 20), "PNG", exif=exif)
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(lambda: encode(Image.new("RGBA", (8, 8), (255, 0, 0, 0)), "PNG"), id="rgba"),
+    pytest.param(lambda: encode(gradient().convert("P"), "PNG"), id="palette"),
+    pytest.param(lambda: encode(gradient().convert("L"), "PNG"), id="grey"),
+    pytest.param(lambda: encode(gradient(), "JPEG"), id="jpeg"),
+    pytest.param(lambda: encode(Image.new("RGB", (8, 8)), "PNG", save_all=True,
+                                append_images=[Image.new("RGB", (8, 8), (9, 9, 9))]), id="animated"),
+    pytest.param(_rotated_png, id="exif-rotated"),
+])
+def test_an_image_changed_by_decoding_is_not_handed_back(data) -> None:
+    """Whatever decoding changes (transparency composited, a mode converted, another format, frames dropped,
+    an EXIF rotation applied) must be stored as decoded: no source bytes."""
+    image, source = decode_image_source(data(), field="init_image", limits=LIMITS)
+    assert source is None and image.mode == "RGB"

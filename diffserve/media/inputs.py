@@ -24,7 +24,7 @@ from PIL import Image
 
 from diffserve.config import ImageLimits
 from diffserve.core.errors import ImageInputError
-from diffserve.media.decode import decode_image, too_many_bytes_message
+from diffserve.media.decode import decode_image_source, too_many_bytes_message
 from diffserve.media.fetch import fetch_image_bytes
 
 _URL_PREFIX = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -53,13 +53,25 @@ def load_image(
     client: httpx.Client | None = None,
 ) -> Image.Image:
     """Fetch or decode `value` into a loaded RGB image; ImageInputError (naming `field`) if not."""
+    return load_image_source(value, field=field, limits=limits, allow_private=allow_private, client=client)[0]
+
+
+def load_image_source(
+    value: str,
+    *,
+    field: str,
+    limits: ImageLimits,
+    allow_private: bool,
+    client: httpx.Client | None = None,
+) -> tuple[Image.Image, bytes | None]:
+    """load_image, and the bytes sent when they are a PNG of exactly that image (decode_image_source)."""
     value = value.strip()
     if _URL_PREFIX.match(value):
         # Only http(s) gets through fetch's checks; other schemes are refused there.
         data = fetch_image_bytes(value, field=field, limits=limits, allow_private=allow_private, client=client)
     else:
         data = decode_base64(value, field=field, limits=limits)
-    return decode_image(data, field=field, limits=limits)
+    return decode_image_source(data, field=field, limits=limits)
 
 
 def decode_base64(value: str, *, field: str, limits: ImageLimits) -> bytes:

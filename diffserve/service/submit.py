@@ -28,7 +28,7 @@ from diffserve.core.offload import Offload
 from diffserve.core.request import GenerationRequest, ModelLimits, RequestDraft
 from diffserve.engine.identity.faces import SubmitFaceCheck
 from diffserve.engine.models.registry import ModelRegistry
-from diffserve.media.inputs import is_base64_image, load_image
+from diffserve.media.inputs import is_base64_image, load_image_source
 from diffserve.media.slots import FetchSlots
 from diffserve.jobqueue.base import JobQueue
 from diffserve.jobqueue.signals import CompletionBroadcaster
@@ -116,6 +116,7 @@ class GenerationService:
                       dialect_params: dict[str, Any] | None, checked: ModelLimits) -> Job:
         token = new_output_token()
         stored: list[str] = []  # input files written so far: removed again if the request fails after them
+        sent = Sent()  # the client's own PNG bytes of images decoded for this request (kept as sent)
 
         def create(request: GenerationRequest) -> tuple[Job, float | None]:
             job = self._ledger.create(  # the job and its queue row, one transaction
@@ -126,16 +127,18 @@ class GenerationService:
         try:
             if inline_images(draft, is_base64_image):  # nothing to fetch: validated, stored, created in one hop
                 entry = self.registry.get(draft.model_id)
-                inputs = BlockingInputs(self._load_image, lambda image: self._keep(image, stored), self.faces, token)
+                inputs = BlockingInputs(lambda value, field: self._load_image(value, field, sent=sent),
+                                        lambda image: self._keep(image, stored, sent), self.faces, token)
                 job, eta = await self.offload(
                     lambda: create(validate_blocking(draft, entry, checked, self.settings, inputs)))
             else:
                 async def keep(image: InputImage) -> None:
-                    await self.offload(self._keep, image, stored)  # encoded and written in one hop
+                    await self.offload(self._keep, image, stored, sent)  # encoded and written in one hop
 
-                async_inputs = Inputs(lambda value, field: self._image(key, value, field), keep, self.offload,
-                                      self.faces, token,
-                                      load_checked=lambda value, field, check: self._image(key, value, field, check))
+                async_inputs = Inputs(lambda value, field: self._image(key, value, field, sent=sent), keep,
+                                      self.offload, self.faces, token,
+                                      load_checked=lambda value, field, check: self._image(key, value, field, check,
+                                                                                           sent=sent))
                 request = await validate(draft, self.registry, self.settings, async_inputs, checked=checked)
                 job, eta = await self.offload(create, request)
         except BaseException:  # a later image refused, the store down, the client gone: no orphan files
@@ -280,12 +283,11 @@ class GenerationService:
                     await self.offload(self.progress.request_cancel, job.id)
         return await self.offload(self.jobs.get, job.id)
 
-    def _put_png(self, key: str, img: Image.Image, size: tuple[int, int]) -> None:
-        self.storage.put(key, _fit_png(img, *size))
-
-    def _keep(self, image: InputImage, stored: list[str]) -> None:
-        """Store an input image that passed (fitted to its size) and note its key for clean-up; blocking."""
-        self._put_png(image.key, image.image, image.size or image.image.size)
+    def _keep(self, image: InputImage, stored: list[str], sent: Sent) -> None:
+        """Store an input image that passed (fitted to its size: as the client sent it when that is a PNG of
+        this very image at this size, else encoded) and note its key for clean-up; blocking."""
+        size = image.size or image.image.size
+        self.storage.put(image.key, sent.png_of(image.image, size) or _fit_png(image.image, *size))
         stored.append(image.key)
 
     def _delete_inputs(self, keys: list[str]) -> None:
@@ -296,22 +298,40 @@ class GenerationService:
                 log.warning("could not delete input %s of a refused request", key, exc_info=True)
 
     async def _image(self, key: ApiKey, value: str, field: str,
-                     check: Callable[[Image.Image], None] | None = None) -> Image.Image:
+                     check: Callable[[Image.Image], None] | None = None, *, sent: Sent) -> Image.Image:
         """One input image, decoded (and `check`ed, in the same call off the loop). A URL is fetched (and
         decoded) on a fetch slot of `fetches`: a slow image host costs a slot of its own bounded pool (per key
         and in total, RateLimited past them), never a thread of anyio's default pool that every other request
         uses (media/slots.py)."""
         if is_base64_image(value):
-            return await self.offload(self._load_image, value, field, check)
-        return await self.fetches.run(key.key_id, lambda: self._load_image(value, field, check))
+            return await self.offload(self._load_image, value, field, check, sent=sent)
+        return await self.fetches.run(key.key_id, lambda: self._load_image(value, field, check, sent=sent))
 
-    def _load_image(self, value: str, field: str,
-                    check: Callable[[Image.Image], None] | None = None) -> Image.Image:
-        image = load_image(value, field=field, limits=self.settings.images,
-                           allow_private=self.settings.allow_private_urls, client=self.http)
+    def _load_image(self, value: str, field: str, check: Callable[[Image.Image], None] | None = None, *,
+                    sent: Sent) -> Image.Image:
+        image, png = load_image_source(value, field=field, limits=self.settings.images,
+                                       allow_private=self.settings.allow_private_urls, client=self.http)
         if check is not None:
             check(image)
+        if png is not None:
+            sent.add(image, png)
         return image
+
+
+class Sent:
+    """One request's decoded images whose client bytes are a PNG of exactly that image (decode_image_source),
+    so storing one as decoded needs no encoding: what validation kept is looked up by identity, so an image
+    changed on the way (a new object: converted, resized) is encoded as before."""
+
+    def __init__(self) -> None:
+        self._png: dict[int, tuple[Image.Image, bytes]] = {}
+
+    def add(self, image: Image.Image, png: bytes) -> None:
+        self._png[id(image)] = (image, png)
+
+    def png_of(self, image: Image.Image, size: tuple[int, int]) -> bytes | None:
+        kept = self._png.get(id(image))
+        return kept[1] if kept is not None and kept[0] is image and image.size == size else None
 
 
 def _fit_png(img: Image.Image, width: int, height: int) -> bytes:
