@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from sqlalchemy import event, text
 
-from diffserve.store.db import make_db_engine
-from diffserve.store.keys import KeyStore, KnownKeys
+from diffserve.store.db import make_db_engine, utcnow
+from diffserve.store.keys import ApiKey, KeyStore, KnownKeys
 from diffserve.store.notify import StoreListener
+from diffserve.store.schema import ensure_schema
 
 from .databases import postgres  # noqa: F401 - the module's PostgreSQL server
 from .waiting import wait_until
 
 
-def _key(key_id: str = "k1"):
-    from diffserve.store.keys import ApiKey
-    from diffserve.store.db import utcnow
-
+def _key(key_id: str = "k1") -> ApiKey:
     return ApiKey(key_id, "name", "user", utcnow(), None)
 
 
@@ -58,51 +57,43 @@ def test_known_keys_are_bounded_and_read_again_after_a_while() -> None:
     assert known.get("d2") is None  # a listener whose connection died silently hears nothing: bounded
 
 
-def test_a_known_key_needs_no_store_read_and_a_revocation_anywhere_is_heard(postgres):  # noqa: F811
+@pytest.fixture
+def listening(postgres):  # noqa: F811
+    """(engine, a KeyStore keeping known keys, its listener) on the module's PostgreSQL, listening."""
     db = make_db_engine(postgres.url)
-    from diffserve.store.schema import ensure_schema
-
     ensure_schema(db)
     known = KnownKeys()
-    keys = KeyStore(db, known)
     listener = StoreListener(postgres.url, lambda _job_id: None, on_revoked=known.revoked,
                              on_listening=known.listening)
     listener.start()
     try:
         assert listener.listening.wait(10)
-        key, full = keys.create("alice")
-        reads: list[str] = []
-        event.listen(db, "before_cursor_execute", lambda *args: reads.append(args[2]))
-        assert keys.known(full) is None and keys.verify(full).key_id == key.key_id  # read once...
-        assert keys.known(full).key_id == key.key_id and keys.verify(full).key_id == key.key_id  # ...then kept
-        assert len(reads) == 1
-        assert keys.verify(full[:-1] + ("x" if full[-1] != "x" else "y")) is None  # a wrong secret: refused
-        # revoked by another process (the CLI's own store): this process hears it and refuses the key
-        assert [k.key_id for k in KeyStore(make_db_engine(postgres.url)).revoke("alice")] == [key.key_id]
-        wait_until(lambda: keys.known(full) is None, 10, 0.01, "the revocation to be heard")
-        assert keys.verify(full) is None
+        yield db, KeyStore(db, known), listener
     finally:
         listener.stop()
 
 
-def test_nothing_is_kept_while_the_listener_is_away(postgres):  # noqa: F811
-    db = make_db_engine(postgres.url)
-    from diffserve.store.schema import ensure_schema
+def test_a_known_key_needs_no_store_read_and_a_revocation_anywhere_is_heard(listening, postgres):  # noqa: F811
+    db, keys, _ = listening
+    key, full = keys.create("alice")
+    reads: list[str] = []
+    event.listen(db, "before_cursor_execute", lambda *args: reads.append(args[2]))
+    assert keys.known(full) is None and keys.verify(full).key_id == key.key_id  # read once...
+    assert keys.known(full).key_id == key.key_id and keys.verify(full).key_id == key.key_id  # ...then kept
+    assert len(reads) == 1
+    assert keys.verify(full[:-1] + ("x" if full[-1] != "x" else "y")) is None  # a wrong secret: refused
+    # revoked by another process (the CLI's own store): this process hears it and refuses the key
+    assert [k.key_id for k in KeyStore(make_db_engine(postgres.url)).revoke("alice")] == [key.key_id]
+    wait_until(lambda: keys.known(full) is None, 10, 0.01, "the revocation to be heard")
+    assert keys.verify(full) is None
 
-    ensure_schema(db)
-    known = KnownKeys()
-    keys = KeyStore(db, known)
-    listener = StoreListener(postgres.url, lambda _job_id: None, on_revoked=known.revoked,
-                             on_listening=known.listening)
-    listener.start()
-    try:
-        assert listener.listening.wait(10)
-        key, full = keys.create("bob")
-        assert keys.verify(full) is not None and keys.known(full) is not None
-        with db.connect() as c:  # the listener's connection is cut (a database restart, a proxy timeout)
-            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"))
-        wait_until(lambda: keys.known(full) is None, 10, 0.01, "the kept keys to be dropped")
-        assert listener.listening.wait(10)  # back: keys are verified and kept again
-        assert keys.verify(full) is not None and keys.known(full) is not None
-    finally:
-        listener.stop()
+
+def test_nothing_is_kept_while_the_listener_is_away(listening):
+    db, keys, listener = listening
+    key, full = keys.create("bob")
+    assert keys.verify(full) is not None and keys.known(full) is not None
+    with db.connect() as c:  # the listener's connection is cut (a database restart, a proxy timeout)
+        c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"))
+    wait_until(lambda: keys.known(full) is None, 10, 0.01, "the kept keys to be dropped")
+    assert listener.listening.wait(10)  # back: keys are verified and kept again
+    assert keys.verify(full) is not None and keys.known(full) is not None
