@@ -31,7 +31,9 @@ The load: one keep-alive http.client connection per client thread (httpx cost ~1
 Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. Measured 2026-12-07 09:05-09:15
 (16 simulated workers, 1200 jobs, PostgreSQL + Celery): ~170 jobs/s at best, a job costing 10.3-11.2 ms of CPU
 on a quiet host (API ~4.5-5, workers ~3.8, PostgreSQL ~1.5 for ~4.2 transactions, Redis 0.2, the clients ~0.5)
-and up to 16.7 ms minutes later as the host got busier. The target of 200 jobs/s on PostgreSQL (<= 10 ms per
+and up to 16.7 ms minutes later as the host got busier. Later that day (11:08-11:20, five interleaved pairs on a
+host ~1.7-2x slower) known keys, inputs stored as sent and a kept publisher took a job from 19.9 to 16.6 ms of CPU
+(API 8.8 -> 6.5) and the finished rate from 91 to 111 jobs/s. The target of 200 jobs/s on PostgreSQL (<= 10 ms per
 job for all processes together) is not reached here. A job's own statements in the worker are two on
 PostgreSQL: claim + start (one statement, jobqueue/local.py with ledger.pg_start_claimed) and finish (one
 statement: finishing a job is one transaction); SQLite: claim, start, finish. `--pg-statements` prints
