@@ -100,9 +100,10 @@ def build_state(settings: Settings, *, run_workers: bool, metrics: Metrics | Non
                                 progress=progress, workers=workers, offload=offload)
     supervisor = Supervisor(settings, jobs, queue, workers, signals) if signals else None
     control = ControlLog(db)
-    return AppState(settings, registry, KeyStore(db, known_keys), workers, service, http, delivery=delivery, control=control,
-                    queue=queue, key_options=KeyOptions(db), registrations=RegistrationFollower(control, registry),
-                    supervisor=supervisor, metrics=metrics, listener=listener)
+    return AppState(settings, registry, KeyStore(db, known_keys), workers, service, http, delivery=delivery,
+                    control=control, queue=queue, key_options=KeyOptions(db),
+                    registrations=RegistrationFollower(control, registry), supervisor=supervisor, metrics=metrics,
+                    listener=listener)
 
 
 def app_state(request: Request) -> AppState:

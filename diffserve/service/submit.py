@@ -9,6 +9,7 @@ import io
 import logging
 import statistics
 import time
+import weakref
 from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -116,7 +117,7 @@ class GenerationService:
                       dialect_params: dict[str, Any] | None, checked: ModelLimits) -> Job:
         token = new_output_token()
         stored: list[str] = []  # input files written so far: removed again if the request fails after them
-        sent = Sent()  # the client's own PNG bytes of images decoded for this request (kept as sent)
+        sent = Sent()  # the client's own PNG bytes of the image decoded last (kept as sent)
 
         def create(request: GenerationRequest) -> tuple[Job, float | None]:
             job = self._ledger.create(  # the job and its queue row, one transaction
@@ -319,19 +320,21 @@ class GenerationService:
 
 
 class Sent:
-    """One request's decoded images whose client bytes are a PNG of exactly that image (decode_image_source),
-    so storing one as decoded needs no encoding: what validation kept is looked up by identity, so an image
-    changed on the way (a new object: converted, resized) is encoded as before."""
+    """The client's bytes of the image this request decoded last, when they are a PNG of exactly that image
+    (decode_image_source), so storing it as decoded needs no encoding. Validation keeps each image right after
+    loading it (service/validation.py), so one slot is enough; the image is matched by identity (an image changed
+    on the way is a new object: converted, resized -- encoded as before) and held weakly (validation's bound of
+    one decoded image at a time stands)."""
 
     def __init__(self) -> None:
-        self._png: dict[int, tuple[Image.Image, bytes]] = {}
+        self._last: tuple[weakref.ref[Image.Image], bytes] | None = None
 
     def add(self, image: Image.Image, png: bytes) -> None:
-        self._png[id(image)] = (image, png)
+        self._last = (weakref.ref(image), png)
 
     def png_of(self, image: Image.Image, size: tuple[int, int]) -> bytes | None:
-        kept = self._png.get(id(image))
-        return kept[1] if kept is not None and kept[0] is image and image.size == size else None
+        last = self._last
+        return last[1] if last is not None and last[0]() is image and image.size == size else None
 
 
 def _fit_png(img: Image.Image, width: int, height: int) -> bytes:
