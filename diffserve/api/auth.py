@@ -13,11 +13,7 @@ from diffserve.store.keys import ApiKey, KeyStore
 def check_key(keys: KeyStore, key_text: str | None) -> ApiKey:
     """The key `key_text` names, read from the key store (blocking: call it off the event loop, alone through
     `authenticate` or as the first step of a handler's one offloaded call); Unauthorized if none."""
-    if not key_text or not key_text.strip():
-        raise Unauthorized("API key required")
-    if not is_valid_text(key_text):  # a lone surrogate cannot be hashed: no key has it
-        raise Unauthorized("Invalid API key")
-    key = keys.verify(key_text.strip())
+    key = keys.verify(_key_text(key_text))
     if key is None:
         raise Unauthorized("Invalid API key")
     return key
@@ -25,11 +21,19 @@ def check_key(keys: KeyStore, key_text: str | None) -> ApiKey:
 
 async def authenticate(keys: KeyStore, key_text: str | None, offload: Offload) -> ApiKey:
     """The key `key_text` names, verified on `offload` (the app's pool: pass `ds.offload`); Unauthorized if none.
-    A key this process verified lately and heard no revocation of since needs no thread hop (KeyStore.known)."""
-    if not key_text or not key_text.strip():
-        raise Unauthorized("API key required")  # no thread hop for a request without a key
-    known = keys.known(key_text.strip()) if is_valid_text(key_text) else None
+    A request without a key, and a key this process verified lately and heard no revocation of since
+    (KeyStore.known), need no thread hop."""
+    known = keys.known(_key_text(key_text))
     return known if known is not None else await offload(check_key, keys, key_text)
+
+
+def _key_text(key_text: str | None) -> str:
+    """The key's text as sent, stripped; Unauthorized when there is none or it cannot be any key's."""
+    if not key_text or not key_text.strip():
+        raise Unauthorized("API key required")
+    if not is_valid_text(key_text):  # a lone surrogate cannot be hashed: no key has it
+        raise Unauthorized("Invalid API key")
+    return key_text.strip()
 
 
 def require_admin(key: ApiKey) -> None:

@@ -176,7 +176,7 @@ class CeleryQueue(LocalQueue):
             amqp.send_task_message(producer, TASK, message, queue=queue_name(label), retry=False, declare=[])
         except Exception as e:  # noqa: BLE001 - the broker is away; the job waits in the store, re-sent later
             if producer is not None:  # its connection may be broken: dropped, the next send makes a new one
-                _release(producer)
+                _release(producer.connection)
             log.warning("broker unreachable (%s): job %s stays queued and is re-sent later", e, job_id)
             return False
         self._producers.put(producer)
@@ -303,14 +303,11 @@ class CeleryQueue(LocalQueue):
         conn, self._conn, self._consuming, self._inbox = self._conn, None, (), []
         self._held.clear()  # unacknowledged messages come back from the broker by themselves
         if conn is not None:
-            try:
-                conn.release()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+            _release(conn)
 
 
-def _release(producer: Producer) -> None:
+def _release(conn) -> None:  # noqa: ANN001 - a kombu Connection
     try:
-        producer.connection.release()
+        conn.release()
     except Exception:  # noqa: BLE001 - already gone
         pass

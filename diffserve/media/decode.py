@@ -150,7 +150,8 @@ def _within(image: Image.Image, low: float, high: float) -> bool:
 
 
 def _plain_png(im: Image.Image) -> bool:
-    """A loaded PNG that any reader's plain open-and-load gives as this very RGB frame."""
+    """A loaded PNG that any reader's plain open-and-load gives as this very RGB frame. (Pillow parses the EXIF
+    block once per image and keeps it: _apply_orientation's exif_transpose reads the same, not the bytes again.)"""
     if im.format != "PNG" or im.mode != "RGB" or getattr(im, "is_animated", False) or im.has_transparency_data:
         return False
     try:

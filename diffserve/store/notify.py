@@ -26,16 +26,19 @@ KEYS_CHANNEL = "diffserve_key_revoked"
 
 
 def notify_done(session: Session | Connection, job_id: int) -> None:
-    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
-    if dialect.name == "postgresql":
-        session.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": CHANNEL, "id": str(job_id)})
+    _notify(session, CHANNEL, [str(job_id)])
 
 
 def notify_revoked(session: Session | Connection, key_ids: list[str]) -> None:
+    _notify(session, KEYS_CHANNEL, key_ids)
+
+
+def _notify(session: Session | Connection, channel: str, payloads: list[str]) -> None:
+    """pg_notify per payload inside the caller's transaction (delivered at its commit); nothing elsewhere."""
     dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
     if dialect.name == "postgresql":
-        for key_id in key_ids:
-            session.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": KEYS_CHANNEL, "id": key_id})
+        for payload in payloads:
+            session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload})
 
 
 def listens(url: str) -> bool:
