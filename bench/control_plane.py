@@ -74,6 +74,8 @@ CLIENTS = 8
 THREADS_PER_PROCESS = 16
 MAX_PROCESSES = 4
 MODEL = "tiny-sd"
+COUNTS_EVERY_S = 0.25  # each process writes its commit counts this often
+JOBS_PER_WORKER = 125  # a case's jobs at most: ~5 s of one worker's own rate (4 steps of 10 ms)
 
 
 # ---------------------------------------------------------------- in the processes this bench starts
@@ -99,7 +101,8 @@ def _call_site(names: dict) -> str:
 
 def count_transactions(out: Path) -> None:
     """Count the commits (by diffserve call site) and pool checkouts of every SQLAlchemy engine of this process;
-    write them to `out` as JSON every 50 ms."""
+    write them to `out` as JSON every COUNTS_EVERY_S (each write makes a file: ~0.2-0.4 ms of CPU on this VM's
+    disk, counted in the process's figure -- every 50 ms it was ~0.1 ms per job)."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
@@ -132,7 +135,7 @@ def count_transactions(out: Path) -> None:
         while True:
             tmp.write_text(json.dumps({"checkouts": dict(checkouts), "sites": dict(sites)}))
             tmp.replace(out)
-            time.sleep(0.05)
+            time.sleep(COUNTS_EVERY_S)
 
     threading.Thread(target=write, daemon=True).start()
 
@@ -382,7 +385,7 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
              profile: Path | None = None, pg_statements: bool = False) -> dict:
     from sqlalchemy import func, select
 
-    from diffserve.store.db import JobRow, WorkerRow, make_db_engine
+    from diffserve.store.db import JobRow, QueueRow, WorkerRow, make_db_engine
     from tests.jobs_helpers import data_uri
     from tests.servers import DiffserveServer, free_port
     from tests.waiting import wait_until
@@ -495,8 +498,10 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
         t_submitted = time.time()
         first = min(job_ids)
 
-        def all_done() -> bool:
-            with db.connect() as c:
+        def all_done() -> bool:  # polled: while the queue table has rows, jobs are left (a count of the jobs
+            with db.connect() as c:  # every 50 ms was PostgreSQL CPU counted in the figures, ~0.1 ms per job)
+                if c.execute(select(QueueRow.job_id).limit(1)).first() is not None:
+                    return False
                 return c.execute(select(func.count()).select_from(JobRow).where(
                     JobRow.id >= first, JobRow.status.in_(("succeeded", "failed", "cancelled")))).scalar_one() \
                     >= n_jobs
@@ -507,7 +512,7 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
         for pid in profiled:
             os.kill(pid, signal.SIGUSR2)
         time.sleep(3 if profiled else 0)
-        time.sleep(0.1)  # the counters' files are written every 50 ms
+        time.sleep(COUNTS_EVERY_S + 0.1)  # the counters' files are written every COUNTS_EVERY_S
         api1, workers1, all1 = commits(counts, "api"), commits(counts, "workers"), counted(counts)
         pg_extra = 0.0
         if pg_stats:
@@ -535,7 +540,7 @@ def run_case(backend: str, n_workers: int, n_jobs: int, step_s: float, root: Pat
     if failed:
         raise RuntimeError(f"{len(failed)} jobs did not succeed: {failed[:3]}")
     return {
-        "submitted": n_jobs / (t_submitted - t0),
+        "jobs": n_jobs, "submitted": n_jobs / (t_submitted - t0),
         "finished": n_jobs / (max(epoch(r.finished_at) for r in rows) - t0),
         "wait": [epoch(r.started_at) - epoch(r.created_at) for r in rows if r.started_at],
         # a job given to another worker (its first worker's heartbeat looked stale): attempts > 1, and when the
@@ -561,7 +566,7 @@ def report(backend: str, n_workers: int, r: dict) -> str:
             f"{ms(r['claim'], .99):7.1f} | api {r['api']:4.1f}  workers {r['workers']:4.1f}{pg}  "
             f"(pool checkouts {sum(r['checkouts'].values()):.1f}){idle}"
             + (f"  [{r['rerun']} jobs handed on, {r['unstarted']} finished with no start]" if r["rerun"] else "")
-            + "\n    commits per job by call site: " + ", ".join(
+            + f"\n    {r['jobs']} jobs in {r['wall']:.1f} s; commits per job by call site: " + ", ".join(
                 f"{k} {v:.2f}" for k, v in sorted(r["sites"].items(), key=lambda kv: -kv[1]) if v >= 0.005)
             + "\n    pool checkouts per job by call site: " + ", ".join(
                 f"{k} {v:.2f}" for k, v in sorted(r["checkouts"].items(), key=lambda kv: -kv[1]) if v >= 0.05)
@@ -576,9 +581,10 @@ def report(backend: str, n_workers: int, r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 workers, 16 jobs, both backends")
-    ap.add_argument("--workers", default="1,16,64", help="simulated worker counts, comma-separated (1..64); "
+    ap.add_argument("--workers", default="1,16,32,64", help="simulated worker counts, comma-separated (1..64); "
                     "n workers x 4 steps of --step-ms cap the rate at n / (4 x step) by sleep alone (8: 200 jobs/s)")
-    ap.add_argument("--jobs", type=int, default=1200, help="jobs per case (after the warm-up burst)")
+    ap.add_argument("--jobs", type=int, default=4000, help="jobs per case (after the warm-up burst), at most "
+                    f"{JOBS_PER_WORKER} per simulated worker (one worker alone: {JOBS_PER_WORKER} jobs)")
     ap.add_argument("--backends", default="local,celery")
     ap.add_argument("--step-ms", type=float, default=10.0, help="the stand-in engine's time per step")
     ap.add_argument("--profile", type=Path, help="profile the API and workers with yappi into this folder")
@@ -616,15 +622,15 @@ def main() -> None:
                                    "pg_stat_statements.track_planning = on\n")
                 pg.pause()
                 pg.resume()
-            print(f"control plane bench ({datetime.now():%Y-%m-%d %H:%M}; {n_jobs} jobs x {STEPS} steps of "
+            print(f"control plane bench ({datetime.now():%Y-%m-%d %H:%M}; up to {n_jobs} jobs x {STEPS} steps of "
                   f"{args.step_ms:g} ms, stand-in engine; {CLIENTS} HTTP clients; {os.cpu_count()} cores, "
                   f"load {os.getloadavg()[0]:.1f})")
             print("backend workers | jobs/s submitted -> finished | queue wait ms p50 p99 | claim ms p50 p99 | "
                   "commits per job", flush=True)
             for backend in backends:
                 for n in counts:
-                    r = run_case(backend, n, n_jobs, args.step_ms / 1000, Path(tmp), servers, args.profile,
-                                 args.pg_statements)
+                    r = run_case(backend, n, min(n_jobs, JOBS_PER_WORKER * n), args.step_ms / 1000, Path(tmp),
+                                 servers, args.profile, args.pg_statements)
                     print(report(backend, n, r), flush=True)
         finally:
             for s in servers.values():

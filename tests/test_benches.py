@@ -61,7 +61,8 @@ BENCHES = {
         rf"^total per request \(without antelopev2\)\s+{NUM}$",
     ]),
     "control_plane": ([], [
-        r"^control plane bench \(\S+ \S+; 16 jobs x 4 steps of 10 ms, stand-in engine; ",
+        r"^control plane bench \(\S+ \S+; up to 16 jobs x 4 steps of 10 ms, stand-in engine; ",
+        rf"^    16 jobs in {NUM} s; commits per job by call site: ",
         *(rf"^{backend}\s+2 \|\s+{NUM} ->\s+{NUM} \|\s+{NUM}\s+{NUM} \|\s+{NUM}\s+{NUM} \| "
           rf"api\s+{NUM}\s+workers\s+{NUM}{pg}\s+\(pool checkouts {NUM}\)" for backend, pg in
           (("local", ""), ("celery", rf"\s+pg xact_commit\s+{NUM}"))),
