@@ -10,7 +10,7 @@ a tiny PNG; it lives here, never in diffserve/).
 The workers run as threads, up to 16 per process, in up to 4 processes this bench starts (`--role workers`), each
 simulated worker with its own database pool and broker connection, as separate machines would have.
 
-The bench submits `--jobs` native jobs (POST /v1/jobs, 64x64 init image, 4 steps) from 8 HTTP clients, waits until
+The bench submits up to `--jobs` native jobs (POST /v1/jobs, 64x64 init image, 4 steps) from 8 HTTP clients, waits until
 all are done, and prints per backend and worker count:
   jobs/s submitted (API accepted) -> finished (last finish - first submit);
   queue wait p50/p99 (started_at - created_at, from the job rows);
@@ -28,23 +28,23 @@ Before it measures, a warm-up burst (8 jobs per simulated worker): each simulate
 statement once and PostgreSQL plans each on a new connection until prepared, as a fleet does once, not per job.
 The load: one keep-alive http.client connection per client thread (httpx cost ~1.4 ms of CPU per job here).
 
-Where it saturates on this machine (docs/performance.md, "Control plane"): CPU. Measured 2026-12-07 09:05-09:15
-(16 simulated workers, 1200 jobs, PostgreSQL + Celery): ~170 jobs/s at best, a job costing 10.3-11.2 ms of CPU
-on a quiet host (API ~4.5-5, workers ~3.8, PostgreSQL ~1.5 for ~4.2 transactions, Redis 0.2, the clients ~0.5)
-and up to 16.7 ms minutes later as the host got busier. Later that day (11:08-11:20, five interleaved pairs on a
-host ~1.7-2x slower) known keys, inputs stored as sent and a kept publisher took a job from 19.9 to 16.6 ms of CPU
-(API 8.8 -> 6.5) and the finished rate from 91 to 111 jobs/s. The target of 200 jobs/s on PostgreSQL (<= 10 ms per
-job for all processes together) is not reached here. A job's own statements in the worker are two on
-PostgreSQL: claim + start (one statement, jobqueue/local.py with ledger.pg_start_claimed) and finish (one
-statement: finishing a job is one transaction); SQLite: claim, start, finish. `--pg-statements` prints
-PostgreSQL's busiest statements per job (pg_stat_statements).
+Where it saturates on this machine (docs/performance.md, "Control plane"): CPU, the two cores full. Measured
+2026-12-07 13:40-13:58 (PostgreSQL + Celery, up to 4000 jobs per case): 221-277 jobs/s finished with 32
+simulated workers, 200-222 with 64, 197-231 with 16 (there each worker's own cycle bounds it: 40 ms of steps, the
+claim, the finish), a job costing 6.8-9.5 ms of CPU for all processes together (API ~2.2-3, workers ~2.7-4.4,
+PostgreSQL ~1.4-1.8, Redis 0.1-0.2, the clients 0.3); SQLite 132-160 jobs/s. The target of 200 jobs/s on
+PostgreSQL is met. A job's own statements in the worker are two on PostgreSQL: claim + start (one statement,
+jobqueue/local.py with ledger.pg_start_claimed) and finish (one statement: finishing a job is one transaction);
+SQLite: claim, start, finish. `--pg-statements` prints PostgreSQL's busiest statements per job
+(pg_stat_statements). A case of a few seconds counts its start and tail against few jobs: the default of up to
+4000 jobs (125 per simulated worker at most) measures a running fleet for 15-25 s.
 Mind the workers' sleep: n workers x 4 steps of --step-ms cap the rate at n / (4 x step) jobs/s (8 workers of
 10 ms steps: 200 jobs/s), so a saturation figure wants 16 or more.
 
 Figures from this machine come from a shared 2-core VM (other sessions' jobs beside), one run each:
 read them as shapes, not absolutes.
 Asserts nothing. Usage:
-    .venv/bin/python bench/control_plane.py [--workers 1,16,64] [--jobs 1200] [--backends local,celery] [--quick]
+    .venv/bin/python bench/control_plane.py [--workers 1,16,32,64] [--jobs 4000] [--backends local,celery] [--quick]
         [--pg-statements] [--profile DIR]
 --quick (tests/test_benches.py runs it): 2 workers, 16 jobs, both backends.
 """
