@@ -23,6 +23,7 @@ from diffserve.engine.models.cache import (
     weights_bytes,
 )
 from diffserve.engine.generate import Engine
+from diffserve.engine.models.precision import itemsize
 from diffserve.engine.models.registry import ModelRegistry
 from diffserve.workers.worker import model_cache_budget
 
@@ -153,8 +154,8 @@ def tiny_registry(models_root: Path) -> ModelRegistry:
 
 
 def test_expected_size_from_the_weight_files_matches_the_loaded_size(tiny_registry, models_root):
-    engine = Engine(tiny_registry, max_models=1)
-    expected = weights_bytes(models_root / "tiny-hidream", itemsize=4)
+    engine = Engine(tiny_registry, max_models=1)  # dtype auto: bf16 on a CPU with AVX512_BF16 or AMX, else fp32
+    expected = weights_bytes(models_root / "tiny-hidream", itemsize=itemsize(engine.dtype_for("tiny-hidream")))
     engine.pipelines.get("tiny-hidream")
     measured = engine.pipelines.size("tiny-hidream")
     assert abs(expected - measured) / measured < 0.01
@@ -165,7 +166,7 @@ def test_engine_cache_with_a_budget_for_two_tiny_models(tiny_registry, models_ro
     budget = max(canny + hidream, depth + hidream) + MB  # any two fit, all three do not
     assert canny + depth + hidream > budget
 
-    engine = Engine(tiny_registry, max_models=10, cache_budget_bytes=budget)
+    engine = Engine(tiny_registry, max_models=10, cache_budget_bytes=budget, dtype="fp32")  # 4 bytes per weight
     cache = engine.pipelines
     cache.get("tiny-flux-canny")
     ref = weakref.ref(cache.get("tiny-flux-depth").pipe.transformer)
