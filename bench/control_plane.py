@@ -29,8 +29,8 @@ statement once and PostgreSQL plans each on a new connection until prepared, as 
 The load: one keep-alive http.client connection per client thread (httpx cost ~1.4 ms of CPU per job here).
 
 Where it saturates on this machine (docs/performance.md, "Control plane"): CPU, the two cores full. Measured
-2026-12-07 13:40-13:58 (PostgreSQL + Celery, up to 4000 jobs per case): 221-277 jobs/s finished with 32
-simulated workers, 200-222 with 64, 197-231 with 16 (there each worker's own cycle bounds it: 40 ms of steps, the
+2026-12-07 13:40-14:40 (PostgreSQL + Celery, up to 4000 jobs per case): 221-277 jobs/s finished with 32
+simulated workers, ~200-222 with 64, 194-231 with 16 (there each worker's own cycle bounds it: 40 ms of steps, the
 claim, the finish), a job costing 6.8-9.5 ms of CPU for all processes together (API ~2.2-3, workers ~2.7-4.4,
 PostgreSQL ~1.4-1.8, Redis 0.1-0.2, the clients 0.3); SQLite 132-160 jobs/s. The target of 200 jobs/s on
 PostgreSQL is met. A job's own statements in the worker are two on PostgreSQL: claim + start (one statement,
