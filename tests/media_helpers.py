@@ -11,7 +11,7 @@ from PIL import Image
 
 from diffserve.config import ImageLimits
 from diffserve.core.errors import ImageInputError
-from diffserve.media.inputs import load_image
+from diffserve.media.inputs import load_image_source
 
 LIMITS = ImageLimits()
 PRIVATE_MSG = "img URL is not allowed: it resolves to a private or reserved address"
@@ -33,7 +33,8 @@ B64 = base64.b64encode(PNG).decode()
 
 
 def load(value: str, limits: ImageLimits = LIMITS, **kw) -> Image.Image:
-    return load_image(value, field="img", limits=limits, allow_private=kw.pop("allow_private", False), **kw)
+    return load_image_source(value, field="img", limits=limits, allow_private=kw.pop("allow_private", False),
+                             **kw)[0]
 
 
 def load_refused(value: str, limits: ImageLimits = LIMITS, **kw) -> ImageInputError:

@@ -36,24 +36,12 @@ _URLSAFE = str.maketrans("-_", "+/")
 def is_base64_image(value: str) -> bool:
     """Cheap check: True for a data URI or anything that is not a URL (``scheme://``).
 
-    Says nothing about validity: :func:`load_image` still decides. Empty strings are False.
+    Says nothing about validity: :func:`load_image_source` still decides. Empty strings are False.
     """
     value = value.strip()
     if not value:
         return False
     return value[:5].lower() == "data:" or not _URL_PREFIX.match(value)
-
-
-def load_image(
-    value: str,
-    *,
-    field: str,
-    limits: ImageLimits,
-    allow_private: bool,
-    client: httpx.Client | None = None,
-) -> Image.Image:
-    """Fetch or decode `value` into a loaded RGB image; ImageInputError (naming `field`) if not."""
-    return load_image_source(value, field=field, limits=limits, allow_private=allow_private, client=client)[0]
 
 
 def load_image_source(
@@ -64,7 +52,8 @@ def load_image_source(
     allow_private: bool,
     client: httpx.Client | None = None,
 ) -> tuple[Image.Image, bytes | None]:
-    """load_image, and the bytes sent when they are a PNG of exactly that image (decode_image_source)."""
+    """Fetch or decode `value` into a loaded RGB image; ImageInputError (naming `field`) if not. With it, the bytes
+    sent when they are a PNG of exactly that image (decode_image_source), else None."""
     value = value.strip()
     if _URL_PREFIX.match(value):
         # Only http(s) gets through fetch's checks; other schemes are refused there.
